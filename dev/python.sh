@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Prints the path of a Python that has the lake readers the tests and the demo use (DuckDB and
+# pyarrow: readers other than our own writer), creating .stack/venv on first use.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV="$ROOT/.stack/venv"
+REQUIREMENTS="duckdb==2.0.1 pyarrow==26.0.1"
+STAMP="$VENV/.requirements"
+
+if [ -x "$VENV/bin/python" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$REQUIREMENTS" ]; then
+  echo "$VENV/bin/python"
+  exit 0
+fi
+if ! python3 -m venv --help >/dev/null 2>&1; then
+  [ "$(id -u)" -eq 0 ] || { echo "python: python3-venv is missing; install it with apt-get" >&2; exit 1; }
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+fi
+echo "python: installing $REQUIREMENTS into .stack/venv" >&2
+rm -rf "$VENV"
+python3 -m venv "$VENV" >&2
+# shellcheck disable=SC2086
+"$VENV/bin/pip" install --quiet --disable-pip-version-check $REQUIREMENTS >&2
+echo "$REQUIREMENTS" >"$STAMP"
+echo "$VENV/bin/python"

@@ -1,0 +1,267 @@
+#!/usr/bin/env bash
+# The local stack: a private PostgreSQL 15 cluster and a tansu Kafka-API broker, both on
+# loopback, with all state, logs and PID files under .stack/ (git-ignored).
+#
+#   dev/stack.sh up      install what is missing, start both, wait until both answer (no-op if up)
+#   dev/stack.sh down    stop exactly the processes `up` started (by PID)
+#   dev/stack.sh status  say what runs
+#   dev/stack.sh env     print the settings as shell variables (for tests and scripts)
+#
+# Ports can be moved with ORDERSTREAM_PG_PORT and ORDERSTREAM_KAFKA_PORT; the configuration in
+# configs/orders_stream.yml points at the defaults.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+STACK="$ROOT/.stack"
+PG_PORT=${ORDERSTREAM_PG_PORT:-55432}
+KAFKA_PORT=${ORDERSTREAM_KAFKA_PORT:-9092}
+TANSU_VERSION=0.6.0
+PG_BIN=${ORDERSTREAM_PG_BIN:-/usr/lib/postgresql/15/bin}
+CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
+TANSU="$CARGO_BIN/tansu"
+
+log() { printf 'stack: %s\n' "$*" >&2; }
+die() { printf 'stack: error: %s\n' "$*" >&2; exit 1; }
+
+as_root() { [ "$(id -u)" -eq 0 ]; }
+
+# ---------------------------------------------------------------------------------------------
+# Installing what is missing (Debian 12).
+
+apt_install() {
+  as_root || die "missing Debian packages ($*) and not root: install them with apt-get"
+  log "installing Debian packages: $*"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+ensure_packages() {
+  local missing=()
+  [ -x "$PG_BIN/initdb" ] || missing+=(postgresql-15)
+  command -v psql >/dev/null || missing+=(postgresql-client-15)
+  command -v gcc >/dev/null || missing+=(gcc)
+  command -v g++ >/dev/null || missing+=(g++)
+  command -v make >/dev/null || missing+=(make)
+  command -v pkg-config >/dev/null || missing+=(pkg-config)
+  # Headers the bundled librdkafka and its TLS support build against.
+  [ -f /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
+  [ -f /usr/include/zlib.h ] || missing+=(zlib1g-dev)
+  if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
+}
+
+ensure_tansu() {
+  if [ -x "$TANSU" ] && "$TANSU" --version 2>/dev/null | grep -qx "tansu $TANSU_VERSION"; then
+    return
+  fi
+  command -v cargo >/dev/null || die "cargo is needed to install tansu"
+  mkdir -p "$STACK/logs"
+  log "installing tansu $TANSU_VERSION with cargo (about 17 minutes, once per machine; log: .stack/logs/tansu-install.log)"
+  if ! cargo install tansu --locked --version "$TANSU_VERSION" --features dynostore,libsql \
+      >"$STACK/logs/tansu-install.log" 2>&1; then
+    tail -n 30 "$STACK/logs/tansu-install.log" >&2
+    die "cargo install tansu failed (see .stack/logs/tansu-install.log)"
+  fi
+  log "tansu $TANSU_VERSION installed at $TANSU"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Processes we started: PID files hold the PID; a PID counts as ours only while its command
+# line still names our state directory, so a recycled PID is never signalled.
+
+pid_alive() { # name marker
+  local f="$STACK/pids/$1.pid" pid
+  [ -f "$f" ] || return 1
+  pid=$(cat "$f")
+  [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$2"
+}
+
+stop_pid() { # name marker signal
+  local name=$1 marker=$2 sig=$3 pid i
+  if pid_alive "$name" "$marker"; then
+    pid=$(cat "$STACK/pids/$name.pid")
+    kill -CONT "$pid" 2>/dev/null || true # a frozen process cannot act on the signal
+    kill "-$sig" "$pid" 2>/dev/null || true
+    for i in $(seq 1 100); do
+      [ -e "/proc/$pid" ] || break
+      sleep 0.1
+    done
+    if [ -e "/proc/$pid" ]; then
+      log "$name (pid $pid) did not stop in 10 s, killing it"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    log "$name stopped (pid $pid)"
+  fi
+  rm -f "$STACK/pids/$name.pid"
+}
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL: refuses to run as root, so as root the cluster belongs to an ordinary OS user.
+
+PG_DIR="$STACK/pg"
+
+pg_user() {
+  if ! as_root; then id -un; return; fi
+  if id postgres >/dev/null 2>&1; then echo postgres; return; fi
+  if ! id orderstream >/dev/null 2>&1; then
+    useradd --system --no-create-home --shell /usr/sbin/nologin orderstream
+  fi
+  echo orderstream
+}
+
+as_pg() { # run a command as the cluster's OS user
+  if as_root; then runuser -u "$PGUSER" -- "$@"; else "$@"; fi
+}
+
+pg_prepare_dir() {
+  mkdir -p "$STACK"
+  if [ -L "$PG_DIR" ] || [ -d "$PG_DIR" ]; then return; fi
+  mkdir -p "$PG_DIR"
+  if as_root; then
+    chown "$PGUSER" "$PG_DIR"
+    # The OS user must reach the folder; a checkout under /root is closed to it. Then the
+    # cluster lives under /var/lib/orderstream and .stack/pg links to it.
+    if ! runuser -u "$PGUSER" -- test -w "$PG_DIR"; then
+      rmdir "$PG_DIR"
+      local key
+      key=$(printf '%s' "$ROOT" | sha256sum | cut -c1-12)
+      local real="/var/lib/orderstream/pg-$key"
+      mkdir -p "$real"
+      chown "$PGUSER" "$real"
+      ln -s "$real" "$PG_DIR"
+      log "PostgreSQL data lives in $real (linked from .stack/pg): $ROOT is closed to user $PGUSER"
+    fi
+  fi
+}
+
+pg_up() {
+  PGUSER=$(pg_user)
+  pg_prepare_dir
+  local data="$PG_DIR/data"
+  if pid_alive postgres "$data" && pg_ready; then return; fi
+  if [ ! -f "$data/PG_VERSION" ]; then
+    log "creating the PostgreSQL cluster in .stack/pg/data (OS user $PGUSER)"
+    as_pg mkdir -p "$PG_DIR/run" "$PG_DIR/log"
+    as_pg "$PG_BIN/initdb" -D "$data" --username=postgres --auth-local=trust --auth-host=scram-sha-256 \
+      --encoding=UTF8 --locale=C.UTF-8 >"$STACK/logs/initdb.log" 2>&1 \
+      || { cat "$STACK/logs/initdb.log" >&2; die "initdb failed"; }
+    as_pg tee -a "$data/postgresql.conf" >/dev/null <<EOF
+# orderstream local stack
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$PG_DIR/run'
+wal_level = logical
+max_wal_senders = 10
+max_replication_slots = 10
+timezone = 'UTC'
+log_timezone = 'UTC'
+max_connections = 200
+EOF
+  fi
+  as_pg mkdir -p "$PG_DIR/run" "$PG_DIR/log"
+  log "starting PostgreSQL on 127.0.0.1:$PG_PORT"
+  as_pg "$PG_BIN/pg_ctl" -D "$data" -l "$PG_DIR/log/postgres.log" -o "-p $PG_PORT" -w -t 60 start >/dev/null \
+    || { tail -n 20 "$PG_DIR/log/postgres.log" >&2; die "PostgreSQL did not start (log: .stack/pg/log/postgres.log)"; }
+  head -n 1 "$data/postmaster.pid" >"$STACK/pids/postgres.pid"
+  pg_bootstrap
+}
+
+pg_ready() { "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -t 5; }
+
+pg_admin() { as_pg "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$PG_DIR/run" -p "$PG_PORT" -U postgres "$@"; }
+
+pg_bootstrap() {
+  # The seed's role and database. pg_read_all_stats lets change capture see other sessions'
+  # open transactions; REPLICATION is for the log-based mode.
+  pg_admin -d postgres >/dev/null <<'EOF'
+SET client_min_messages = warning;
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'student') THEN
+    CREATE ROLE student LOGIN PASSWORD 'student123' REPLICATION;
+  END IF;
+END $$;
+GRANT pg_read_all_stats TO student;
+SELECT 'CREATE DATABASE food_delivery_db OWNER student'
+ WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'food_delivery_db')\gexec
+EOF
+}
+
+pg_down() {
+  # SIGINT is PostgreSQL's fast shutdown.
+  stop_pid postgres "$PG_DIR/data" INT
+}
+
+# ---------------------------------------------------------------------------------------------
+# The broker: tansu with durable SQLite storage (path relative to its working directory).
+
+KAFKA_DIR="$STACK/kafka"
+# A cluster id unique to this checkout: it is also how stop_pid recognises our broker.
+KAFKA_CLUSTER="orderstream-$(printf '%s' "$ROOT" | sha256sum | cut -c1-12)"
+
+kafka_ready() { # port: a Kafka ApiVersions request answered
+  local port=${1:-$KAFKA_PORT}
+  timeout 3 bash -c '
+    exec 3<>"/dev/tcp/127.0.0.1/$0" || exit 1
+    printf "\x00\x00\x00\x0a\x00\x12\x00\x00\x00\x00\x00\x01\xff\xff" >&3
+    [ "$(head -c 8 <&3 | od -An -tx1 | tr -d " \n")" != "" ]
+  ' "$port" 2>/dev/null
+}
+
+kafka_up() {
+  mkdir -p "$KAFKA_DIR"
+  if pid_alive tansu "$KAFKA_CLUSTER" && kafka_ready; then return; fi
+  stop_pid tansu "$KAFKA_CLUSTER" TERM
+  if kafka_ready; then die "port $KAFKA_PORT already answers, but not by our broker: stop it or set ORDERSTREAM_KAFKA_PORT"; fi
+  log "starting tansu $TANSU_VERSION on 127.0.0.1:$KAFKA_PORT (storage .stack/kafka/tansu.db)"
+  (
+    cd "$KAFKA_DIR"
+    exec setsid "$TANSU" broker \
+      --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+      --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+      --storage-engine "sqlite://tansu.db" \
+      --cluster-id "$KAFKA_CLUSTER" \
+      >>"$STACK/logs/tansu.log" 2>&1 </dev/null
+  ) &
+  echo $! >"$STACK/pids/tansu.pid"
+  local i
+  for i in $(seq 1 100); do
+    if kafka_ready; then return; fi
+    pid_alive tansu "$KAFKA_CLUSTER" || break
+    sleep 0.2
+  done
+  tail -n 20 "$STACK/logs/tansu.log" >&2
+  die "tansu did not answer on 127.0.0.1:$KAFKA_PORT (log: .stack/logs/tansu.log)"
+}
+
+kafka_down() { stop_pid tansu "$KAFKA_CLUSTER" TERM; }
+
+# ---------------------------------------------------------------------------------------------
+
+cmd=${1:-}
+mkdir -p "$STACK/pids" "$STACK/logs"
+case "$cmd" in
+  up)
+    ensure_packages
+    ensure_tansu
+    pg_up
+    kafka_up
+    log "up: PostgreSQL 127.0.0.1:$PG_PORT (food_delivery_db, student), Kafka 127.0.0.1:$KAFKA_PORT"
+    ;;
+  down)
+    kafka_down
+    pg_down
+    ;;
+  status)
+    if pid_alive postgres "$PG_DIR/data" && pg_ready; then echo "postgres: up on 127.0.0.1:$PG_PORT"; else echo "postgres: down"; fi
+    if pid_alive tansu "$KAFKA_CLUSTER" && kafka_ready; then echo "kafka: up on 127.0.0.1:$KAFKA_PORT"; else echo "kafka: down"; fi
+    ;;
+  env)
+    echo "ORDERSTREAM_PG_PORT=$PG_PORT"
+    echo "ORDERSTREAM_KAFKA_PORT=$KAFKA_PORT"
+    echo "ORDERSTREAM_TANSU=$TANSU"
+    ;;
+  *)
+    echo "usage: dev/stack.sh up|down|status|env" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,607 @@
+//! The configuration: `configs/orders_stream.yml` with the seed's sections and keys, a few
+//! documented extras, `ORDERSTREAM__<SECTION>__<KEY>` environment overrides and validation.
+//!
+//! Everything is checked here, before any service is contacted, so that a wrong key or value is
+//! one line naming the key (and the file or environment variable it came from), never a
+//! connection error three layers down.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_norway::{Mapping, Value};
+
+/// The prefix of environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "ORDERSTREAM__";
+
+/// Librdkafka settings orderstream sets itself because its guarantees depend on them.
+const RESERVED_KAFKA_PROPERTIES: &[&str] = &[
+    "bootstrap.servers",
+    "metadata.broker.list",
+    "enable.idempotence",
+    "transactional.id",
+    "isolation.level",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "group.id",
+    "auto.offset.reset",
+];
+
+/// A configuration problem: one line that names the key and says what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the orders table lives.
+    pub postgres: PostgresConfig,
+    /// The broker, topics and client settings.
+    pub kafka: KafkaConfig,
+    /// Where the Parquet lake is written.
+    pub datalake: DatalakeConfig,
+    /// State locations and the batch interval.
+    pub streaming: StreamingConfig,
+    /// The `/metrics` and `/health` endpoint.
+    pub metrics: MetricsConfig,
+}
+
+/// `postgres.*`
+#[derive(Clone)]
+pub struct PostgresConfig {
+    /// Connection settings parsed from `jdbc_url`, with `user` and `password` applied.
+    pub connect: tokio_postgres::Config,
+    /// The orders table (`postgres.table`).
+    pub table: TableName,
+}
+
+impl fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // tokio_postgres::Config's Debug would print the password.
+        f.debug_struct("PostgresConfig")
+            .field("hosts", &self.connect.get_hosts())
+            .field("ports", &self.connect.get_ports())
+            .field("dbname", &self.connect.get_dbname())
+            .field("user", &self.connect.get_user())
+            .field("table", &self.table)
+            .finish()
+    }
+}
+
+/// The orders table name.
+///
+/// Rule: the configured name is folded to lower case, exactly as PostgreSQL folds an unquoted
+/// identifier, and then always used quoted. So `ROLL001_orders` in the config, `ROLL001_orders`
+/// typed unquoted in psql and `roll001_orders` all name the same table, and no name can inject
+/// SQL. An optional schema may be given as `schema.table`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableName {
+    /// Schema, if the configured name had one.
+    pub schema: Option<String>,
+    /// The table itself, folded to lower case.
+    pub name: String,
+}
+
+impl TableName {
+    /// Parses and folds a configured table name.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let fold = |part: &str| -> Result<String, String> {
+            let part = part.trim();
+            if part.is_empty() {
+                return Err("must not be empty".into());
+            }
+            if part.len() > 63 {
+                return Err(format!(
+                    "`{part}` is longer than PostgreSQL's 63-byte identifier limit"
+                ));
+            }
+            if part.contains('\0') || part.contains('"') {
+                return Err(format!("`{part}` contains a quote or NUL character"));
+            }
+            Ok(part.to_lowercase())
+        };
+        match raw.split_once('.') {
+            Some((schema, name)) => Ok(TableName {
+                schema: Some(fold(schema)?),
+                name: fold(name)?,
+            }),
+            None => Ok(TableName {
+                schema: None,
+                name: fold(raw)?,
+            }),
+        }
+    }
+
+    /// The name as a quoted SQL identifier, e.g. `"public"."roll001_orders"`.
+    pub fn quoted(&self) -> String {
+        match &self.schema {
+            Some(schema) => format!("{}.{}", quote_ident(schema), quote_ident(&self.name)),
+            None => quote_ident(&self.name),
+        }
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.schema {
+            Some(schema) => write!(f, "{schema}.{}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+/// Quotes an SQL identifier (doubling embedded quotes).
+pub fn quote_ident(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// `kafka.*`
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers` for every client.
+    pub brokers: String,
+    /// The topic the producer writes and the consumer reads.
+    pub topic: String,
+    /// Partitions given to the topic when `init` creates it.
+    pub partitions: i32,
+    /// The consumer group of `consume`.
+    pub group_id: String,
+    /// Where the consumer sends rejected messages.
+    pub dlq_topic: String,
+    /// Extra librdkafka settings for every client (TLS, SASL, timeouts).
+    pub properties: BTreeMap<String, String>,
+}
+
+/// `datalake.*`
+#[derive(Debug, Clone)]
+pub struct DatalakeConfig {
+    /// The root of the date-partitioned lake.
+    pub path: PathBuf,
+}
+
+/// `streaming.*`
+#[derive(Debug, Clone)]
+pub struct StreamingConfig {
+    /// The consumer's checkpoint directory.
+    pub checkpoint_location: PathBuf,
+    /// The directory of the producer's `last_timestamp.txt`.
+    pub last_processed_timestamp_location: PathBuf,
+    /// How often the producer polls and the consumer closes a lake batch.
+    pub batch_interval: Duration,
+}
+
+/// `metrics.*`
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    /// TCP port of `/metrics` and `/health` on loopback; 0 turns the endpoint off.
+    pub port: u16,
+}
+
+// ---- The file form: exactly the keys a user may write. ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    postgres: RawPostgres,
+    kafka: RawKafka,
+    datalake: RawDatalake,
+    streaming: RawStreaming,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPostgres {
+    jdbc_url: String,
+    table: String,
+    user: Option<String>,
+    password: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKafka {
+    brokers: String,
+    topic: String,
+    #[serde(default, deserialize_with = "number")]
+    partitions: Option<i32>,
+    group_id: Option<String>,
+    dlq_topic: Option<String>,
+    #[serde(default)]
+    properties: BTreeMap<String, Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatalake {
+    path: PathBuf,
+    #[serde(default = "default_format")]
+    format: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStreaming {
+    checkpoint_location: PathBuf,
+    last_processed_timestamp_location: PathBuf,
+    #[serde(default, deserialize_with = "number")]
+    batch_interval: Option<f64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    #[serde(default, deserialize_with = "number")]
+    port: Option<u16>,
+}
+
+fn default_format() -> String {
+    "parquet".into()
+}
+
+/// Default `kafka.partitions`.
+pub const DEFAULT_PARTITIONS: i32 = 3;
+/// Default `streaming.batch_interval` in seconds (the seed's polling interval).
+pub const DEFAULT_BATCH_INTERVAL_SECS: f64 = 5.0;
+/// Default `metrics.port`.
+pub const DEFAULT_METRICS_PORT: u16 = 9464;
+
+/// Accepts a number, or a string holding one (environment overrides are always strings).
+fn number<'de, D, T>(de: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: FromStr + DeserializeOwned,
+{
+    use serde::de::Error;
+    match Option::<Value>::deserialize(de)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => s
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| D::Error::custom(format!("expected a number, got `{s}`"))),
+        Some(v @ Value::Number(_)) => serde_norway::from_value(v.clone())
+            .map(Some)
+            .map_err(|_| D::Error::custom(format!("number `{}` is out of range", show(&v)))),
+        Some(v) => Err(D::Error::custom(format!(
+            "expected a number, got `{}`",
+            show(&v)
+        ))),
+    }
+}
+
+fn show(v: &Value) -> String {
+    serde_norway::to_string(v)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+impl Config {
+    /// Reads `path`, applies the process environment's overrides and validates everything.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError(format!("{}: cannot read config file: {e}", path.display()))
+        })?;
+        let env: Vec<(String, String)> = std::env::vars_os()
+            .filter_map(|(k, v)| {
+                let k = k.to_string_lossy().into_owned();
+                k.starts_with(ENV_PREFIX)
+                    .then(|| (k, v.to_string_lossy().into_owned()))
+            })
+            .collect();
+        Self::from_parts(&path.display().to_string(), &text, &env)
+    }
+
+    /// Builds the configuration from the file's text and `ORDERSTREAM__*` variables.
+    /// `origin` names the file in error messages.
+    pub fn from_parts(
+        origin: &str,
+        text: &str,
+        env: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let mut root: Value = serde_norway::from_str(text)
+            .map_err(|e| ConfigError(format!("{origin}: not valid YAML: {e}")))?;
+        if root.is_null() {
+            root = Value::Mapping(Mapping::new());
+        }
+        if !root.is_mapping() {
+            return Err(ConfigError(format!(
+                "{origin}: expected sections postgres, kafka, datalake, streaming at the top level"
+            )));
+        }
+        // Which keys came from the environment, so an error can name the variable.
+        let mut from_env: Vec<(String, String)> = Vec::new();
+        for (var, value) in env {
+            let key = apply_env_override(&mut root, var, value)?;
+            from_env.push((key, var.clone()));
+        }
+
+        let raw: RawConfig = serde_path_to_error::deserialize(root).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            // serde_norway appends " at line N column M" for file positions; keep it.
+            let source = from_env
+                .iter()
+                .find(|(key, _)| path == *key || path.starts_with(&format!("{key}.")))
+                .map(|(_, var)| var.clone())
+                .unwrap_or_else(|| origin.to_string());
+            if path == "." || path.is_empty() {
+                ConfigError(format!("{source}: {inner}"))
+            } else {
+                ConfigError(format!("{source}: {path}: {inner}"))
+            }
+        })?;
+
+        let where_ = |key: &str| -> String {
+            match from_env.iter().find(|(k, _)| k == key) {
+                Some((_, var)) => format!("{var} ({key})"),
+                None => format!("{origin}: {key}"),
+            }
+        };
+        let bad = |key: &str, msg: String| ConfigError(format!("{}: {msg}", where_(key)));
+
+        // postgres
+        let mut connect =
+            parse_postgres_url(&raw.postgres.jdbc_url).map_err(|m| bad("postgres.jdbc_url", m))?;
+        if let Some(user) = raw.postgres.user.as_deref() {
+            if user.is_empty() {
+                return Err(bad("postgres.user", "must not be empty".into()));
+            }
+            connect.user(user);
+        }
+        if connect.get_user().is_none() {
+            return Err(bad(
+                "postgres.user",
+                "missing (and the URL names no user)".into(),
+            ));
+        }
+        if let Some(password) = raw.postgres.password.as_deref() {
+            connect.password(password);
+        }
+        connect.application_name("orderstream");
+        connect.connect_timeout(Duration::from_secs(10));
+        let table = TableName::parse(&raw.postgres.table).map_err(|m| bad("postgres.table", m))?;
+
+        // kafka
+        let brokers = raw.kafka.brokers.trim().to_string();
+        validate_brokers(&brokers).map_err(|m| bad("kafka.brokers", m))?;
+        validate_topic(&raw.kafka.topic).map_err(|m| bad("kafka.topic", m))?;
+        let partitions = raw.kafka.partitions.unwrap_or(DEFAULT_PARTITIONS);
+        if !(1..=10_000).contains(&partitions) {
+            return Err(bad(
+                "kafka.partitions",
+                format!("must be between 1 and 10000, got {partitions}"),
+            ));
+        }
+        let group_id = raw
+            .kafka
+            .group_id
+            .unwrap_or_else(|| format!("orderstream_{}", raw.kafka.topic));
+        if group_id.trim().is_empty() {
+            return Err(bad("kafka.group_id", "must not be empty".into()));
+        }
+        let dlq_topic = raw
+            .kafka
+            .dlq_topic
+            .unwrap_or_else(|| format!("{}_dlq", raw.kafka.topic));
+        validate_topic(&dlq_topic).map_err(|m| bad("kafka.dlq_topic", m))?;
+        if dlq_topic == raw.kafka.topic {
+            return Err(bad(
+                "kafka.dlq_topic",
+                "must differ from kafka.topic".into(),
+            ));
+        }
+        let mut properties = BTreeMap::new();
+        for (name, value) in raw.kafka.properties {
+            let key = format!("kafka.properties.{name}");
+            if RESERVED_KAFKA_PROPERTIES.contains(&name.as_str()) {
+                return Err(bad(
+                    &key,
+                    "is set by orderstream itself and cannot be overridden".into(),
+                ));
+            }
+            let value = match value {
+                Value::String(s) => s,
+                Value::Number(n) => n.to_string(),
+                Value::Bool(b) => b.to_string(),
+                other => {
+                    return Err(bad(
+                        &key,
+                        format!("expected a single value, got `{}`", show(&other)),
+                    ));
+                }
+            };
+            let mut probe = rdkafka::ClientConfig::new();
+            probe.set(&name, &value);
+            if let Err(e) = probe.create_native_config() {
+                return Err(bad(&key, format!("rejected by librdkafka: {e}")));
+            }
+            properties.insert(name, value);
+        }
+
+        // datalake
+        if raw.datalake.format != "parquet" {
+            return Err(bad(
+                "datalake.format",
+                format!("only `parquet` is supported, got `{}`", raw.datalake.format),
+            ));
+        }
+        let lake = ensure_dir(&raw.datalake.path).map_err(|m| bad("datalake.path", m))?;
+
+        // streaming
+        let checkpoint = ensure_dir(&raw.streaming.checkpoint_location)
+            .map_err(|m| bad("streaming.checkpoint_location", m))?;
+        let last_ts = ensure_dir(&raw.streaming.last_processed_timestamp_location)
+            .map_err(|m| bad("streaming.last_processed_timestamp_location", m))?;
+        let secs = raw
+            .streaming
+            .batch_interval
+            .unwrap_or(DEFAULT_BATCH_INTERVAL_SECS);
+        if !secs.is_finite() || !(0.01..=3600.0).contains(&secs) {
+            return Err(bad(
+                "streaming.batch_interval",
+                format!("must be between 0.01 and 3600 seconds, got {secs}"),
+            ));
+        }
+
+        Ok(Config {
+            postgres: PostgresConfig { connect, table },
+            kafka: KafkaConfig {
+                brokers,
+                topic: raw.kafka.topic,
+                partitions,
+                group_id,
+                dlq_topic,
+                properties,
+            },
+            datalake: DatalakeConfig { path: lake },
+            streaming: StreamingConfig {
+                checkpoint_location: checkpoint,
+                last_processed_timestamp_location: last_ts,
+                batch_interval: Duration::from_secs_f64(secs),
+            },
+            metrics: MetricsConfig {
+                port: raw.metrics.port.unwrap_or(DEFAULT_METRICS_PORT),
+            },
+        })
+    }
+}
+
+/// Puts one `ORDERSTREAM__SECTION__KEY[__PROPERTY]=value` into the YAML tree as a string and
+/// returns the dotted key it set.
+fn apply_env_override(root: &mut Value, var: &str, value: &str) -> Result<String, ConfigError> {
+    let rest = &var[ENV_PREFIX.len()..];
+    let parts: Vec<&str> = rest.split("__").collect();
+    let bad = |m: &str| ConfigError(format!("{var}: {m}"));
+    let (section, key, property) = match parts.as_slice() {
+        [section, key] => (section.to_lowercase(), key.to_lowercase(), None),
+        [section, key, property] => (section.to_lowercase(), key.to_lowercase(), Some(*property)),
+        _ => {
+            return Err(bad(
+                "expected ORDERSTREAM__<SECTION>__<KEY>, e.g. ORDERSTREAM__KAFKA__TOPIC",
+            ));
+        }
+    };
+    if section.is_empty() || key.is_empty() {
+        return Err(bad(
+            "expected ORDERSTREAM__<SECTION>__<KEY>, e.g. ORDERSTREAM__KAFKA__TOPIC",
+        ));
+    }
+    let map = root
+        .as_mapping_mut()
+        .ok_or_else(|| bad("the config file has no top-level mapping"))?;
+    let section_map = map
+        .entry(Value::String(section.clone()))
+        .or_insert_with(|| Value::Mapping(Mapping::new()));
+    let section_map = section_map
+        .as_mapping_mut()
+        .ok_or_else(|| bad(&format!("section `{section}` in the file is not a mapping")))?;
+    match property {
+        None => {
+            section_map.insert(Value::String(key.clone()), Value::String(value.to_string()));
+            Ok(format!("{section}.{key}"))
+        }
+        Some(property) if section == "kafka" && key == "properties" && !property.is_empty() => {
+            // Shell variable names cannot hold dots: SESSION_TIMEOUT_MS means session.timeout.ms.
+            let name = if property.contains('.') {
+                property.to_string()
+            } else {
+                property.to_lowercase().replace('_', ".")
+            };
+            let props = section_map
+                .entry(Value::String("properties".into()))
+                .or_insert_with(|| Value::Mapping(Mapping::new()));
+            let props = props
+                .as_mapping_mut()
+                .ok_or_else(|| bad("kafka.properties in the file is not a mapping"))?;
+            props.insert(
+                Value::String(name.clone()),
+                Value::String(value.to_string()),
+            );
+            Ok(format!("kafka.properties.{name}"))
+        }
+        Some(_) => Err(bad(
+            "only kafka.properties takes a third name part (ORDERSTREAM__KAFKA__PROPERTIES__<NAME>)",
+        )),
+    }
+}
+
+/// Parses `jdbc:postgresql://host:port/db` or `postgres[ql]://[user[:password]@]host:port/db[?k=v]`.
+/// Errors never repeat the URL, which may hold a password.
+fn parse_postgres_url(url: &str) -> Result<tokio_postgres::Config, String> {
+    let url = url.trim();
+    let plain = url.strip_prefix("jdbc:").unwrap_or(url);
+    if !(plain.starts_with("postgresql://") || plain.starts_with("postgres://")) {
+        return Err(
+            "expected jdbc:postgresql://host:port/database or postgres://host:port/database".into(),
+        );
+    }
+    let cfg = tokio_postgres::Config::from_str(plain).map_err(|e| format!("malformed URL: {e}"))?;
+    if cfg.get_hosts().is_empty() {
+        return Err("the URL names no host".into());
+    }
+    match cfg.get_dbname() {
+        Some(db) if !db.is_empty() => Ok(cfg),
+        _ => Err("the URL names no database (…/food_delivery_db)".into()),
+    }
+}
+
+fn validate_brokers(brokers: &str) -> Result<(), String> {
+    if brokers.is_empty() {
+        return Err("must list at least one host:port".into());
+    }
+    for broker in brokers.split(',') {
+        let broker = broker.trim();
+        let broker = broker
+            .strip_prefix("PLAINTEXT://")
+            .or_else(|| broker.strip_prefix("SSL://"))
+            .or_else(|| broker.strip_prefix("SASL_SSL://"))
+            .or_else(|| broker.strip_prefix("SASL_PLAINTEXT://"))
+            .unwrap_or(broker);
+        let Some((host, port)) = broker.rsplit_once(':') else {
+            return Err(format!("`{broker}` is not host:port"));
+        };
+        if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(format!("`{broker}` is not host:port"));
+        }
+    }
+    Ok(())
+}
+
+/// Kafka's own rule for topic names.
+fn validate_topic(topic: &str) -> Result<(), String> {
+    if topic.is_empty() || topic == "." || topic == ".." {
+        return Err(format!("`{topic}` is not a valid topic name"));
+    }
+    if topic.len() > 249 {
+        return Err("a topic name is at most 249 characters".into());
+    }
+    if let Some(c) = topic
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "`{topic}` contains `{c}`; topic names use only a-z A-Z 0-9 . _ -"
+        ));
+    }
+    Ok(())
+}
+
+/// Creates the directory if needed and returns it.
+fn ensure_dir(path: &Path) -> Result<PathBuf, String> {
+    if path.as_os_str().is_empty() {
+        return Err("must not be empty".into());
+    }
+    std::fs::create_dir_all(path)
+        .map_err(|e| format!("cannot create directory {}: {e}", path.display()))?;
+    Ok(path.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,36 @@
+//! The library's error type: every variant is one line that says what failed and where.
+
+use crate::config::ConfigError;
+
+/// Anything that stops a command.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is wrong; nothing was contacted.
+    #[error("configuration error: {0}")]
+    Config(#[from] ConfigError),
+    /// PostgreSQL refused, failed or holds something unexpected.
+    #[error("PostgreSQL: {0}")]
+    Postgres(String),
+    /// The broker refused or failed.
+    #[error("Kafka: {0}")]
+    Kafka(String),
+    /// A file of ours (state, checkpoint, lake) could not be read or written.
+    #[error("{0}")]
+    Storage(String),
+    /// The command exists but is not built yet.
+    #[error("`{0}` is not implemented yet")]
+    NotImplemented(&'static str),
+}
+
+impl Error {
+    /// The process exit code: 2 for usage or configuration errors, 1 for everything else.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Config(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

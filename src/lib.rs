@@ -1,0 +1,26 @@
+//! orderstream: exactly-once change data capture of food-delivery orders from PostgreSQL,
+//! through Kafka, into a date-partitioned Parquet lake that Spark, DuckDB, pyarrow or Polars
+//! read directly.
+//!
+//! The pipeline is a line, and so is the code:
+//!
+//! ```text
+//! PostgreSQL ──▶ source ──▶ producer ──▶ Kafka topic ──▶ sink ──▶ lake (date=YYYY-MM-DD/*.parquet)
+//! ```
+//!
+//! # Layout
+//!
+//! * [`config`]: the YAML file with the seed's keys, `ORDERSTREAM__*` overrides, validation.
+//! * [`db`]: PostgreSQL connections and the schema bootstrap (`sql/orders.sql`).
+//! * [`kafka`]: Kafka clients built from the configuration, topic bootstrap.
+//! * [`init`]: the `init` command: table, seed orders and topics.
+//! * [`error`]: the error type; every error is one line naming what and where.
+
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod init;
+pub mod kafka;
+
+pub use config::Config;
+pub use error::{Error, Result};

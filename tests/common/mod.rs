@@ -1,0 +1,289 @@
+//! The integration-test harness: the real local stack (`make up`), a scratch table, topic,
+//! group and lake folder per test, the orderstream binary, and a private memory-storage broker
+//! for tests that freeze or stop one.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// PostgreSQL port of the local stack.
+pub fn pg_port() -> u16 {
+    std::env::var("ORDERSTREAM_PG_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(55432)
+}
+
+/// Broker of the local stack.
+pub fn stack_brokers() -> String {
+    let port = std::env::var("ORDERSTREAM_KAFKA_PORT").unwrap_or_else(|_| "9092".into());
+    format!("127.0.0.1:{port}")
+}
+
+/// A connection string for the stack's database.
+pub fn pg_url() -> String {
+    format!(
+        "postgres://student:student123@127.0.0.1:{}/food_delivery_db",
+        pg_port()
+    )
+}
+
+/// A synchronous client on the stack's database.
+pub fn pg() -> postgres::Client {
+    postgres::Client::connect(&pg_url(), postgres::NoTls).unwrap_or_else(|e| {
+        panic!("the local stack's PostgreSQL is not reachable ({e}); run `make up` first")
+    })
+}
+
+/// A name no other test or run uses: `<tag>_<pid>_<counter><time>`, lower case.
+pub fn unique(tag: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{tag}_{}_{}{:x}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        nanos % 0xfffff
+    )
+    .to_lowercase()
+}
+
+/// One test's world: its own table, topics, group and folder, and a config file naming them.
+pub struct TestEnv {
+    /// The unique name everything is derived from.
+    pub name: String,
+    /// Scratch folder holding the config, the lake, checkpoints and producer state.
+    pub dir: PathBuf,
+    /// The broker this test uses.
+    pub brokers: String,
+    /// The orders table (already lower case).
+    pub table: String,
+    /// The orders topic.
+    pub topic: String,
+    /// Extra `ORDERSTREAM__*` variables for every orderstream command.
+    pub env: Vec<(String, String)>,
+}
+
+impl TestEnv {
+    /// A test world on the local stack's broker.
+    pub fn new(tag: &str) -> TestEnv {
+        Self::with_brokers(tag, &stack_brokers())
+    }
+
+    /// A test world on the given broker.
+    pub fn with_brokers(tag: &str, brokers: &str) -> TestEnv {
+        let name = unique(tag);
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("runs")
+            .join(&name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let env = TestEnv {
+            table: format!("orders_{name}"),
+            topic: format!("orders_{name}"),
+            brokers: brokers.to_string(),
+            name,
+            dir,
+            env: Vec::new(),
+        };
+        env.write_config("");
+        env
+    }
+
+    /// The config file of this test.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("orders_stream.yml")
+    }
+
+    /// The lake root.
+    pub fn lake(&self) -> PathBuf {
+        self.dir.join("lake")
+    }
+
+    /// The consumer checkpoint folder.
+    pub fn checkpoints(&self) -> PathBuf {
+        self.dir.join("checkpoints")
+    }
+
+    /// The producer state folder (holding last_timestamp.txt).
+    pub fn lastprocess(&self) -> PathBuf {
+        self.dir.join("lastprocess")
+    }
+
+    /// (Re)writes the config file; `extra_kafka` is appended to the kafka section.
+    pub fn write_config(&self, extra_kafka: &str) {
+        let text = format!(
+            r#"postgres:
+  jdbc_url: "jdbc:postgresql://127.0.0.1:{port}/food_delivery_db"
+  table: "{table}"
+  user: "student"
+  password: "student123"
+kafka:
+  brokers: "{brokers}"
+  topic: "{topic}"
+{extra_kafka}
+datalake:
+  path: "{dir}/lake"
+  format: "parquet"
+streaming:
+  checkpoint_location: "{dir}/checkpoints"
+  last_processed_timestamp_location: "{dir}/lastprocess"
+  batch_interval: 0.2
+metrics:
+  port: 0
+"#,
+            port = pg_port(),
+            table = self.table,
+            brokers = self.brokers,
+            topic = self.topic,
+            dir = self.dir.display(),
+        );
+        std::fs::write(self.config_path(), text).unwrap();
+    }
+
+    /// Adds an `ORDERSTREAM__*` override for every later command.
+    pub fn set(&mut self, var: &str, value: &str) {
+        self.env.push((var.to_string(), value.to_string()));
+    }
+
+    /// `orderstream --config <this test's file> <args>`.
+    pub fn orderstream(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_orderstream"));
+        cmd.arg("--config").arg(self.config_path()).args(args);
+        // Keep the developer's own overrides out of the tests.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("ORDERSTREAM__") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
+    /// Runs a command to completion and returns (exit code, stdout, stderr).
+    pub fn run(&self, args: &[&str]) -> (i32, String, String) {
+        run_output(self.orderstream(args))
+    }
+}
+
+/// Runs a command with a 120 s limit and returns (exit code, stdout, stderr).
+pub fn run_output(mut cmd: Command) -> (i32, String, String) {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A private tansu broker with memory storage, for tests that stop or freeze their broker.
+pub struct Broker {
+    child: Option<Child>,
+    /// `127.0.0.1:<port>`
+    pub addr: String,
+    port: u16,
+}
+
+impl Broker {
+    /// Starts a memory-storage tansu on a free port and waits until it answers.
+    pub fn start_memory() -> Broker {
+        let tansu = std::env::var("ORDERSTREAM_TANSU").unwrap_or_else(|_| {
+            let home = std::env::var("CARGO_HOME").unwrap_or_else(|_| {
+                format!("{}/.cargo", std::env::var("HOME").unwrap_or_default())
+            });
+            format!("{home}/bin/tansu")
+        });
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(&tansu)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args([
+                "--storage-engine",
+                "memory://tansu/",
+                "--cluster-id",
+                &unique("broker"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {tansu} ({e}); run `make up` to install it"));
+        let broker = Broker {
+            child: Some(child),
+            addr: format!("127.0.0.1:{port}"),
+            port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&broker.addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not start on {}",
+                broker.addr
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        broker
+    }
+
+    /// The broker's PID.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    /// SIGSTOP: the broker stops answering but keeps its data.
+    pub fn freeze(&self) {
+        signal(self.pid(), libc::SIGSTOP);
+    }
+
+    /// SIGCONT after `freeze`.
+    pub fn thaw(&self) {
+        signal(self.pid(), libc::SIGCONT);
+    }
+
+    /// Kills the broker (its data is gone).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.thaw();
+        self.kill();
+    }
+}
+
+/// Sends a signal to a process.
+pub fn signal(pid: i32, sig: i32) {
+    if pid > 0 {
+        // SAFETY: kill(2) with a PID we own; no memory is involved.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+}
