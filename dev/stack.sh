@@ -139,6 +139,7 @@ pg_up() {
   pg_prepare_dir
   local data="$PG_DIR/data"
   if pid_alive postgres "$data" && pg_ready; then return; fi
+  if pg_ready; then die "port $PG_PORT already answers, but not by our cluster: stop it or set ORDERSTREAM_PG_PORT"; fi
   if [ ! -f "$data/PG_VERSION" ]; then
     log "creating the PostgreSQL cluster in .stack/pg/data (OS user $PGUSER)"
     as_pg mkdir -p "$PG_DIR/run" "$PG_DIR/log"
