@@ -98,7 +98,11 @@ stop_pid() { # name marker signal
 # ---------------------------------------------------------------------------------------------
 # PostgreSQL: refuses to run as root, so as root the cluster belongs to an ordinary OS user.
 
-PG_DIR="$STACK/pg"
+PG_LINK="$STACK/pg"
+PG_DIR="$PG_LINK"
+# When .stack/pg links elsewhere (see pg_prepare_dir), every path handed to PostgreSQL must be
+# the real one: the link itself may sit below a folder the cluster's user cannot enter.
+if [ -L "$PG_LINK" ]; then PG_DIR=$(readlink -f "$PG_LINK"); fi
 
 pg_user() {
   if ! as_root; then id -un; return; fi
@@ -110,25 +114,27 @@ pg_user() {
 }
 
 as_pg() { # run a command as the cluster's OS user
-  if as_root; then runuser -u "$PGUSER" -- "$@"; else "$@"; fi
+  # From / : the caller's working directory may be closed to that user.
+  if as_root; then (cd / && runuser -u "$PGUSER" -- "$@"); else "$@"; fi
 }
 
 pg_prepare_dir() {
   mkdir -p "$STACK"
-  if [ -L "$PG_DIR" ] || [ -d "$PG_DIR" ]; then return; fi
-  mkdir -p "$PG_DIR"
+  if [ -L "$PG_LINK" ] || [ -d "$PG_LINK" ]; then return; fi
+  mkdir -p "$PG_LINK"
   if as_root; then
-    chown "$PGUSER" "$PG_DIR"
+    chown "$PGUSER" "$PG_LINK"
     # The OS user must reach the folder; a checkout under /root is closed to it. Then the
     # cluster lives under /var/lib/orderstream and .stack/pg links to it.
-    if ! runuser -u "$PGUSER" -- test -w "$PG_DIR"; then
-      rmdir "$PG_DIR"
-      local key
+    if ! runuser -u "$PGUSER" -- test -w "$PG_LINK"; then
+      rmdir "$PG_LINK"
+      local key real
       key=$(printf '%s' "$ROOT" | sha256sum | cut -c1-12)
-      local real="/var/lib/orderstream/pg-$key"
+      real="/var/lib/orderstream/pg-$key"
       mkdir -p "$real"
       chown "$PGUSER" "$real"
-      ln -s "$real" "$PG_DIR"
+      ln -s "$real" "$PG_LINK"
+      PG_DIR="$real"
       log "PostgreSQL data lives in $real (linked from .stack/pg): $ROOT is closed to user $PGUSER"
     fi
   fi
