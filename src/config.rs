@@ -96,9 +96,7 @@ impl TableName {
                 return Err("must not be empty".into());
             }
             if part.len() > 63 {
-                return Err(format!(
-                    "`{part}` is longer than PostgreSQL's 63-byte identifier limit"
-                ));
+                return Err(format!("`{part}` is longer than PostgreSQL's 63-byte identifier limit"));
             }
             if part.contains('\0') || part.contains('"') {
                 return Err(format!("`{part}` contains a quote or NUL character"));
@@ -106,14 +104,8 @@ impl TableName {
             Ok(part.to_lowercase())
         };
         match raw.split_once('.') {
-            Some((schema, name)) => Ok(TableName {
-                schema: Some(fold(schema)?),
-                name: fold(name)?,
-            }),
-            None => Ok(TableName {
-                schema: None,
-                name: fold(raw)?,
-            }),
+            Some((schema, name)) => Ok(TableName { schema: Some(fold(schema)?), name: fold(name)? }),
+            None => Ok(TableName { schema: None, name: fold(raw)? }),
         }
     }
 
@@ -261,38 +253,29 @@ where
     use serde::de::Error;
     match Option::<Value>::deserialize(de)? {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => s
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| D::Error::custom(format!("expected a number, got `{s}`"))),
+        Some(Value::String(s)) => {
+            s.trim().parse().map(Some).map_err(|_| D::Error::custom(format!("expected a number, got `{s}`")))
+        }
         Some(v @ Value::Number(_)) => serde_norway::from_value(v.clone())
             .map(Some)
             .map_err(|_| D::Error::custom(format!("number `{}` is out of range", show(&v)))),
-        Some(v) => Err(D::Error::custom(format!(
-            "expected a number, got `{}`",
-            show(&v)
-        ))),
+        Some(v) => Err(D::Error::custom(format!("expected a number, got `{}`", show(&v)))),
     }
 }
 
 fn show(v: &Value) -> String {
-    serde_norway::to_string(v)
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+    serde_norway::to_string(v).map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
 impl Config {
     /// Reads `path`, applies the process environment's overrides and validates everything.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError(format!("{}: cannot read config file: {e}", path.display()))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: cannot read config file: {e}", path.display())))?;
         let env: Vec<(String, String)> = std::env::vars_os()
             .filter_map(|(k, v)| {
                 let k = k.to_string_lossy().into_owned();
-                k.starts_with(ENV_PREFIX)
-                    .then(|| (k, v.to_string_lossy().into_owned()))
+                k.starts_with(ENV_PREFIX).then(|| (k, v.to_string_lossy().into_owned()))
             })
             .collect();
         Self::from_parts(&path.display().to_string(), &text, &env)
@@ -300,11 +283,7 @@ impl Config {
 
     /// Builds the configuration from the file's text and `ORDERSTREAM__*` variables.
     /// `origin` names the file in error messages.
-    pub fn from_parts(
-        origin: &str,
-        text: &str,
-        env: &[(String, String)],
-    ) -> Result<Config, ConfigError> {
+    pub fn from_parts(origin: &str, text: &str, env: &[(String, String)]) -> Result<Config, ConfigError> {
         let mut root: Value = serde_norway::from_str(text)
             .map_err(|e| ConfigError(format!("{origin}: not valid YAML: {e}")))?;
         if root.is_null() {
@@ -356,10 +335,7 @@ impl Config {
             connect.user(user);
         }
         if connect.get_user().is_none() {
-            return Err(bad(
-                "postgres.user",
-                "missing (and the URL names no user)".into(),
-            ));
+            return Err(bad("postgres.user", "missing (and the URL names no user)".into()));
         }
         if let Some(password) = raw.postgres.password.as_deref() {
             connect.password(password);
@@ -374,47 +350,29 @@ impl Config {
         validate_topic(&raw.kafka.topic).map_err(|m| bad("kafka.topic", m))?;
         let partitions = raw.kafka.partitions.unwrap_or(DEFAULT_PARTITIONS);
         if !(1..=10_000).contains(&partitions) {
-            return Err(bad(
-                "kafka.partitions",
-                format!("must be between 1 and 10000, got {partitions}"),
-            ));
+            return Err(bad("kafka.partitions", format!("must be between 1 and 10000, got {partitions}")));
         }
-        let group_id = raw
-            .kafka
-            .group_id
-            .unwrap_or_else(|| format!("orderstream_{}", raw.kafka.topic));
+        let group_id = raw.kafka.group_id.unwrap_or_else(|| format!("orderstream_{}", raw.kafka.topic));
         if group_id.trim().is_empty() {
             return Err(bad("kafka.group_id", "must not be empty".into()));
         }
-        let dlq_topic = raw
-            .kafka
-            .dlq_topic
-            .unwrap_or_else(|| format!("{}_dlq", raw.kafka.topic));
+        let dlq_topic = raw.kafka.dlq_topic.unwrap_or_else(|| format!("{}_dlq", raw.kafka.topic));
         validate_topic(&dlq_topic).map_err(|m| bad("kafka.dlq_topic", m))?;
         if dlq_topic == raw.kafka.topic {
-            return Err(bad(
-                "kafka.dlq_topic",
-                "must differ from kafka.topic".into(),
-            ));
+            return Err(bad("kafka.dlq_topic", "must differ from kafka.topic".into()));
         }
         let mut properties = BTreeMap::new();
         for (name, value) in raw.kafka.properties {
             let key = format!("kafka.properties.{name}");
             if RESERVED_KAFKA_PROPERTIES.contains(&name.as_str()) {
-                return Err(bad(
-                    &key,
-                    "is set by orderstream itself and cannot be overridden".into(),
-                ));
+                return Err(bad(&key, "is set by orderstream itself and cannot be overridden".into()));
             }
             let value = match value {
                 Value::String(s) => s,
                 Value::Number(n) => n.to_string(),
                 Value::Bool(b) => b.to_string(),
                 other => {
-                    return Err(bad(
-                        &key,
-                        format!("expected a single value, got `{}`", show(&other)),
-                    ));
+                    return Err(bad(&key, format!("expected a single value, got `{}`", show(&other))));
                 }
             };
             let mut probe = rdkafka::ClientConfig::new();
@@ -439,10 +397,7 @@ impl Config {
             .map_err(|m| bad("streaming.checkpoint_location", m))?;
         let last_ts = ensure_dir(&raw.streaming.last_processed_timestamp_location)
             .map_err(|m| bad("streaming.last_processed_timestamp_location", m))?;
-        let secs = raw
-            .streaming
-            .batch_interval
-            .unwrap_or(DEFAULT_BATCH_INTERVAL_SECS);
+        let secs = raw.streaming.batch_interval.unwrap_or(DEFAULT_BATCH_INTERVAL_SECS);
         if !secs.is_finite() || !(0.01..=3600.0).contains(&secs) {
             return Err(bad(
                 "streaming.batch_interval",
@@ -466,9 +421,7 @@ impl Config {
                 last_processed_timestamp_location: last_ts,
                 batch_interval: Duration::from_secs_f64(secs),
             },
-            metrics: MetricsConfig {
-                port: raw.metrics.port.unwrap_or(DEFAULT_METRICS_PORT),
-            },
+            metrics: MetricsConfig { port: raw.metrics.port.unwrap_or(DEFAULT_METRICS_PORT) },
         })
     }
 }
@@ -483,22 +436,15 @@ fn apply_env_override(root: &mut Value, var: &str, value: &str) -> Result<String
         [section, key] => (section.to_lowercase(), key.to_lowercase(), None),
         [section, key, property] => (section.to_lowercase(), key.to_lowercase(), Some(*property)),
         _ => {
-            return Err(bad(
-                "expected ORDERSTREAM__<SECTION>__<KEY>, e.g. ORDERSTREAM__KAFKA__TOPIC",
-            ));
+            return Err(bad("expected ORDERSTREAM__<SECTION>__<KEY>, e.g. ORDERSTREAM__KAFKA__TOPIC"));
         }
     };
     if section.is_empty() || key.is_empty() {
-        return Err(bad(
-            "expected ORDERSTREAM__<SECTION>__<KEY>, e.g. ORDERSTREAM__KAFKA__TOPIC",
-        ));
+        return Err(bad("expected ORDERSTREAM__<SECTION>__<KEY>, e.g. ORDERSTREAM__KAFKA__TOPIC"));
     }
-    let map = root
-        .as_mapping_mut()
-        .ok_or_else(|| bad("the config file has no top-level mapping"))?;
-    let section_map = map
-        .entry(Value::String(section.clone()))
-        .or_insert_with(|| Value::Mapping(Mapping::new()));
+    let map = root.as_mapping_mut().ok_or_else(|| bad("the config file has no top-level mapping"))?;
+    let section_map =
+        map.entry(Value::String(section.clone())).or_insert_with(|| Value::Mapping(Mapping::new()));
     let section_map = section_map
         .as_mapping_mut()
         .ok_or_else(|| bad(&format!("section `{section}` in the file is not a mapping")))?;
@@ -517,18 +463,14 @@ fn apply_env_override(root: &mut Value, var: &str, value: &str) -> Result<String
             let props = section_map
                 .entry(Value::String("properties".into()))
                 .or_insert_with(|| Value::Mapping(Mapping::new()));
-            let props = props
-                .as_mapping_mut()
-                .ok_or_else(|| bad("kafka.properties in the file is not a mapping"))?;
-            props.insert(
-                Value::String(name.clone()),
-                Value::String(value.to_string()),
-            );
+            let props =
+                props.as_mapping_mut().ok_or_else(|| bad("kafka.properties in the file is not a mapping"))?;
+            props.insert(Value::String(name.clone()), Value::String(value.to_string()));
             Ok(format!("kafka.properties.{name}"))
         }
-        Some(_) => Err(bad(
-            "only kafka.properties takes a third name part (ORDERSTREAM__KAFKA__PROPERTIES__<NAME>)",
-        )),
+        Some(_) => {
+            Err(bad("only kafka.properties takes a third name part (ORDERSTREAM__KAFKA__PROPERTIES__<NAME>)"))
+        }
     }
 }
 
@@ -538,9 +480,7 @@ fn parse_postgres_url(url: &str) -> Result<tokio_postgres::Config, String> {
     let url = url.trim();
     let plain = url.strip_prefix("jdbc:").unwrap_or(url);
     if !(plain.starts_with("postgresql://") || plain.starts_with("postgres://")) {
-        return Err(
-            "expected jdbc:postgresql://host:port/database or postgres://host:port/database".into(),
-        );
+        return Err("expected jdbc:postgresql://host:port/database or postgres://host:port/database".into());
     }
     let cfg = tokio_postgres::Config::from_str(plain).map_err(|e| format!("malformed URL: {e}"))?;
     if cfg.get_hosts().is_empty() {
@@ -582,13 +522,8 @@ fn validate_topic(topic: &str) -> Result<(), String> {
     if topic.len() > 249 {
         return Err("a topic name is at most 249 characters".into());
     }
-    if let Some(c) = topic
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        return Err(format!(
-            "`{topic}` contains `{c}`; topic names use only a-z A-Z 0-9 . _ -"
-        ));
+    if let Some(c) = topic.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        return Err(format!("`{topic}` contains `{c}`; topic names use only a-z A-Z 0-9 . _ -"));
     }
     Ok(())
 }
@@ -598,8 +533,7 @@ fn ensure_dir(path: &Path) -> Result<PathBuf, String> {
     if path.as_os_str().is_empty() {
         return Err("must not be empty".into());
     }
-    std::fs::create_dir_all(path)
-        .map_err(|e| format!("cannot create directory {}: {e}", path.display()))?;
+    std::fs::create_dir_all(path).map_err(|e| format!("cannot create directory {}: {e}", path.display()))?;
     Ok(path.to_path_buf())
 }
 

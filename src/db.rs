@@ -24,13 +24,10 @@ pub fn describe(cfg: &PostgresConfig) -> String {
 
 /// Opens one connection; the connection task runs on the current tokio runtime.
 pub async fn connect(cfg: &PostgresConfig) -> Result<Client> {
-    let (client, connection) = cfg.connect.connect(NoTls).await.map_err(|e| {
-        Error::Postgres(format!(
-            "cannot connect to {}: {}",
-            describe(cfg),
-            error_text(&e)
-        ))
-    })?;
+    let (client, connection) =
+        cfg.connect.connect(NoTls).await.map_err(|e| {
+            Error::Postgres(format!("cannot connect to {}: {}", describe(cfg), error_text(&e)))
+        })?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!("PostgreSQL connection closed: {}", error_text(&e));
@@ -70,9 +67,7 @@ pub fn render_schema(table: &TableName) -> String {
             out.push(c);
             rest = &rest[1..];
         } else if c.is_ascii_alphanumeric() || c == '_' {
-            let end = rest
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(rest.len());
+            let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
             let word = &rest[..end];
             let replacement = match word {
                 "ROLL001_orders" => Some(&ident),
@@ -106,25 +101,14 @@ pub struct BootstrapReport {
 
 /// Applies the schema and seed rows in one transaction; idempotent.
 pub async fn bootstrap(client: &mut Client, table: &TableName) -> Result<BootstrapReport> {
-    let pg =
-        |e: tokio_postgres::Error| Error::Postgres(format!("table {table}: {}", error_text(&e)));
+    let pg = |e: tokio_postgres::Error| Error::Postgres(format!("table {table}: {}", error_text(&e)));
     let existed = table_exists(client, table).await?;
-    let seed_before = if existed {
-        count_seed_rows(client, table).await?
-    } else {
-        0
-    };
+    let seed_before = if existed { count_seed_rows(client, table).await? } else { 0 };
     // A multi-statement simple query runs as one implicit transaction: all of it or nothing.
-    client
-        .batch_execute(&render_schema(table))
-        .await
-        .map_err(pg)?;
+    client.batch_execute(&render_schema(table)).await.map_err(pg)?;
     let seed_after = count_seed_rows(client, table).await?;
-    let total: i64 = client
-        .query_one(&format!("SELECT count(*) FROM {}", table.quoted()), &[])
-        .await
-        .map_err(pg)?
-        .get(0);
+    let total: i64 =
+        client.query_one(&format!("SELECT count(*) FROM {}", table.quoted()), &[]).await.map_err(pg)?.get(0);
     Ok(BootstrapReport {
         created_table: !existed,
         seed_rows_inserted: seed_after - seed_before,
@@ -142,10 +126,7 @@ pub async fn table_exists(client: &Client, table: &TableName) -> Result<bool> {
 }
 
 async fn count_seed_rows(client: &Client, table: &TableName) -> Result<i64> {
-    let sql = format!(
-        "SELECT count(*) FROM {} WHERE order_id BETWEEN $1 AND $2",
-        table.quoted()
-    );
+    let sql = format!("SELECT count(*) FROM {} WHERE order_id BETWEEN $1 AND $2", table.quoted());
     let row = client
         .query_one(&sql, &[SEED_ORDER_IDS.start(), SEED_ORDER_IDS.end()])
         .await

@@ -35,16 +35,8 @@ pub async fn init(cfg: &Config) -> Result<InitReport> {
 
 impl fmt::Display for InitReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let created = if self.db.created_table {
-            "created"
-        } else {
-            "already present"
-        };
-        writeln!(
-            f,
-            "postgres {}: table {} {created}",
-            self.database, self.table
-        )?;
+        let created = if self.db.created_table { "created" } else { "already present" };
+        writeln!(f, "postgres {}: table {} {created}", self.database, self.table)?;
         writeln!(
             f,
             "postgres {}: {} seed orders inserted (101-110), {} rows in the table",
@@ -52,13 +44,10 @@ impl fmt::Display for InitReport {
         )?;
         for (topic, wanted, outcome) in &self.topics {
             match outcome {
-                TopicOutcome::Created(n) => {
-                    writeln!(f, "kafka: topic {topic} created with {n} partitions")?
+                TopicOutcome::Created(n) => writeln!(f, "kafka: topic {topic} created with {n} partitions")?,
+                TopicOutcome::Existed(n) if n == wanted => {
+                    writeln!(f, "kafka: topic {topic} already present with {n} partitions")?
                 }
-                TopicOutcome::Existed(n) if n == wanted => writeln!(
-                    f,
-                    "kafka: topic {topic} already present with {n} partitions"
-                )?,
                 TopicOutcome::Existed(n) => writeln!(
                     f,
                     "kafka: topic {topic} already present with {n} partitions (kafka.partitions is {wanted}; left as is)"

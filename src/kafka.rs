@@ -30,12 +30,9 @@ pub fn base_config(cfg: &KafkaConfig) -> ClientConfig {
 
 /// An admin client.
 pub fn admin(cfg: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>> {
-    base_config(cfg).create().map_err(|e| {
-        Error::Kafka(format!(
-            "cannot create admin client for {}: {e}",
-            cfg.brokers
-        ))
-    })
+    base_config(cfg)
+        .create()
+        .map_err(|e| Error::Kafka(format!("cannot create admin client for {}: {e}", cfg.brokers)))
 }
 
 /// What `ensure_topic` found.
@@ -58,11 +55,7 @@ pub fn partition_count(
         .inner()
         .fetch_metadata(None, REQUEST_TIMEOUT)
         .map_err(|e| Error::Kafka(format!("broker {brokers} unreachable: {e}")))?;
-    Ok(md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .map(|t| t.partitions().len() as i32))
+    Ok(md.topics().iter().find(|t| t.name() == topic).map(|t| t.partitions().len() as i32))
 }
 
 /// Creates `topic` with `partitions` partitions unless it exists.

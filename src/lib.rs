@@ -11,8 +11,10 @@
 //! # Layout
 //!
 //! * [`config`]: the YAML file with the seed's keys, `ORDERSTREAM__*` overrides, validation.
+//! * [`order`]: THE order record: columns, JSON form, Arrow schema, validation.
 //! * [`db`]: PostgreSQL connections and the schema bootstrap (`sql/orders.sql`).
 //! * [`kafka`]: Kafka clients built from the configuration, topic bootstrap.
+//! * [`metrics`]: the counters that `status`, the logs and `/metrics` read.
 //! * [`init`]: the `init` command: table, seed orders and topics.
 //! * [`error`]: the error type; every error is one line naming what and where.
 
@@ -21,6 +23,8 @@ pub mod db;
 pub mod error;
 pub mod init;
 pub mod kafka;
+pub mod metrics;
+pub mod order;
 
 pub use config::Config;
 pub use error::{Error, Result};

@@ -13,12 +13,7 @@ use orderstream::{Config, Error};
 #[command(name = "orderstream", version, about)]
 struct Cli {
     /// The configuration file.
-    #[arg(
-        long,
-        short,
-        global = true,
-        default_value = "configs/orders_stream.yml"
-    )]
+    #[arg(long, short, global = true, default_value = "configs/orders_stream.yml")]
     config: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -46,9 +41,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Logs go to stderr; RUST_LOG refines them. PostgreSQL's NOTICEs ("already exists,
     // skipping") and librdkafka's own retry chatter are not worth a line each.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn,rdkafka=off")
-    });
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn,rdkafka=off"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -9,17 +9,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use std::time::Duration;
 
 fn partitions(brokers: &str, topic: &str) -> Option<usize> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .unwrap();
-    let md = consumer
-        .fetch_metadata(None, Duration::from_secs(10))
-        .unwrap();
-    md.topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .map(|t| t.partitions().len())
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
+    let md = consumer.fetch_metadata(None, Duration::from_secs(10)).unwrap();
+    md.topics().iter().find(|t| t.name() == topic).map(|t| t.partitions().len())
 }
 
 type SeedRow = (i32, String, String, String, String, String, NaiveDateTime);
@@ -43,77 +35,32 @@ fn init_twice_leaves_exactly_the_ten_seed_orders_and_the_topics() {
     let env = TestEnv::new("init_twice");
     let (code, out, err) = env.run(&["init"]);
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
-    assert!(
-        out.contains(&format!("table {} created", env.table)),
-        "{out}"
-    );
-    assert!(
-        out.contains("10 seed orders inserted (101-110), 10 rows in the table"),
-        "{out}"
-    );
-    assert!(
-        out.contains(&format!("topic {} created with 3 partitions", env.topic)),
-        "{out}"
-    );
-    assert!(
-        out.contains(&format!(
-            "topic {}_dlq created with 3 partitions",
-            env.topic
-        )),
-        "{out}"
-    );
+    assert!(out.contains(&format!("table {} created", env.table)), "{out}");
+    assert!(out.contains("10 seed orders inserted (101-110), 10 rows in the table"), "{out}");
+    assert!(out.contains(&format!("topic {} created with 3 partitions", env.topic)), "{out}");
+    assert!(out.contains(&format!("topic {}_dlq created with 3 partitions", env.topic)), "{out}");
 
     let (code, out, err) = env.run(&["init"]);
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
-    assert!(
-        out.contains("table") && out.contains("already present"),
-        "{out}"
-    );
-    assert!(
-        out.contains("0 seed orders inserted (101-110), 10 rows in the table"),
-        "{out}"
-    );
-    assert!(
-        out.contains(&format!(
-            "topic {} already present with 3 partitions",
-            env.topic
-        )),
-        "{out}"
-    );
+    assert!(out.contains("table") && out.contains("already present"), "{out}");
+    assert!(out.contains("0 seed orders inserted (101-110), 10 rows in the table"), "{out}");
+    assert!(out.contains(&format!("topic {} already present with 3 partitions", env.topic)), "{out}");
 
     let got = rows(&env.table);
     assert_eq!(got.len(), 10);
     let first = &got[0];
     assert_eq!(
-        (
-            first.0,
-            first.1.as_str(),
-            first.2.as_str(),
-            first.3.as_str(),
-            first.4.as_str(),
-            first.5.as_str()
-        ),
-        (
-            101,
-            "John Doe",
-            "Burger Junction",
-            "Veg Burger",
-            "220.00",
-            "PLACED"
-        )
+        (first.0, first.1.as_str(), first.2.as_str(), first.3.as_str(), first.4.as_str(), first.5.as_str()),
+        (101, "John Doe", "Burger Junction", "Veg Burger", "220.00", "PLACED")
     );
     for (i, row) in got.iter().enumerate() {
         assert_eq!(row.0, 101 + i as i32);
-        let expected = NaiveDateTime::parse_from_str("2025-01-18 12:24:00", "%Y-%m-%d %H:%M:%S")
-            .unwrap()
+        let expected = NaiveDateTime::parse_from_str("2025-01-18 12:24:00", "%Y-%m-%d %H:%M:%S").unwrap()
             + chrono::Duration::minutes(i as i64);
         assert_eq!(row.6, expected, "created_at of order {}", row.0);
     }
     assert_eq!(partitions(&env.brokers, &env.topic), Some(3));
-    assert_eq!(
-        partitions(&env.brokers, &format!("{}_dlq", env.topic)),
-        Some(3)
-    );
+    assert_eq!(partitions(&env.brokers, &format!("{}_dlq", env.topic)), Some(3));
 
     // The serial continues after the seed rows, and created_at defaults to now in UTC.
     let row = pg()
@@ -146,13 +93,8 @@ fn unquoted_psql_name_and_configured_name_are_the_same_table() {
     env.set("ORDERSTREAM__POSTGRES__TABLE", &env.table.to_uppercase());
     let (code, _, err) = env.run(&["init"]);
     assert_eq!(code, 0, "{err}");
-    let n: i64 = pg()
-        .query_one(
-            &format!("SELECT count(*) FROM {}", env.table.to_uppercase()),
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let n: i64 =
+        pg().query_one(&format!("SELECT count(*) FROM {}", env.table.to_uppercase()), &[]).unwrap().get(0);
     assert_eq!(n, 10);
 }
 
@@ -184,13 +126,7 @@ fn init_against_a_stopped_broker_fails_with_one_line() {
     let (code, out, err) = env.run(&["init"]);
     assert_eq!(code, 1, "stdout: {out}\nstderr: {err}");
     let last = err.lines().last().unwrap_or_default();
-    assert!(
-        last.starts_with(&format!(
-            "orderstream: Kafka: broker {} unreachable",
-            broker.addr
-        )),
-        "{err}"
-    );
+    assert!(last.starts_with(&format!("orderstream: Kafka: broker {} unreachable", broker.addr)), "{err}");
 }
 
 #[test]
@@ -198,10 +134,7 @@ fn configuration_errors_exit_2_before_contacting_anything() {
     let env = TestEnv::new("init_badcfg");
     // An unreachable database proves nothing was contacted: the config error comes first.
     let mut cmd = env.orderstream(&["init"]);
-    cmd.env(
-        "ORDERSTREAM__POSTGRES__JDBC_URL",
-        "jdbc:postgresql://127.0.0.1:1/x",
-    );
+    cmd.env("ORDERSTREAM__POSTGRES__JDBC_URL", "jdbc:postgresql://127.0.0.1:1/x");
     cmd.env("ORDERSTREAM__STREAMING__BATCH_INTERVAL", "fast");
     let (code, _, err) = common::run_output(cmd);
     assert_eq!(code, 2, "{err}");
@@ -216,9 +149,7 @@ fn configuration_errors_exit_2_before_contacting_anything() {
     let (code, _, err) = common::run_output(cmd);
     assert_eq!(code, 2, "{err}");
     assert!(
-        err.starts_with(
-            "orderstream: configuration error: /nonexistent/orders.yml: cannot read config file"
-        ),
+        err.starts_with("orderstream: configuration error: /nonexistent/orders.yml: cannot read config file"),
         "{err}"
     );
 

@@ -39,10 +39,7 @@ fn text(yaml: &str) -> String {
 }
 
 fn load(yaml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
-    let env: Vec<(String, String)> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     Config::from_parts("test.yml", &text(yaml), &env)
 }
 
@@ -59,17 +56,8 @@ fn seed_keys_load_with_defaults() {
     assert_eq!(cfg.postgres.connect.get_dbname(), Some("food_delivery_db"));
     assert_eq!(cfg.postgres.connect.get_ports(), &[55432]);
     assert_eq!(cfg.postgres.connect.get_user(), Some("student"));
-    assert_eq!(
-        cfg.postgres.connect.get_password(),
-        Some(&b"student123"[..])
-    );
-    assert_eq!(
-        cfg.postgres.table,
-        TableName {
-            schema: None,
-            name: "roll001_orders".into()
-        }
-    );
+    assert_eq!(cfg.postgres.connect.get_password(), Some(&b"student123"[..]));
+    assert_eq!(cfg.postgres.table, TableName { schema: None, name: "roll001_orders".into() });
     assert_eq!(cfg.kafka.brokers, "127.0.0.1:9092");
     assert_eq!(cfg.kafka.topic, "ROLL001_food_orders_raw");
     assert_eq!(cfg.kafka.partitions, 3);
@@ -85,11 +73,8 @@ fn seed_keys_load_with_defaults() {
 
 #[test]
 fn the_shipped_config_file_loads() {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/configs/orders_stream.yml"
-    ))
-    .unwrap();
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/orders_stream.yml")).unwrap();
     // Its paths are relative to the repository; resolve them in a scratch directory.
     let dir = tmp();
     let text = text.replace("datalake/", &format!("{}/datalake/", dir.display()));
@@ -121,10 +106,7 @@ fn environment_overrides_every_section() {
         &[
             ("ORDERSTREAM__KAFKA__TOPIC", "other_topic"),
             ("ORDERSTREAM__KAFKA__PARTITIONS", "6"),
-            (
-                "ORDERSTREAM__POSTGRES__JDBC_URL",
-                "postgres://127.0.0.1:6543/x",
-            ),
+            ("ORDERSTREAM__POSTGRES__JDBC_URL", "postgres://127.0.0.1:6543/x"),
             ("ORDERSTREAM__POSTGRES__PASSWORD", "s3cret"),
             ("ORDERSTREAM__STREAMING__BATCH_INTERVAL", "0.5"),
             ("ORDERSTREAM__KAFKA__PROPERTIES__SESSION_TIMEOUT_MS", "6000"),
@@ -138,13 +120,7 @@ fn environment_overrides_every_section() {
     assert_eq!(cfg.postgres.connect.get_ports(), &[6543]);
     assert_eq!(cfg.postgres.connect.get_password(), Some(&b"s3cret"[..]));
     assert_eq!(cfg.streaming.batch_interval, Duration::from_millis(500));
-    assert_eq!(
-        cfg.kafka
-            .properties
-            .get("session.timeout.ms")
-            .map(String::as_str),
-        Some("6000")
-    );
+    assert_eq!(cfg.kafka.properties.get("session.timeout.ms").map(String::as_str), Some("6000"));
     assert_eq!(cfg.metrics.port, 0);
 }
 
@@ -155,20 +131,8 @@ fn kafka_properties_pass_through() {
         "  topic: \"ROLL001_food_orders_raw\"\n  properties:\n    security.protocol: plaintext\n    session.timeout.ms: 6000\n",
     );
     let cfg = load(&yaml, &[]).unwrap();
-    assert_eq!(
-        cfg.kafka
-            .properties
-            .get("security.protocol")
-            .map(String::as_str),
-        Some("plaintext")
-    );
-    assert_eq!(
-        cfg.kafka
-            .properties
-            .get("session.timeout.ms")
-            .map(String::as_str),
-        Some("6000")
-    );
+    assert_eq!(cfg.kafka.properties.get("security.protocol").map(String::as_str), Some("plaintext"));
+    assert_eq!(cfg.kafka.properties.get("session.timeout.ms").map(String::as_str), Some("6000"));
 }
 
 #[test]
@@ -183,13 +147,7 @@ fn table_names_fold_like_unquoted_postgres_identifiers() {
 
 #[test]
 fn unknown_key_is_named() {
-    let e = err(
-        &GOOD.replace(
-            "  format: \"parquet\"",
-            "  format: \"parquet\"\n  compression: zstd",
-        ),
-        &[],
-    );
+    let e = err(&GOOD.replace("  format: \"parquet\"", "  format: \"parquet\"\n  compression: zstd"), &[]);
     assert!(e.starts_with("test.yml: datalake"), "{e}");
     assert!(e.contains("unknown field `compression`"), "{e}");
 }
@@ -200,36 +158,24 @@ fn unknown_env_key_names_the_variable() {
     assert!(e.starts_with("ORDERSTREAM__KAFKA__TOPICS"), "{e}");
     assert!(e.contains("unknown field `topics`"), "{e}");
     let e = err(GOOD, &[("ORDERSTREAM__KAFKA", "x")]);
-    assert!(
-        e.starts_with("ORDERSTREAM__KAFKA: expected ORDERSTREAM__<SECTION>__<KEY>"),
-        "{e}"
-    );
+    assert!(e.starts_with("ORDERSTREAM__KAFKA: expected ORDERSTREAM__<SECTION>__<KEY>"), "{e}");
 }
 
 #[test]
 fn wrong_type_is_named() {
-    let e = err(
-        &GOOD.replace("batch_interval: 5", "batch_interval: soon"),
-        &[],
-    );
+    let e = err(&GOOD.replace("batch_interval: 5", "batch_interval: soon"), &[]);
     assert!(e.starts_with("test.yml: streaming.batch_interval"), "{e}");
     assert!(e.contains("expected a number, got `soon`"), "{e}");
     let e = err(GOOD, &[("ORDERSTREAM__KAFKA__PARTITIONS", "three")]);
     assert!(e.starts_with("ORDERSTREAM__KAFKA__PARTITIONS"), "{e}");
     assert!(e.contains("kafka.partitions"), "{e}");
-    let e = err(
-        &GOOD.replace("  topic: \"ROLL001_food_orders_raw\"", "  topic: [a, b]"),
-        &[],
-    );
+    let e = err(&GOOD.replace("  topic: \"ROLL001_food_orders_raw\"", "  topic: [a, b]"), &[]);
     assert!(e.starts_with("test.yml: kafka.topic"), "{e}");
 }
 
 #[test]
 fn missing_key_is_named() {
-    let e = err(
-        &GOOD.replace("  topic: \"ROLL001_food_orders_raw\"\n", ""),
-        &[],
-    );
+    let e = err(&GOOD.replace("  topic: \"ROLL001_food_orders_raw\"\n", ""), &[]);
     assert!(e.starts_with("test.yml: kafka"), "{e}");
     assert!(e.contains("missing field `topic`"), "{e}");
 }
@@ -242,43 +188,21 @@ fn malformed_urls_are_named_without_the_password() {
         "jdbc:postgresql://127.0.0.1:5432/",
         "postgres://u:hunter2@127.0.0.1:5432/db?bogus=1",
     ] {
-        let e = err(
-            &GOOD.replace("jdbc:postgresql://127.0.0.1:55432/food_delivery_db", url),
-            &[],
-        );
+        let e = err(&GOOD.replace("jdbc:postgresql://127.0.0.1:55432/food_delivery_db", url), &[]);
         assert!(e.starts_with("test.yml: postgres.jdbc_url: "), "{url}: {e}");
         assert!(!e.contains("hunter2"), "{e}");
     }
     let e = err(GOOD, &[("ORDERSTREAM__POSTGRES__JDBC_URL", "nonsense")]);
-    assert!(
-        e.starts_with("ORDERSTREAM__POSTGRES__JDBC_URL (postgres.jdbc_url): "),
-        "{e}"
-    );
+    assert!(e.starts_with("ORDERSTREAM__POSTGRES__JDBC_URL (postgres.jdbc_url): "), "{e}");
 }
 
 #[test]
 fn bad_values_are_named() {
     let cases: &[(&str, &str, &str)] = &[
-        (
-            "brokers: \"127.0.0.1:9092\"",
-            "brokers: \"localhost\"",
-            "kafka.brokers",
-        ),
-        (
-            "topic: \"ROLL001_food_orders_raw\"",
-            "topic: \"has space\"",
-            "kafka.topic",
-        ),
-        (
-            "batch_interval: 5",
-            "batch_interval: 0",
-            "streaming.batch_interval",
-        ),
-        (
-            "batch_interval: 5",
-            "batch_interval: -1",
-            "streaming.batch_interval",
-        ),
+        ("brokers: \"127.0.0.1:9092\"", "brokers: \"localhost\"", "kafka.brokers"),
+        ("topic: \"ROLL001_food_orders_raw\"", "topic: \"has space\"", "kafka.topic"),
+        ("batch_interval: 5", "batch_interval: 0", "streaming.batch_interval"),
+        ("batch_interval: 5", "batch_interval: -1", "streaming.batch_interval"),
         ("format: \"parquet\"", "format: \"csv\"", "datalake.format"),
         ("table: \"ROLL001_orders\"", "table: \"\"", "postgres.table"),
     ];
@@ -288,37 +212,16 @@ fn bad_values_are_named() {
     }
     let e = err(GOOD, &[("ORDERSTREAM__KAFKA__PARTITIONS", "0")]);
     assert!(e.contains("kafka.partitions"), "{e}");
-    let e = err(
-        GOOD,
-        &[("ORDERSTREAM__KAFKA__DLQ_TOPIC", "ROLL001_food_orders_raw")],
-    );
-    assert!(
-        e.contains("kafka.dlq_topic") && e.contains("must differ"),
-        "{e}"
-    );
+    let e = err(GOOD, &[("ORDERSTREAM__KAFKA__DLQ_TOPIC", "ROLL001_food_orders_raw")]);
+    assert!(e.contains("kafka.dlq_topic") && e.contains("must differ"), "{e}");
 }
 
 #[test]
 fn bad_kafka_properties_are_named() {
-    let e = err(
-        GOOD,
-        &[("ORDERSTREAM__KAFKA__PROPERTIES__NO_SUCH_THING", "1")],
-    );
-    assert!(
-        e.contains("kafka.properties.no.such.thing") && e.contains("librdkafka"),
-        "{e}"
-    );
-    let e = err(
-        GOOD,
-        &[(
-            "ORDERSTREAM__KAFKA__PROPERTIES__ENABLE_IDEMPOTENCE",
-            "false",
-        )],
-    );
-    assert!(
-        e.contains("kafka.properties.enable.idempotence") && e.contains("set by orderstream"),
-        "{e}"
-    );
+    let e = err(GOOD, &[("ORDERSTREAM__KAFKA__PROPERTIES__NO_SUCH_THING", "1")]);
+    assert!(e.contains("kafka.properties.no.such.thing") && e.contains("librdkafka"), "{e}");
+    let e = err(GOOD, &[("ORDERSTREAM__KAFKA__PROPERTIES__ENABLE_IDEMPOTENCE", "false")]);
+    assert!(e.contains("kafka.properties.enable.idempotence") && e.contains("set by orderstream"), "{e}");
 }
 
 #[test]
@@ -328,10 +231,7 @@ fn path_that_cannot_be_created_is_named() {
     std::fs::write(&file, b"x").unwrap();
     let yaml = GOOD.replace("DIR/lake", &format!("{}/lake", file.display()));
     let e = err(&yaml, &[]);
-    assert!(
-        e.starts_with("test.yml: datalake.path: cannot create directory"),
-        "{e}"
-    );
+    assert!(e.starts_with("test.yml: datalake.path: cannot create directory"), "{e}");
 }
 
 #[test]
@@ -351,9 +251,5 @@ fn password_never_shows_in_debug() {
 #[test]
 fn missing_file_is_a_config_error() {
     let e = Config::load(Path::new("/nonexistent/orders_stream.yml")).unwrap_err();
-    assert!(
-        e.0.starts_with("/nonexistent/orders_stream.yml: cannot read config file"),
-        "{}",
-        e.0
-    );
+    assert!(e.0.starts_with("/nonexistent/orders_stream.yml: cannot read config file"), "{}", e.0);
 }

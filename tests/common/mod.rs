@@ -10,10 +10,7 @@ use std::time::{Duration, Instant};
 
 /// PostgreSQL port of the local stack.
 pub fn pg_port() -> u16 {
-    std::env::var("ORDERSTREAM_PG_PORT")
-        .ok()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(55432)
+    std::env::var("ORDERSTREAM_PG_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(55432)
 }
 
 /// Broker of the local stack.
@@ -24,10 +21,7 @@ pub fn stack_brokers() -> String {
 
 /// A connection string for the stack's database.
 pub fn pg_url() -> String {
-    format!(
-        "postgres://student:student123@127.0.0.1:{}/food_delivery_db",
-        pg_port()
-    )
+    format!("postgres://student:student123@127.0.0.1:{}/food_delivery_db", pg_port())
 }
 
 /// A synchronous client on the stack's database.
@@ -41,17 +35,9 @@ pub fn pg() -> postgres::Client {
 pub fn unique(tag: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "{tag}_{}_{}{:x}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed),
-        nanos % 0xfffff
-    )
-    .to_lowercase()
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{tag}_{}_{}{:x}", std::process::id(), N.fetch_add(1, Ordering::Relaxed), nanos % 0xfffff)
+        .to_lowercase()
 }
 
 /// One test's world: its own table, topics, group and folder, and a config file naming them.
@@ -79,9 +65,7 @@ impl TestEnv {
     /// A test world on the given broker.
     pub fn with_brokers(tag: &str, brokers: &str) -> TestEnv {
         let name = unique(tag);
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join("runs")
-            .join(&name);
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("runs").join(&name);
         std::fs::create_dir_all(&dir).unwrap();
         let env = TestEnv {
             table: format!("orders_{name}"),
@@ -173,10 +157,7 @@ metrics:
 
 /// Runs a command with a 120 s limit and returns (exit code, stdout, stderr).
 pub fn run_output(mut cmd: Command) -> (i32, String, String) {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -186,11 +167,7 @@ pub fn run_output(mut cmd: Command) -> (i32, String, String) {
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A private tansu broker with memory storage, for tests that stop or freeze their broker.
@@ -205,43 +182,23 @@ impl Broker {
     /// Starts a memory-storage tansu on a free port and waits until it answers.
     pub fn start_memory() -> Broker {
         let tansu = std::env::var("ORDERSTREAM_TANSU").unwrap_or_else(|_| {
-            let home = std::env::var("CARGO_HOME").unwrap_or_else(|_| {
-                format!("{}/.cargo", std::env::var("HOME").unwrap_or_default())
-            });
+            let home = std::env::var("CARGO_HOME")
+                .unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()));
             format!("{home}/bin/tansu")
         });
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(&tansu)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args([
-                "--storage-engine",
-                "memory://tansu/",
-                "--cluster-id",
-                &unique("broker"),
-            ])
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/", "--cluster-id", &unique("broker")])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {tansu} ({e}); run `make up` to install it"));
-        let broker = Broker {
-            child: Some(child),
-            addr: format!("127.0.0.1:{port}"),
-            port,
-        };
+        let broker = Broker { child: Some(child), addr: format!("127.0.0.1:{port}"), port };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(&broker.addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "tansu did not start on {}",
-                broker.addr
-            );
+            assert!(Instant::now() < deadline, "tansu did not start on {}", broker.addr);
             std::thread::sleep(Duration::from_millis(50));
         }
         broker

@@ -1,0 +1,184 @@
+//! The counters of every stage, in one Prometheus registry: the logs, `/metrics` and
+//! `orderstream status` all read these. Names follow Prometheus conventions (`orderstream_`
+//! prefix, base units, counters ending in `_total`).
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::order::RejectReason;
+
+/// A gauge holding a float.
+pub type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// A histogram of durations in seconds, 1 ms to about a minute.
+#[derive(Clone)]
+pub struct Durations(pub Histogram);
+
+impl Default for Durations {
+    fn default() -> Self {
+        Durations(Histogram::new(exponential_buckets(0.001, 2.0, 17)))
+    }
+}
+
+impl std::ops::Deref for Durations {
+    type Target = Histogram;
+    fn deref(&self) -> &Histogram {
+        &self.0
+    }
+}
+
+/// The `reason` label of rejected messages.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// A [`RejectReason`] label.
+    pub reason: String,
+}
+
+/// The producer's counters.
+#[derive(Default)]
+pub struct ProducerMetrics {
+    /// Orders published and acknowledged by the broker.
+    pub orders_published: Counter,
+    /// Bytes of message values published.
+    pub bytes_published: Counter,
+    /// Orders found already in the topic after a restart, so not published again.
+    pub orders_recovered: Counter,
+    /// Batches committed (published, acknowledged, position saved).
+    pub batches: Counter,
+    /// Time from the start of a poll to the saved position.
+    pub batch_duration: Durations,
+    /// created_at of the newest published order, as Unix seconds.
+    pub watermark: FloatGauge,
+    /// Now minus created_at of the newest published order, at the last poll.
+    pub lag_seconds: FloatGauge,
+    /// Transactions that were open at a poll and may still add older orders.
+    pub open_transactions: Gauge,
+    /// Retries after a failure of PostgreSQL or the broker.
+    pub retries: Counter,
+}
+
+/// The consumer's counters.
+#[derive(Default)]
+pub struct ConsumerMetrics {
+    /// Messages read from the topic.
+    pub messages: Counter,
+    /// Rows written to the lake (committed).
+    pub rows_written: Counter,
+    /// Messages rejected, by reason (each copied to the dead-letter topic).
+    pub rejected: Family<ReasonLabel, Counter>,
+    /// Empty (tombstone) values skipped.
+    pub tombstones: Counter,
+    /// Messages dropped because their source position was already written (replays).
+    pub duplicates: Counter,
+    /// Lake batches committed.
+    pub batches: Counter,
+    /// Parquet files written.
+    pub files_written: Counter,
+    /// Time to write and commit one batch.
+    pub batch_duration: Durations,
+    /// Messages in the assigned partitions not yet committed to the lake.
+    pub lag_messages: Gauge,
+    /// Retries after a failure of the broker or the lake.
+    pub retries: Counter,
+}
+
+/// All counters, and the registry that exports them.
+pub struct Metrics {
+    /// Producer side.
+    pub producer: ProducerMetrics,
+    /// Consumer side.
+    pub consumer: ConsumerMetrics,
+    registry: Registry,
+}
+
+impl Metrics {
+    /// Fresh counters, registered.
+    pub fn new() -> Metrics {
+        let producer = ProducerMetrics::default();
+        let consumer = ConsumerMetrics::default();
+        for reason in RejectReason::ALL {
+            // Every reason is exported from the start, at 0.
+            let _ = consumer.rejected.get_or_create(&ReasonLabel { reason: reason.as_str().into() });
+        }
+        let mut registry = Registry::with_prefix("orderstream");
+        {
+            let p = registry.sub_registry_with_prefix("producer");
+            p.register(
+                "orders_published",
+                "Orders published and acknowledged",
+                producer.orders_published.clone(),
+            );
+            p.register(
+                "bytes_published",
+                "Bytes of message values published",
+                producer.bytes_published.clone(),
+            );
+            p.register(
+                "orders_recovered",
+                "Orders found already in the topic after a restart",
+                producer.orders_recovered.clone(),
+            );
+            p.register("batches", "Batches published and saved", producer.batches.clone());
+            p.register("batch_duration_seconds", "Poll to saved position", producer.batch_duration.0.clone());
+            p.register(
+                "watermark_timestamp_seconds",
+                "created_at of the newest published order (Unix time)",
+                producer.watermark.clone(),
+            );
+            p.register(
+                "lag_seconds",
+                "Now minus created_at of the newest published order",
+                producer.lag_seconds.clone(),
+            );
+            p.register(
+                "open_transactions",
+                "Open transactions that may still add orders",
+                producer.open_transactions.clone(),
+            );
+            p.register("retries", "Retries after PostgreSQL or broker failures", producer.retries.clone());
+        }
+        {
+            let c = registry.sub_registry_with_prefix("consumer");
+            c.register("messages", "Messages read from the topic", consumer.messages.clone());
+            c.register("rows_written", "Rows committed to the lake", consumer.rows_written.clone());
+            c.register("rejected", "Messages rejected, by reason", consumer.rejected.clone());
+            c.register("tombstones", "Empty values skipped", consumer.tombstones.clone());
+            c.register("duplicates", "Replayed messages dropped", consumer.duplicates.clone());
+            c.register("batches", "Lake batches committed", consumer.batches.clone());
+            c.register("files_written", "Parquet files written", consumer.files_written.clone());
+            c.register(
+                "batch_duration_seconds",
+                "Write and commit of one batch",
+                consumer.batch_duration.0.clone(),
+            );
+            c.register("lag_messages", "Messages not yet in the lake", consumer.lag_messages.clone());
+            c.register("retries", "Retries after broker or lake failures", consumer.retries.clone());
+        }
+        Metrics { producer, consumer, registry }
+    }
+
+    /// The Prometheus text exposition of every counter.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Counts one rejected message.
+    pub fn reject(&self, reason: RejectReason) {
+        self.consumer.rejected.get_or_create(&ReasonLabel { reason: reason.as_str().into() }).inc();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
