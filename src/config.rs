@@ -165,6 +165,8 @@ pub struct StreamingConfig {
     pub last_processed_timestamp_location: PathBuf,
     /// How often the producer polls and the consumer closes a lake batch.
     pub batch_interval: Duration,
+    /// At most this many orders in one producer batch or one lake batch (bounds memory).
+    pub max_batch_rows: usize,
 }
 
 /// `metrics.*`
@@ -224,6 +226,8 @@ struct RawStreaming {
     last_processed_timestamp_location: PathBuf,
     #[serde(default, deserialize_with = "number")]
     batch_interval: Option<f64>,
+    #[serde(default, deserialize_with = "number")]
+    max_batch_rows: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -241,6 +245,8 @@ fn default_format() -> String {
 pub const DEFAULT_PARTITIONS: i32 = 3;
 /// Default `streaming.batch_interval` in seconds (the seed's polling interval).
 pub const DEFAULT_BATCH_INTERVAL_SECS: f64 = 5.0;
+/// Default `streaming.max_batch_rows`.
+pub const DEFAULT_MAX_BATCH_ROWS: usize = 100_000;
 /// Default `metrics.port`.
 pub const DEFAULT_METRICS_PORT: u16 = 9464;
 
@@ -405,6 +411,14 @@ impl Config {
             ));
         }
 
+        let max_batch_rows = raw.streaming.max_batch_rows.unwrap_or(DEFAULT_MAX_BATCH_ROWS);
+        if !(1..=10_000_000).contains(&max_batch_rows) {
+            return Err(bad(
+                "streaming.max_batch_rows",
+                format!("must be between 1 and 10000000, got {max_batch_rows}"),
+            ));
+        }
+
         Ok(Config {
             postgres: PostgresConfig { connect, table },
             kafka: KafkaConfig {
@@ -420,6 +434,7 @@ impl Config {
                 checkpoint_location: checkpoint,
                 last_processed_timestamp_location: last_ts,
                 batch_interval: Duration::from_secs_f64(secs),
+                max_batch_rows,
             },
             metrics: MetricsConfig { port: raw.metrics.port.unwrap_or(DEFAULT_METRICS_PORT) },
         })

@@ -16,6 +16,7 @@
 //! * [`kafka`]: Kafka clients built from the configuration, topic bootstrap.
 //! * [`metrics`]: the counters that `status`, the logs and `/metrics` read.
 //! * [`init`]: the `init` command: table, seed orders and topics.
+//! * [`shutdown`]: SIGTERM/SIGINT as one flag every loop checks between batches.
 //! * [`error`]: the error type; every error is one line naming what and where.
 
 pub mod config;
@@ -25,6 +26,7 @@ pub mod init;
 pub mod kafka;
 pub mod metrics;
 pub mod order;
+pub mod shutdown;
 
 pub use config::Config;
 pub use error::{Error, Result};

@@ -66,6 +66,7 @@ fn seed_keys_load_with_defaults() {
     assert!(cfg.kafka.properties.is_empty());
     assert_eq!(cfg.streaming.batch_interval, Duration::from_secs(5));
     assert_eq!(cfg.metrics.port, DEFAULT_METRICS_PORT);
+    assert_eq!(cfg.streaming.max_batch_rows, DEFAULT_MAX_BATCH_ROWS);
     assert!(cfg.datalake.path.is_dir());
     assert!(cfg.streaming.checkpoint_location.is_dir());
     assert!(cfg.streaming.last_processed_timestamp_location.is_dir());
@@ -203,6 +204,7 @@ fn bad_values_are_named() {
         ("topic: \"ROLL001_food_orders_raw\"", "topic: \"has space\"", "kafka.topic"),
         ("batch_interval: 5", "batch_interval: 0", "streaming.batch_interval"),
         ("batch_interval: 5", "batch_interval: -1", "streaming.batch_interval"),
+        ("batch_interval: 5", "batch_interval: 5\n  max_batch_rows: 0", "streaming.max_batch_rows"),
         ("format: \"parquet\"", "format: \"csv\"", "datalake.format"),
         ("table: \"ROLL001_orders\"", "table: \"\"", "postgres.table"),
     ];
