@@ -11,6 +11,10 @@ pub enum Error {
     /// PostgreSQL refused, failed or holds something unexpected.
     #[error("PostgreSQL: {0}")]
     Postgres(String),
+    /// The table or topic is missing, or the table's columns have the wrong types: retrying
+    /// cannot help. The message names the service.
+    #[error("{0}")]
+    Setup(String),
     /// The broker refused or failed.
     #[error("Kafka: {0}")]
     Kafka(String),

@@ -28,6 +28,37 @@ pub fn base_config(cfg: &KafkaConfig) -> ClientConfig {
     c
 }
 
+/// Settings of the orders producer. Idempotence keeps every partition in publish order without
+/// duplicates; the gapless guarantee turns any failure that could leave a hole into a fatal
+/// error (the producer then starts over from what the topic holds); messages never time out
+/// locally, so a broker outage only delays them.
+pub fn producer_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = base_config(cfg);
+    c.set("enable.idempotence", "true")
+        .set("enable.gapless.guarantee", "true")
+        .set("acks", "all")
+        .set("message.timeout.ms", "0")
+        // The Java client's partitioner: one order id, one partition, whoever produces it.
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "200000");
+    c
+}
+
+/// Settings of a consumer that reads partitions directly (no group), e.g. to recover what a
+/// crashed producer already published.
+pub fn reader_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = base_config(cfg);
+    c.set("group.id", "orderstream-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true")
+        .set("fetch.wait.max.ms", "100")
+        .set("auto.offset.reset", "earliest");
+    c
+}
+
 /// An admin client.
 pub fn admin(cfg: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>> {
     base_config(cfg)

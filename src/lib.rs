@@ -14,9 +14,12 @@
 //! * [`order`]: THE order record: columns, JSON form, Arrow schema, validation.
 //! * [`db`]: PostgreSQL connections and the schema bootstrap (`sql/orders.sql`).
 //! * [`kafka`]: Kafka clients built from the configuration, topic bootstrap.
+//! * [`source`]: how changes leave PostgreSQL, behind one trait ([`source::poll`] today).
+//! * [`producer`]: source → Kafka, exactly once (idempotent producer, state file, recovery).
 //! * [`metrics`]: the counters that `status`, the logs and `/metrics` read.
 //! * [`init`]: the `init` command: table, seed orders and topics.
 //! * [`shutdown`]: SIGTERM/SIGINT as one flag every loop checks between batches.
+//! * [`retry`]: capped exponential backoff.
 //! * [`error`]: the error type; every error is one line naming what and where.
 
 pub mod config;
@@ -26,7 +29,10 @@ pub mod init;
 pub mod kafka;
 pub mod metrics;
 pub mod order;
+pub mod producer;
+pub mod retry;
 pub mod shutdown;
+pub mod source;
 
 pub use config::Config;
 pub use error::{Error, Result};

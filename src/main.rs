@@ -6,6 +6,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use std::sync::Arc;
+
+use orderstream::metrics::Metrics;
+use orderstream::shutdown::Shutdown;
 use orderstream::{Config, Error};
 
 /// Exactly-once CDC from PostgreSQL through Kafka into a date-partitioned Parquet lake.
@@ -41,8 +45,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Logs go to stderr; RUST_LOG refines them. PostgreSQL's NOTICEs ("already exists,
     // skipping") and librdkafka's own retry chatter are not worth a line each.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn,rdkafka=off"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn,rdkafka=off,librdkafka=off")
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -70,7 +75,11 @@ fn run(cli: Cli) -> Result<(), Error> {
                 print!("{report}");
                 Ok(())
             }
-            Command::Produce => Err(Error::NotImplemented("produce")),
+            Command::Produce => {
+                let shutdown = Shutdown::new();
+                shutdown.on_signals().map_err(|e| Error::Storage(format!("cannot handle signals: {e}")))?;
+                orderstream::producer::produce(&cfg, Arc::new(Metrics::new()), shutdown).await
+            }
             Command::Consume => Err(Error::NotImplemented("consume")),
             Command::Run => Err(Error::NotImplemented("run")),
             Command::Status { .. } => Err(Error::NotImplemented("status")),

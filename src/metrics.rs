@@ -57,8 +57,6 @@ pub struct ProducerMetrics {
     pub watermark: FloatGauge,
     /// Now minus created_at of the newest published order, at the last poll.
     pub lag_seconds: FloatGauge,
-    /// Transactions that were open at a poll and may still add older orders.
-    pub open_transactions: Gauge,
     /// Retries after a failure of PostgreSQL or the broker.
     pub retries: Counter,
 }
@@ -135,11 +133,6 @@ impl Metrics {
                 "lag_seconds",
                 "Now minus created_at of the newest published order",
                 producer.lag_seconds.clone(),
-            );
-            p.register(
-                "open_transactions",
-                "Open transactions that may still add orders",
-                producer.open_transactions.clone(),
             );
             p.register("retries", "Retries after PostgreSQL or broker failures", producer.retries.clone());
         }

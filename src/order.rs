@@ -153,6 +153,28 @@ impl Order<'_> {
     }
 }
 
+/// The id and `created_at` of a message, whatever its other fields hold (`None` if it has no
+/// usable id or timestamp): enough to place a message the producer wrote.
+pub fn parse_position(value: &[u8]) -> Option<Order<'static>> {
+    #[derive(Deserialize)]
+    struct Key<'a> {
+        order_id: i64,
+        #[serde(borrow)]
+        created_at: &'a RawValue,
+    }
+    let key: Key<'_> = serde_json::from_slice(value).ok()?;
+    let created_at = parse_created_at(key.created_at.get()).ok()?;
+    Some(Order {
+        order_id: key.order_id,
+        customer_name: None,
+        restaurant_name: None,
+        item: None,
+        amount: None,
+        order_status: None,
+        created_at,
+    })
+}
+
 /// `2025-01-18T12:24:00Z`, or `2025-01-18T12:24:00.123456Z` when there is a fraction.
 pub fn format_utc(ts: &NaiveDateTime) -> String {
     if ts.and_utc().timestamp_subsec_nanos() == 0 {

@@ -3,6 +3,10 @@
 //! for tests that freeze or stop one.
 #![allow(dead_code)]
 
+pub mod proc;
+pub mod proxy;
+pub mod topic;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -153,6 +157,82 @@ metrics:
     pub fn run(&self, args: &[&str]) -> (i32, String, String) {
         run_output(self.orderstream(args))
     }
+
+    /// `orderstream init`, which must succeed.
+    pub fn init(&self) {
+        let (code, out, err) = self.run(&["init"]);
+        assert_eq!(code, 0, "init failed\nstdout: {out}\nstderr: {err}");
+    }
+
+    /// Starts `orderstream <args>` in the background, logging to `<dir>/<command>.log`.
+    pub fn spawn(&self, args: &[&str]) -> proc::Proc {
+        proc::Proc::spawn(self.orderstream(args), self.dir.join(format!("{}.log", args.join("-"))))
+    }
+
+    /// A client on the stack's database.
+    pub fn pg(&self) -> postgres::Client {
+        pg()
+    }
+
+    /// The table name quoted for SQL.
+    pub fn t(&self) -> String {
+        format!("\"{}\"", self.table)
+    }
+
+    /// Every order id in the table, ascending.
+    pub fn table_ids(&self) -> Vec<i64> {
+        pg().query(&format!("SELECT order_id::int8 FROM {} ORDER BY 1", self.t()), &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
+    /// Inserts `n` orders (default created_at) in one statement and returns their ids.
+    pub fn insert(&self, n: i64) -> Vec<i64> {
+        pg().query(
+            &format!(
+                "INSERT INTO {} (customer_name, restaurant_name, item, amount, order_status) \
+                 SELECT 'Customer ' || g, 'Restaurant ' || (g % 7), 'Item ' || (g % 13), 10 + (g % 500) + 0.25, 'PLACED' \
+                 FROM generate_series(1, $1::int8) g RETURNING order_id::int8",
+                self.t()
+            ),
+            &[&n],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    }
+}
+
+/// A small deterministic random generator for fault tests (xorshift64*), seeded from
+/// `ORDERSTREAM_TEST_SEED` when set so a failure can be replayed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// Seeds from the environment or the clock, and prints the seed.
+    pub fn from_env(test: &str) -> Rng {
+        let seed =
+            std::env::var("ORDERSTREAM_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+            });
+        eprintln!("{test}: random seed {seed} (replay with ORDERSTREAM_TEST_SEED={seed})");
+        Rng(seed.max(1))
+    }
+
+    /// The next number.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number in `lo..hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo)
+    }
 }
 
 /// Runs a command with a 120 s limit and returns (exit code, stdout, stderr).
@@ -181,12 +261,16 @@ pub struct Broker {
 impl Broker {
     /// Starts a memory-storage tansu on a free port and waits until it answers.
     pub fn start_memory() -> Broker {
+        Self::start_memory_on(free_port())
+    }
+
+    /// Starts a memory-storage tansu on `port` and waits until it answers.
+    pub fn start_memory_on(port: u16) -> Broker {
         let tansu = std::env::var("ORDERSTREAM_TANSU").unwrap_or_else(|_| {
             let home = std::env::var("CARGO_HOME")
                 .unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()));
             format!("{home}/bin/tansu")
         });
-        let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(&tansu)
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])

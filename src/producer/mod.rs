@@ -1,0 +1,264 @@
+//! `orderstream produce`: every `batch_interval`, publish the orders added since the last poll,
+//! one message per order, keyed by `order_id`, to `kafka.topic`, exactly once.
+//!
+//! # Why exactly once, without Kafka transactions
+//!
+//! Transactions would make "publish the batch and save the position" atomic, but the local
+//! broker cannot do them correctly, so this design holds on any broker:
+//!
+//! * **Idempotent, gapless producer.** Within a partition, messages land once each and in the
+//!   order they were sent; any failure that could leave a hole is fatal to that producer
+//!   instance (`enable.gapless.guarantee`), and messages never time out locally.
+//! * **The position is saved only after the broker acknowledged the whole batch** (state file:
+//!   watermark, last sequence number, and per partition the offset after the batch). So what
+//!   the state file says is published is in the topic.
+//! * **Every message names its source and carries a sequence number** (headers
+//!   `orderstream.source`, `orderstream.seq`).
+//! * **On every start (and after any failure) the producer reads, partition by partition, what
+//!   the topic holds after the saved offsets**: exactly the messages of the batch that was
+//!   published but not saved. A crash can leave any mix: one partition's share delivered,
+//!   another's lost. Polling again from the saved position returns those orders again (plus
+//!   any committed since); the ones found in the topic are skipped, the rest published. The
+//!   saved offsets only move past the recovered messages once the saved position covers them,
+//!   so a crash during recovery recovers the same messages again.
+//! * **Sequence numbers continue after the highest one found**, so within a partition they
+//!   only grow and the consumer can drop any replay as a second line of defence.
+//!
+//! After a crash the producer also waits a moment and re-reads the partition ends, so that a
+//! request the dead process left in its socket, which the broker may still append, is seen
+//! before anything is published again.
+
+pub mod publish;
+pub mod recovery;
+pub mod state;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::order::Order;
+use crate::retry::Backoff;
+use crate::shutdown::Shutdown;
+use crate::source::Source;
+use crate::source::poll::PollSource;
+use publish::Publisher;
+use state::State;
+
+/// How long recovery waits for requests of a dead producer that the broker may still append.
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// Runs the producer on the configured table until a stop is requested.
+pub async fn produce(cfg: &Config, metrics: Arc<Metrics>, shutdown: Shutdown) -> Result<()> {
+    run(PollSource::new(&cfg.postgres), cfg, &metrics, &shutdown).await
+}
+
+/// Runs the producer on any source until a stop is requested. Failures of PostgreSQL or the
+/// broker are retried with capped exponential backoff, one log line each; a missing table or
+/// topic, or a corrupt state file, ends it with an error.
+pub async fn run<S: Source>(
+    mut source: S,
+    cfg: &Config,
+    metrics: &Metrics,
+    shutdown: &Shutdown,
+) -> Result<()> {
+    let path = state::path(&cfg.streaming.last_processed_timestamp_location);
+    let mut committed = state::load::<S>(&path)?.unwrap_or_else(State::beginning::<S>);
+    tracing::info!(
+        "producer: {} → {} (position: {}, state {})",
+        source.name(),
+        cfg.kafka.topic,
+        describe::<S>(&committed.position),
+        path.display()
+    );
+    let mut backoff = Backoff::new();
+    loop {
+        match session(&mut source, &mut committed, &path, cfg, metrics, shutdown, &mut backoff).await {
+            Ok(()) => return Ok(()),
+            Err(e @ (Error::Setup(_) | Error::Config(_))) => return Err(e),
+            Err(e) => retry_later(&e, metrics, &mut backoff, shutdown).await,
+        }
+    }
+}
+
+/// One producer instance: recovery, then batches until a stop or a failure.
+async fn session<S: Source>(
+    source: &mut S,
+    committed: &mut State<S::Position>,
+    path: &Path,
+    cfg: &Config,
+    metrics: &Metrics,
+    shutdown: &Shutdown,
+    backoff: &mut Backoff,
+) -> Result<()> {
+    let name = source.name();
+    // Created first so that its connection and producer id are ready when recovery ends; it
+    // sends nothing before that.
+    let publisher = Publisher::new(&cfg.kafka, &name)?;
+    let (mut uncovered, tail_ends, tail_seq) = recover::<S>(cfg, &name, committed).await?;
+    let mut seq = committed.seq.max(tail_seq);
+    let limit = cfg.streaming.max_batch_rows;
+    let mut value = Vec::with_capacity(256);
+    loop {
+        if shutdown.is_triggered() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let batch = match source.poll(&committed.position, limit).await {
+            Ok(batch) => batch,
+            // PostgreSQL trouble: the producer and what recovery found stay as they are.
+            Err(e @ Error::Postgres(_)) => {
+                retry_later(&e, metrics, backoff, shutdown).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let full = batch.changes.len() >= limit;
+        if batch.changes.is_empty() && batch.position == committed.position {
+            backoff.reset();
+            pause(started, cfg.streaming.batch_interval, shutdown).await;
+            continue;
+        }
+
+        publisher.begin();
+        let (mut published, mut skipped, mut bytes) = (0u64, 0u64, 0u64);
+        for change in &batch.changes {
+            if uncovered.contains_key(&change.order.order_id) {
+                skipped += 1;
+                continue;
+            }
+            value.clear();
+            change.order.write_json(&mut value);
+            seq += 1;
+            publisher.send(change.order.order_id.to_string().as_bytes(), &value, seq).await?;
+            published += 1;
+            bytes += value.len() as u64;
+        }
+        let Some(ends) = publisher.finish(shutdown).await? else { return Ok(()) };
+
+        // The saved offsets pass the recovered messages only once the position covers them all.
+        uncovered.retain(|_, o| !S::covers(&batch.position, o));
+        let offsets = if uncovered.is_empty() {
+            let mut m = committed.offsets.clone().unwrap_or_default();
+            for (p, end) in tail_ends.iter().chain(ends.iter()) {
+                let e = m.entry(*p).or_insert(0);
+                *e = (*e).max(*end);
+            }
+            Some(m)
+        } else {
+            committed.offsets.clone()
+        };
+        let next = State { position: batch.position, seq, offsets };
+        state::save::<S>(path, &next)?;
+        *committed = next;
+        backoff.reset();
+
+        let newest = batch.changes.iter().map(|c| c.order.created_at).max();
+        report(metrics, published, skipped, bytes, newest, started.elapsed());
+        if published + skipped > 0 {
+            let lag = newest.map(|t| (chrono::Utc::now().naive_utc() - t).as_seconds_f64()).unwrap_or(0.0);
+            tracing::info!(
+                rows = published,
+                skipped,
+                bytes,
+                lag_s = (lag * 1000.0).round() / 1000.0,
+                duration_ms = started.elapsed().as_millis() as u64,
+                "batch published; watermark {}",
+                describe::<S>(&committed.position)
+            );
+        }
+        if !full {
+            pause(started, cfg.streaming.batch_interval, shutdown).await;
+        }
+    }
+}
+
+/// Logs a failure and sleeps the next backoff delay (or until a stop is requested).
+async fn retry_later(e: &Error, metrics: &Metrics, backoff: &mut Backoff, shutdown: &Shutdown) {
+    metrics.producer.retries.inc();
+    let delay = backoff.next_delay();
+    tracing::warn!("{e}; retrying in {:.1} s (position not advanced)", delay.as_secs_f64());
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => {}
+        _ = shutdown.wait() => {}
+    }
+}
+
+type Recovered = (HashMap<i64, Order<'static>>, BTreeMap<i32, i64>, u64);
+
+/// Reads what the topic holds after the saved offsets, until the partition ends stop moving.
+async fn recover<S: Source>(cfg: &Config, name: &str, committed: &State<S::Position>) -> Result<Recovered> {
+    let mut offsets = committed.offsets.clone();
+    let mut found: HashMap<i64, Order<'static>> = HashMap::new();
+    let mut max_seq = 0;
+    let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut messages = 0;
+    for round in 0.. {
+        let kafka = cfg.kafka.clone();
+        let source = name.to_string();
+        let from = offsets.clone();
+        let tail = tokio::task::spawn_blocking(move || recovery::read_tail(&kafka, &source, from.as_ref()))
+            .await
+            .map_err(|e| Error::Kafka(format!("recovery task failed: {e}")))??;
+        max_seq = max_seq.max(tail.max_seq);
+        messages += tail.messages;
+        found.extend(tail.orders);
+        let moved = tail.messages > 0;
+        // Read on from where this round ended.
+        let mut next = offsets.clone().unwrap_or_default();
+        next.extend(tail.ends.iter().map(|(p, e)| (*p, *e)));
+        offsets = Some(next);
+        ends = tail.ends;
+        if (round > 0 && !moved) || round >= 5 {
+            break;
+        }
+        tokio::time::sleep(SETTLE).await;
+    }
+    found.retain(|_, o| !S::covers(&committed.position, o));
+    if messages > 0 || !found.is_empty() {
+        tracing::info!(
+            "recovery: {messages} messages after the saved offsets, {} orders of an unsaved batch already in {}; \
+             they will not be published again",
+            found.len(),
+            cfg.kafka.topic
+        );
+    }
+    Ok((found, ends, max_seq))
+}
+
+fn report(
+    metrics: &Metrics,
+    published: u64,
+    skipped: u64,
+    bytes: u64,
+    newest: Option<chrono::NaiveDateTime>,
+    took: Duration,
+) {
+    let m = &metrics.producer;
+    m.orders_published.inc_by(published);
+    m.orders_recovered.inc_by(skipped);
+    m.bytes_published.inc_by(bytes);
+    m.batches.inc();
+    m.batch_duration.observe(took.as_secs_f64());
+    if let Some(t) = newest {
+        let t = t.and_utc();
+        m.watermark.set(t.timestamp_micros() as f64 / 1e6);
+        m.lag_seconds.set((chrono::Utc::now() - t).as_seconds_f64());
+    }
+}
+
+/// Sleeps until one interval after `started`, or until a stop is requested.
+async fn pause(started: Instant, interval: Duration, shutdown: &Shutdown) {
+    tokio::select! {
+        _ = tokio::time::sleep_until((started + interval).into()) => {}
+        _ = shutdown.wait() => {}
+    }
+}
+
+/// The first two state lines (watermark and id), for logs.
+fn describe<S: Source>(position: &S::Position) -> String {
+    S::encode(position).into_iter().take(2).collect::<Vec<_>>().join(" ")
+}

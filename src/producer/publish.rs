@@ -1,0 +1,171 @@
+//! Publishing one batch: send every message, then wait until the broker acknowledged all of
+//! them, keeping the highest offset per partition for the state file.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use tokio::sync::Notify;
+
+use crate::config::KafkaConfig;
+use crate::error::{Error, Result};
+use crate::kafka;
+use crate::shutdown::Shutdown;
+use crate::source::{SEQ_HEADER, SOURCE_HEADER};
+
+/// How long a stop request waits for outstanding acknowledgements before abandoning the batch.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Acknowledgements of the batch in flight.
+#[derive(Default)]
+struct Acks {
+    outstanding: usize,
+    error: Option<String>,
+    /// Per partition, the offset after the highest acknowledged message.
+    ends: BTreeMap<i32, i64>,
+}
+
+/// The producer's librdkafka callbacks.
+pub struct Context {
+    acks: Mutex<Acks>,
+    done: Notify,
+    brokers: String,
+}
+
+impl ClientContext for Context {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        tracing::debug!(?level, fac, "librdkafka: {message}");
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        // librdkafka retries by itself; say once per event what it is retrying.
+        tracing::warn!("Kafka {}: {error}: {reason}", self.brokers);
+    }
+}
+
+impl ProducerContext for Context {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        let Ok(mut acks) = self.acks.lock() else { return };
+        acks.outstanding = acks.outstanding.saturating_sub(1);
+        match result {
+            Ok(m) => {
+                let end = acks.ends.entry(m.partition()).or_insert(0);
+                *end = (*end).max(m.offset() + 1);
+            }
+            Err((e, m)) => {
+                if acks.error.is_none() {
+                    acks.error = Some(format!("partition {}: {e}", m.partition()));
+                }
+            }
+        }
+        if acks.outstanding == 0 {
+            self.done.notify_waiters();
+        }
+    }
+}
+
+/// An idempotent producer on the orders topic.
+pub struct Publisher {
+    producer: ThreadedProducer<Context>,
+    topic: String,
+    source: String,
+}
+
+impl Publisher {
+    /// Creates the producer; `source` is written in every message's [`SOURCE_HEADER`].
+    pub fn new(cfg: &KafkaConfig, source: &str) -> Result<Publisher> {
+        let context =
+            Context { acks: Mutex::new(Acks::default()), done: Notify::new(), brokers: cfg.brokers.clone() };
+        let producer: ThreadedProducer<Context> = kafka::producer_config(cfg)
+            .create_with_context(context)
+            .map_err(|e| Error::Kafka(format!("cannot create producer for {}: {e}", cfg.brokers)))?;
+        Ok(Publisher { producer, topic: cfg.topic.clone(), source: source.to_string() })
+    }
+
+    fn acks(&self) -> std::sync::MutexGuard<'_, Acks> {
+        match self.producer.context().acks.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Starts a new batch (forgets the previous batch's offsets).
+    pub fn begin(&self) {
+        let mut acks = self.acks();
+        acks.ends.clear();
+        acks.error = None;
+    }
+
+    /// Queues one message; waits while librdkafka's queue is full.
+    pub async fn send(&self, key: &[u8], value: &[u8], seq: u64) -> Result<()> {
+        let seq = seq.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: SOURCE_HEADER, value: Some(self.source.as_bytes()) })
+            .insert(Header { key: SEQ_HEADER, value: Some(seq.as_bytes()) });
+        let mut record = BaseRecord::to(&self.topic).key(key).payload(value).headers(headers);
+        self.acks().outstanding += 1;
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err((e, _)) => {
+                    self.acks().outstanding -= 1;
+                    return Err(Error::Kafka(format!("cannot queue a message for {}: {e}", self.topic)));
+                }
+            }
+        }
+    }
+
+    /// Waits until every queued message is acknowledged and returns, per partition, the offset
+    /// after the highest one. On a stop request it waits a few seconds more, then gives up
+    /// (`Ok(None)`): the batch is abandoned, not saved, and recovered at the next start.
+    pub async fn finish(&self, shutdown: &Shutdown) -> Result<Option<BTreeMap<i32, i64>>> {
+        let started = Instant::now();
+        let mut next_report = Duration::from_secs(2);
+        let mut stop_deadline: Option<Instant> = None;
+        loop {
+            let notified = self.producer.context().done.notified();
+            {
+                let acks = self.acks();
+                if let Some(e) = &acks.error {
+                    return Err(Error::Kafka(format!("delivery to {} failed: {e}", self.topic)));
+                }
+                if acks.outstanding == 0 {
+                    return Ok(Some(acks.ends.clone()));
+                }
+            }
+            if shutdown.is_triggered() {
+                let deadline = *stop_deadline.get_or_insert_with(|| Instant::now() + STOP_GRACE);
+                if Instant::now() >= deadline {
+                    tracing::warn!(
+                        "stopping with {} messages unacknowledged: the batch is not saved and will be recovered at the next start",
+                        self.acks().outstanding
+                    );
+                    return Ok(None);
+                }
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+            if started.elapsed() >= next_report {
+                tracing::warn!(
+                    "waiting for the broker to acknowledge {} messages of the batch ({:.0} s so far)",
+                    self.acks().outstanding,
+                    started.elapsed().as_secs_f64()
+                );
+                next_report = (next_report * 2).min(next_report + Duration::from_secs(30));
+            }
+        }
+    }
+}

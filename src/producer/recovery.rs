@@ -1,0 +1,123 @@
+//! What the topic already holds beyond the saved state: read at every (re)start of the
+//! producer, partition by partition, from the offsets in the state file to the end.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::KafkaConfig;
+use crate::error::{Error, Result};
+use crate::kafka::{self, REQUEST_TIMEOUT};
+use crate::order::{Order, parse_position};
+use crate::source::{SEQ_HEADER, SOURCE_HEADER};
+
+/// Give up reading when the broker returns nothing for this long.
+const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// A partition counts as read once it reported its end and nothing came for this long.
+const QUIET: Duration = Duration::from_millis(250);
+
+/// Messages of this producer found after the saved offsets: published, but not yet recorded in
+/// the state file.
+#[derive(Debug, Default)]
+pub struct Tail {
+    /// The orders found, by id (their text fields dropped: only the position matters).
+    pub orders: HashMap<i64, Order<'static>>,
+    /// The highest sequence number found.
+    pub max_seq: u64,
+    /// Per partition, the offset after the last message read (absent when none was read).
+    pub ends: BTreeMap<i32, i64>,
+    /// Messages read.
+    pub messages: u64,
+}
+
+/// Reads every partition of the topic from `offsets` (the whole partition where unknown) to its
+/// end and collects the messages `source` wrote. Blocking.
+pub fn read_tail(cfg: &KafkaConfig, source: &str, offsets: Option<&BTreeMap<i32, i64>>) -> Result<Tail> {
+    let kafka_err = |what: &str, e: KafkaError| Error::Kafka(format!("{}: {what}: {e}", cfg.brokers));
+    let consumer: BaseConsumer =
+        kafka::reader_config(cfg).create().map_err(|e| kafka_err("cannot create a reader", e))?;
+    let md = consumer
+        .fetch_metadata(Some(&cfg.topic), REQUEST_TIMEOUT)
+        .map_err(|e| kafka_err("broker unreachable", e))?;
+    let partitions: Vec<i32> = md
+        .topics()
+        .iter()
+        .filter(|t| t.name() == cfg.topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(Error::Setup(format!(
+            "Kafka: topic {} does not exist (run `orderstream init`)",
+            cfg.topic
+        )));
+    }
+
+    // Read to the end as the broker serves it, not to the high watermark it reports: tansu
+    // 0.6 was seen reporting a high watermark below the last message after a producer retry.
+    let mut tail = Tail::default();
+    let mut tpl = TopicPartitionList::new();
+    for p in &partitions {
+        let start = match offsets {
+            None => Offset::Beginning,
+            Some(m) => m.get(p).map_or(Offset::Beginning, |o| Offset::Offset(*o)),
+        };
+        tpl.add_partition_offset(&cfg.topic, *p, start).map_err(|e| kafka_err("cannot assign", e))?;
+    }
+    consumer.assign(&tpl).map_err(|e| kafka_err("cannot assign", e))?;
+    let mut at_end: BTreeSet<i32> = BTreeSet::new();
+    let mut last_event = Instant::now();
+    loop {
+        let Some(result) = consumer.poll(Duration::from_millis(50)) else {
+            if at_end.len() == partitions.len() && last_event.elapsed() >= QUIET {
+                break;
+            }
+            if last_event.elapsed() > STALL_TIMEOUT {
+                return Err(Error::Kafka(format!(
+                    "{}: no data from {} for {STALL_TIMEOUT:?}",
+                    cfg.brokers, cfg.topic
+                )));
+            }
+            continue;
+        };
+        last_event = Instant::now();
+        let msg = match result {
+            Ok(m) => m,
+            Err(KafkaError::PartitionEOF(p)) => {
+                at_end.insert(p);
+                continue;
+            }
+            Err(KafkaError::MessageConsumption(RDKafkaErrorCode::BrokerTransportFailure)) => continue,
+            Err(e) => return Err(kafka_err(&format!("cannot read {}", cfg.topic), e)),
+        };
+        at_end.remove(&msg.partition());
+        let end = tail.ends.entry(msg.partition()).or_insert(0);
+        *end = (*end).max(msg.offset() + 1);
+        tail.messages += 1;
+        let Some(headers) = msg.headers() else { continue };
+        let header = |name: &str| headers.iter().find(|h| h.key == name).and_then(|h| h.value);
+        if header(SOURCE_HEADER) != Some(source.as_bytes()) {
+            continue;
+        }
+        if let Some(seq) =
+            header(SEQ_HEADER).and_then(|v| std::str::from_utf8(v).ok()).and_then(|s| s.parse().ok())
+        {
+            tail.max_seq = tail.max_seq.max(seq);
+        }
+        match msg.payload().and_then(parse_position) {
+            Some(position) => {
+                tail.orders.insert(position.order_id, position);
+            }
+            None => tracing::warn!(
+                "{}/{} offset {}: a message of ours that is not an order; ignored",
+                cfg.topic,
+                msg.partition(),
+                msg.offset()
+            ),
+        }
+    }
+    Ok(tail)
+}

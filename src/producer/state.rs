@@ -1,0 +1,155 @@
+//! The producer's state file, `<last_processed_timestamp_location>/last_timestamp.txt`.
+//!
+//! The first line is the seed's content (`2025-01-18 12:33:00`, with microseconds when
+//! needed), so a person or a script reading it as the seed did sees the watermark. The lines
+//! after it say precisely where capture stands (`order_id=`, `open=`), the last sequence number
+//! used (`seq=`) and, per partition, the offset after the last message of the last saved batch
+//! (`offsets=0:4,1:3,2:3`). It is replaced atomically (write a temporary file, fsync, rename,
+//! fsync the folder) and only after the broker acknowledged every message of the batch, so it
+//! is never ahead of Kafka.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::source::Source;
+
+/// The file name, as in the seed.
+pub const STATE_FILE: &str = "last_timestamp.txt";
+
+/// What the producer has durably published.
+#[derive(Debug, Clone, PartialEq)]
+pub struct State<P> {
+    /// The source position after the last saved batch.
+    pub position: P,
+    /// The last sequence number used.
+    pub seq: u64,
+    /// Per partition, the offset after the last message of the last saved batch. `None` when
+    /// unknown (no state file, or the seed's one-line file): recovery then reads the whole topic.
+    pub offsets: Option<BTreeMap<i32, i64>>,
+}
+
+impl<P> State<P> {
+    /// The state before anything was published.
+    pub fn beginning<S: Source<Position = P>>() -> State<P> {
+        State { position: S::beginning(), seq: 0, offsets: None }
+    }
+}
+
+/// The state file's path.
+pub fn path(dir: &Path) -> PathBuf {
+    dir.join(STATE_FILE)
+}
+
+/// Reads the state file; `Ok(None)` when there is none. A corrupt file is an error naming the
+/// file and the line, never a silent restart from zero.
+pub fn load<S: Source>(path: &Path) -> Result<Option<State<S::Position>>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::Storage(format!("{}: cannot read: {e}", path.display()))),
+    };
+    parse::<S>(&text).map(Some).map_err(|m| {
+        Error::Storage(format!("{}: corrupt producer state ({m}); fix or remove the file", path.display()))
+    })
+}
+
+fn parse<S: Source>(text: &str) -> std::result::Result<State<S::Position>, String> {
+    let mut source_lines = Vec::new();
+    let mut seq = 0;
+    let mut offsets = None;
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(v) = line.strip_prefix("seq=") {
+            seq = v.parse().map_err(|_| format!("line {}: seq `{v}` is not a number", i + 1))?;
+        } else if let Some(v) = line.strip_prefix("offsets=") {
+            let mut map = BTreeMap::new();
+            for pair in v.split(',').filter(|s| !s.is_empty()) {
+                let parsed = pair.split_once(':').and_then(|(p, o)| Some((p.parse().ok()?, o.parse().ok()?)));
+                let (p, o) =
+                    parsed.ok_or_else(|| format!("line {}: `{pair}` is not partition:offset", i + 1))?;
+                map.insert(p, o);
+            }
+            offsets = Some(map);
+        } else {
+            source_lines.push(line);
+        }
+    }
+    if source_lines.is_empty() {
+        return Err("the file is empty".into());
+    }
+    let position = S::decode(&source_lines)?;
+    Ok(State { position, seq, offsets })
+}
+
+/// Writes the state file atomically.
+pub fn save<S: Source>(path: &Path, state: &State<S::Position>) -> Result<()> {
+    let mut text = S::encode(&state.position).join("\n");
+    text.push_str(&format!("\nseq={}\n", state.seq));
+    if let Some(offsets) = &state.offsets {
+        let list: Vec<String> = offsets.iter().map(|(p, o)| format!("{p}:{o}")).collect();
+        text.push_str(&format!("offsets={}\n", list.join(",")));
+    }
+    write_atomic(path, text.as_bytes())
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves either the old or the new content.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let fail =
+        |what: &str, e: std::io::Error| Error::Storage(format!("{}: cannot {what}: {e}", path.display()));
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp).map_err(|e| fail("create temporary file", e))?;
+    file.write_all(bytes).map_err(|e| fail("write", e))?;
+    file.sync_all().map_err(|e| fail("fsync", e))?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(|e| fail("rename into place", e))?;
+    if let Some(dir) = path.parent() {
+        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| fail("fsync the folder", e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::poll::PollSource;
+
+    #[test]
+    fn round_trip() {
+        let dir = std::env::temp_dir().join(format!("orderstream-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = path(&dir);
+        let text = "2025-01-18 12:33:00\norder_id=110\nseq=10\noffsets=0:4,1:3,2:3\n";
+        std::fs::write(&p, text).unwrap();
+        let state = load::<PollSource>(&p).unwrap().unwrap();
+        assert_eq!(state.seq, 10);
+        assert_eq!(state.offsets, Some([(0, 4), (1, 3), (2, 3)].into()));
+        save::<PollSource>(&p, &state).unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), text);
+    }
+
+    #[test]
+    fn the_seed_file_loads_with_unknown_offsets() {
+        let state = parse::<PollSource>("2025-01-18 12:33:00\n").unwrap();
+        assert_eq!(state.offsets, None);
+        assert_eq!(state.seq, 0);
+    }
+
+    #[test]
+    fn corrupt_files_are_errors() {
+        assert!(parse::<PollSource>("").is_err());
+        assert!(parse::<PollSource>("garbage\n").is_err());
+        assert!(parse::<PollSource>("2025-01-18 12:33:00\nseq=x\n").unwrap_err().contains("line 2"));
+        assert!(parse::<PollSource>("2025-01-18 12:33:00\noffsets=0-4\n").unwrap_err().contains("line 2"));
+        let dir = std::env::temp_dir().join(format!("orderstream-state-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(path(&dir), "\u{0}\u{1}junk").unwrap();
+        let e = load::<PollSource>(&path(&dir)).unwrap_err().to_string();
+        assert!(e.contains("last_timestamp.txt: corrupt producer state"), "{e}");
+    }
+}

@@ -1,0 +1,456 @@
+//! The seed's polling source ("SELECT * WHERE created_at > last_timestamp"), made lossless.
+//!
+//! The seed's query loses orders in two ways, and this source closes both:
+//!
+//! 1. **Orders sharing a `created_at`** split across polls: the position is the pair
+//!    `(created_at, order_id)` (the *watermark*), read in that order through the index
+//!    `(created_at, order_id)` that `init` creates, in pages of `max_batch_rows`.
+//! 2. **Late commits.** `created_at` defaults to the transaction's *start* time, so a
+//!    transaction that stays open while later orders are published commits rows below the
+//!    watermark. Each poll first lists the start times of every open transaction of the
+//!    database (`pg_stat_activity.xact_start`; the role needs `pg_read_all_stats` to see other
+//!    roles' sessions) and then, in one `REPEATABLE READ` snapshot taken *after* that list,
+//!    reads (a) the new rows above the watermark and (b) for every start time that was open at
+//!    an earlier poll and now lies at or below the watermark, the rows with exactly that
+//!    `created_at` that were not yet published. Such a start time stays tracked, with the ids
+//!    already published at it, until a poll finds no open transaction with that start time: the
+//!    snapshot of that poll sees everything those transactions committed, so (b) has picked up
+//!    the rest. Later orders are published meanwhile; nothing waits for the open transaction.
+//!
+//! Rows newer than `now − 100 ms` wait for the next poll: a transaction reports its start in
+//! `pg_stat_activity` a few microseconds after taking its start time, and this margin keeps a
+//! transaction that starts during the listing from slipping under the watermark unseen.
+//!
+//! What polling cannot see at all, by construction: updates and deletes (a row is captured once,
+//! as inserted), and rows inserted with an explicit `created_at` at or below the watermark (or
+//! set from `clock_timestamp()` inside a transaction that stays open across polls). The
+//! log-based source covers those.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use chrono::NaiveDateTime;
+use rust_decimal::Decimal;
+use tokio_postgres::{Client, IsolationLevel, Row, Statement};
+
+use super::{Batch, Change, Source};
+use crate::config::{PostgresConfig, TableName};
+use crate::db;
+use crate::error::{Error, Result};
+use crate::order::{AMOUNT_PRECISION, AMOUNT_SCALE, Order};
+
+/// Rows younger than this stay for the next poll (see the module doc).
+pub const START_REPORT_MARGIN: Duration = Duration::from_millis(100);
+
+/// Where polling stands.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PollPosition {
+    /// `(created_at, order_id)` of the last order published in watermark order; `None` before
+    /// the first.
+    pub watermark: Option<(NaiveDateTime, i64)>,
+    /// Start times of transactions that were open at a poll, each with the ids already
+    /// published at exactly that `created_at`.
+    pub open: BTreeMap<NaiveDateTime, BTreeSet<i64>>,
+}
+
+/// The polling source on one table.
+pub struct PollSource {
+    pg: PostgresConfig,
+    name: String,
+    conn: Option<Connection>,
+}
+
+struct Connection {
+    client: Client,
+    activity: Statement,
+    late: Statement,
+    first: Statement,
+    after: Statement,
+}
+
+const COLUMNS: &str = "order_id::int8, customer_name, restaurant_name, item, \
+                       NULLIF(amount, 'NaN'::numeric), order_status, created_at";
+
+impl PollSource {
+    /// A source on the configured table; connects on first use.
+    pub fn new(pg: &PostgresConfig) -> PollSource {
+        let db = pg.connect.get_dbname().unwrap_or("?");
+        PollSource { pg: pg.clone(), name: format!("poll:{db}.{}", pg.table), conn: None }
+    }
+
+    /// Connects (if not connected) and checks the table; a wrong table is a fatal error.
+    pub async fn connect(&mut self) -> Result<()> {
+        if self.conn.is_some() {
+            return Ok(());
+        }
+        let client = db::connect(&self.pg).await?;
+        check_table(&client, &self.pg.table).await?;
+        check_visibility(&client).await;
+        let t = self.pg.table.quoted();
+        let table = &self.pg.table;
+        let client_ref = &client;
+        let prepare =
+            |sql: String| async move { client_ref.prepare(&sql).await.map_err(|e| pg_error(table, &e)) };
+        let activity = prepare(
+            "SELECT statement_timestamp() AT TIME ZONE 'UTC', \
+                    array_agg(DISTINCT xact_start AT TIME ZONE 'UTC') FILTER (WHERE xact_start IS NOT NULL) \
+             FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+                .into(),
+        )
+        .await?;
+        let late = prepare(format!(
+            "SELECT {COLUMNS} FROM {t} WHERE created_at = ANY($1::timestamp[]) \
+             AND (created_at, order_id) <= ($2::timestamp, $3::int8) ORDER BY created_at, order_id"
+        ))
+        .await?;
+        let first = prepare(format!(
+            "SELECT {COLUMNS} FROM {t} WHERE created_at < $1::timestamp ORDER BY created_at, order_id LIMIT $2::int8"
+        ))
+        .await?;
+        let after = prepare(format!(
+            "SELECT {COLUMNS} FROM {t} WHERE (created_at, order_id) > ($1::timestamp, $2::int8) \
+             AND created_at < $3::timestamp ORDER BY created_at, order_id LIMIT $4::int8"
+        ))
+        .await?;
+        self.conn = Some(Connection { client, activity, late, first, after });
+        Ok(())
+    }
+
+    async fn poll_once(&mut self, position: &PollPosition, limit: usize) -> Result<Batch<PollPosition>> {
+        self.connect().await?;
+        let table = self.pg.table.clone();
+        let err = |e: tokio_postgres::Error| pg_error(&table, &e);
+        let Some(conn) = self.conn.as_mut() else { return Err(Error::Postgres("not connected".into())) };
+
+        // 1. Which transactions are open, and the database's clock, before the snapshot.
+        let row = conn.client.query_one(&conn.activity, &[]).await.map_err(err)?;
+        let now: NaiveDateTime = row.try_get(0).map_err(err)?;
+        let open_now: BTreeSet<NaiveDateTime> = row
+            .try_get::<_, Option<Vec<NaiveDateTime>>>(1)
+            .map_err(err)?
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let bound = now - START_REPORT_MARGIN;
+
+        // 2. One snapshot, taken after that list, for the late rows and the new rows.
+        let tx = conn
+            .client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(err)?;
+        let mut changes = Vec::new();
+        if let Some((wts, wid)) = position.watermark {
+            let tracked: Vec<NaiveDateTime> = position.open.keys().filter(|t| **t <= wts).copied().collect();
+            if !tracked.is_empty() {
+                for row in tx.query(&conn.late, &[&tracked, &wts, &wid]).await.map_err(err)? {
+                    let order = to_order(&row, &table)?;
+                    let published =
+                        position.open.get(&order.created_at).is_some_and(|ids| ids.contains(&order.order_id));
+                    if !published {
+                        changes.push(Change { order });
+                    }
+                }
+            }
+        }
+        let late = changes.len();
+        let page = limit.saturating_sub(late).max(1) as i64;
+        let rows = match position.watermark {
+            None => tx.query(&conn.first, &[&bound, &page]).await,
+            Some((wts, wid)) => tx.query(&conn.after, &[&wts, &wid, &bound, &page]).await,
+        }
+        .map_err(err)?;
+        for row in rows {
+            changes.push(Change { order: to_order(&row, &table)? });
+        }
+        tx.commit().await.map_err(err)?;
+
+        // 3. The position after this batch.
+        let mut next = position.clone();
+        if let Some(last) = changes[late..].last() {
+            next.watermark = Some((last.order.created_at, last.order.order_id));
+        }
+        for t in &open_now {
+            next.open.entry(*t).or_default();
+        }
+        for c in &changes {
+            if let Some(ids) = next.open.get_mut(&c.order.created_at) {
+                ids.insert(c.order.order_id);
+            }
+        }
+        // A start time no longer open: this poll's snapshot saw all its rows (the late read
+        // above if it lies at or below the old watermark, the new-row read otherwise).
+        next.open.retain(|t, _| open_now.contains(t));
+        Ok(Batch { changes, position: next })
+    }
+}
+
+impl Source for PollSource {
+    type Position = PollPosition;
+
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    async fn poll(&mut self, position: &PollPosition, limit: usize) -> Result<Batch<PollPosition>> {
+        let result = self.poll_once(position, limit).await;
+        if let Err(e) = &result
+            && !matches!(e, Error::Setup(_))
+        {
+            // Start from a fresh connection next time.
+            self.conn = None;
+        }
+        result
+    }
+
+    fn covers(position: &PollPosition, order: &Order<'_>) -> bool {
+        let at_or_below = position.watermark.is_some_and(|w| (order.created_at, order.order_id) <= w);
+        at_or_below || position.open.get(&order.created_at).is_some_and(|ids| ids.contains(&order.order_id))
+    }
+
+    fn encode(position: &PollPosition) -> Vec<String> {
+        let mut lines = Vec::new();
+        match position.watermark {
+            Some((ts, id)) => {
+                lines.push(format_ts(&ts));
+                lines.push(format!("order_id={id}"));
+            }
+            None => lines.push("none".into()),
+        }
+        for (ts, ids) in &position.open {
+            let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+            lines.push(format!("open={} ids={}", format_ts(ts), ids.join(",")));
+        }
+        lines
+    }
+
+    fn decode(lines: &[&str]) -> std::result::Result<PollPosition, String> {
+        let mut pos = PollPosition::default();
+        let Some((first, rest)) = lines.split_first() else { return Err("empty".into()) };
+        let mut order_id = None;
+        let ts = match first.trim() {
+            "none" => None,
+            s => Some(
+                parse_ts(s)
+                    .ok_or_else(|| format!("line 1: `{s}` is not a timestamp like 2025-01-18 12:33:00"))?,
+            ),
+        };
+        for (i, line) in rest.iter().enumerate() {
+            let n = i + 2;
+            if let Some(v) = line.strip_prefix("order_id=") {
+                order_id = Some(
+                    v.parse::<i64>().map_err(|_| format!("line {n}: order_id `{v}` is not an integer"))?,
+                );
+            } else if let Some(v) = line.strip_prefix("open=") {
+                let (t, ids) = v
+                    .split_once(" ids=")
+                    .ok_or_else(|| format!("line {n}: expected open=<timestamp> ids=<ids>"))?;
+                let t = parse_ts(t).ok_or_else(|| format!("line {n}: `{t}` is not a timestamp"))?;
+                let ids = ids
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(|s| s.parse::<i64>().map_err(|_| format!("line {n}: id `{s}` is not an integer")))
+                    .collect::<std::result::Result<BTreeSet<i64>, String>>()?;
+                pos.open.insert(t, ids);
+            } else {
+                return Err(format!("line {n}: unexpected `{line}`"));
+            }
+        }
+        // The seed's file holds only the timestamp and means "everything at or before it".
+        pos.watermark = ts.map(|ts| (ts, order_id.unwrap_or(i64::MAX)));
+        Ok(pos)
+    }
+
+    fn beginning() -> PollPosition {
+        PollPosition::default()
+    }
+}
+
+/// `2025-01-18 12:33:00`, with microseconds when there are any (the seed's format).
+pub fn format_ts(ts: &NaiveDateTime) -> String {
+    if ts.and_utc().timestamp_subsec_micros() == 0 {
+        ts.format("%Y-%m-%d %H:%M:%S").to_string()
+    } else {
+        ts.format("%Y-%m-%d %H:%M:%S%.6f").to_string()
+    }
+}
+
+fn parse_ts(s: &str) -> Option<NaiveDateTime> {
+    NaiveDateTime::parse_from_str(s.trim(), "%Y-%m-%d %H:%M:%S%.f").ok()
+}
+
+fn to_order(row: &Row, table: &TableName) -> Result<Order<'static>> {
+    let bad = |e: tokio_postgres::Error| {
+        Error::Setup(format!("PostgreSQL: table {table}: unreadable row: {}", db::error_text(&e)))
+    };
+    let text = |i: usize| -> Result<Option<Cow<'static, str>>> {
+        Ok(row.try_get::<_, Option<String>>(i).map_err(bad)?.map(Cow::Owned))
+    };
+    let order = Order {
+        order_id: row.try_get(0).map_err(bad)?,
+        customer_name: text(1)?,
+        restaurant_name: text(2)?,
+        item: text(3)?,
+        amount: row.try_get::<_, Option<Decimal>>(4).map_err(bad)?,
+        order_status: text(5)?,
+        created_at: row.try_get(6).map_err(bad)?,
+    };
+    if order.amount.is_none() {
+        tracing::warn!(
+            order_id = order.order_id,
+            "order has no amount (NULL or NaN): published with amount null"
+        );
+    }
+    Ok(order)
+}
+
+/// A PostgreSQL error: connection trouble is transient ([`Error::Postgres`], retried), a
+/// missing table or column is not ([`Error::Setup`]).
+fn pg_error(table: &TableName, e: &tokio_postgres::Error) -> Error {
+    let fatal = e.as_db_error().is_some_and(|db| {
+        let class = &db.code().code()[..2];
+        // 08 connection, 40 rollback (serialization, deadlock), 53 resources, 57 shutdown.
+        !matches!(class, "08" | "40" | "53" | "57")
+    });
+    let text = db::error_text(e);
+    if fatal {
+        Error::Setup(format!("PostgreSQL: table {table}: {text}"))
+    } else {
+        Error::Postgres(format!("table {table}: {text}"))
+    }
+}
+
+/// Checks that the table exists with columns the order record can hold.
+async fn check_table(client: &Client, table: &TableName) -> Result<()> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttypmod \
+             FROM pg_attribute a WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
+            &[&table.quoted()],
+        )
+        .await
+        .map_err(|e| pg_error(table, &e))?;
+    if rows.is_empty() {
+        return Err(Error::Setup(format!(
+            "PostgreSQL: table {table} does not exist (run `orderstream init`)"
+        )));
+    }
+    let types: BTreeMap<String, (String, i32)> =
+        rows.iter().map(|r| (r.get::<_, String>(0), (r.get::<_, String>(1), r.get::<_, i32>(2)))).collect();
+    let text_types = ["text", "character varying", "character", "name"];
+    for column in crate::order::COLUMNS {
+        let Some((ty, typmod)) = types.get(column) else {
+            return Err(Error::Setup(format!("PostgreSQL: table {table}: column {column} is missing")));
+        };
+        let base = ty.split('(').next().unwrap_or(ty).trim();
+        let ok = match column {
+            "order_id" => matches!(base, "integer" | "bigint" | "smallint"),
+            "amount" => {
+                // numeric(p,s): typmod = ((p << 16) | s) + 4
+                let (p, s) = ((typmod - 4) >> 16, (typmod - 4) & 0xffff);
+                base == "numeric"
+                    && *typmod >= 4
+                    && p <= i32::from(AMOUNT_PRECISION)
+                    && s == AMOUNT_SCALE as i32
+            }
+            "created_at" => base == "timestamp without time zone",
+            _ => text_types.contains(&base),
+        };
+        if !ok {
+            let want = match column {
+                "order_id" => "an integer type",
+                "amount" => "numeric(10,2)",
+                "created_at" => "timestamp (without time zone)",
+                _ => "a text type",
+            };
+            return Err(Error::Setup(format!(
+                "PostgreSQL: table {table}: column {column} is {ty}, expected {want}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Warns when this role cannot see other roles' open transactions: their late commits could
+/// then be missed.
+async fn check_visibility(client: &Client) {
+    let sql = "SELECT rolsuper OR pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') FROM pg_roles WHERE rolname = current_user";
+    match client.query_one(sql, &[]).await.map(|r| r.get::<_, bool>(0)) {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(
+            "this role cannot see other roles' transactions in pg_stat_activity: grant it pg_read_all_stats, \
+             or orders committed late by other roles can be missed"
+        ),
+        Err(e) => tracing::warn!("cannot check pg_read_all_stats: {}", db::error_text(&e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: &str) -> NaiveDateTime {
+        parse_ts(s).unwrap()
+    }
+
+    #[test]
+    fn position_round_trips_through_the_state_lines() {
+        let mut pos =
+            PollPosition { watermark: Some((ts("2025-01-18 12:33:00"), 110)), open: BTreeMap::new() };
+        pos.open.insert(ts("2025-01-18 12:30:00.250000"), [107, 111].into());
+        pos.open.insert(ts("2025-01-18 12:40:00"), BTreeSet::new());
+        let lines = PollSource::encode(&pos);
+        assert_eq!(
+            lines,
+            [
+                "2025-01-18 12:33:00",
+                "order_id=110",
+                "open=2025-01-18 12:30:00.250000 ids=107,111",
+                "open=2025-01-18 12:40:00 ids="
+            ]
+        );
+        let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+        assert_eq!(PollSource::decode(&lines).unwrap(), pos);
+    }
+
+    #[test]
+    fn the_seed_file_means_everything_at_or_before_it() {
+        let pos = PollSource::decode(&["2025-01-18 12:33:00"]).unwrap();
+        assert_eq!(pos.watermark, Some((ts("2025-01-18 12:33:00"), i64::MAX)));
+    }
+
+    #[test]
+    fn corrupt_lines_are_named() {
+        assert!(PollSource::decode(&["yesterday"]).unwrap_err().starts_with("line 1"));
+        assert!(
+            PollSource::decode(&["2025-01-18 12:33:00", "order_id=x"]).unwrap_err().starts_with("line 2")
+        );
+        assert!(PollSource::decode(&["2025-01-18 12:33:00", "what"]).unwrap_err().starts_with("line 2"));
+    }
+
+    #[test]
+    fn covers_the_watermark_and_tracked_ids() {
+        let mut pos =
+            PollPosition { watermark: Some((ts("2025-01-18 12:33:00"), 110)), open: BTreeMap::new() };
+        pos.open.insert(ts("2025-01-18 12:40:00"), [120].into());
+        let order = |id: i64, at: &str| Order {
+            order_id: id,
+            customer_name: None,
+            restaurant_name: None,
+            item: None,
+            amount: None,
+            order_status: None,
+            created_at: ts(at),
+        };
+        assert!(PollSource::covers(&pos, &order(110, "2025-01-18 12:33:00")));
+        assert!(PollSource::covers(&pos, &order(5, "2025-01-18 12:00:00")));
+        assert!(!PollSource::covers(&pos, &order(111, "2025-01-18 12:33:00")));
+        assert!(PollSource::covers(&pos, &order(120, "2025-01-18 12:40:00")));
+        assert!(!PollSource::covers(&pos, &order(121, "2025-01-18 12:40:00")));
+    }
+}
