@@ -102,12 +102,18 @@ async fn session<S: Source>(
     let mut seq = committed.seq.max(tail_seq);
     let limit = cfg.streaming.max_batch_rows;
     let mut value = Vec::with_capacity(256);
+    // During a catch-up, the next page is read while the broker acknowledges the current one.
+    let mut prefetched = None;
     loop {
         if shutdown.is_triggered() {
             return Ok(());
         }
         let started = Instant::now();
-        let batch = match source.poll(&committed.position, limit).await {
+        let polled = match prefetched.take() {
+            Some(polled) => polled,
+            None => source.poll(&committed.position, limit).await,
+        };
+        let batch = match polled {
             Ok(batch) => batch,
             // PostgreSQL trouble: the producer and what recovery found stay as they are.
             Err(e @ Error::Postgres(_)) => {
@@ -137,7 +143,13 @@ async fn session<S: Source>(
             published += 1;
             bytes += value.len() as u64;
         }
-        let Some(ends) = publisher.finish(shutdown).await? else { return Ok(()) };
+        let (acked, next) = if full {
+            let (acked, next) = tokio::join!(publisher.finish(shutdown), source.poll(&batch.position, limit));
+            (acked, Some(next))
+        } else {
+            (publisher.finish(shutdown).await, None)
+        };
+        let Some(ends) = acked? else { return Ok(()) };
 
         // The saved offsets pass the recovered messages only once the position covers them all.
         uncovered.retain(|_, o| !S::covers(&batch.position, o));
@@ -151,9 +163,10 @@ async fn session<S: Source>(
         } else {
             committed.offsets.clone()
         };
-        let next = State { position: batch.position, seq, offsets };
-        state::save::<S>(path, &next)?;
-        *committed = next;
+        let next_state = State { position: batch.position, seq, offsets };
+        state::save::<S>(path, &next_state)?;
+        *committed = next_state;
+        prefetched = next;
         backoff.reset();
 
         let newest = batch.changes.iter().map(|c| c.order.created_at).max();

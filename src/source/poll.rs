@@ -69,7 +69,8 @@ struct Connection {
     after: Statement,
 }
 
-const COLUMNS: &str = "order_id::int8, customer_name, restaurant_name, item, \
+// `id`, not `order_id`: ORDER BY order_id must name the column (and its index), not this cast.
+const COLUMNS: &str = "order_id::int8 AS id, customer_name, restaurant_name, item, \
                        NULLIF(amount, 'NaN'::numeric), order_status, created_at";
 
 impl PollSource {
