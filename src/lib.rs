@@ -17,6 +17,7 @@
 //! * [`source`]: how changes leave PostgreSQL, behind one trait ([`source::poll`] today).
 //! * [`producer`]: source → Kafka, exactly once (idempotent producer, state file, recovery).
 //! * [`metrics`]: the counters that `status`, the logs and `/metrics` read.
+//! * [`http`]: `/metrics` and `/health`.
 //! * [`init`]: the `init` command: table, seed orders and topics.
 //! * [`shutdown`]: SIGTERM/SIGINT as one flag every loop checks between batches.
 //! * [`retry`]: capped exponential backoff.
@@ -25,6 +26,7 @@
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod http;
 pub mod init;
 pub mod kafka;
 pub mod metrics;

@@ -62,6 +62,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// The signal handlers and the metrics endpoint every long-running command has.
+async fn serve(cfg: &Config) -> Result<(Arc<Metrics>, Shutdown), Error> {
+    let shutdown = Shutdown::new();
+    shutdown.on_signals().map_err(|e| Error::Storage(format!("cannot handle signals: {e}")))?;
+    let metrics = Arc::new(Metrics::new());
+    orderstream::http::start(cfg.metrics.port, metrics.clone(), shutdown.clone()).await?;
+    Ok((metrics, shutdown))
+}
+
 fn run(cli: Cli) -> Result<(), Error> {
     let cfg = Config::load(&cli.config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -76,9 +85,8 @@ fn run(cli: Cli) -> Result<(), Error> {
                 Ok(())
             }
             Command::Produce => {
-                let shutdown = Shutdown::new();
-                shutdown.on_signals().map_err(|e| Error::Storage(format!("cannot handle signals: {e}")))?;
-                orderstream::producer::produce(&cfg, Arc::new(Metrics::new()), shutdown).await
+                let (metrics, shutdown) = serve(&cfg).await?;
+                orderstream::producer::produce(&cfg, metrics, shutdown).await
             }
             Command::Consume => Err(Error::NotImplemented("consume")),
             Command::Run => Err(Error::NotImplemented("run")),

@@ -86,8 +86,44 @@ pub struct ConsumerMetrics {
     pub retries: Counter,
 }
 
+/// Which stages are currently failing (retrying), for `/health`.
+#[derive(Default)]
+pub struct Health {
+    failing: std::sync::Mutex<std::collections::BTreeMap<&'static str, (String, std::time::Instant)>>,
+}
+
+impl Health {
+    /// Marks `stage` as failing with `error` (keeps the time it started failing).
+    pub fn fail(&self, stage: &'static str, error: &str) {
+        if let Ok(mut f) = self.failing.lock() {
+            let since = f.get(stage).map(|(_, t)| *t).unwrap_or_else(std::time::Instant::now);
+            f.insert(stage, (error.to_string(), since));
+        }
+    }
+
+    /// Marks `stage` as working.
+    pub fn ok(&self, stage: &'static str) {
+        if let Ok(mut f) = self.failing.lock() {
+            f.remove(stage);
+        }
+    }
+
+    /// Failing stages with their error and how long they have been failing.
+    pub fn failing(&self) -> Vec<(String, serde_json::Value)> {
+        let Ok(f) = self.failing.lock() else { return Vec::new() };
+        f.iter()
+            .map(|(stage, (error, since))| {
+                let value = serde_json::json!({ "error": error, "seconds": since.elapsed().as_secs() });
+                (stage.to_string(), value)
+            })
+            .collect()
+    }
+}
+
 /// All counters, and the registry that exports them.
 pub struct Metrics {
+    /// Failing stages, for `/health`.
+    pub health: Health,
     /// Producer side.
     pub producer: ProducerMetrics,
     /// Consumer side.
@@ -153,7 +189,7 @@ impl Metrics {
             c.register("lag_messages", "Messages not yet in the lake", consumer.lag_messages.clone());
             c.register("retries", "Retries after broker or lake failures", consumer.retries.clone());
         }
-        Metrics { producer, consumer, registry }
+        Metrics { health: Health::default(), producer, consumer, registry }
     }
 
     /// The Prometheus text exposition of every counter.

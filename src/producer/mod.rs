@@ -123,6 +123,7 @@ async fn session<S: Source>(
             Err(e) => return Err(e),
         };
         let full = batch.changes.len() >= limit;
+        metrics.health.ok("producer");
         if batch.changes.is_empty() && batch.position == committed.position {
             backoff.reset();
             pause(started, cfg.streaming.batch_interval, shutdown).await;
@@ -192,6 +193,7 @@ async fn session<S: Source>(
 /// Logs a failure and sleeps the next backoff delay (or until a stop is requested).
 async fn retry_later(e: &Error, metrics: &Metrics, backoff: &mut Backoff, shutdown: &Shutdown) {
     metrics.producer.retries.inc();
+    metrics.health.fail("producer", &e.to_string());
     let delay = backoff.next_delay();
     tracing::warn!("{e}; retrying in {:.1} s (position not advanced)", delay.as_secs_f64());
     tokio::select! {
