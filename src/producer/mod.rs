@@ -171,8 +171,8 @@ async fn session<S: Source>(
         backoff.reset();
 
         let newest = batch.changes.iter().map(|c| c.order.created_at).max();
-        report(metrics, published, skipped, bytes, newest, started.elapsed());
         if published + skipped > 0 {
+            report(metrics, published, skipped, bytes, newest, started.elapsed());
             let lag = newest.map(|t| (chrono::Utc::now().naive_utc() - t).as_seconds_f64()).unwrap_or(0.0);
             tracing::info!(
                 rows = published,
