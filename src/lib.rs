@@ -14,6 +14,7 @@
 //! * [`order`]: THE order record: columns, JSON form, Arrow schema, validation.
 //! * [`db`]: PostgreSQL connections and the schema bootstrap (`sql/orders.sql`).
 //! * [`kafka`]: Kafka clients built from the configuration, topic bootstrap.
+//! * [`sink`]: the consumer: micro-batches into the Parquet lake, exactly once, dead letters.
 //! * [`metrics`]: the counters that `status`, the logs and `/metrics` read.
 //! * [`init`]: the `init` command: table, seed orders and topics.
 //! * [`shutdown`]: SIGTERM/SIGINT as one flag every loop checks between batches.
@@ -27,6 +28,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod order;
 pub mod shutdown;
+pub mod sink;
 
 pub use config::Config;
 pub use error::{Error, Result};

@@ -71,7 +71,17 @@ fn run(cli: Cli) -> Result<(), Error> {
                 Ok(())
             }
             Command::Produce => Err(Error::NotImplemented("produce")),
-            Command::Consume => Err(Error::NotImplemented("consume")),
+            Command::Consume => {
+                let shutdown = orderstream::shutdown::Shutdown::new();
+                shutdown.on_signals().map_err(|e| {
+                    Error::Storage(format!("cannot install the SIGTERM/SIGINT handlers: {e}"))
+                })?;
+                let metrics = std::sync::Arc::new(orderstream::metrics::Metrics::new());
+                let cfg = cfg.clone();
+                tokio::task::spawn_blocking(move || orderstream::sink::consume(&cfg, metrics, shutdown))
+                    .await
+                    .map_err(|e| Error::Storage(format!("the consumer thread failed: {e}")))?
+            }
             Command::Run => Err(Error::NotImplemented("run")),
             Command::Status { .. } => Err(Error::NotImplemented("status")),
         }
