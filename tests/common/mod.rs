@@ -3,6 +3,8 @@
 //! for tests that freeze or stop one.
 #![allow(dead_code)]
 
+pub mod lake;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
