@@ -20,7 +20,7 @@ use super::checkpoint::{
 };
 use super::dlq::DeadLetters;
 use super::parquet;
-use super::scratch::Scratch;
+use super::scratch::{self, Scratch};
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::order::Order;
@@ -57,6 +57,8 @@ struct Owned {
     position: i64,
     /// The partition's state including the in-flight batch.
     working: Option<PartitionState>,
+    /// The checkpoint offset reading resumed at, until the first message arrives.
+    resumed_at: Option<i64>,
 }
 
 /// The in-flight batch.
@@ -135,33 +137,47 @@ impl Engine {
         self.fatal.take()
     }
 
-    /// How long the loop may wait for the next message.
-    pub fn poll_timeout(&self) -> Duration {
+    /// How long the loop may wait for the next message, at time `now`.
+    pub fn poll_timeout(&self, now: Instant) -> Duration {
         const MAX: Duration = Duration::from_millis(100);
         match self.batch.started {
-            Some(t) => (t + self.limits.interval).saturating_duration_since(Instant::now()).min(MAX),
+            Some(t) => (t + self.limits.interval).saturating_duration_since(now).min(MAX),
             None => MAX,
         }
     }
 
-    /// Whether the in-flight batch must close now.
-    pub fn batch_due(&self) -> bool {
+    /// Whether the in-flight batch must close at time `now`.
+    pub fn batch_due(&self, now: Instant) -> bool {
         let b = &self.batch;
         b.messages > 0
             && (b.rows.len() >= self.limits.max_rows
                 || b.rejects >= self.limits.max_rows
                 || b.rows.dates() >= MAX_DATES
                 || b.error.is_some()
-                || b.started.is_some_and(|t| t.elapsed() >= self.limits.interval))
+                || b.started.is_some_and(|t| now.saturating_duration_since(t) >= self.limits.interval))
     }
 
-    /// Takes one message into the in-flight batch.
-    pub fn handle(&mut self, msg: &BorrowedMessage<'_>) {
+    /// Takes one message into the in-flight batch; `now` is a recent time (the batch's start).
+    pub fn handle(&mut self, msg: &BorrowedMessage<'_>, now: Instant) {
         let offset = msg.offset();
         let Some(owned) = self.owned.get_mut(&msg.partition()) else { return };
         if msg.topic() != self.topic || offset < owned.position {
             // Not ours any more, or read already (a fetch that raced a seek).
             return;
+        }
+        if let Some(at) = owned.resumed_at.take()
+            && offset > at + 1
+        {
+            // One offset is a transaction marker; more is compaction, aborted transactions, or
+            // a broker that skips the rest of a record batch a fetch starts inside of (tansu
+            // 0.6's memory storage does): worth a line, since it would lose messages.
+            tracing::warn!(
+                "partition {}/{}: resumed at offset {at}, but the broker's first message is at \
+                 offset {offset} ({} offsets skipped)",
+                self.topic,
+                msg.partition(),
+                offset - at
+            );
         }
         owned.position = offset + 1;
         let state = owned.working.get_or_insert_with(|| owned.committed.clone());
@@ -169,7 +185,7 @@ impl Engine {
         self.metrics.consumer.messages.inc();
         let batch = &mut self.batch;
         batch.messages += 1;
-        batch.started.get_or_insert_with(Instant::now);
+        batch.started.get_or_insert(now);
 
         if let Some(headers) = msg.headers() {
             let mut source = None;
@@ -380,6 +396,7 @@ impl Engine {
                 continue;
             }
             owned.position = owned.committed.next_offset;
+            owned.resumed_at = owned.stored.then_some(owned.position);
             if seek {
                 let offset = if owned.stored {
                     Offset::Offset(owned.committed.next_offset)
@@ -437,7 +454,14 @@ impl Engine {
         }
         self.owned.insert(
             partition,
-            Owned { _lock: lock, position: committed.next_offset, committed, stored, working: None },
+            Owned {
+                _lock: lock,
+                position: committed.next_offset,
+                resumed_at: stored.then_some(committed.next_offset),
+                committed,
+                stored,
+                working: None,
+            },
         );
         // Renames, then this partition's state file, then manifests no one needs any more.
         self.retry_pending();
@@ -446,6 +470,15 @@ impl Engine {
         } else {
             Offset::Beginning
         }))
+    }
+
+    /// Deletes what dead processes left in the temp area (see [`scratch::clean_dead`]).
+    pub fn clean_dead(&self) {
+        if let Some(scratch) = &self.scratch
+            && let Err(e) = scratch::clean_dead(&self.checkpoint, scratch.id())
+        {
+            tracing::warn!("cannot clean the temp folders of stopped processes: {e}");
+        }
     }
 
     /// Releases partitions (their locks); their in-flight rows must be committed or abandoned.

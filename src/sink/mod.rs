@@ -152,10 +152,28 @@ fn run(consumer: &group::GroupConsumer, metrics: &Metrics, shutdown: &Shutdown) 
     let mut kafka_errors = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     let mut report_after = Instant::now();
     let mut suppressed = 0u64;
+    // Reading the clock for every message costs more than handling some of them: during a
+    // catch-up the clock is read every CLOCK_EVERY messages, and whenever the queue runs dry.
+    const CLOCK_EVERY: u32 = 64;
+    let mut now = Instant::now();
+    let mut unclocked = 0u32;
     while !shutdown.is_triggered() {
-        let timeout = ctx.engine().poll_timeout();
-        match consumer.poll(timeout) {
-            Some(Ok(msg)) => ctx.engine().handle(&msg),
+        let polled = match consumer.poll(Duration::ZERO) {
+            Some(m) => Some(m),
+            None => {
+                now = Instant::now();
+                unclocked = 0;
+                let timeout = ctx.engine().poll_timeout(now);
+                consumer.poll(timeout)
+            }
+        };
+        unclocked += 1;
+        if unclocked >= CLOCK_EVERY {
+            now = Instant::now();
+            unclocked = 0;
+        }
+        match polled {
+            Some(Ok(msg)) => ctx.engine().handle(&msg, now),
             Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
                 return Err(Error::Kafka(format!("fatal consumer error: {code}")));
             }
@@ -184,7 +202,7 @@ fn run(consumer: &group::GroupConsumer, metrics: &Metrics, shutdown: &Shutdown) 
         if let Some(e) = engine.take_fatal() {
             return Err(e);
         }
-        if !engine.batch_due() {
+        if !engine.batch_due(now) {
             continue;
         }
         match engine.commit(consumer) {
