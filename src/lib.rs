@@ -16,6 +16,7 @@
 //! * [`kafka`]: Kafka clients built from the configuration, topic bootstrap.
 //! * [`source`]: how changes leave PostgreSQL, behind one trait ([`source::poll`] today).
 //! * [`producer`]: source → Kafka, exactly once (idempotent producer, state file, recovery).
+//! * [`sink`]: the consumer: micro-batches into the Parquet lake, exactly once, dead letters.
 //! * [`metrics`]: the counters that `status`, the logs and `/metrics` read.
 //! * [`http`]: `/metrics` and `/health`.
 //! * [`init`]: the `init` command: table, seed orders and topics.
@@ -34,6 +35,7 @@ pub mod order;
 pub mod producer;
 pub mod retry;
 pub mod shutdown;
+pub mod sink;
 pub mod source;
 
 pub use config::Config;

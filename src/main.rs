@@ -88,7 +88,13 @@ fn run(cli: Cli) -> Result<(), Error> {
                 let (metrics, shutdown) = serve(&cfg).await?;
                 orderstream::producer::produce(&cfg, metrics, shutdown).await
             }
-            Command::Consume => Err(Error::NotImplemented("consume")),
+            Command::Consume => {
+                let (metrics, shutdown) = serve(&cfg).await?;
+                let cfg = cfg.clone();
+                tokio::task::spawn_blocking(move || orderstream::sink::consume(&cfg, metrics, shutdown))
+                    .await
+                    .map_err(|e| Error::Storage(format!("the consumer thread failed: {e}")))?
+            }
             Command::Run => Err(Error::NotImplemented("run")),
             Command::Status { .. } => Err(Error::NotImplemented("status")),
         }

@@ -1,0 +1,168 @@
+//! The rows of one micro-batch, in Arrow builders per date (the UTC day of `created_at`, the
+//! lake's partition): one Parquet file per date per batch.
+
+use std::sync::Arc;
+
+use arrow_array::builder::{Decimal128Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
+use arrow_array::{ArrayRef, RecordBatch};
+use chrono::DateTime;
+
+use crate::error::{Error, Result};
+use crate::order::{AMOUNT_SCALE, Order, arrow_schema};
+
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+/// At most this many dates (files) in one batch: a stream of scattered dates closes batches
+/// early instead of holding thousands of builders and writing thousands of tiny files at once.
+pub const MAX_DATES: usize = 64;
+
+/// The columns of one date.
+struct DateRows {
+    day: i64,
+    order_id: Int64Builder,
+    customer_name: StringBuilder,
+    restaurant_name: StringBuilder,
+    item: StringBuilder,
+    amount: Decimal128Builder,
+    order_status: StringBuilder,
+    created_at: TimestampMicrosecondBuilder,
+}
+
+impl DateRows {
+    fn new(day: i64) -> DateRows {
+        let schema = arrow_schema();
+        DateRows {
+            day,
+            order_id: Int64Builder::new(),
+            customer_name: StringBuilder::new(),
+            restaurant_name: StringBuilder::new(),
+            item: StringBuilder::new(),
+            amount: Decimal128Builder::new().with_data_type(schema.field(4).data_type().clone()),
+            order_status: StringBuilder::new(),
+            created_at: TimestampMicrosecondBuilder::new()
+                .with_data_type(schema.field(6).data_type().clone()),
+        }
+    }
+
+    fn push(&mut self, o: &Order<'_>, micros: i64) {
+        self.order_id.append_value(o.order_id);
+        self.customer_name.append_option(o.customer_name.as_deref());
+        self.restaurant_name.append_option(o.restaurant_name.as_deref());
+        self.item.append_option(o.item.as_deref());
+        match o.amount {
+            Some(mut a) => {
+                if a.scale() != AMOUNT_SCALE {
+                    a.rescale(AMOUNT_SCALE);
+                }
+                self.amount.append_value(a.mantissa());
+            }
+            // Never for a parsed message (amount is required); kept total for safety.
+            None => self.amount.append_null(),
+        }
+        self.order_status.append_option(o.order_status.as_deref());
+        self.created_at.append_value(micros);
+    }
+
+    fn finish(mut self) -> Result<(String, RecordBatch)> {
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.order_id.finish()),
+            Arc::new(self.customer_name.finish()),
+            Arc::new(self.restaurant_name.finish()),
+            Arc::new(self.item.finish()),
+            Arc::new(self.amount.finish()),
+            Arc::new(self.order_status.finish()),
+            Arc::new(self.created_at.finish()),
+        ];
+        let batch = RecordBatch::try_new(arrow_schema(), columns)
+            .map_err(|e| Error::Storage(format!("cannot assemble the rows of one batch: {e}")))?;
+        Ok((date_of_day(self.day), batch))
+    }
+}
+
+/// `YYYY-MM-DD` of a day number (days since 1970-01-01).
+fn date_of_day(day: i64) -> String {
+    match DateTime::from_timestamp(day.saturating_mul(86_400), 0) {
+        Some(t) => t.format("%Y-%m-%d").to_string(),
+        // Unreachable for a parsed created_at (chrono's own range); a name that sorts last.
+        None => format!("day{day}"),
+    }
+}
+
+/// The valid rows of the in-flight batch, by date.
+#[derive(Default)]
+pub struct Rows {
+    dates: Vec<DateRows>,
+    last: usize,
+    rows: usize,
+}
+
+impl Rows {
+    /// Appends one valid order to its date's columns.
+    pub fn push(&mut self, o: &Order<'_>) {
+        let micros = o.created_at_micros();
+        let day = micros.div_euclid(MICROS_PER_DAY);
+        // Orders arrive mostly in time order: the last date used is almost always the one.
+        let i = match self.dates.get(self.last) {
+            Some(d) if d.day == day => self.last,
+            _ => match self.dates.iter().position(|d| d.day == day) {
+                Some(i) => i,
+                None => {
+                    self.dates.push(DateRows::new(day));
+                    self.dates.len() - 1
+                }
+            },
+        };
+        self.last = i;
+        self.dates[i].push(o, micros);
+        self.rows += 1;
+    }
+
+    /// Valid rows held.
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// Distinct dates held (files the batch will write).
+    pub fn dates(&self) -> usize {
+        self.dates.len()
+    }
+
+    /// The rows as one Arrow batch per date (`YYYY-MM-DD`), leaving this empty.
+    pub fn finish(&mut self) -> Result<Vec<(String, RecordBatch)>> {
+        self.rows = 0;
+        self.last = 0;
+        std::mem::take(&mut self.dates).into_iter().map(DateRows::finish).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_split_by_utc_day() {
+        let mut rows = Rows::default();
+        for (id, ts) in [
+            (1, "2025-01-18T23:30:00-05:00"),
+            (2, "2025-01-18T12:00:00Z"),
+            (3, "2025-01-19T00:30:00+01:00"),
+            (4, "1969-12-31T23:59:59.999999Z"),
+        ] {
+            let json = format!(
+                r#"{{"order_id": {id}, "customer_name": "a", "restaurant_name": null, "item": "i", "amount": 1.5, "order_status": "PLACED", "created_at": "{ts}"}}"#
+            );
+            let o = Order::parse(json.as_bytes()).unwrap_or_else(|r| panic!("{r}"));
+            rows.push(&o);
+        }
+        assert_eq!((rows.len(), rows.dates()), (4, 3));
+        let out = rows.finish().unwrap();
+        let summary: Vec<(String, usize)> = out.iter().map(|(d, b)| (d.clone(), b.num_rows())).collect();
+        assert_eq!(
+            summary,
+            [("2025-01-19".to_string(), 1), ("2025-01-18".to_string(), 2), ("1969-12-31".to_string(), 1)]
+        );
+        assert_eq!((rows.len(), rows.dates()), (0, 0));
+        let amounts = out[1].1.column(4).as_any().downcast_ref::<arrow_array::Decimal128Array>().unwrap();
+        assert_eq!(amounts.value_as_string(0), "1.50");
+    }
+}

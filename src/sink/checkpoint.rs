@@ -1,0 +1,342 @@
+//! The checkpoint under `streaming.checkpoint_location`: each partition's committed state, the
+//! batch manifests (the commit log), the partition locks, and the recovery that rolls committed
+//! batches forward after a crash. See the protocol in [`crate::sink`].
+//!
+//! ```text
+//! <checkpoint>/state/<topic>-<partition>.json   committed state of one partition
+//! <checkpoint>/state/<topic>-<partition>.lock   flock held by the process that owns it
+//! <checkpoint>/commits/<batch-uuid>.json        manifest of a committed, unfinished batch
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::shutdown::Shutdown;
+
+/// Folder of the partition states and locks.
+const STATE_DIR: &str = "state";
+/// Folder of the batch manifests.
+const COMMITS_DIR: &str = "commits";
+
+/// The committed state of one partition: where to resume, the replay filter, and cumulative
+/// counters (`status` reads them).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionState {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// Offset of the first message not yet in the lake.
+    pub next_offset: i64,
+    /// Highest `orderstream.seq` committed per `orderstream.source` (replay filter).
+    #[serde(default)]
+    pub sources: BTreeMap<String, u64>,
+    /// Rows written to the lake.
+    #[serde(default)]
+    pub rows_written: u64,
+    /// Messages sent to the dead-letter topic, by reason label.
+    #[serde(default)]
+    pub rejected: BTreeMap<String, u64>,
+    /// Empty (tombstone) values skipped.
+    #[serde(default)]
+    pub tombstones: u64,
+    /// Replayed messages dropped.
+    #[serde(default)]
+    pub duplicates: u64,
+    /// Batches committed that held messages of this partition.
+    #[serde(default)]
+    pub batches: u64,
+    /// The last batch that advanced this partition.
+    #[serde(default)]
+    pub last_batch: String,
+    /// The process (its temp folder id) that committed the last batch.
+    #[serde(default)]
+    pub last_process: String,
+}
+
+impl PartitionState {
+    /// The state of a partition nothing was committed for yet.
+    pub fn empty(topic: &str, partition: i32) -> PartitionState {
+        PartitionState { topic: topic.to_string(), partition, ..PartitionState::default() }
+    }
+}
+
+/// One Parquet file of a batch: where it is written and where it becomes visible.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestFile {
+    /// The temp file, relative to the lake root (`_temporary/<process>/<name>.parquet.inprogress`).
+    pub temp: String,
+    /// The final file, relative to the lake root (`date=YYYY-MM-DD/part-<uuid>.parquet`).
+    pub path: String,
+    /// Rows in the file.
+    pub rows: u64,
+}
+
+/// A committed batch: the complete new state of every partition it advanced, and its files.
+/// Its presence in `commits/` is the commit; finishing it (renames, states) is idempotent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The batch id (uuid v7).
+    pub batch: String,
+    /// The process that wrote it.
+    pub process: String,
+    /// The new state of each partition of the batch.
+    pub partitions: Vec<PartitionState>,
+    /// The files to make visible.
+    pub files: Vec<ManifestFile>,
+}
+
+impl Manifest {
+    /// The state this manifest gives `partition` of `topic`, if it names it.
+    pub fn state_of(&self, topic: &str, partition: i32) -> Option<&PartitionState> {
+        self.partitions.iter().find(|s| s.topic == topic && s.partition == partition)
+    }
+}
+
+/// The exclusive lock of one partition; dropping it releases the partition.
+#[derive(Debug)]
+pub struct PartitionLock {
+    _file: File,
+}
+
+/// The checkpoint folder of one consumer configuration.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    state: PathBuf,
+    commits: PathBuf,
+    lake: PathBuf,
+}
+
+/// Turns an I/O error into one line naming what failed and the path.
+pub fn io_error(what: &str, path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Storage(format!("{what} {}: {e}", path.display()))
+}
+
+/// fsyncs a directory, so that a rename or create inside it survives a power loss.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_error("cannot fsync directory", dir, e))
+}
+
+/// Writes `bytes` to `path` atomically: a temp file beside it, fsync, rename, fsync the folder.
+pub fn write_atomic(path: &Path, tmp: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = File::create(tmp).map_err(|e| io_error("cannot create", tmp, e))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| io_error("cannot write", tmp, e))?;
+    drop(f);
+    fs::rename(tmp, path).map_err(|e| io_error("cannot rename into", path, e))?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Renames `temp` to `path` unless that already happened; false if neither file exists.
+fn finalize_file(temp: &Path, path: &Path) -> Result<bool> {
+    let parent = path.parent().unwrap_or(Path::new("."));
+    match fs::rename(temp, path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            if !temp.exists() {
+                // Done before (by us, or by another process rolling the same manifest forward).
+                return Ok(path.exists());
+            }
+            // The date folder is made before the commit point; someone removed it since.
+            fs::create_dir_all(parent).map_err(|e| io_error("cannot create directory", parent, e))?;
+            fs::rename(temp, path).map_err(|e| io_error("cannot rename a committed file into", path, e))?;
+        }
+        Err(e) => return Err(io_error("cannot rename a committed file into", path, e)),
+    }
+    sync_dir(parent)?;
+    Ok(true)
+}
+
+impl Checkpoint {
+    /// Opens (creating if needed) the checkpoint folder of a lake.
+    pub fn open(dir: &Path, lake: &Path) -> Result<Checkpoint> {
+        let cp = Checkpoint { state: dir.join(STATE_DIR), commits: dir.join(COMMITS_DIR), lake: lake.into() };
+        for d in [&cp.state, &cp.commits] {
+            fs::create_dir_all(d).map_err(|e| io_error("cannot create directory", d, e))?;
+        }
+        Ok(cp)
+    }
+
+    /// The lake root.
+    pub fn lake(&self) -> &Path {
+        &self.lake
+    }
+
+    /// Where the state of a partition lives.
+    pub fn state_path(&self, topic: &str, partition: i32) -> PathBuf {
+        self.state.join(format!("{topic}-{partition}.json"))
+    }
+
+    /// The committed state of a partition, `None` when nothing was committed yet.
+    pub fn read_state(&self, topic: &str, partition: i32) -> Result<Option<PartitionState>> {
+        let path = self.state_path(topic, partition);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_error("cannot read checkpoint", &path, e)),
+        };
+        let state: PartitionState = serde_json::from_slice(&bytes)
+            .map_err(|e| io_error("checkpoint", &path, format!("not a partition state: {e}")))?;
+        if state.topic != topic || state.partition != partition || state.next_offset < 0 {
+            return Err(io_error("checkpoint", &path, "holds the state of another partition"));
+        }
+        Ok(Some(state))
+    }
+
+    /// Replaces the state file of a partition (atomically).
+    pub fn write_state(&self, state: &PartitionState) -> Result<()> {
+        let path = self.state_path(&state.topic, state.partition);
+        let tmp = path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec_pretty(state).map_err(|e| io_error("cannot encode", &path, e))?;
+        write_atomic(&path, &tmp, &bytes)
+    }
+
+    /// Takes the exclusive lock of a partition, waiting (with a log line every few seconds)
+    /// while another live process holds it. `None` if shutdown was asked for while waiting.
+    pub fn lock_partition(
+        &self,
+        topic: &str,
+        partition: i32,
+        shutdown: &Shutdown,
+    ) -> Result<Option<PartitionLock>> {
+        let path = self.state.join(format!("{topic}-{partition}.lock"));
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| io_error("cannot open lock", &path, e))?;
+        let start = Instant::now();
+        let mut next_log = Duration::ZERO;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(Some(PartitionLock { _file: file })),
+                Err(TryLockError::WouldBlock) => {}
+                Err(TryLockError::Error(e)) => return Err(io_error("cannot lock", &path, e)),
+            }
+            if shutdown.is_triggered() {
+                return Ok(None);
+            }
+            if start.elapsed() >= next_log {
+                tracing::warn!(
+                    "partition {topic}/{partition}: waiting for {} (another live process still owns \
+                     the partition; waited {:.0} s)",
+                    path.display(),
+                    start.elapsed().as_secs_f64()
+                );
+                next_log += Duration::from_secs(5);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Every manifest in `commits/`, oldest first (uuid v7 names sort by time).
+    pub fn manifests(&self) -> Result<Vec<(PathBuf, Manifest)>> {
+        let entries = fs::read_dir(&self.commits).map_err(|e| io_error("cannot list", &self.commits, e))?;
+        let mut paths = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| io_error("cannot list", &self.commits, e))?;
+            let path = entry.path();
+            if path.extension().is_some_and(|x| x == "json") {
+                paths.push(path);
+            }
+        }
+        paths.sort();
+        let mut out = Vec::with_capacity(paths.len());
+        for path in paths {
+            let bytes = match fs::read(&path) {
+                Ok(b) => b,
+                // Finished and deleted by its owner meanwhile.
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_error("cannot read manifest", &path, e)),
+            };
+            // A manifest is fsynced before its rename, so a bad one was damaged from outside:
+            // skipping it could publish part of a batch twice, so stop and say where.
+            let m: Manifest = serde_json::from_slice(&bytes)
+                .map_err(|e| io_error("manifest", &path, format!("not a batch manifest: {e}")))?;
+            out.push((path, m));
+        }
+        Ok(out)
+    }
+
+    /// Writes a manifest: temp file, fsync, rename, fsync. The rename is the commit point.
+    pub fn write_manifest(&self, m: &Manifest) -> Result<PathBuf> {
+        let path = self.commits.join(format!("{}.json", m.batch));
+        // The writer's id in the temp name lets recovery delete it once the writer is dead.
+        let tmp = self.commits.join(format!("{}.json.{}.tmp", m.batch, m.process));
+        let bytes = serde_json::to_vec_pretty(m).map_err(|e| io_error("cannot encode", &path, e))?;
+        write_atomic(&path, &tmp, &bytes).inspect_err(|_| {
+            let _ = fs::remove_file(&tmp);
+        })?;
+        Ok(path)
+    }
+
+    /// Makes every file of a committed batch visible (idempotent, safe for anyone to run).
+    pub fn roll_forward(&self, m: &Manifest) -> Result<()> {
+        for f in &m.files {
+            let temp = self.lake.join(&f.temp);
+            let path = self.lake.join(&f.path);
+            if !finalize_file(&temp, &path)? {
+                tracing::error!(
+                    "batch {}: committed file {} is missing and so is its temp file {}",
+                    m.batch,
+                    path.display(),
+                    temp.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Finishes a batch this process committed and still owns every partition of: renames,
+    /// state files, then the manifest is deleted.
+    pub fn finish(&self, path: &Path, m: &Manifest) -> Result<()> {
+        self.roll_forward(m)?;
+        for s in &m.partitions {
+            self.write_state(s)?;
+        }
+        remove_manifest(path)
+    }
+
+    /// Deletes a manifest once every partition it names has a state file at or past it (after
+    /// rolling its files forward once more). True if it is gone.
+    pub fn tidy(&self, path: &Path, m: &Manifest) -> Result<bool> {
+        for s in &m.partitions {
+            let current = self.read_state(&s.topic, s.partition)?;
+            if current.is_none_or(|c| c.next_offset < s.next_offset) {
+                return Ok(false);
+            }
+        }
+        self.roll_forward(m)?;
+        remove_manifest(path)?;
+        Ok(true)
+    }
+
+    /// Deletes temp manifests left by processes that are no longer alive.
+    pub fn remove_dead_temp_manifests(&self, alive: impl Fn(&str) -> bool) -> Result<()> {
+        let entries = fs::read_dir(&self.commits).map_err(|e| io_error("cannot list", &self.commits, e))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(stem) = name.strip_suffix(".tmp") else { continue };
+            let Some((_, process)) = stem.rsplit_once('.') else { continue };
+            if !alive(process) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn remove_manifest(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_error("cannot delete manifest", path, e)),
+    }
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}

@@ -1,0 +1,164 @@
+//! The dead-letter topic (`kafka.dlq_topic`): every rejected message is copied there with its
+//! original key, value and headers, plus
+//!
+//! * `orderstream.reject.reason`: the [`RejectReason`](crate::order::RejectReason) label,
+//! * `orderstream.reject.detail`: what exactly was wrong, one line,
+//! * `orderstream.source.topic`, `orderstream.source.partition`, `orderstream.source.offset`:
+//!   where the message was read.
+//!
+//! The producer is idempotent, and a batch commits only after every dead letter of it is
+//! acknowledged, so a reject is never lost. Delivery is at least once: a crash (or a failed
+//! lake write) between the acknowledgement and the batch's commit sends the batch's rejects
+//! again when it is re-read; the source topic/partition/offset headers identify such repeats.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, DeliveryResult, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+
+use crate::config::KafkaConfig;
+use crate::error::{Error, Result};
+use crate::kafka;
+use crate::order::Reject;
+
+/// Header naming the reject reason.
+pub const REASON_HEADER: &str = "orderstream.reject.reason";
+/// Header with the one-line detail of the reject.
+pub const DETAIL_HEADER: &str = "orderstream.reject.detail";
+/// Header with the topic the message was read from.
+pub const SOURCE_TOPIC_HEADER: &str = "orderstream.source.topic";
+/// Header with the partition the message was read from.
+pub const SOURCE_PARTITION_HEADER: &str = "orderstream.source.partition";
+/// Header with the offset the message was read from.
+pub const SOURCE_OFFSET_HEADER: &str = "orderstream.source.offset";
+
+/// How long a batch waits for its dead letters to be acknowledged.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Counts failed deliveries, so the batch that sent them does not commit.
+#[derive(Default)]
+struct DeliveryTracker {
+    failures: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for DeliveryTracker {}
+
+impl ProducerContext for DeliveryTracker {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.failures.fetch_add(1, Ordering::SeqCst);
+            if let Ok(mut first) = self.first_error.lock() {
+                first.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+}
+
+/// The dead-letter producer.
+pub struct DeadLetters {
+    producer: ThreadedProducer<DeliveryTracker>,
+    topic: String,
+}
+
+impl DeadLetters {
+    /// Connects the idempotent producer of `kafka.dlq_topic`, creating the topic if missing
+    /// (with `kafka.partitions`), so that a reject always has somewhere to go.
+    pub fn new(cfg: &KafkaConfig) -> Result<DeadLetters> {
+        let topic = cfg.dlq_topic.clone();
+        let outcome = block_on(kafka::ensure_topic(cfg, &topic, cfg.partitions))??;
+        if let kafka::TopicOutcome::Created(n) = outcome {
+            tracing::info!("dead-letter topic {topic} created with {n} partitions");
+        }
+        let producer = kafka::base_config(cfg)
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .create_with_context(DeliveryTracker::default())
+            .map_err(|e| Error::Kafka(format!("cannot create the dead-letter producer for {topic}: {e}")))?;
+        Ok(DeadLetters { producer, topic })
+    }
+
+    /// The topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Queues a copy of `msg` with the reject headers; waits while the local queue is full.
+    pub fn send(&self, msg: &BorrowedMessage<'_>, reject: &Reject) -> Result<()> {
+        let mut headers = OwnedHeaders::new_with_capacity(msg.headers().map_or(0, |h| h.count()) + 5);
+        if let Some(original) = msg.headers() {
+            for h in original.iter() {
+                headers = headers.insert(Header { key: h.key, value: h.value });
+            }
+        }
+        let partition = msg.partition().to_string();
+        let offset = msg.offset().to_string();
+        for (key, value) in [
+            (REASON_HEADER, reject.reason.as_str()),
+            (DETAIL_HEADER, reject.detail.as_str()),
+            (SOURCE_TOPIC_HEADER, msg.topic()),
+            (SOURCE_PARTITION_HEADER, partition.as_str()),
+            (SOURCE_OFFSET_HEADER, offset.as_str()),
+        ] {
+            headers = headers.insert(Header { key, value: Some(value) });
+        }
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic).headers(headers);
+        if let Some(key) = msg.key() {
+            record = record.key(key);
+        }
+        if let Some(value) = msg.payload() {
+            record = record.payload(value);
+        }
+        let start = Instant::now();
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                    if start.elapsed() < FLUSH_TIMEOUT =>
+                {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((e, _)) => {
+                    return Err(Error::Kafka(format!(
+                        "cannot queue the dead letter of {}/{} offset {} for {}: {e}",
+                        msg.topic(),
+                        msg.partition(),
+                        msg.offset(),
+                        self.topic
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Waits until every queued dead letter is acknowledged; an error if one failed.
+    pub fn flush(&self) -> Result<()> {
+        self.producer
+            .flush(FLUSH_TIMEOUT)
+            .map_err(|e| Error::Kafka(format!("dead letters to {} not acknowledged: {e}", self.topic)))?;
+        let ctx = self.producer.context();
+        if ctx.failures.swap(0, Ordering::SeqCst) > 0 {
+            let first = ctx.first_error.lock().ok().and_then(|mut f| f.take()).unwrap_or_default();
+            return Err(Error::Kafka(format!("dead letters to {} failed: {first}", self.topic)));
+        }
+        Ok(())
+    }
+}
+
+/// Runs a future of the Kafka admin API from this blocking thread.
+fn block_on<F: Future>(f: F) -> Result<F::Output> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => Ok(handle.block_on(f)),
+        Err(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map(|rt| rt.block_on(f))
+            .map_err(|e| Error::Storage(format!("cannot start a runtime for the Kafka admin client: {e}"))),
+    }
+}

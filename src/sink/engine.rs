@@ -1,0 +1,525 @@
+//! The consumer's state machine: the partitions this process owns (locks and committed
+//! states), the in-flight batch, and the steps that commit, abandon, acquire and release.
+//! The Kafka loop ([`super::consume`]) and the rebalance callback ([`super::group`]) drive it.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::Offset;
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use uuid::Uuid;
+
+use super::batch::{MAX_DATES, Rows};
+use super::checkpoint::{
+    Checkpoint, Manifest, ManifestFile, PartitionLock, PartitionState, io_error, sync_dir,
+};
+use super::dlq::DeadLetters;
+use super::parquet;
+use super::scratch::{self, Scratch};
+use crate::error::{Error, Result};
+use crate::metrics::{Metrics, ReasonLabel};
+use crate::order::Order;
+use crate::shutdown::Shutdown;
+
+/// Header naming the producer lineage of a message (replay filter).
+pub const SOURCE_HEADER: &str = "orderstream.source";
+/// Header with the message's sequence number within its source (decimal u64).
+pub const SEQ_HEADER: &str = "orderstream.seq";
+
+/// The empty marker file at the lake root, refreshed after each committed batch.
+pub const SUCCESS_FILE: &str = "_SUCCESS";
+
+/// How long a seek back to the checkpoint may take.
+const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// When a batch closes.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `streaming.batch_interval`, counted from the batch's first message.
+    pub interval: Duration,
+    /// `streaming.max_batch_rows`: valid rows (and, separately, dead letters) per batch.
+    pub max_rows: usize,
+}
+
+/// A partition this process owns.
+struct Owned {
+    _lock: PartitionLock,
+    /// What the checkpoint holds.
+    committed: PartitionState,
+    /// Whether anything was ever committed (else reading starts at the beginning).
+    stored: bool,
+    /// The offset the next message must have at least (older ones were seen already).
+    position: i64,
+    /// The partition's state including the in-flight batch.
+    working: Option<PartitionState>,
+    /// The checkpoint offset reading resumed at, until the first message arrives.
+    resumed_at: Option<i64>,
+}
+
+/// The in-flight batch.
+#[derive(Default)]
+struct InFlight {
+    rows: Rows,
+    messages: usize,
+    rejects: usize,
+    started: Option<Instant>,
+    /// A dead letter that could not be queued: the batch cannot commit.
+    error: Option<Error>,
+}
+
+/// Totals since the last progress line.
+#[derive(Default)]
+struct Progress {
+    since: Option<Instant>,
+    rows: u64,
+    rejected: u64,
+    batches: u64,
+}
+
+/// The state machine.
+pub struct Engine {
+    topic: String,
+    limits: Limits,
+    checkpoint: Checkpoint,
+    scratch: Option<Scratch>,
+    dlq: DeadLetters,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+    owned: BTreeMap<i32, Owned>,
+    batch: InFlight,
+    /// Committed manifests not yet finished (renames, states, deletion), retried after commits.
+    pending: Vec<(PathBuf, Manifest)>,
+    /// An error the rebalance callback met; the loop stops with it.
+    fatal: Option<Error>,
+    progress: Progress,
+}
+
+impl Engine {
+    /// A state machine owning nothing yet.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        topic: &str,
+        limits: Limits,
+        checkpoint: Checkpoint,
+        scratch: Scratch,
+        dlq: DeadLetters,
+        metrics: Arc<Metrics>,
+        shutdown: Shutdown,
+    ) -> Engine {
+        Engine {
+            topic: topic.to_string(),
+            limits,
+            checkpoint,
+            scratch: Some(scratch),
+            dlq,
+            metrics,
+            shutdown,
+            owned: BTreeMap::new(),
+            batch: InFlight::default(),
+            pending: Vec::new(),
+            fatal: None,
+            progress: Progress::default(),
+        }
+    }
+
+    /// Records an error that must stop the consumer.
+    pub fn set_fatal(&mut self, e: Error) {
+        self.fatal.get_or_insert(e);
+    }
+
+    /// The error that must stop the consumer, if any.
+    pub fn take_fatal(&mut self) -> Option<Error> {
+        self.fatal.take()
+    }
+
+    /// How long the loop may wait for the next message, at time `now`.
+    pub fn poll_timeout(&self, now: Instant) -> Duration {
+        const MAX: Duration = Duration::from_millis(100);
+        match self.batch.started {
+            Some(t) => (t + self.limits.interval).saturating_duration_since(now).min(MAX),
+            None => MAX,
+        }
+    }
+
+    /// Whether the in-flight batch must close at time `now`.
+    pub fn batch_due(&self, now: Instant) -> bool {
+        let b = &self.batch;
+        b.messages > 0
+            && (b.rows.len() >= self.limits.max_rows
+                || b.rejects >= self.limits.max_rows
+                || b.rows.dates() >= MAX_DATES
+                || b.error.is_some()
+                || b.started.is_some_and(|t| now.saturating_duration_since(t) >= self.limits.interval))
+    }
+
+    /// Takes one message into the in-flight batch; `now` is a recent time (the batch's start).
+    pub fn handle(&mut self, msg: &BorrowedMessage<'_>, now: Instant) {
+        let offset = msg.offset();
+        let Some(owned) = self.owned.get_mut(&msg.partition()) else { return };
+        if msg.topic() != self.topic || offset < owned.position {
+            // Not ours any more, or read already (a fetch that raced a seek).
+            return;
+        }
+        if let Some(at) = owned.resumed_at.take()
+            && offset > at + 1
+        {
+            // One offset is a transaction marker; more is compaction, aborted transactions, or
+            // a broker that skips the rest of a record batch a fetch starts inside of (tansu
+            // 0.6's memory storage does): worth a line, since it would lose messages.
+            tracing::warn!(
+                "partition {}/{}: resumed at offset {at}, but the broker's first message is at \
+                 offset {offset} ({} offsets skipped)",
+                self.topic,
+                msg.partition(),
+                offset - at
+            );
+        }
+        owned.position = offset + 1;
+        let state = owned.working.get_or_insert_with(|| owned.committed.clone());
+        state.next_offset = offset + 1;
+        self.metrics.consumer.messages.inc();
+        let batch = &mut self.batch;
+        batch.messages += 1;
+        batch.started.get_or_insert(now);
+
+        if let Some(headers) = msg.headers() {
+            let mut source = None;
+            let mut seq = None;
+            for h in headers.iter() {
+                match h.key {
+                    SOURCE_HEADER => source = h.value.and_then(|v| std::str::from_utf8(v).ok()),
+                    SEQ_HEADER => {
+                        seq = h
+                            .value
+                            .and_then(|v| std::str::from_utf8(v).ok())
+                            .and_then(|s| s.parse::<u64>().ok())
+                    }
+                    _ => {}
+                }
+            }
+            if let (Some(source), Some(seq)) = (source, seq) {
+                match state.sources.get_mut(source) {
+                    Some(max) if seq <= *max => {
+                        state.duplicates += 1;
+                        return;
+                    }
+                    Some(max) => *max = seq,
+                    None => {
+                        state.sources.insert(source.to_string(), seq);
+                    }
+                }
+            }
+        }
+
+        let value = match msg.payload() {
+            Some(v) if !v.is_empty() => v,
+            _ => {
+                state.tombstones += 1;
+                return;
+            }
+        };
+        match Order::parse(value) {
+            Ok(order) => {
+                batch.rows.push(&order);
+                state.rows_written += 1;
+            }
+            Err(reject) => {
+                *state.rejected.entry(reject.reason.as_str().to_string()).or_default() += 1;
+                batch.rejects += 1;
+                if batch.error.is_none()
+                    && let Err(e) = self.dlq.send(msg, &reject)
+                {
+                    batch.error = Some(e);
+                }
+            }
+        }
+    }
+
+    /// Commits the in-flight batch (steps 1-7 of the protocol in [`crate::sink`]). On an error
+    /// nothing was committed; the caller abandons the batch.
+    pub fn commit<C: ConsumerContext>(&mut self, consumer: &impl Consumer<C>) -> Result<()> {
+        if self.batch.messages == 0 {
+            return Ok(());
+        }
+        if let Some(e) = self.batch.error.take() {
+            return Err(e);
+        }
+        let start = Instant::now();
+        let batch_id = Uuid::now_v7().to_string();
+        let Some(scratch) = self.scratch.as_ref() else {
+            return Err(Error::Storage("the consumer is closed".into()));
+        };
+        let process = scratch.id().to_string();
+        let mut files = Vec::new();
+        let committed = self.write_files(&mut files).and_then(|()| self.dlq.flush()).and_then(|()| {
+            let partitions = self
+                .owned
+                .values()
+                .filter_map(|o| o.working.clone())
+                .map(|mut s| {
+                    s.batches += 1;
+                    s.last_batch.clone_from(&batch_id);
+                    s.last_process.clone_from(&process);
+                    s
+                })
+                .collect();
+            let m = Manifest { batch: batch_id.clone(), process, partitions, files: files.clone() };
+            // The commit point.
+            self.checkpoint.write_manifest(&m).map(|path| (path, m))
+        });
+        let (path, manifest) = match committed {
+            Ok(c) => c,
+            Err(e) => {
+                for f in &files {
+                    let _ = fs::remove_file(self.checkpoint.lake().join(&f.temp));
+                }
+                return Err(e);
+            }
+        };
+
+        // Committed: the in-memory state follows the manifest.
+        let mut offsets = TopicPartitionList::new();
+        let metrics = self.metrics.clone();
+        let c = &metrics.consumer;
+        for new in &manifest.partitions {
+            let Some(owned) = self.owned.get_mut(&new.partition) else { continue };
+            let old = &owned.committed;
+            c.rows_written.inc_by(new.rows_written - old.rows_written);
+            c.tombstones.inc_by(new.tombstones - old.tombstones);
+            c.duplicates.inc_by(new.duplicates - old.duplicates);
+            for (label, n) in &new.rejected {
+                let before = old.rejected.get(label).copied().unwrap_or(0);
+                c.rejected.get_or_create(&ReasonLabel { reason: label.clone() }).inc_by(n - before);
+                self.progress.rejected += n - before;
+            }
+            self.progress.rows += new.rows_written - old.rows_written;
+            owned.committed = new.clone();
+            owned.working = None;
+            owned.stored = true;
+            let _ = offsets.add_partition_offset(&new.topic, new.partition, Offset::Offset(new.next_offset));
+        }
+        c.batches.inc();
+        c.files_written.inc_by(manifest.files.len() as u64);
+        self.progress.batches += 1;
+        self.batch = InFlight::default();
+
+        // Steps 4-6: idempotent; if they fail, the manifest finishes them later (here or at
+        // the next start), so the batch stays committed.
+        if let Err(e) = self.checkpoint.finish(&path, &manifest) {
+            tracing::error!("batch {batch_id} is committed but not finished yet ({e}); will retry");
+            self.pending.push((path, manifest));
+        }
+        self.retry_pending();
+        let success = self.checkpoint.lake().join(SUCCESS_FILE);
+        if let Err(e) = File::create(&success) {
+            tracing::warn!("cannot refresh {}: {e}", success.display());
+        }
+        // Step 7: for lag monitoring only; the checkpoint is the truth.
+        if offsets.count() > 0
+            && let Err(e) = consumer.commit(&offsets, CommitMode::Async)
+        {
+            tracing::debug!("group offsets not committed to Kafka: {e}");
+        }
+        c.batch_duration.observe(start.elapsed().as_secs_f64());
+        self.log_progress();
+        Ok(())
+    }
+
+    /// Step 1: one fsynced temp file per date; the date folders exist before the commit point.
+    fn write_files(&mut self, files: &mut Vec<ManifestFile>) -> Result<()> {
+        let Some(scratch) = self.scratch.as_ref() else {
+            return Err(Error::Storage("the consumer is closed".into()));
+        };
+        let lake = self.checkpoint.lake();
+        for (date, rows) in self.batch.rows.finish()? {
+            let dir = lake.join(format!("date={date}"));
+            if !dir.is_dir() {
+                fs::create_dir_all(&dir).map_err(|e| io_error("cannot create directory", &dir, e))?;
+                sync_dir(lake)?;
+            }
+            let name = format!("part-{}", Uuid::now_v7());
+            let (temp, temp_rel) = scratch.temp_file(&name);
+            files.push(ManifestFile {
+                temp: temp_rel,
+                path: format!("date={date}/{name}.parquet"),
+                rows: rows.num_rows() as u64,
+            });
+            parquet::write_file(&temp, &rows)?;
+        }
+        Ok(())
+    }
+
+    /// Finishes committed manifests that could not be finished before.
+    fn retry_pending(&mut self) {
+        let pending = std::mem::take(&mut self.pending);
+        for (path, m) in pending {
+            let done = self.checkpoint.roll_forward(&m).and_then(|()| {
+                for s in &m.partitions {
+                    if s.topic == self.topic
+                        && let Some(owned) = self.owned.get(&s.partition)
+                    {
+                        self.checkpoint.write_state(&owned.committed)?;
+                    }
+                }
+                self.checkpoint.tidy(&path, &m)
+            });
+            match done {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Waits for the owner of another partition it names: keep it only while
+                    // one of those partitions is ours, else that owner finishes it.
+                    if m.partitions
+                        .iter()
+                        .any(|s| s.topic == self.topic && self.owned.contains_key(&s.partition))
+                    {
+                        self.pending.push((path, m));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("batch {} is committed but not finished yet ({e}); will retry", m.batch);
+                    self.pending.push((path, m));
+                }
+            }
+        }
+    }
+
+    /// Drops the in-flight batch; with `seek`, rewinds its partitions to the checkpoint.
+    pub fn abandon<C: ConsumerContext>(&mut self, consumer: &impl Consumer<C>, seek: bool) -> Result<()> {
+        self.batch = InFlight::default();
+        for (p, owned) in self.owned.iter_mut() {
+            if owned.working.take().is_none() && owned.position == owned.committed.next_offset {
+                continue;
+            }
+            owned.position = owned.committed.next_offset;
+            owned.resumed_at = owned.stored.then_some(owned.position);
+            if seek {
+                let offset = if owned.stored {
+                    Offset::Offset(owned.committed.next_offset)
+                } else {
+                    Offset::Beginning
+                };
+                consumer.seek(&self.topic, *p, offset, SEEK_TIMEOUT).map_err(|e| {
+                    Error::Kafka(format!(
+                        "cannot rewind {}/{p} to the checkpoint ({offset:?}): {e}",
+                        self.topic
+                    ))
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits the in-flight batch, or abandons it (without seeking) if that fails.
+    pub fn commit_or_abandon<C: ConsumerContext>(&mut self, consumer: &impl Consumer<C>) {
+        if let Err(e) = self.commit(consumer) {
+            tracing::error!("{e}; the in-flight batch is abandoned (it will be read again)");
+            let _ = self.abandon(consumer, false);
+        }
+    }
+
+    /// Takes a newly assigned partition: its lock, its checkpoint and every committed manifest
+    /// that is ahead of it. Returns where to start reading; `None` if shutdown came first.
+    pub fn acquire(&mut self, topic: &str, partition: i32) -> Result<Option<Offset>> {
+        if let Some(o) = self.owned.get(&partition) {
+            return Ok(Some(if o.stored { Offset::Offset(o.position) } else { Offset::Beginning }));
+        }
+        let Some(lock) = self.checkpoint.lock_partition(topic, partition, &self.shutdown)? else {
+            return Ok(None);
+        };
+        let mut state = self.checkpoint.read_state(topic, partition)?;
+        let mut from_manifest = false;
+        for (path, m) in self.checkpoint.manifests()? {
+            let Some(s) = m.state_of(topic, partition) else { continue };
+            if state.as_ref().is_none_or(|c| s.next_offset > c.next_offset) {
+                state = Some(s.clone());
+                from_manifest = true;
+            }
+            if !self.pending.iter().any(|(p, _)| *p == path) {
+                self.pending.push((path, m));
+            }
+        }
+        let stored = state.is_some();
+        let committed = state.unwrap_or_else(|| PartitionState::empty(topic, partition));
+        if from_manifest {
+            tracing::info!(
+                "partition {topic}/{partition}: finishing a batch committed by a process that stopped \
+                 (next offset {})",
+                committed.next_offset
+            );
+        }
+        self.owned.insert(
+            partition,
+            Owned {
+                _lock: lock,
+                position: committed.next_offset,
+                resumed_at: stored.then_some(committed.next_offset),
+                committed,
+                stored,
+                working: None,
+            },
+        );
+        // Renames, then this partition's state file, then manifests no one needs any more.
+        self.retry_pending();
+        Ok(Some(if stored {
+            Offset::Offset(self.owned[&partition].committed.next_offset)
+        } else {
+            Offset::Beginning
+        }))
+    }
+
+    /// Deletes what dead processes left in the temp area (see [`scratch::clean_dead`]).
+    pub fn clean_dead(&self) {
+        if let Some(scratch) = &self.scratch
+            && let Err(e) = scratch::clean_dead(&self.checkpoint, scratch.id())
+        {
+            tracing::warn!("cannot clean the temp folders of stopped processes: {e}");
+        }
+    }
+
+    /// Releases partitions (their locks); their in-flight rows must be committed or abandoned.
+    pub fn release(&mut self, partitions: &[i32]) {
+        for p in partitions {
+            self.owned.remove(p);
+        }
+    }
+
+    /// The partitions owned, for log lines.
+    pub fn owned(&self) -> Vec<i32> {
+        self.owned.keys().copied().collect()
+    }
+
+    /// Releases everything and removes this process's temp folder (a clean stop).
+    pub fn close(&mut self) {
+        self.owned.clear();
+        if let Err(e) = self.dlq.flush() {
+            tracing::warn!("{e}");
+        }
+        if let Some(scratch) = self.scratch.take() {
+            scratch.remove(&self.checkpoint);
+        }
+    }
+
+    fn log_progress(&mut self) {
+        let p = &mut self.progress;
+        let since = *p.since.get_or_insert_with(Instant::now);
+        if since.elapsed() < Duration::from_secs(10) {
+            return;
+        }
+        let positions: Vec<String> =
+            self.owned.iter().map(|(k, o)| format!("{k}@{}", o.committed.next_offset)).collect();
+        tracing::info!(
+            "{} rows written and {} messages rejected in {} batches over {:.0} s; next offsets {}",
+            p.rows,
+            p.rejected,
+            p.batches,
+            since.elapsed().as_secs_f64(),
+            positions.join(" ")
+        );
+        *p = Progress { since: Some(Instant::now()), ..Progress::default() };
+    }
+}

@@ -1,0 +1,279 @@
+//! The sink (`orderstream consume`): Kafka topic → date-partitioned Parquet lake, exactly once.
+//!
+//! A consumer-group member reads `kafka.topic` (`read_committed`, no auto-commit), parses each
+//! message with [`Order::parse`](crate::order::Order::parse) and groups the valid orders into
+//! micro-batches that close every `streaming.batch_interval` or at `streaming.max_batch_rows`
+//! rows. Each batch writes one Parquet file per date to
+//! `<datalake.path>/date=YYYY-MM-DD/part-<uuid v7>.parquet`. Rejected messages go to the
+//! dead-letter topic ([`dlq`]); tombstones are counted and skipped; replays are dropped
+//! (below).
+//!
+//! # Exactly once
+//!
+//! The known designs: Spark Structured Streaming writes an *offset log* entry (the planned
+//! offsets of batch N) before running it and a *commit log* entry after the sink finished; its
+//! file sink adds a `_spark_metadata` log of the files of each batch, and only readers that
+//! consult that log see exactly-once output (a directory glob also sees files of failed
+//! batches). kafka-delta-ingest stores the Kafka offsets inside the table's own transaction
+//! log (Delta `txn` actions), so data and offsets commit in one atomic log append.
+//!
+//! Plain Parquet has no table log, so here the *checkpoint* holds the offsets together with
+//! the batch that produced them, and a batch's files become visible only by `rename` after
+//! its commit point. Every reader (Spark, DuckDB's glob, pyarrow) then sees whole batches
+//! only, with no log to consult:
+//!
+//! ```text
+//! <checkpoint>/state/<topic>-<p>.json   partition p: next_offset, max seq per source, counters
+//! <checkpoint>/state/<topic>-<p>.lock   flock of the process that owns partition p
+//! <checkpoint>/commits/<batch>.json     manifest: new state of each partition + files to publish
+//! <lake>/_temporary/<process>/…parquet.inprogress   files before publication
+//! <lake>/_temporary/<process>.lock      flock: held while that process lives
+//! ```
+//!
+//! Commit of a batch, by the process that holds the locks of all its partitions:
+//!
+//! 1. write and fsync one temp file per date (the date folder is created first);
+//! 2. wait until every dead letter of the batch is acknowledged;
+//! 3. write the manifest (temp, fsync, rename, fsync folder): each partition's complete new
+//!    state (not a delta) and the (temp, final) file pairs. **This rename is the commit
+//!    point**: before it the batch never happened (its temp files are garbage), after it the
+//!    batch happened, whatever crashes next;
+//! 4. rename each temp file to its final name, fsync the folder (idempotent: skipped when the
+//!    temp is gone and the final file exists);
+//! 5. write each partition's state file (temp, fsync, rename) from the manifest;
+//! 6. delete the manifest; refresh `_SUCCESS`;
+//! 7. commit the group offsets to Kafka asynchronously, for lag monitoring only.
+//!
+//! Recovery. At start, every manifest is rolled forward (step 4: safe for anyone, any number of
+//! times), manifests whose partitions are all at or past them are deleted, and temp folders of
+//! dead processes (lock free) lose the files no manifest names. When a process is assigned a
+//! partition it takes the partition's lock (waiting, with a log line every few seconds, while a
+//! live process still holds it), reads the state file and applies every manifest that names
+//! the partition with a higher `next_offset` (renames, then state file), and starts reading at
+//! that `next_offset` (the beginning when there is none). A manifest is deleted by whoever
+//! finds every partition it names at or past it, after rolling its files forward once more.
+//!
+//! Rebalances are eager: on revoke the in-flight batch is committed (the locks are still held,
+//! so nobody else can have those partitions yet), then the locks are released; assignment
+//! happens inside the rebalance callback with explicit offsets, so reading starts at the
+//! checkpoint, never at the group's committed offsets. A process frozen past its session
+//! timeout still holds its locks, so the new owner waits for it instead of writing twice. File
+//! names are uuid v7, so they never collide between processes.
+//!
+//! Replays. Messages may carry `orderstream.source` (the producer lineage) and `orderstream.seq`
+//! (a decimal u64, strictly increasing per source within a partition). Each partition state
+//! keeps the highest committed seq per source; a message at or below it is a replay of a
+//! message already handled: dropped and counted. This second line of defence covers producer
+//! retries without broker transactions. Messages without the headers are not deduplicated.
+//!
+//! Dead letters are at least once: a crash between their acknowledgement and the batch's
+//! commit sends them again on re-reading; their source topic/partition/offset headers identify
+//! repeats.
+//!
+//! Faults. A batch that cannot be written (lake unwritable, disk full, dead letters not
+//! acknowledged) is not committed: one error line naming the path or topic, the partitions are
+//! rewound to the checkpoint, and the batch is retried with capped exponential backoff.
+//! SIGTERM/SIGINT commit the in-flight batch (or abandon it if that fails), release the locks
+//! and return.
+
+mod batch;
+mod checkpoint;
+mod dlq;
+mod engine;
+mod group;
+mod parquet;
+mod scratch;
+
+pub use checkpoint::{Manifest, ManifestFile, PartitionState};
+pub use dlq::{
+    DETAIL_HEADER, REASON_HEADER, SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER, SOURCE_TOPIC_HEADER,
+};
+pub use engine::{SEQ_HEADER, SOURCE_HEADER, SUCCESS_FILE};
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+use checkpoint::Checkpoint;
+use engine::{Engine, Limits};
+use scratch::Scratch;
+
+/// Runs the consumer until `shutdown` triggers, then commits (or abandons) the in-flight batch,
+/// releases the partitions and returns. Blocking: run it on a thread of its own.
+pub fn consume(cfg: &Config, metrics: Arc<Metrics>, shutdown: Shutdown) -> Result<()> {
+    let lake = &cfg.datalake.path;
+    let checkpoint = Checkpoint::open(&cfg.streaming.checkpoint_location, lake)?;
+    let scratch = Scratch::create(lake)?;
+    recover(&checkpoint, scratch.id());
+    let dlq = dlq::DeadLetters::new(&cfg.kafka)?;
+    tracing::info!(
+        "consuming {} (group {}) into {}, checkpoint {}, dead letters to {}, process {}",
+        cfg.kafka.topic,
+        cfg.kafka.group_id,
+        lake.display(),
+        cfg.streaming.checkpoint_location.display(),
+        dlq.topic(),
+        scratch.id()
+    );
+    let limits = Limits { interval: cfg.streaming.batch_interval, max_rows: cfg.streaming.max_batch_rows };
+    let engine =
+        Engine::new(&cfg.kafka.topic, limits, checkpoint, scratch, dlq, metrics.clone(), shutdown.clone());
+    let consumer = group::consumer(cfg, engine)?;
+    consumer
+        .subscribe(&[&cfg.kafka.topic])
+        .map_err(|e| Error::Kafka(format!("cannot subscribe to {}: {e}", cfg.kafka.topic)))?;
+    let result = run(&consumer, &metrics, &shutdown);
+    let ctx = consumer.context().clone();
+    {
+        let mut engine = ctx.engine();
+        if result.is_ok() {
+            engine.commit_or_abandon(&consumer);
+        }
+        engine.close();
+    }
+    // Leaves the group (the revoke callback finds nothing left to commit).
+    drop(consumer);
+    if result.is_ok() {
+        tracing::info!("stopped cleanly");
+    }
+    result
+}
+
+/// The poll loop.
+fn run(consumer: &group::GroupConsumer, metrics: &Metrics, shutdown: &Shutdown) -> Result<()> {
+    let ctx = consumer.context();
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    let mut kafka_errors = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    let mut report_after = Instant::now();
+    let mut suppressed = 0u64;
+    // Reading the clock for every message costs more than handling some of them: during a
+    // catch-up the clock is read every CLOCK_EVERY messages, and whenever the queue runs dry.
+    const CLOCK_EVERY: u32 = 64;
+    let mut now = Instant::now();
+    let mut unclocked = 0u32;
+    while !shutdown.is_triggered() {
+        let polled = match consumer.poll(Duration::ZERO) {
+            Some(m) => Some(m),
+            None => {
+                now = Instant::now();
+                unclocked = 0;
+                let timeout = ctx.engine().poll_timeout(now);
+                consumer.poll(timeout)
+            }
+        };
+        unclocked += 1;
+        if unclocked >= CLOCK_EVERY {
+            now = Instant::now();
+            unclocked = 0;
+        }
+        match polled {
+            Some(Ok(msg)) => ctx.engine().handle(&msg, now),
+            Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
+                return Err(Error::Kafka(format!("fatal consumer error: {code}")));
+            }
+            Some(Err(e)) => {
+                // librdkafka retries by itself; one line per growing interval, not per retry.
+                if Instant::now() >= report_after {
+                    let more = if suppressed > 0 {
+                        format!(" ({suppressed} similar errors since the last line)")
+                    } else {
+                        String::new()
+                    };
+                    let next = kafka_errors.next();
+                    tracing::warn!(
+                        "Kafka: {e}{more}; librdkafka retries, next report in {} s at most",
+                        next.as_secs()
+                    );
+                    report_after = Instant::now() + next;
+                    suppressed = 0;
+                } else {
+                    suppressed += 1;
+                }
+            }
+            None => {}
+        }
+        let mut engine = ctx.engine();
+        if let Some(e) = engine.take_fatal() {
+            return Err(e);
+        }
+        if !engine.batch_due(now) {
+            continue;
+        }
+        match engine.commit(consumer) {
+            Ok(()) => {
+                backoff.reset();
+                kafka_errors.reset();
+            }
+            Err(e) => {
+                let delay = backoff.next();
+                tracing::error!(
+                    "{e}; batch not committed, partitions rewound to the checkpoint, retrying in {} s",
+                    delay.as_secs()
+                );
+                metrics.consumer.retries.inc();
+                engine.abandon(consumer, true)?;
+                drop(engine);
+                sleep_unless(shutdown, delay);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Startup recovery: publish every committed batch, drop manifests nobody needs, delete what
+/// dead processes left unfinished. Problems are logged; partition acquisition retries them.
+fn recover(checkpoint: &Checkpoint, own: &str) {
+    let manifests = match checkpoint.manifests() {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!("{e}");
+            return;
+        }
+    };
+    for (path, m) in &manifests {
+        let done = checkpoint.roll_forward(m).and_then(|()| checkpoint.tidy(path, m));
+        if let Err(e) = done {
+            tracing::error!("cannot finish committed batch {} yet: {e}", m.batch);
+        }
+    }
+    if let Err(e) = scratch::clean_dead(checkpoint, own) {
+        tracing::warn!("cannot clean the temp folders of stopped processes: {e}");
+    }
+}
+
+/// Sleeps `d`, waking early on shutdown.
+fn sleep_unless(shutdown: &Shutdown, d: Duration) {
+    let end = Instant::now() + d;
+    while !shutdown.is_triggered() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Capped exponential backoff.
+struct Backoff {
+    first: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    fn new(first: Duration, max: Duration) -> Backoff {
+        Backoff { first, max, next: first }
+    }
+
+    fn next(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+
+    fn reset(&mut self) {
+        self.next = self.first;
+    }
+}

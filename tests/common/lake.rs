@@ -1,0 +1,513 @@
+//! Consumer-test helpers: write to a topic directly (rdkafka producer), read a topic back, run
+//! `orderstream consume`, and read the lake with readers other than our writer (DuckDB and
+//! pyarrow through `ORDERSTREAM_PYTHON`).
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use orderstream::sink::PartitionState;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{DeliveryResult, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use serde::Deserialize;
+
+use super::TestEnv;
+
+/// The Python with DuckDB and pyarrow: `ORDERSTREAM_PYTHON`, else the one `dev/python.sh` sets up.
+pub fn python() -> String {
+    if let Ok(p) = std::env::var("ORDERSTREAM_PYTHON") {
+        return p;
+    }
+    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/dev/python.sh"))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run dev/python.sh: {e}"));
+    assert!(out.status.success(), "dev/python.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Creates a topic with `partitions` partitions.
+pub fn create_topic(brokers: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let res = rt
+        .block_on(admin.create_topics(
+            [&NewTopic::new(topic, partitions, TopicReplication::Fixed(-1))],
+            &AdminOptions::new().request_timeout(Some(Duration::from_secs(10))),
+        ))
+        .unwrap();
+    for r in res {
+        r.unwrap_or_else(|(t, e)| panic!("cannot create topic {t}: {e}"));
+    }
+}
+
+/// A message to write.
+#[derive(Clone, Debug, Default)]
+pub struct Msg {
+    /// Explicit partition, or by key hash.
+    pub partition: Option<i32>,
+    /// Key bytes.
+    pub key: Option<Vec<u8>>,
+    /// Value bytes (`None`: a tombstone).
+    pub value: Option<Vec<u8>>,
+    /// Headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Msg {
+    /// A message with this value.
+    pub fn value(v: impl AsRef<[u8]>) -> Msg {
+        Msg { value: Some(v.as_ref().to_vec()), ..Msg::default() }
+    }
+
+    /// To this partition.
+    pub fn to(mut self, partition: i32) -> Msg {
+        self.partition = Some(partition);
+        self
+    }
+
+    /// With this key.
+    pub fn key(mut self, key: impl AsRef<[u8]>) -> Msg {
+        self.key = Some(key.as_ref().to_vec());
+        self
+    }
+
+    /// With one more header.
+    pub fn header(mut self, k: &str, v: impl AsRef<[u8]>) -> Msg {
+        self.headers.push((k.to_string(), v.as_ref().to_vec()));
+        self
+    }
+}
+
+/// A seed-format order.
+pub fn order_json(id: i64, amount: &str, created_at: &str) -> String {
+    format!(
+        r#"{{"order_id": {id}, "customer_name": "Customer {id}", "restaurant_name": "Burger Junction", "item": "Veg Burger", "amount": {amount}, "order_status": "PLACED", "created_at": "{created_at}"}}"#
+    )
+}
+
+/// Where a message landed, or why not; `None` until reported.
+type Delivery = Option<Result<(i32, i64), String>>;
+
+#[derive(Default)]
+struct Deliveries(Mutex<Vec<Delivery>>);
+
+impl ClientContext for Deliveries {}
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = usize;
+    fn delivery(&self, r: &DeliveryResult<'_>, i: usize) {
+        let v = match r {
+            Ok(m) => Ok((m.partition(), m.offset())),
+            Err((e, _)) => Err(e.to_string()),
+        };
+        self.0.lock().unwrap()[i] = Some(v);
+    }
+}
+
+/// A producer for tests; reusable for many sends.
+pub struct Writer {
+    producer: ThreadedProducer<Deliveries>,
+}
+
+impl Writer {
+    /// Connects to `brokers`.
+    pub fn new(brokers: &str) -> Writer {
+        Self::with_batch(brokers, 10_000)
+    }
+
+    /// Connects to `brokers`, putting at most `batch` messages in one record batch.
+    pub fn with_batch(brokers: &str, batch: usize) -> Writer {
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("linger.ms", "20")
+            .set("batch.num.messages", batch.to_string())
+            .set("queue.buffering.max.messages", "1000000")
+            .create_with_context(Deliveries::default())
+            .unwrap();
+        Writer { producer }
+    }
+
+    /// Writes messages and returns each one's (partition, offset).
+    pub fn send(&self, topic: &str, msgs: &[Msg]) -> Vec<(i32, i64)> {
+        *self.producer.context().0.lock().unwrap() = vec![None; msgs.len()];
+        for (i, m) in msgs.iter().enumerate() {
+            let mut headers = OwnedHeaders::new();
+            for (k, v) in &m.headers {
+                headers = headers.insert(Header { key: k, value: Some(v) });
+            }
+            let mut rec: BaseRecord<'_, Vec<u8>, Vec<u8>, usize> =
+                BaseRecord::with_opaque_to(topic, i).headers(headers);
+            if let Some(k) = &m.key {
+                rec = rec.key(k);
+            }
+            if let Some(v) = &m.value {
+                rec = rec.payload(v);
+            }
+            if let Some(p) = m.partition {
+                rec = rec.partition(p);
+            }
+            loop {
+                match self.producer.send(rec) {
+                    Ok(()) => break,
+                    Err((_, back)) => {
+                        rec = back;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            }
+        }
+        self.producer.flush(Duration::from_secs(120)).unwrap();
+        let got = std::mem::take(&mut *self.producer.context().0.lock().unwrap());
+        got.into_iter()
+            .enumerate()
+            .map(|(i, r)| match r {
+                Some(Ok(po)) => po,
+                other => panic!("message {i} to {topic} not delivered: {other:?}"),
+            })
+            .collect()
+    }
+}
+
+/// Writes messages and returns each one's (partition, offset).
+pub fn produce(brokers: &str, topic: &str, msgs: &[Msg]) -> Vec<(i32, i64)> {
+    Writer::new(brokers).send(topic, msgs)
+}
+
+/// The high watermark of every partition of a topic, by partition.
+pub fn high_watermarks(brokers: &str, topic: &str) -> Vec<i64> {
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    let n = md.topics()[0].partitions().len() as i32;
+    (0..n).map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap().1).collect()
+}
+
+/// A message read back.
+#[derive(Clone, Debug)]
+pub struct Record {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Key.
+    pub key: Option<Vec<u8>>,
+    /// Value.
+    pub value: Option<Vec<u8>>,
+    /// Headers in order.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Record {
+    /// The value of a header as text.
+    pub fn header(&self, k: &str) -> Option<String> {
+        self.headers.iter().find(|(hk, _)| hk == k).map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+/// Every message of a topic, by partition and offset.
+pub fn read_topic(brokers: &str, topic: &str) -> Vec<Record> {
+    let hw = high_watermarks(brokers, topic);
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", super::unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..hw.len() as i32 {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let total: i64 = hw.iter().sum();
+    let mut out = Vec::new();
+    let mut next = vec![0i64; hw.len()];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Up to the watermarks, then until nothing new comes for a while (tansu's memory storage
+    // under-reports the high watermark).
+    let mut quiet_since = Instant::now();
+    loop {
+        let reached = next.iter().zip(&hw).all(|(n, h)| n >= h);
+        if reached && quiet_since.elapsed() > Duration::from_millis(1500) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "read {} of {total} messages of {topic}", out.len());
+        let Some(m) = c.poll(Duration::from_millis(100)) else { continue };
+        let m = m.unwrap();
+        quiet_since = Instant::now();
+        next[m.partition() as usize] = m.offset() + 1;
+        out.push(Record {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec),
+            headers: m
+                .headers()
+                .map(|h| {
+                    h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect()
+                })
+                .unwrap_or_default(),
+        });
+    }
+    out.sort_by_key(|r| (r.partition, r.offset));
+    out
+}
+
+/// One row of the lake as another reader sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct LakeRow {
+    /// order_id
+    pub order_id: i64,
+    /// customer_name
+    pub customer_name: Option<String>,
+    /// restaurant_name
+    pub restaurant_name: Option<String>,
+    /// item
+    pub item: Option<String>,
+    /// amount as its exact decimal text
+    pub amount: String,
+    /// order_status
+    pub order_status: Option<String>,
+    /// created_at, `YYYY-MM-DDTHH:MM:SS.ffffffZ`
+    pub created_at: String,
+    /// The `date` partition column (from the folder name).
+    pub date: String,
+}
+
+/// What a reader returned: column types and rows ordered by (order_id, created_at).
+#[derive(Debug, Deserialize)]
+pub struct LakeRead {
+    /// Column name → the reader's type name.
+    pub schema: Vec<(String, String)>,
+    /// The rows.
+    pub rows: Vec<LakeRow>,
+}
+
+const DUCKDB: &str = r#"
+import duckdb, glob, json, sys
+lake = sys.argv[1]
+out = {"schema": [], "rows": []}
+if glob.glob(lake + "/**/*.parquet", recursive=True):
+    con = duckdb.connect()
+    con.execute("SET TimeZone='UTC'")
+    src = f"read_parquet('{lake}/**/*.parquet', hive_partitioning=true)"
+    out["schema"] = [[r[0], r[1]] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()]
+    q = f"""SELECT order_id, customer_name, restaurant_name, item, CAST(amount AS VARCHAR), order_status,
+            strftime(created_at, '%Y-%m-%dT%H:%M:%S.%fZ'), CAST(date AS VARCHAR)
+            FROM {src} ORDER BY order_id, created_at"""
+    cols = ["order_id", "customer_name", "restaurant_name", "item", "amount", "order_status", "created_at", "date"]
+    out["rows"] = [dict(zip(cols, r)) for r in con.execute(q).fetchall()]
+print(json.dumps(out))
+"#;
+
+const PYARROW: &str = r#"
+import json, sys, datetime
+import pyarrow.dataset as ds
+t = ds.dataset(sys.argv[1], format="parquet", partitioning="hive").to_table()
+out = {"schema": [[f.name, str(f.type)] for f in t.schema], "rows": []}
+for r in t.to_pylist():
+    ts = r["created_at"].astimezone(datetime.timezone.utc)
+    r["created_at"] = ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    r["amount"] = str(r["amount"])
+    r["date"] = str(r["date"])
+    out["rows"].append(r)
+out["rows"].sort(key=lambda r: (r["order_id"], r["created_at"]))
+print(json.dumps(out))
+"#;
+
+fn run_python(script: &str, lake: &Path) -> LakeRead {
+    let out = Command::new(python()).arg("-c").arg(script).arg(lake).output().expect("cannot run python");
+    assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("python printed something else ({e}): {}", String::from_utf8_lossy(&out.stdout))
+    })
+}
+
+/// The whole lake through DuckDB's `read_parquet('<lake>/**/*.parquet', hive_partitioning=true)`.
+pub fn read_duckdb(lake: &Path) -> LakeRead {
+    run_python(DUCKDB, lake)
+}
+
+/// The whole lake through `pyarrow.dataset(lake, partitioning="hive")`.
+pub fn read_pyarrow(lake: &Path) -> LakeRead {
+    run_python(PYARROW, lake)
+}
+
+/// Every file under `dir`, relative, sorted.
+pub fn files(dir: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                out.push(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// Asserts that only committed data files (`date=YYYY-MM-DD/part-<uuid>.parquet`) and
+/// `_SUCCESS` are in the lake, and nothing is left in its temp area.
+pub fn assert_clean_lake(lake: &Path) {
+    for f in files(lake) {
+        if f == "_SUCCESS" {
+            continue;
+        }
+        let (dir, name) = f.rsplit_once('/').unwrap_or(("", &f));
+        assert!(
+            dir.starts_with("date=")
+                && dir.len() == 15
+                && name.starts_with("part-")
+                && name.ends_with(".parquet"),
+            "unexpected file in the lake: {f}"
+        );
+    }
+    let temp = lake.join("_temporary");
+    if temp.exists() {
+        assert_eq!(files(&temp), Vec::<String>::new(), "leftovers in {}", temp.display());
+    }
+}
+
+/// The partition states of the checkpoint, by partition.
+pub fn states(env: &TestEnv) -> Vec<PartitionState> {
+    let dir = env.checkpoints().join("state");
+    let mut out: Vec<PartitionState> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                .filter_map(|e| std::fs::read(e.path()).ok())
+                .map(|b| serde_json::from_slice(&b).unwrap())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort_by_key(|s| s.partition);
+    out
+}
+
+/// Sum of the committed next offsets (= messages handled when the topic started empty).
+pub fn committed_total(env: &TestEnv) -> i64 {
+    states(env).iter().map(|s| s.next_offset).sum()
+}
+
+/// Waits until `f` holds, panicking with `what` after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until the checkpoint holds every message written: `positions` are the (partition,
+/// offset) of all of them (the broker's watermarks are not used: tansu's memory storage reports
+/// the base offset of the last record batch there).
+pub fn wait_committed(env: &TestEnv, positions: &[(i32, i64)], timeout: Duration) {
+    let mut ends = std::collections::BTreeMap::<i32, i64>::new();
+    for (p, o) in positions {
+        let e = ends.entry(*p).or_default();
+        *e = (*e).max(o + 1);
+    }
+    wait_until(timeout, &format!("the checkpoint of {} to reach {ends:?}", env.topic), || {
+        let s = states(env);
+        ends.iter().all(|(p, end)| s.iter().any(|s| s.partition == *p && s.next_offset >= *end))
+    });
+}
+
+/// A running `orderstream consume`, its stderr collected.
+pub struct Consume {
+    child: Option<Child>,
+    stderr: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Consume {
+    /// Starts `orderstream consume` for this test.
+    pub fn start(env: &TestEnv) -> Consume {
+        Self::start_cmd(env.orderstream(&["consume"]))
+    }
+
+    /// Starts a prepared command.
+    pub fn start_cmd(mut cmd: Command) -> Consume {
+        let mut child =
+            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        Consume { child: Some(child), stderr, reader: Some(reader) }
+    }
+
+    /// The PID.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    /// What it logged so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+
+    /// SIGTERM, and wait (60 s at most) for the exit code.
+    pub fn stop(&mut self) -> i32 {
+        let Some(mut c) = self.child.take() else { return -1 };
+        super::signal(c.id() as i32, libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let code = loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                break status.code().unwrap_or(-1);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("consume did not stop within 60 s of SIGTERM:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        code
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+}
+
+impl Drop for Consume {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
