@@ -255,6 +255,8 @@ case "$cmd" in
     log "up: PostgreSQL 127.0.0.1:$PG_PORT (food_delivery_db, student), Kafka 127.0.0.1:$KAFKA_PORT"
     ;;
   down)
+    # The demo's pipeline first, so it does not spend its last moments retrying.
+    stop_pid pipeline "$ROOT/target/release/orderstream" TERM
     kafka_down
     pg_down
     ;;

@@ -21,9 +21,6 @@ pub enum Error {
     /// A file of ours (state, checkpoint, lake) could not be read or written.
     #[error("{0}")]
     Storage(String),
-    /// The command exists but is not built yet.
-    #[error("`{0}` is not implemented yet")]
-    NotImplemented(&'static str),
 }
 
 impl Error {

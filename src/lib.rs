@@ -17,6 +17,8 @@
 //! * [`source`]: how changes leave PostgreSQL, behind one trait ([`source::poll`] today).
 //! * [`producer`]: source → Kafka, exactly once (idempotent producer, state file, recovery).
 //! * [`sink`]: the consumer: micro-batches into the Parquet lake, exactly once, dead letters.
+//! * [`status`]: the `status` command: every stage's monitoring points, from the live systems.
+//! * [`pipeline`]: the `run` command: producer and consumer in one process.
 //! * [`metrics`]: the counters that `status`, the logs and `/metrics` read.
 //! * [`http`]: `/metrics` and `/health`.
 //! * [`init`]: the `init` command: table, seed orders and topics.
@@ -32,11 +34,13 @@ pub mod init;
 pub mod kafka;
 pub mod metrics;
 pub mod order;
+pub mod pipeline;
 pub mod producer;
 pub mod retry;
 pub mod shutdown;
 pub mod sink;
 pub mod source;
+pub mod status;
 
 pub use config::Config;
 pub use error::{Error, Result};

@@ -95,8 +95,21 @@ fn run(cli: Cli) -> Result<(), Error> {
                     .await
                     .map_err(|e| Error::Storage(format!("the consumer thread failed: {e}")))?
             }
-            Command::Run => Err(Error::NotImplemented("run")),
-            Command::Status { .. } => Err(Error::NotImplemented("status")),
+            Command::Run => {
+                let (metrics, shutdown) = serve(&cfg).await?;
+                orderstream::pipeline::run(&cfg, metrics, shutdown).await
+            }
+            Command::Status { json } => {
+                let status = orderstream::status::status(&cfg).await;
+                if json {
+                    let text = serde_json::to_string_pretty(&status)
+                        .map_err(|e| Error::Storage(format!("cannot encode the status: {e}")))?;
+                    println!("{text}");
+                } else {
+                    print!("{}", status.render());
+                }
+                Ok(())
+            }
         }
     })
 }
