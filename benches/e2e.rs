@@ -1,0 +1,216 @@
+//! End-to-end benchmark: PostgreSQL → producer → broker → consumer → lake.
+//!
+//! * catch-up: `BENCH_ROWS` orders (default 1,000,000) already in the table; `produce` and
+//!   `consume` started as separate processes; time until the consumer's checkpoint has them
+//!   all; peak RSS of each process.
+//! * live: orders inserted one per transaction at `BENCH_RATE` per second (default 2,000) for
+//!   `BENCH_SECONDS` (default 60) with `orderstream run`, for each batch interval of
+//!   `BENCH_INTERVALS` (default `1,0.2`); latency from the commit returning to the order being
+//!   readable in the lake (a watcher lists the lake every 10 ms and reads each new file's ids),
+//!   p50/p95/p99; files written; peak RSS.
+//!
+//! `cargo bench --bench e2e` (needs the local stack's PostgreSQL; the broker is a private
+//! memory-storage tansu). `BENCH_SCENARIOS=catchup,live` selects scenarios; `BENCH_RUNS` the
+//! catch-up repetitions (median reported).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow_array::Int64Array;
+use common::proc::{Proc, wait_for};
+use common::{Broker, TestEnv};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+/// Rows committed by the consumer, from its checkpoint's partition states.
+fn committed_rows(checkpoints: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(checkpoints.join("state")) else { return 0 };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter_map(|e| std::fs::read(e.path()).ok())
+        .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .map(|v| v["rows_written"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// Committed Parquet files under the lake.
+fn lake_files(lake: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(dates) = std::fs::read_dir(lake) else { return out };
+    for d in dates.filter_map(|e| e.ok()) {
+        if !d.file_name().to_string_lossy().starts_with("date=") {
+            continue;
+        }
+        let Ok(files) = std::fs::read_dir(d.path()) else { continue };
+        out.extend(
+            files
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "parquet")),
+        );
+    }
+    out
+}
+
+fn order_ids(file: &Path) -> Vec<i64> {
+    let f = std::fs::File::open(file).unwrap();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap();
+    let mut ids = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let col = batch.column_by_name("order_id").unwrap().as_any().downcast_ref::<Int64Array>().unwrap();
+        ids.extend(col.values().iter().copied());
+    }
+    ids
+}
+
+fn catch_up(rows: i64, runs: usize) {
+    let broker = Broker::start_memory();
+    let table_env = TestEnv::with_brokers("bench_e2e", &broker.addr);
+    table_env.init();
+    table_env.insert(rows);
+    let total = (rows + 10) as u64;
+    let (mut rates, mut rss_p, mut rss_c) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 1..=runs {
+        let mut env = TestEnv::with_brokers("bench_e2e_run", &broker.addr);
+        env.table = table_env.table.clone();
+        env.write_config("");
+        env.set("ORDERSTREAM__STREAMING__BATCH_INTERVAL", "1");
+        env.init();
+        let t0 = Instant::now();
+        let mut consumer = env.spawn(&["consume"]);
+        let mut producer = env.spawn(&["produce"]);
+        wait_for(Duration::from_secs(1800), "every order in the lake", || {
+            (committed_rows(&env.checkpoints()) >= total).then_some(())
+        });
+        let took = t0.elapsed().as_secs_f64();
+        let (p, c) = (producer.peak_rss() as f64 / 1048576.0, consumer.peak_rss() as f64 / 1048576.0);
+        assert_eq!(producer.terminate(Duration::from_secs(60)), 0, "{}", producer.log_text());
+        assert_eq!(consumer.terminate(Duration::from_secs(60)), 0, "{}", consumer.log_text());
+        let rate = total as f64 / took;
+        eprintln!(
+            "catch-up run {run}: {total} orders table → lake in {took:.2} s = {rate:.0} orders/s; peak RSS producer {p:.0} MB, consumer {c:.0} MB"
+        );
+        rates.push(rate);
+        rss_p.push(p);
+        rss_c.push(c);
+    }
+    println!(
+        "e2e catch-up ({total} orders, memory broker, separate produce/consume, {runs} runs): median {:.0} orders/s; \
+         median peak RSS producer {:.0} MB, consumer {:.0} MB",
+        median(rates),
+        median(rss_p),
+        median(rss_c)
+    );
+}
+
+fn live(interval: &str, rate: u64, seconds: u64) {
+    let broker = Broker::start_memory();
+    let mut env = TestEnv::with_brokers("bench_live", &broker.addr);
+    env.set("ORDERSTREAM__STREAMING__BATCH_INTERVAL", interval);
+    env.init();
+    let mut pipeline: Proc = env.spawn(&["run"]);
+    // Let it start up and publish the seed rows first.
+    wait_for(Duration::from_secs(60), "the seed orders in the lake", || {
+        (committed_rows(&env.checkpoints()) >= 10).then_some(())
+    });
+
+    // Watcher: new lake files, and when each order became readable.
+    let seen: Arc<Mutex<HashMap<i64, Instant>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (seen, stop, lake) = (seen.clone(), stop.clone(), env.lake());
+        std::thread::spawn(move || {
+            let mut known = std::collections::HashSet::new();
+            while !stop.load(Ordering::SeqCst) {
+                for f in lake_files(&lake) {
+                    if known.insert(f.clone()) {
+                        let now = Instant::now();
+                        let mut seen = seen.lock().unwrap();
+                        for id in order_ids(&f) {
+                            seen.entry(id).or_insert(now);
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            known.len()
+        })
+    };
+
+    // Inserts, one transaction each, at a steady rate.
+    let mut client = env.pg();
+    let stmt = client
+        .prepare(&format!(
+            "INSERT INTO {} (customer_name, restaurant_name, item, amount, order_status) \
+             VALUES ('Live Customer', 'Burger Junction', 'Veg Burger', 220.00, 'PLACED') RETURNING order_id::int8",
+            env.t()
+        ))
+        .unwrap();
+    let mut committed: HashMap<i64, Instant> = HashMap::new();
+    let start = Instant::now();
+    let n = rate * seconds;
+    for i in 0..n {
+        let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let id: i64 = client.query_one(&stmt, &[]).unwrap().get(0);
+        committed.insert(id, Instant::now());
+    }
+    let achieved = n as f64 / start.elapsed().as_secs_f64();
+    wait_for(Duration::from_secs(120), "every live order in the lake", || {
+        let seen = seen.lock().unwrap();
+        committed.keys().all(|id| seen.contains_key(id)).then_some(())
+    });
+    stop.store(true, Ordering::SeqCst);
+    let files = watcher.join().unwrap();
+    let rss = pipeline.peak_rss() as f64 / 1048576.0;
+    assert_eq!(pipeline.terminate(Duration::from_secs(60)), 0, "{}", pipeline.log_text());
+
+    let seen = seen.lock().unwrap();
+    let mut lat: Vec<f64> =
+        committed.iter().map(|(id, t)| seen[id].saturating_duration_since(*t).as_secs_f64()).collect();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "e2e live (batch_interval {interval} s, {n} orders at {achieved:.0}/s for {seconds} s, `run`): latency commit → lake \
+         p50 {:.3} s, p95 {:.3} s, p99 {:.3} s, max {:.3} s; {files} files; peak RSS {rss:.0} MB",
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.95),
+        percentile(&lat, 0.99),
+        lat[lat.len() - 1],
+    );
+}
+
+fn main() {
+    let scenarios = std::env::var("BENCH_SCENARIOS").unwrap_or_else(|_| "catchup,live".into());
+    if scenarios.contains("catchup") {
+        catch_up(env_or("BENCH_ROWS", 1_000_000), env_or("BENCH_RUNS", 3));
+    }
+    if scenarios.contains("live") {
+        let intervals = std::env::var("BENCH_INTERVALS").unwrap_or_else(|_| "1,0.2".into());
+        for interval in intervals.split(',') {
+            live(interval, env_or("BENCH_RATE", 2000), env_or("BENCH_SECONDS", 60));
+        }
+    }
+}
