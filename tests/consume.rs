@@ -436,7 +436,8 @@ fn two_consumers_in_one_group_one_killed_midway_keep_every_message_exactly_once(
     let done_at_kill = common::lake::committed_total(&env);
     println!("consumer A killed with {done_at_kill} of {N} messages checkpointed");
     let positions = stream.join().unwrap();
-    wait_committed(&env, &positions, Duration::from_secs(120));
+    let waited = std::panic::catch_unwind(|| wait_committed(&env, &positions, Duration::from_secs(120)));
+    assert!(waited.is_ok(), "B did not finish; states {:?}\nB:\n{}", states(&env), b.stderr());
     assert!(b.stderr().contains("partitions assigned: 0@"), "B never took over partition 0:\n{}", b.stderr());
     assert_eq!(b.stop(), 0, "{}", b.stderr());
     assert_exactly_once(&env, N, &positions);
@@ -540,4 +541,36 @@ fn sigterm_exits_0_with_a_consistent_checkpoint_and_a_restart_continues_exactly_
     wait_committed(&env, &positions, Duration::from_secs(60));
     assert_eq!(c.stop(), 0, "{}", c.stderr());
     assert_exactly_once(&env, 25_000, &positions);
+}
+
+#[test]
+fn a_crash_inside_every_step_of_the_commit_loses_and_duplicates_nothing() {
+    let broker = Broker::start_memory();
+    let mut env = TestEnv::with_brokers("consume_failpoints", &broker.addr);
+    env.set("ORDERSTREAM__STREAMING__MAX_BATCH_ROWS", "1000");
+    env.set("ORDERSTREAM__KAFKA__PROPERTIES__SESSION_TIMEOUT_MS", "3000");
+    create_topic(&broker.addr, &env.topic, 3);
+    const N: i64 = 12_000;
+    let positions = produce_paced(&broker.addr, &env.topic, 0..N, N as usize, Duration::ZERO).join().unwrap();
+    // Each run crashes in its second (the first run: third) commit, one step further each time.
+    for (step, nth) in [("files", 3), ("manifest", 2), ("renamed", 2), ("states", 2)] {
+        let before = common::lake::committed_total(&env);
+        let mut cmd = env.orderstream(&["consume"]);
+        cmd.env("ORDERSTREAM_FAILPOINT", format!("{step}:{nth}"));
+        let mut c = Consume::start_cmd(cmd);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while c.running() {
+            assert!(std::time::Instant::now() < deadline, "no crash at {step}:{nth}:\n{}", c.stderr());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(c.stderr().contains(&format!("failpoint {step}:{nth} reached")), "{}", c.stderr());
+        let after = common::lake::committed_total(&env);
+        println!("crashed at {step}:{nth}: checkpoint {before} -> {after}");
+        assert!(after > before, "no progress before the crash at {step}");
+    }
+    let mut c = Consume::start(&env);
+    wait_assigned(&c, Duration::from_secs(60));
+    wait_committed(&env, &positions, Duration::from_secs(60));
+    assert_eq!(c.stop(), 0, "{}", c.stderr());
+    assert_exactly_once(&env, N, &positions);
 }

@@ -247,6 +247,29 @@ fn recover(checkpoint: &Checkpoint, own: &str) {
     }
 }
 
+/// Test hook: with `ORDERSTREAM_FAILPOINT=<step>:<n>` the process exits at once (no cleanup,
+/// as in a crash) the n-th time a commit reaches `<step>`: `files` (temp files written),
+/// `manifest` (just after the commit point), `renamed` (files published, states not written),
+/// `states` (states written, manifest not deleted). Lets tests crash inside every step.
+pub(crate) fn failpoint(step: &str) {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static AT: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    let at = AT.get_or_init(|| {
+        let v = std::env::var("ORDERSTREAM_FAILPOINT").ok()?;
+        let (s, n) = v.split_once(':').unwrap_or((&v, "1"));
+        Some((s.to_string(), n.parse().unwrap_or(1)))
+    });
+    if let Some((s, n)) = at
+        && s == step
+        && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *n
+    {
+        eprintln!("failpoint {step}:{n} reached: exiting like a crash");
+        std::process::exit(137);
+    }
+}
+
 /// Sleeps `d`, waking early on shutdown.
 fn sleep_unless(shutdown: &Shutdown, d: Duration) {
     let end = Instant::now() + d;
