@@ -172,8 +172,10 @@ fn run(consumer: &group::GroupConsumer, metrics: &Metrics, shutdown: &Shutdown) 
             now = Instant::now();
             unclocked = 0;
         }
+        // One lock per message: handle it and check the batch under the same guard.
+        let mut engine = ctx.engine();
         match polled {
-            Some(Ok(msg)) => ctx.engine().handle(&msg, now),
+            Some(Ok(msg)) => engine.handle(&msg, now),
             Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
                 return Err(Error::Kafka(format!("fatal consumer error: {code}")));
             }
@@ -198,7 +200,6 @@ fn run(consumer: &group::GroupConsumer, metrics: &Metrics, shutdown: &Shutdown) 
             }
             None => {}
         }
-        let mut engine = ctx.engine();
         if let Some(e) = engine.take_fatal() {
             return Err(e);
         }
