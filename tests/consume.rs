@@ -574,3 +574,45 @@ fn a_crash_inside_every_step_of_the_commit_loses_and_duplicates_nothing() {
     assert_eq!(c.stop(), 0, "{}", c.stderr());
     assert_exactly_once(&env, N, &positions);
 }
+
+#[test]
+fn a_broker_outage_delays_the_lake_but_loses_and_duplicates_nothing() {
+    let broker = Broker::start_memory();
+    let mut env = TestEnv::with_brokers("consume_outage", &broker.addr);
+    env.set("ORDERSTREAM__STREAMING__MAX_BATCH_ROWS", "1000");
+    create_topic(&broker.addr, &env.topic, 3);
+    let mut positions =
+        produce_paced(&broker.addr, &env.topic, 0..10_000, 10_000, Duration::ZERO).join().unwrap();
+    let mut c = Consume::start(&env);
+    common::lake::wait_until(Duration::from_secs(60), "a first commit", || {
+        common::lake::committed_total(&env) > 0
+    });
+    // SIGSTOP: connections stay open, nothing answers (the in-flight batch's dead letters wait).
+    broker.freeze();
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(c.running(), "the consumer died during the outage:\n{}", c.stderr());
+    broker.thaw();
+    positions.extend(
+        produce_paced(&broker.addr, &env.topic, 10_000..15_000, 5_000, Duration::ZERO).join().unwrap(),
+    );
+    wait_committed(&env, &positions, Duration::from_secs(120));
+    assert_eq!(c.stop(), 0, "{}", c.stderr());
+    assert_exactly_once(&env, 15_000, &positions);
+    let warnings = c.stderr().lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).count();
+    assert!(warnings <= 10, "{warnings} warning lines for one outage:\n{}", c.stderr());
+}
+
+#[test]
+fn an_unreachable_broker_at_start_is_retried_with_growing_intervals_until_sigterm() {
+    let env = TestEnv::with_brokers("consume_nobroker", &format!("127.0.0.1:{}", common::free_port()));
+    let mut c = Consume::start(&env);
+    common::lake::wait_until(Duration::from_secs(60), "two retries", || {
+        c.stderr().matches("retrying in").count() >= 2
+    });
+    assert_eq!(c.stop(), 0, "{}", c.stderr());
+    let err = c.stderr();
+    let retries: Vec<&str> = err.lines().filter(|l| l.contains("retrying in")).collect();
+    assert!(retries[0].contains(&format!("broker {} unreachable", env.brokers)), "{err}");
+    assert!(retries[0].ends_with("retrying in 1 s") && retries[1].ends_with("retrying in 2 s"), "{err}");
+    assert_clean_lake(&env.lake());
+}

@@ -111,7 +111,23 @@ pub fn consume(cfg: &Config, metrics: Arc<Metrics>, shutdown: Shutdown) -> Resul
     let checkpoint = Checkpoint::open(&cfg.streaming.checkpoint_location, lake)?;
     let scratch = Scratch::create(lake)?;
     recover(&checkpoint, scratch.id());
-    let dlq = dlq::DeadLetters::new(&cfg.kafka)?;
+    // The dead-letter topic must exist before anything is read: wait for the broker.
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    let dlq = loop {
+        match dlq::DeadLetters::new(&cfg.kafka) {
+            Ok(d) => break d,
+            Err(e @ Error::Kafka(_)) => {
+                let delay = backoff.next();
+                tracing::warn!("{e}; retrying in {} s", delay.as_secs());
+                sleep_unless(&shutdown, delay);
+                if shutdown.is_triggered() {
+                    scratch.remove(&checkpoint);
+                    return Ok(());
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    };
     tracing::info!(
         "consuming {} (group {}) into {}, checkpoint {}, dead letters to {}, process {}",
         cfg.kafka.topic,
