@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod lake;
+pub mod volume;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
