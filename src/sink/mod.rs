@@ -5,8 +5,8 @@
 //! micro-batches that close every `streaming.batch_interval` or at `streaming.max_batch_rows`
 //! rows. Each batch writes one Parquet file per date to
 //! `<datalake.path>/date=YYYY-MM-DD/part-<uuid v7>.parquet`. Rejected messages go to the
-//! dead-letter topic ([`dlq`]); tombstones are counted and skipped; replays are dropped
-//! (below).
+//! dead-letter topic (`kafka.dlq_topic`, with reject and source headers); tombstones are
+//! counted and skipped; replays are dropped (below).
 //!
 //! # Exactly once
 //!
@@ -44,14 +44,22 @@
 //! 6. delete the manifest; refresh `_SUCCESS`;
 //! 7. commit the group offsets to Kafka asynchronously, for lag monitoring only.
 //!
-//! Recovery. At start, every manifest is rolled forward (step 4: safe for anyone, any number of
-//! times), manifests whose partitions are all at or past them are deleted, and temp folders of
-//! dead processes (lock free) lose the files no manifest names. When a process is assigned a
-//! partition it takes the partition's lock (waiting, with a log line every few seconds, while a
-//! live process still holds it), reads the state file and applies every manifest that names
-//! the partition with a higher `next_offset` (renames, then state file), and starts reading at
-//! that `next_offset` (the beginning when there is none). A manifest is deleted by whoever
-//! finds every partition it names at or past it, after rolling its files forward once more.
+//! Recovery. At start, every manifest is rolled forward (step 4: safe for anyone, any number
+//! of times) and manifests whose partitions are all at or past them are deleted. At start and
+//! on every assignment, temp folders of dead processes (lock free) lose the files no manifest
+//! names. When a process is assigned a partition it takes the partition's lock (waiting, with
+//! a log line every few seconds, while a live process still holds it), reads the state file
+//! and applies every manifest that names the partition with a higher `next_offset` (renames,
+//! then state file), and starts reading at that `next_offset` (the beginning when there is
+//! none). A manifest is deleted by whoever finds every partition it names at or past it, after
+//! rolling its files forward once more.
+//!
+//! Why it holds: a partition's effective checkpoint is the highest `next_offset` among its
+//! state file and the manifests naming it, and each of those was written in the same atomic
+//! rename as the list of files holding exactly the messages below it. Files get a final name
+//! only from a manifest, so a batch that crashed before its commit point leaves nothing
+//! visible, and one that crashed after it is published by whoever comes next. Only the lock
+//! holder writes a partition's manifests, so two processes never commit the same offsets.
 //!
 //! Rebalances are eager: on revoke the in-flight batch is committed (the locks are still held,
 //! so nobody else can have those partitions yet), then the locks are released; assignment
