@@ -281,6 +281,17 @@ fn crash_loop_sigkill_at_random_moments_keeps_every_valid_message_exactly_once()
         std::thread::sleep(after);
         c.kill();
         kills.push((after.as_millis(), committed_total(&env)));
+        // At any instant, what a reader sees holds no partial batch and no row twice, and only
+        // committed files match *.parquet.
+        let stray: Vec<String> = files(&env.lake())
+            .into_iter()
+            .filter(|f| f.ends_with(".parquet") && !f.starts_with("date="))
+            .collect();
+        assert_eq!(stray, Vec::<String>::new());
+        let ids: Vec<i64> = read_duckdb(&env.lake()).rows.iter().map(|r| r.order_id).collect();
+        let mut distinct = ids.clone();
+        distinct.dedup();
+        assert_eq!(ids.len(), distinct.len(), "a row is visible twice after a kill");
     }
     println!("killed after assignment +ms (checkpointed offsets at the kill): {kills:?}");
     positions.extend(stream.join().unwrap());
