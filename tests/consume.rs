@@ -7,9 +7,10 @@ mod common;
 use std::time::Duration;
 
 use common::lake::{
-    Consume, LakeRow, Msg, Record, Writer, assert_clean_lake, create_topic, files, order_json, produce,
-    read_duckdb, read_pyarrow, read_topic, states, wait_committed,
+    Consume, LakeRow, Msg, Record, assert_clean_lake, committed_total, create_topic, files, order_json,
+    produce, read_duckdb, read_pyarrow, read_topic, states, wait_committed, wait_until,
 };
+use common::volume::{Rng, assert_exactly_once, produce_paced, volume_message, wait_assigned};
 use common::{Broker, TestEnv};
 
 fn row(id: i64, customer: Option<&str>, amount: &str, created_at: &str, date: &str) -> LakeRow {
@@ -257,126 +258,6 @@ fn replays_are_dropped_by_source_and_seq_across_batches_and_restarts() {
     assert_eq!(st.iter().map(|s| s.rows_written).sum::<u64>(), 13);
 }
 
-/// A small deterministic generator (xorshift64*), so a failing run can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    /// Seeded from `ORDERSTREAM_TEST_SEED`, else from the clock; prints the seed.
-    fn from_env(test: &str) -> Rng {
-        let seed =
-            std::env::var("ORDERSTREAM_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-            });
-        println!("{test}: seed {seed} (replay with ORDERSTREAM_TEST_SEED={seed})");
-        Rng(seed.max(1))
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    }
-}
-
-/// Message `i` of a volume test: valid orders over three dates, every 997th a reject
-/// (amount 0), every 1009th a tombstone. Returns the message and its row if valid.
-fn volume_message(i: i64) -> (Msg, Option<LakeRow>) {
-    let key = format!("k{i}");
-    if i % 1009 == 500 {
-        return (Msg { key: Some(key.into_bytes()), ..Msg::default() }, None);
-    }
-    let id = 1_000 + i;
-    let secs = 1_737_158_400 + i * 2; // from 2025-01-18T00:00:00Z, 2 s apart: three dates
-    let ts = chrono::DateTime::from_timestamp(secs, 0).unwrap();
-    let amount = if i % 997 == 3 { "0".to_string() } else { format!("{}.{:02}", 1 + i % 500, i % 100) };
-    let msg = Msg::value(order_json(id, &amount, &ts.format("%Y-%m-%dT%H:%M:%SZ").to_string())).key(key);
-    if i % 997 == 3 {
-        return (msg, None);
-    }
-    let row = LakeRow {
-        order_id: id,
-        customer_name: Some(format!("Customer {id}")),
-        restaurant_name: Some("Burger Junction".into()),
-        item: Some("Veg Burger".into()),
-        amount,
-        order_status: Some("PLACED".into()),
-        created_at: ts.format("%Y-%m-%dT%H:%M:%S.000000Z").to_string(),
-        date: ts.format("%Y-%m-%d").to_string(),
-    };
-    (msg, Some(row))
-}
-
-/// Produces messages `range` in chunks with a pause between chunks, on a thread; returns
-/// every message's (partition, offset). One message per record batch: tansu's memory storage
-/// skips the rest of a batch when a fetch starts inside it, and a restarted consumer resumes at
-/// any offset (a Kafka broker serves such fetches correctly; see the consumer's warning).
-fn produce_paced(
-    brokers: &str,
-    topic: &str,
-    range: std::ops::Range<i64>,
-    chunk: usize,
-    pause: Duration,
-) -> std::thread::JoinHandle<Vec<(i32, i64)>> {
-    let (brokers, topic) = (brokers.to_string(), topic.to_string());
-    std::thread::spawn(move || {
-        let w = Writer::with_batch(&brokers, 1);
-        let all: Vec<i64> = range.collect();
-        let mut positions = Vec::new();
-        for ids in all.chunks(chunk) {
-            let msgs: Vec<Msg> = ids.iter().map(|&i| volume_message(i).0).collect();
-            positions.extend(w.send(&topic, &msgs));
-            std::thread::sleep(pause);
-        }
-        positions
-    })
-}
-
-/// Waits until the consumer logs an assignment with at least one partition.
-fn wait_assigned(c: &Consume, timeout: Duration) {
-    common::lake::wait_until(timeout, "a partition assignment", || {
-        c.stderr()
-            .lines()
-            .any(|l| l.contains("partitions assigned: ") && !l.ends_with("partitions assigned: none"))
-    });
-}
-
-/// The lake holds exactly the valid messages of `0..n`, each once; the dead-letter topic holds
-/// every reject at least once; nothing else is in the lake.
-fn assert_exactly_once(env: &TestEnv, n: i64, positions: &[(i32, i64)]) {
-    let expected: Vec<LakeRow> = (0..n).filter_map(|i| volume_message(i).1).collect();
-    let got = read_duckdb(&env.lake()).rows;
-    if got != expected {
-        let mut seen = std::collections::BTreeMap::<i64, usize>::new();
-        for r in &got {
-            *seen.entry(r.order_id).or_default() += 1;
-        }
-        let dup: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(10).collect();
-        let missing: Vec<_> = expected.iter().filter(|r| !seen.contains_key(&r.order_id)).take(10).collect();
-        panic!(
-            "lake holds {} rows, expected {}; duplicated (id, times): {dup:?}; missing: {missing:?}",
-            got.len(),
-            expected.len()
-        );
-    }
-    assert_clean_lake(&env.lake());
-    let manifests = files(&env.checkpoints().join("commits"));
-    assert!(manifests.is_empty(), "manifests left: {manifests:?}");
-    let letters = dlq(env);
-    let rejects: Vec<(i32, i64)> =
-        (0..n).filter(|i| i % 997 == 3 && i % 1009 != 500).map(|i| positions[i as usize]).collect();
-    for (p, o) in &rejects {
-        assert!(
-            letters.iter().any(|r| r.header("orderstream.source.partition") == Some(p.to_string())
-                && r.header("orderstream.source.offset") == Some(o.to_string())
-                && r.header("orderstream.reject.reason").as_deref() == Some("non_positive_amount")),
-            "the reject at {p}/{o} is not in the dead-letter topic"
-        );
-    }
-    let st = states(env);
-    assert_eq!(st.iter().map(|s| s.rows_written).sum::<u64>(), expected.len() as u64);
-}
-
 #[test]
 fn crash_loop_sigkill_at_random_moments_keeps_every_valid_message_exactly_once() {
     let mut rng = Rng::from_env("crash_loop");
@@ -399,7 +280,18 @@ fn crash_loop_sigkill_at_random_moments_keeps_every_valid_message_exactly_once()
         let after = Duration::from_millis(rng.below(1_500));
         std::thread::sleep(after);
         c.kill();
-        kills.push((after.as_millis(), common::lake::committed_total(&env)));
+        kills.push((after.as_millis(), committed_total(&env)));
+        // At any instant, what a reader sees holds no partial batch and no row twice, and only
+        // committed files match *.parquet.
+        let stray: Vec<String> = files(&env.lake())
+            .into_iter()
+            .filter(|f| f.ends_with(".parquet") && !f.starts_with("date="))
+            .collect();
+        assert_eq!(stray, Vec::<String>::new());
+        let ids: Vec<i64> = read_duckdb(&env.lake()).rows.iter().map(|r| r.order_id).collect();
+        let mut distinct = ids.clone();
+        distinct.dedup();
+        assert_eq!(ids.len(), distinct.len(), "a row is visible twice after a kill");
     }
     println!("killed after assignment +ms (checkpointed offsets at the kill): {kills:?}");
     positions.extend(stream.join().unwrap());
@@ -427,16 +319,17 @@ fn two_consumers_in_one_group_one_killed_midway_keep_every_message_exactly_once(
     wait_assigned(&a, Duration::from_secs(60));
     wait_assigned(&b, Duration::from_secs(60));
     // Both own partitions and have committed some of them.
-    common::lake::wait_until(Duration::from_secs(60), "both consumers to commit", || {
+    wait_until(Duration::from_secs(60), "both consumers to commit", || {
         let owners: std::collections::BTreeSet<String> =
             states(&env).into_iter().map(|s| s.last_process).collect();
-        owners.len() == 2 && common::lake::committed_total(&env) > N / 4
+        owners.len() == 2 && committed_total(&env) > N / 4
     });
     a.kill();
-    let done_at_kill = common::lake::committed_total(&env);
+    let done_at_kill = committed_total(&env);
     println!("consumer A killed with {done_at_kill} of {N} messages checkpointed");
     let positions = stream.join().unwrap();
-    wait_committed(&env, &positions, Duration::from_secs(120));
+    let waited = std::panic::catch_unwind(|| wait_committed(&env, &positions, Duration::from_secs(120)));
+    assert!(waited.is_ok(), "B did not finish; states {:?}\nB:\n{}", states(&env), b.stderr());
     assert!(b.stderr().contains("partitions assigned: 0@"), "B never took over partition 0:\n{}", b.stderr());
     assert_eq!(b.stop(), 0, "{}", b.stderr());
     assert_exactly_once(&env, N, &positions);
@@ -459,7 +352,7 @@ fn an_unwritable_lake_commits_nothing_and_everything_lands_once_after_the_fix() 
     std::fs::write(&blocker, b"not a folder").unwrap();
 
     let mut c = Consume::start(&env);
-    common::lake::wait_until(Duration::from_secs(60), "two failed attempts", || {
+    wait_until(Duration::from_secs(60), "two failed attempts", || {
         c.stderr().matches("batch not committed").count() >= 2
     });
     let err = c.stderr();
@@ -510,9 +403,7 @@ fn sigterm_exits_0_with_a_consistent_checkpoint_and_a_restart_continues_exactly_
         produce_paced(&broker.addr, &env.topic, 0..20_000, 20_000, Duration::ZERO).join().unwrap();
 
     let mut c = Consume::start(&env);
-    common::lake::wait_until(Duration::from_secs(60), "a first commit", || {
-        common::lake::committed_total(&env) > 0
-    });
+    wait_until(Duration::from_secs(60), "a first commit", || committed_total(&env) > 0);
     assert_eq!(c.stop(), 0, "{}", c.stderr());
     assert!(c.stderr().contains("stopped cleanly"), "{}", c.stderr());
 
@@ -540,4 +431,74 @@ fn sigterm_exits_0_with_a_consistent_checkpoint_and_a_restart_continues_exactly_
     wait_committed(&env, &positions, Duration::from_secs(60));
     assert_eq!(c.stop(), 0, "{}", c.stderr());
     assert_exactly_once(&env, 25_000, &positions);
+}
+
+#[test]
+fn a_crash_inside_every_step_of_the_commit_loses_and_duplicates_nothing() {
+    let broker = Broker::start_memory();
+    let mut env = TestEnv::with_brokers("consume_failpoints", &broker.addr);
+    env.set("ORDERSTREAM__STREAMING__MAX_BATCH_ROWS", "1000");
+    env.set("ORDERSTREAM__KAFKA__PROPERTIES__SESSION_TIMEOUT_MS", "3000");
+    create_topic(&broker.addr, &env.topic, 3);
+    const N: i64 = 12_000;
+    let positions = produce_paced(&broker.addr, &env.topic, 0..N, N as usize, Duration::ZERO).join().unwrap();
+    // Each run crashes in its second (the first run: third) commit, one step further each time.
+    for (step, nth) in [("files", 3), ("manifest", 2), ("renamed", 2), ("states", 2)] {
+        let before = committed_total(&env);
+        let mut cmd = env.orderstream(&["consume"]);
+        cmd.env("ORDERSTREAM_FAILPOINT", format!("{step}:{nth}"));
+        let mut c = Consume::start_cmd(cmd);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while c.running() {
+            assert!(std::time::Instant::now() < deadline, "no crash at {step}:{nth}:\n{}", c.stderr());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(c.stderr().contains(&format!("failpoint {step}:{nth} reached")), "{}", c.stderr());
+        let after = committed_total(&env);
+        println!("crashed at {step}:{nth}: checkpoint {before} -> {after}");
+        assert!(after > before, "no progress before the crash at {step}");
+    }
+    let mut c = Consume::start(&env);
+    wait_assigned(&c, Duration::from_secs(60));
+    wait_committed(&env, &positions, Duration::from_secs(60));
+    assert_eq!(c.stop(), 0, "{}", c.stderr());
+    assert_exactly_once(&env, N, &positions);
+}
+
+#[test]
+fn a_broker_outage_delays_the_lake_but_loses_and_duplicates_nothing() {
+    let broker = Broker::start_memory();
+    let mut env = TestEnv::with_brokers("consume_outage", &broker.addr);
+    env.set("ORDERSTREAM__STREAMING__MAX_BATCH_ROWS", "1000");
+    create_topic(&broker.addr, &env.topic, 3);
+    let mut positions =
+        produce_paced(&broker.addr, &env.topic, 0..10_000, 10_000, Duration::ZERO).join().unwrap();
+    let mut c = Consume::start(&env);
+    wait_until(Duration::from_secs(60), "a first commit", || committed_total(&env) > 0);
+    // SIGSTOP: connections stay open, nothing answers (the in-flight batch's dead letters wait).
+    broker.freeze();
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(c.running(), "the consumer died during the outage:\n{}", c.stderr());
+    broker.thaw();
+    positions.extend(
+        produce_paced(&broker.addr, &env.topic, 10_000..15_000, 5_000, Duration::ZERO).join().unwrap(),
+    );
+    wait_committed(&env, &positions, Duration::from_secs(120));
+    assert_eq!(c.stop(), 0, "{}", c.stderr());
+    assert_exactly_once(&env, 15_000, &positions);
+    let warnings = c.stderr().lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).count();
+    assert!(warnings <= 10, "{warnings} warning lines for one outage:\n{}", c.stderr());
+}
+
+#[test]
+fn an_unreachable_broker_at_start_is_retried_with_growing_intervals_until_sigterm() {
+    let env = TestEnv::with_brokers("consume_nobroker", &format!("127.0.0.1:{}", common::free_port()));
+    let mut c = Consume::start(&env);
+    wait_until(Duration::from_secs(60), "two retries", || c.stderr().matches("retrying in").count() >= 2);
+    assert_eq!(c.stop(), 0, "{}", c.stderr());
+    let err = c.stderr();
+    let retries: Vec<&str> = err.lines().filter(|l| l.contains("retrying in")).collect();
+    assert!(retries[0].contains(&format!("broker {} unreachable", env.brokers)), "{err}");
+    assert!(retries[0].ends_with("retrying in 1 s") && retries[1].ends_with("retrying in 2 s"), "{err}");
+    assert_clean_lake(&env.lake());
 }

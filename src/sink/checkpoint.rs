@@ -264,15 +264,26 @@ impl Checkpoint {
         Ok(out)
     }
 
-    /// Writes a manifest: temp file, fsync, rename, fsync. The rename is the commit point.
+    /// Writes a manifest: temp file, fsync, rename, fsync. The rename is the commit point: once
+    /// it succeeded the batch is committed for every process, so a failing fsync of the folder
+    /// afterwards is logged, not returned (returning it would make the caller write the batch
+    /// again).
     pub fn write_manifest(&self, m: &Manifest) -> Result<PathBuf> {
         let path = self.commits.join(format!("{}.json", m.batch));
         // The writer's id in the temp name lets recovery delete it once the writer is dead.
         let tmp = self.commits.join(format!("{}.json.{}.tmp", m.batch, m.process));
         let bytes = serde_json::to_vec_pretty(m).map_err(|e| io_error("cannot encode", &path, e))?;
-        write_atomic(&path, &tmp, &bytes).inspect_err(|_| {
+        let written = File::create(&tmp)
+            .and_then(|mut f| f.write_all(&bytes).and_then(|()| f.sync_all()))
+            .map_err(|e| io_error("cannot write", &tmp, e))
+            .and_then(|()| fs::rename(&tmp, &path).map_err(|e| io_error("cannot rename into", &path, e)));
+        if let Err(e) = written {
             let _ = fs::remove_file(&tmp);
-        })?;
+            return Err(e);
+        }
+        if let Err(e) = sync_dir(&self.commits) {
+            tracing::error!("batch {} is committed, but a power loss could undo it: {e}", m.batch);
+        }
         Ok(path)
     }
 
@@ -297,9 +308,11 @@ impl Checkpoint {
     /// state files, then the manifest is deleted.
     pub fn finish(&self, path: &Path, m: &Manifest) -> Result<()> {
         self.roll_forward(m)?;
+        super::failpoint("renamed");
         for s in &m.partitions {
             self.write_state(s)?;
         }
+        super::failpoint("states");
         remove_manifest(path)
     }
 

@@ -256,7 +256,8 @@ impl Engine {
         };
         let process = scratch.id().to_string();
         let mut files = Vec::new();
-        let committed = self.write_files(&mut files).and_then(|()| self.dlq.flush()).and_then(|()| {
+        let written = self.write_files(&mut files).inspect(|()| super::failpoint("files"));
+        let committed = written.and_then(|()| self.dlq.flush()).and_then(|()| {
             let partitions = self
                 .owned
                 .values()
@@ -273,7 +274,10 @@ impl Engine {
             self.checkpoint.write_manifest(&m).map(|path| (path, m))
         });
         let (path, manifest) = match committed {
-            Ok(c) => c,
+            Ok(c) => {
+                super::failpoint("manifest");
+                c
+            }
             Err(e) => {
                 for f in &files {
                     let _ = fs::remove_file(self.checkpoint.lake().join(&f.temp));
@@ -350,6 +354,10 @@ impl Engine {
                 rows: rows.num_rows() as u64,
             });
             parquet::write_file(&temp, &rows)?;
+        }
+        // The temp files' names must survive a power loss too: the manifest will point at them.
+        if !files.is_empty() {
+            sync_dir(scratch.dir())?;
         }
         Ok(())
     }

@@ -37,10 +37,20 @@ pub type GroupConsumer = BaseConsumer<GroupContext>;
 /// Creates the group member (not yet subscribed).
 pub fn consumer(cfg: &Config, engine: Engine) -> Result<GroupConsumer> {
     let mut c = kafka::base_config(&cfg.kafka);
+    let props = &cfg.kafka.properties;
     for (k, v) in DEFAULTS {
-        if !cfg.kafka.properties.contains_key(*k) {
+        if !props.contains_key(*k) {
             c.set(*k, *v);
         }
+    }
+    // A shortened session needs heartbeats inside it: librdkafka keeps 3 s otherwise, which
+    // expires any session of 3 s or less. Half the session at most (a third made tansu 0.6
+    // keep a killed member's partitions assigned to it in our two-consumer test).
+    if let (Some(session), false) =
+        (props.get("session.timeout.ms"), props.contains_key("heartbeat.interval.ms"))
+        && let Ok(ms) = session.parse::<u64>()
+    {
+        c.set("heartbeat.interval.ms", (ms / 2).clamp(1, 3000).to_string());
     }
     c.set("group.id", &cfg.kafka.group_id)
         .set("isolation.level", "read_committed")

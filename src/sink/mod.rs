@@ -5,8 +5,8 @@
 //! micro-batches that close every `streaming.batch_interval` or at `streaming.max_batch_rows`
 //! rows. Each batch writes one Parquet file per date to
 //! `<datalake.path>/date=YYYY-MM-DD/part-<uuid v7>.parquet`. Rejected messages go to the
-//! dead-letter topic ([`dlq`]); tombstones are counted and skipped; replays are dropped
-//! (below).
+//! dead-letter topic (`kafka.dlq_topic`, with reject and source headers); tombstones are
+//! counted and skipped; replays are dropped (below).
 //!
 //! # Exactly once
 //!
@@ -44,14 +44,22 @@
 //! 6. delete the manifest; refresh `_SUCCESS`;
 //! 7. commit the group offsets to Kafka asynchronously, for lag monitoring only.
 //!
-//! Recovery. At start, every manifest is rolled forward (step 4: safe for anyone, any number of
-//! times), manifests whose partitions are all at or past them are deleted, and temp folders of
-//! dead processes (lock free) lose the files no manifest names. When a process is assigned a
-//! partition it takes the partition's lock (waiting, with a log line every few seconds, while a
-//! live process still holds it), reads the state file and applies every manifest that names
-//! the partition with a higher `next_offset` (renames, then state file), and starts reading at
-//! that `next_offset` (the beginning when there is none). A manifest is deleted by whoever
-//! finds every partition it names at or past it, after rolling its files forward once more.
+//! Recovery. At start, every manifest is rolled forward (step 4: safe for anyone, any number
+//! of times) and manifests whose partitions are all at or past them are deleted. At start and
+//! on every assignment, temp folders of dead processes (lock free) lose the files no manifest
+//! names. When a process is assigned a partition it takes the partition's lock (waiting, with
+//! a log line every few seconds, while a live process still holds it), reads the state file
+//! and applies every manifest that names the partition with a higher `next_offset` (renames,
+//! then state file), and starts reading at that `next_offset` (the beginning when there is
+//! none). A manifest is deleted by whoever finds every partition it names at or past it, after
+//! rolling its files forward once more.
+//!
+//! Why it holds: a partition's effective checkpoint is the highest `next_offset` among its
+//! state file and the manifests naming it, and each of those was written in the same atomic
+//! rename as the list of files holding exactly the messages below it. Files get a final name
+//! only from a manifest, so a batch that crashed before its commit point leaves nothing
+//! visible, and one that crashed after it is published by whoever comes next. Only the lock
+//! holder writes a partition's manifests, so two processes never commit the same offsets.
 //!
 //! Rebalances are eager: on revoke the in-flight batch is committed (the locks are still held,
 //! so nobody else can have those partitions yet), then the locks are released; assignment
@@ -111,7 +119,23 @@ pub fn consume(cfg: &Config, metrics: Arc<Metrics>, shutdown: Shutdown) -> Resul
     let checkpoint = Checkpoint::open(&cfg.streaming.checkpoint_location, lake)?;
     let scratch = Scratch::create(lake)?;
     recover(&checkpoint, scratch.id());
-    let dlq = dlq::DeadLetters::new(&cfg.kafka)?;
+    // The dead-letter topic must exist before anything is read: wait for the broker.
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    let dlq = loop {
+        match dlq::DeadLetters::new(&cfg.kafka) {
+            Ok(d) => break d,
+            Err(e @ Error::Kafka(_)) => {
+                let delay = backoff.next();
+                tracing::warn!("{e}; retrying in {} s", delay.as_secs());
+                sleep_unless(&shutdown, delay);
+                if shutdown.is_triggered() {
+                    scratch.remove(&checkpoint);
+                    return Ok(());
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    };
     tracing::info!(
         "consuming {} (group {}) into {}, checkpoint {}, dead letters to {}, process {}",
         cfg.kafka.topic,
@@ -172,8 +196,10 @@ fn run(consumer: &group::GroupConsumer, metrics: &Metrics, shutdown: &Shutdown) 
             now = Instant::now();
             unclocked = 0;
         }
+        // One lock per message: handle it and check the batch under the same guard.
+        let mut engine = ctx.engine();
         match polled {
-            Some(Ok(msg)) => ctx.engine().handle(&msg, now),
+            Some(Ok(msg)) => engine.handle(&msg, now),
             Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
                 return Err(Error::Kafka(format!("fatal consumer error: {code}")));
             }
@@ -198,7 +224,6 @@ fn run(consumer: &group::GroupConsumer, metrics: &Metrics, shutdown: &Shutdown) 
             }
             None => {}
         }
-        let mut engine = ctx.engine();
         if let Some(e) = engine.take_fatal() {
             return Err(e);
         }
@@ -244,6 +269,29 @@ fn recover(checkpoint: &Checkpoint, own: &str) {
     }
     if let Err(e) = scratch::clean_dead(checkpoint, own) {
         tracing::warn!("cannot clean the temp folders of stopped processes: {e}");
+    }
+}
+
+/// Test hook: with `ORDERSTREAM_FAILPOINT=<step>:<n>` the process exits at once (no cleanup,
+/// as in a crash) the n-th time a commit reaches `<step>`: `files` (temp files written),
+/// `manifest` (just after the commit point), `renamed` (files published, states not written),
+/// `states` (states written, manifest not deleted). Lets tests crash inside every step.
+pub(crate) fn failpoint(step: &str) {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static AT: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    let at = AT.get_or_init(|| {
+        let v = std::env::var("ORDERSTREAM_FAILPOINT").ok()?;
+        let (s, n) = v.split_once(':').unwrap_or((&v, "1"));
+        Some((s.to_string(), n.parse().unwrap_or(1)))
+    });
+    if let Some((s, n)) = at
+        && s == step
+        && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *n
+    {
+        eprintln!("failpoint {step}:{n} reached: exiting like a crash");
+        std::process::exit(137);
     }
 }
 

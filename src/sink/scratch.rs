@@ -53,6 +53,11 @@ impl Scratch {
         &self.id
     }
 
+    /// The folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// A new temp file: its absolute path and its path relative to the lake root.
     pub fn temp_file(&self, name: &str) -> (PathBuf, String) {
         let file = format!("{name}{SUFFIX}");

@@ -7,6 +7,7 @@ pub mod lake;
 pub mod proc;
 pub mod proxy;
 pub mod topic;
+pub mod volume;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
