@@ -23,11 +23,13 @@
 //! * [`http`]: `/metrics` and `/health`.
 //! * [`init`]: the `init` command: table, seed orders and topics.
 //! * [`shutdown`]: SIGTERM/SIGINT as one flag every loop checks between batches.
+//! * [`durable`]: atomic file replacement and folder fsync.
 //! * [`retry`]: capped exponential backoff.
 //! * [`error`]: the error type; every error is one line naming what and where.
 
 pub mod config;
 pub mod db;
+pub mod durable;
 pub mod error;
 pub mod http;
 pub mod init;

@@ -2,9 +2,12 @@
 
 use std::time::Duration;
 
-/// Delays of 0.1 s, 0.2 s, 0.4 s … capped at 30 s; `reset` after a success.
+/// Delays that double from a first one up to a cap (by default 0.1 s, 0.2 s, 0.4 s … 30 s);
+/// `reset` after a success.
 #[derive(Debug, Clone)]
 pub struct Backoff {
+    first: Duration,
+    cap: Duration,
     next: Duration,
 }
 
@@ -12,21 +15,26 @@ const FIRST: Duration = Duration::from_millis(100);
 const CAP: Duration = Duration::from_secs(30);
 
 impl Backoff {
-    /// A backoff at its first step.
+    /// 0.1 s doubling up to 30 s.
     pub fn new() -> Backoff {
-        Backoff { next: FIRST }
+        Backoff::between(FIRST, CAP)
+    }
+
+    /// `first` doubling up to `cap`.
+    pub fn between(first: Duration, cap: Duration) -> Backoff {
+        Backoff { first, cap, next: first }
     }
 
     /// The delay before the next retry; doubles up to the cap.
     pub fn next_delay(&mut self) -> Duration {
         let delay = self.next;
-        self.next = (self.next * 2).min(CAP);
+        self.next = (self.next * 2).min(self.cap);
         delay
     }
 
     /// Back to the first step.
     pub fn reset(&mut self) {
-        self.next = FIRST;
+        self.next = self.first;
     }
 }
 

@@ -7,11 +7,13 @@ mod common;
 use std::time::Duration;
 
 use common::lake::{
-    Consume, LakeRow, Msg, Record, assert_clean_lake, committed_total, create_topic, files, order_json,
-    produce, read_duckdb, read_pyarrow, read_topic, states, wait_committed, wait_until,
+    LakeRow, Msg, assert_clean_lake, committed_total, create_topic, files, order_json, produce, read_duckdb,
+    read_pyarrow, states, wait_committed,
 };
-use common::volume::{Rng, assert_exactly_once, produce_paced, volume_message, wait_assigned};
-use common::{Broker, TestEnv};
+use common::proc::wait_until;
+use common::topic::{Record, read_topic};
+use common::volume::{assert_exactly_once, produce_paced, volume_message, wait_assigned};
+use common::{Broker, Rng, TestEnv};
 
 fn row(id: i64, customer: Option<&str>, amount: &str, created_at: &str, date: &str) -> LakeRow {
     LakeRow {
@@ -63,9 +65,9 @@ fn valid_rows_land_exactly_and_every_bad_input_goes_to_the_dead_letter_topic() {
     let msgs: Vec<Msg> = cases.iter().map(|(m, _)| m.clone()).collect();
     let positions = produce(&env.brokers, &env.topic, &msgs);
 
-    let mut c = Consume::start(&env);
+    let mut c = env.spawn(&["consume"]);
     wait_committed(&env, &positions, Duration::from_secs(60));
-    assert_eq!(c.stop(), 0, "{}", c.stderr());
+    assert_eq!(c.stop(), 0, "{}", c.log_text());
 
     let expected = vec![
         LakeRow {
@@ -167,9 +169,9 @@ fn timestamps_near_midnight_in_other_zones_land_in_their_utc_day() {
     let msgs: Vec<Msg> =
         cases.iter().map(|(id, ts, _, _)| Msg::value(order_json(*id, "10.00", ts))).collect();
     let positions = produce(&env.brokers, &env.topic, &msgs);
-    let mut c = Consume::start(&env);
+    let mut c = env.spawn(&["consume"]);
     wait_committed(&env, &positions, Duration::from_secs(60));
-    assert_eq!(c.stop(), 0, "{}", c.stderr());
+    assert_eq!(c.stop(), 0, "{}", c.log_text());
 
     let expected: Vec<LakeRow> = cases
         .iter()
@@ -227,9 +229,9 @@ fn replays_are_dropped_by_source_and_seq_across_batches_and_restarts() {
         Msg::value(order_json(9, "5.00", "2025-01-18T10:00:00Z")).to(0),
     ];
     let positions = produce(&env.brokers, &env.topic, &first);
-    let mut c = Consume::start(&env);
+    let mut c = env.spawn(&["consume"]);
     wait_committed(&env, &positions, Duration::from_secs(60));
-    assert_eq!(c.stop(), 0, "{}", c.stderr());
+    assert_eq!(c.stop(), 0, "{}", c.log_text());
 
     // After a restart: the filter comes from the checkpoint.
     let second = vec![
@@ -242,9 +244,9 @@ fn replays_are_dropped_by_source_and_seq_across_batches_and_restarts() {
         sourced(12, 1, src, "not a number"), // unusable position: not filtered
     ];
     let positions = produce(&env.brokers, &env.topic, &second);
-    let mut c = Consume::start(&env);
+    let mut c = env.spawn(&["consume"]);
     wait_committed(&env, &positions, Duration::from_secs(60));
-    assert_eq!(c.stop(), 0, "{}", c.stderr());
+    assert_eq!(c.stop(), 0, "{}", c.log_text());
 
     let ids: Vec<i64> = read_duckdb(&env.lake()).rows.iter().map(|r| r.order_id).collect();
     assert_eq!(ids, [1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 10, 11, 12]);
@@ -275,7 +277,7 @@ fn crash_loop_sigkill_at_random_moments_keeps_every_valid_message_exactly_once()
     let stream = produce_paced(&broker.addr, &env.topic, 40_000..N, 4_000, Duration::from_millis(300));
     let mut kills = Vec::new();
     for _ in 0..12 {
-        let mut c = Consume::start(&env);
+        let mut c = env.spawn(&["consume"]);
         wait_assigned(&c, Duration::from_secs(60));
         let after = Duration::from_millis(rng.below(1_500));
         std::thread::sleep(after);
@@ -295,13 +297,13 @@ fn crash_loop_sigkill_at_random_moments_keeps_every_valid_message_exactly_once()
     }
     println!("killed after assignment +ms (checkpointed offsets at the kill): {kills:?}");
     positions.extend(stream.join().unwrap());
-    let mut c = Consume::start(&env);
+    let mut c = env.spawn(&["consume"]);
     // Assigned first: the kills may have left nothing to do, and a SIGTERM before the
     // handlers are installed would just kill it.
     wait_assigned(&c, Duration::from_secs(60));
     wait_committed(&env, &positions, Duration::from_secs(120));
-    assert_eq!(c.stop(), 0, "{}", c.stderr());
-    assert!(c.stderr().contains("stopped cleanly"), "{}", c.stderr());
+    assert_eq!(c.stop(), 0, "{}", c.log_text());
+    assert!(c.log_text().contains("stopped cleanly"), "{}", c.log_text());
     assert_exactly_once(&env, N, &positions);
 }
 
@@ -314,8 +316,8 @@ fn two_consumers_in_one_group_one_killed_midway_keep_every_message_exactly_once(
     create_topic(&broker.addr, &env.topic, 6);
     const N: i64 = 60_000;
     let stream = produce_paced(&broker.addr, &env.topic, 0..N, 2_000, Duration::from_millis(400));
-    let mut a = Consume::start(&env);
-    let mut b = Consume::start(&env);
+    let mut a = env.spawn(&["consume"]);
+    let mut b = env.spawn(&["consume"]);
     wait_assigned(&a, Duration::from_secs(60));
     wait_assigned(&b, Duration::from_secs(60));
     // Both own partitions and have committed some of them.
@@ -329,9 +331,13 @@ fn two_consumers_in_one_group_one_killed_midway_keep_every_message_exactly_once(
     println!("consumer A killed with {done_at_kill} of {N} messages checkpointed");
     let positions = stream.join().unwrap();
     let waited = std::panic::catch_unwind(|| wait_committed(&env, &positions, Duration::from_secs(120)));
-    assert!(waited.is_ok(), "B did not finish; states {:?}\nB:\n{}", states(&env), b.stderr());
-    assert!(b.stderr().contains("partitions assigned: 0@"), "B never took over partition 0:\n{}", b.stderr());
-    assert_eq!(b.stop(), 0, "{}", b.stderr());
+    assert!(waited.is_ok(), "B did not finish; states {:?}\nB:\n{}", states(&env), b.log_text());
+    assert!(
+        b.log_text().contains("partitions assigned: 0@"),
+        "B never took over partition 0:\n{}",
+        b.log_text()
+    );
+    assert_eq!(b.stop(), 0, "{}", b.log_text());
     assert_exactly_once(&env, N, &positions);
 }
 
@@ -351,11 +357,11 @@ fn an_unwritable_lake_commits_nothing_and_everything_lands_once_after_the_fix() 
     let blocker = env.lake().join("date=2025-01-19");
     std::fs::write(&blocker, b"not a folder").unwrap();
 
-    let mut c = Consume::start(&env);
+    let mut c = env.spawn(&["consume"]);
     wait_until(Duration::from_secs(60), "two failed attempts", || {
-        c.stderr().matches("batch not committed").count() >= 2
+        c.log_text().matches("batch not committed").count() >= 2
     });
-    let err = c.stderr();
+    let err = c.log_text();
     let line = err.lines().find(|l| l.contains("batch not committed")).unwrap();
     assert!(
         line.contains(&format!("cannot create directory {}: File exists (os error 17)", blocker.display())),
@@ -369,7 +375,7 @@ fn an_unwritable_lake_commits_nothing_and_everything_lands_once_after_the_fix() 
 
     std::fs::remove_file(&blocker).unwrap();
     wait_committed(&env, &positions, Duration::from_secs(60));
-    assert_eq!(c.stop(), 0, "{}", c.stderr());
+    assert_eq!(c.stop(), 0, "{}", c.log_text());
     let rows = read_duckdb(&env.lake()).rows;
     let want: Vec<(i64, String)> =
         (0..40).map(|i| (i, if i % 2 == 0 { "2025-01-18" } else { "2025-01-19" }.to_string())).collect();
@@ -402,10 +408,10 @@ fn sigterm_exits_0_with_a_consistent_checkpoint_and_a_restart_continues_exactly_
     let mut positions =
         produce_paced(&broker.addr, &env.topic, 0..20_000, 20_000, Duration::ZERO).join().unwrap();
 
-    let mut c = Consume::start(&env);
+    let mut c = env.spawn(&["consume"]);
     wait_until(Duration::from_secs(60), "a first commit", || committed_total(&env) > 0);
-    assert_eq!(c.stop(), 0, "{}", c.stderr());
-    assert!(c.stderr().contains("stopped cleanly"), "{}", c.stderr());
+    assert_eq!(c.stop(), 0, "{}", c.log_text());
+    assert!(c.log_text().contains("stopped cleanly"), "{}", c.log_text());
 
     // Consistent: no manifest or temp file left, and the lake holds exactly the messages below
     // each partition's checkpoint.
@@ -426,10 +432,10 @@ fn sigterm_exits_0_with_a_consistent_checkpoint_and_a_restart_continues_exactly_
     positions.extend(
         produce_paced(&broker.addr, &env.topic, 20_000..25_000, 5_000, Duration::ZERO).join().unwrap(),
     );
-    let mut c = Consume::start(&env);
+    let mut c = env.spawn(&["consume"]);
     wait_assigned(&c, Duration::from_secs(60));
     wait_committed(&env, &positions, Duration::from_secs(60));
-    assert_eq!(c.stop(), 0, "{}", c.stderr());
+    assert_eq!(c.stop(), 0, "{}", c.log_text());
     assert_exactly_once(&env, 25_000, &positions);
 }
 
@@ -447,21 +453,21 @@ fn a_crash_inside_every_step_of_the_commit_loses_and_duplicates_nothing() {
         let before = committed_total(&env);
         let mut cmd = env.orderstream(&["consume"]);
         cmd.env("ORDERSTREAM_FAILPOINT", format!("{step}:{nth}"));
-        let mut c = Consume::start_cmd(cmd);
+        let mut c = env.spawn_cmd(cmd, "consume");
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while c.running() {
-            assert!(std::time::Instant::now() < deadline, "no crash at {step}:{nth}:\n{}", c.stderr());
+            assert!(std::time::Instant::now() < deadline, "no crash at {step}:{nth}:\n{}", c.log_text());
             std::thread::sleep(Duration::from_millis(50));
         }
-        assert!(c.stderr().contains(&format!("failpoint {step}:{nth} reached")), "{}", c.stderr());
+        assert!(c.log_text().contains(&format!("failpoint {step}:{nth} reached")), "{}", c.log_text());
         let after = committed_total(&env);
         println!("crashed at {step}:{nth}: checkpoint {before} -> {after}");
         assert!(after > before, "no progress before the crash at {step}");
     }
-    let mut c = Consume::start(&env);
+    let mut c = env.spawn(&["consume"]);
     wait_assigned(&c, Duration::from_secs(60));
     wait_committed(&env, &positions, Duration::from_secs(60));
-    assert_eq!(c.stop(), 0, "{}", c.stderr());
+    assert_eq!(c.stop(), 0, "{}", c.log_text());
     assert_exactly_once(&env, N, &positions);
 }
 
@@ -473,30 +479,30 @@ fn a_broker_outage_delays_the_lake_but_loses_and_duplicates_nothing() {
     create_topic(&broker.addr, &env.topic, 3);
     let mut positions =
         produce_paced(&broker.addr, &env.topic, 0..10_000, 10_000, Duration::ZERO).join().unwrap();
-    let mut c = Consume::start(&env);
+    let mut c = env.spawn(&["consume"]);
     wait_until(Duration::from_secs(60), "a first commit", || committed_total(&env) > 0);
     // SIGSTOP: connections stay open, nothing answers (the in-flight batch's dead letters wait).
     broker.freeze();
     std::thread::sleep(Duration::from_secs(8));
-    assert!(c.running(), "the consumer died during the outage:\n{}", c.stderr());
+    assert!(c.running(), "the consumer died during the outage:\n{}", c.log_text());
     broker.thaw();
     positions.extend(
         produce_paced(&broker.addr, &env.topic, 10_000..15_000, 5_000, Duration::ZERO).join().unwrap(),
     );
     wait_committed(&env, &positions, Duration::from_secs(120));
-    assert_eq!(c.stop(), 0, "{}", c.stderr());
+    assert_eq!(c.stop(), 0, "{}", c.log_text());
     assert_exactly_once(&env, 15_000, &positions);
-    let warnings = c.stderr().lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).count();
-    assert!(warnings <= 10, "{warnings} warning lines for one outage:\n{}", c.stderr());
+    let warnings = c.log_text().lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).count();
+    assert!(warnings <= 10, "{warnings} warning lines for one outage:\n{}", c.log_text());
 }
 
 #[test]
 fn an_unreachable_broker_at_start_is_retried_with_growing_intervals_until_sigterm() {
     let env = TestEnv::with_brokers("consume_nobroker", &format!("127.0.0.1:{}", common::free_port()));
-    let mut c = Consume::start(&env);
-    wait_until(Duration::from_secs(60), "two retries", || c.stderr().matches("retrying in").count() >= 2);
-    assert_eq!(c.stop(), 0, "{}", c.stderr());
-    let err = c.stderr();
+    let mut c = env.spawn(&["consume"]);
+    wait_until(Duration::from_secs(60), "two retries", || c.log_text().matches("retrying in").count() >= 2);
+    assert_eq!(c.stop(), 0, "{}", c.log_text());
+    let err = c.log_text();
     let retries: Vec<&str> = err.lines().filter(|l| l.contains("retrying in")).collect();
     assert!(retries[0].contains(&format!("broker {} unreachable", env.brokers)), "{err}");
     assert!(retries[0].ends_with("retrying in 1 s") && retries[1].ends_with("retrying in 2 s"), "{err}");

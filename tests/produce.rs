@@ -10,27 +10,27 @@ use std::time::Duration;
 
 use common::proc::wait_for;
 use common::proxy::Proxy;
-use common::topic::{Msg, read_topic};
+use common::topic::{Record, read_topic};
 use common::{Broker, Rng, TestEnv};
 
 const SEED_JSON: &str = r#"{"order_id": 101, "customer_name": "John Doe", "restaurant_name": "Burger Junction", "item": "Veg Burger", "amount": 220.00, "order_status": "PLACED", "created_at": "2025-01-18T12:24:00Z"}"#;
 
-fn messages(env: &TestEnv) -> Vec<Msg> {
+fn messages(env: &TestEnv) -> Vec<Record> {
     read_topic(&env.brokers, &env.topic)
 }
 
 /// Order ids in the topic, with how often each occurs.
-fn counts(msgs: &[Msg]) -> BTreeMap<i64, usize> {
+fn counts(msgs: &[Record]) -> BTreeMap<i64, usize> {
     let mut c = BTreeMap::new();
     for m in msgs {
-        let id: i64 = m.key.as_deref().unwrap().parse().unwrap();
+        let id: i64 = m.key_str().unwrap().parse().unwrap();
         *c.entry(id).or_default() += 1;
     }
     c
 }
 
 /// Waits until the topic holds at least `n` messages and returns them.
-fn wait_messages(env: &TestEnv, n: usize, limit: Duration) -> Vec<Msg> {
+fn wait_messages(env: &TestEnv, n: usize, limit: Duration) -> Vec<Record> {
     wait_for(limit, &format!("{n} messages in {}", env.topic), || {
         let m = messages(env);
         (m.len() >= n).then_some(m)
@@ -38,7 +38,7 @@ fn wait_messages(env: &TestEnv, n: usize, limit: Duration) -> Vec<Msg> {
 }
 
 /// Every row of the table is in the topic exactly once, and nothing else is.
-fn assert_exactly_once(env: &TestEnv, msgs: &[Msg]) {
+fn assert_exactly_once(env: &TestEnv, msgs: &[Record]) {
     let counts = counts(msgs);
     let dups: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
     assert!(dups.is_empty(), "duplicated order ids: {dups:?}");
@@ -55,9 +55,9 @@ fn assert_exactly_once(env: &TestEnv, msgs: &[Msg]) {
 }
 
 /// Within each partition, sequence numbers only grow.
-fn assert_sequences_grow(msgs: &[Msg]) {
+fn assert_sequences_grow(msgs: &[Record]) {
     let mut last: BTreeMap<i32, u64> = BTreeMap::new();
-    let mut sorted: Vec<&Msg> = msgs.iter().collect();
+    let mut sorted: Vec<&Record> = msgs.iter().collect();
     sorted.sort_by_key(|m| (m.partition, m.offset));
     for m in sorted {
         let seq: u64 = m.header("orderstream.seq").unwrap().parse().unwrap();
@@ -74,15 +74,12 @@ fn seed_orders_are_published_once_with_the_seed_json_and_live_inserts_follow() {
     let mut producer = env.spawn(&["produce"]);
     let msgs = wait_messages(&env, 10, Duration::from_secs(60));
     assert_eq!(msgs.len(), 10);
-    let first = msgs.iter().find(|m| m.key.as_deref() == Some("101")).unwrap();
-    assert_eq!(first.value.as_deref(), Some(SEED_JSON));
-    assert_eq!(
-        first.header("orderstream.source"),
-        Some(format!("poll:food_delivery_db.{}", env.table).as_str())
-    );
+    let first = msgs.iter().find(|m| m.key_str().as_deref() == Some("101")).unwrap();
+    assert_eq!(first.value_str().as_deref(), Some(SEED_JSON));
+    assert_eq!(first.header("orderstream.source"), Some(format!("poll:food_delivery_db.{}", env.table)));
     // Every seed row, field by field, against the table.
     for m in &msgs {
-        let id: i32 = m.key.as_deref().unwrap().parse().unwrap();
+        let id: i32 = m.key_str().unwrap().parse().unwrap();
         let row = env
             .pg()
             .query_one(
@@ -99,7 +96,7 @@ fn seed_orders_are_published_once_with_the_seed_json_and_live_inserts_follow() {
         assert_eq!(v["customer_name"], row.get::<_, String>(0));
         assert_eq!(v["item"], row.get::<_, String>(1));
         let amount: String = row.get(2);
-        assert!(m.value.as_deref().unwrap().contains(&format!("\"amount\": {amount},")), "{:?}", m.value);
+        assert!(m.value_str().unwrap().contains(&format!("\"amount\": {amount},")), "{:?}", m.value_str());
         assert_eq!(v["created_at"], row.get::<_, String>(3));
     }
 
@@ -107,11 +104,11 @@ fn seed_orders_are_published_once_with_the_seed_json_and_live_inserts_follow() {
     let live = env.insert(1)[0];
     let msgs = wait_messages(&env, 11, Duration::from_secs(30));
     assert_eq!(counts(&msgs).get(&live), Some(&1));
-    let m = msgs.iter().find(|m| m.key.as_deref() == Some(&live.to_string())).unwrap();
+    let m = msgs.iter().find(|m| m.key_str() == Some(live.to_string())).unwrap();
     assert!(
-        m.value.as_deref().unwrap().contains("\"amount\": 11.25, \"order_status\": \"PLACED\""),
+        m.value_str().unwrap().contains("\"amount\": 11.25, \"order_status\": \"PLACED\""),
         "{:?}",
-        m.value
+        m.value_str()
     );
 
     // SIGTERM: clean exit, state saved in the seed's format.
@@ -305,7 +302,7 @@ fn insert_continuously(env: &TestEnv, stop: Arc<AtomicBool>, seed: u64) -> std::
 }
 
 /// Lets the producer publish everything in the table, then stops it cleanly.
-fn drain(env: &TestEnv) -> Vec<Msg> {
+fn drain(env: &TestEnv) -> Vec<Record> {
     let mut producer = env.spawn(&["produce"]);
     let total = env.table_ids().len();
     let msgs = wait_messages(env, total, Duration::from_secs(120));
@@ -346,7 +343,7 @@ fn crash_loop_publishes_every_order_exactly_once() {
     assert_exactly_once(&env, &msgs);
     assert_sequences_grow(&msgs);
     // The test proves something only if some restart found a published, unsaved batch.
-    let log = std::fs::read_to_string(env.dir.join("produce.log")).unwrap();
+    let log = env.logs("produce");
     let recovered = log.lines().filter(|l| l.contains("recovery:") && !l.contains(" 0 orders of")).count();
     eprintln!("{recovered} restarts recovered orders of an unsaved batch");
     assert!(

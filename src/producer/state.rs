@@ -9,9 +9,9 @@
 //! is never ahead of Kafka.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::durable::write_atomic;
 use crate::error::{Error, Result};
 use crate::source::Source;
 
@@ -94,24 +94,7 @@ pub fn save<S: Source>(path: &Path, state: &State<S::Position>) -> Result<()> {
         let list: Vec<String> = offsets.iter().map(|(p, o)| format!("{p}:{o}")).collect();
         text.push_str(&format!("offsets={}\n", list.join(",")));
     }
-    write_atomic(path, text.as_bytes())
-}
-
-/// Replaces `path` with `bytes` so that a crash leaves either the old or the new content.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let fail =
-        |what: &str, e: std::io::Error| Error::Storage(format!("{}: cannot {what}: {e}", path.display()));
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp).map_err(|e| fail("create temporary file", e))?;
-    file.write_all(bytes).map_err(|e| fail("write", e))?;
-    file.sync_all().map_err(|e| fail("fsync", e))?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(|e| fail("rename into place", e))?;
-    if let Some(dir) = path.parent() {
-        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| fail("fsync the folder", e))?;
-    }
-    Ok(())
+    write_atomic(path, &path.with_extension("tmp"), text.as_bytes())
 }
 
 #[cfg(test)]

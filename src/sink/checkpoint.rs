@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::durable::{io_error, sync_dir, write_atomic};
+use crate::error::Result;
 use crate::shutdown::Shutdown;
 
 /// Folder of the partition states and locks.
@@ -111,25 +112,6 @@ pub struct Checkpoint {
     state: PathBuf,
     commits: PathBuf,
     lake: PathBuf,
-}
-
-/// Turns an I/O error into one line naming what failed and the path.
-pub fn io_error(what: &str, path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::Storage(format!("{what} {}: {e}", path.display()))
-}
-
-/// fsyncs a directory, so that a rename or create inside it survives a power loss.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_error("cannot fsync directory", dir, e))
-}
-
-/// Writes `bytes` to `path` atomically: a temp file beside it, fsync, rename, fsync the folder.
-pub fn write_atomic(path: &Path, tmp: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = File::create(tmp).map_err(|e| io_error("cannot create", tmp, e))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| io_error("cannot write", tmp, e))?;
-    drop(f);
-    fs::rename(tmp, path).map_err(|e| io_error("cannot rename into", path, e))?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
 /// Renames `temp` to `path` unless that already happened; false if neither file exists.
@@ -351,5 +333,5 @@ fn remove_manifest(path: &Path) -> Result<()> {
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(io_error("cannot delete manifest", path, e)),
     }
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+    sync_dir(crate::durable::parent(path))
 }

@@ -15,12 +15,11 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use uuid::Uuid;
 
 use super::batch::{MAX_DATES, Rows};
-use super::checkpoint::{
-    Checkpoint, Manifest, ManifestFile, PartitionLock, PartitionState, io_error, sync_dir,
-};
+use super::checkpoint::{Checkpoint, Manifest, ManifestFile, PartitionLock, PartitionState};
 use super::dlq::DeadLetters;
 use super::parquet;
 use super::scratch::{self, Scratch};
+use crate::durable::{io_error, sync_dir};
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::order::Order;

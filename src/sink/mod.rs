@@ -107,6 +107,7 @@ use rdkafka::error::KafkaError;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::retry::Backoff;
 use crate::shutdown::Shutdown;
 use checkpoint::Checkpoint;
 use engine::{Engine, Limits};
@@ -120,12 +121,12 @@ pub fn consume(cfg: &Config, metrics: Arc<Metrics>, shutdown: Shutdown) -> Resul
     let scratch = Scratch::create(lake)?;
     recover(&checkpoint, scratch.id());
     // The dead-letter topic must exist before anything is read: wait for the broker.
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    let mut backoff = Backoff::between(Duration::from_secs(1), Duration::from_secs(30));
     let dlq = loop {
         match dlq::DeadLetters::new(&cfg.kafka) {
             Ok(d) => break d,
             Err(e @ Error::Kafka(_)) => {
-                let delay = backoff.next();
+                let delay = backoff.next_delay();
                 tracing::warn!("{e}; retrying in {} s", delay.as_secs());
                 sleep_unless(&shutdown, delay);
                 if shutdown.is_triggered() {
@@ -172,8 +173,8 @@ pub fn consume(cfg: &Config, metrics: Arc<Metrics>, shutdown: Shutdown) -> Resul
 /// The poll loop.
 fn run(consumer: &group::GroupConsumer, metrics: &Metrics, shutdown: &Shutdown) -> Result<()> {
     let ctx = consumer.context();
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
-    let mut kafka_errors = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    let mut backoff = Backoff::between(Duration::from_secs(1), Duration::from_secs(30));
+    let mut kafka_errors = Backoff::between(Duration::from_secs(1), Duration::from_secs(60));
     let mut report_after = Instant::now();
     let mut suppressed = 0u64;
     // Reading the clock for every message costs more than handling some of them: during a
@@ -211,7 +212,7 @@ fn run(consumer: &group::GroupConsumer, metrics: &Metrics, shutdown: &Shutdown) 
                     } else {
                         String::new()
                     };
-                    let next = kafka_errors.next();
+                    let next = kafka_errors.next_delay();
                     tracing::warn!(
                         "Kafka: {e}{more}; librdkafka retries, next report in {} s at most",
                         next.as_secs()
@@ -236,7 +237,7 @@ fn run(consumer: &group::GroupConsumer, metrics: &Metrics, shutdown: &Shutdown) 
                 kafka_errors.reset();
             }
             Err(e) => {
-                let delay = backoff.next();
+                let delay = backoff.next_delay();
                 tracing::error!(
                     "{e}; batch not committed, partitions rewound to the checkpoint, retrying in {} s",
                     delay.as_secs()
@@ -300,28 +301,5 @@ fn sleep_unless(shutdown: &Shutdown, d: Duration) {
     let end = Instant::now() + d;
     while !shutdown.is_triggered() && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Capped exponential backoff.
-struct Backoff {
-    first: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    fn new(first: Duration, max: Duration) -> Backoff {
-        Backoff { first, max, next: first }
-    }
-
-    fn next(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(self.max);
-        d
-    }
-
-    fn reset(&mut self) {
-        self.next = self.first;
     }
 }

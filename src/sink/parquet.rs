@@ -11,7 +11,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
 
-use super::checkpoint::io_error;
+use crate::durable::io_error;
 use crate::error::Result;
 
 /// How the lake's files are encoded.

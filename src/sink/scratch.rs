@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
-use super::checkpoint::{Checkpoint, io_error, sync_dir};
+use super::checkpoint::Checkpoint;
+use crate::durable::{io_error, sync_dir};
 use crate::error::Result;
 
 /// The lake's temp area (skipped by Spark, pyarrow and DuckDB's `**/*.parquet`).

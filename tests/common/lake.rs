@@ -1,24 +1,23 @@
-//! Consumer-test helpers: write to a topic directly (rdkafka producer), read a topic back, run
-//! `orderstream consume`, and read the lake with readers other than our writer (DuckDB and
-//! pyarrow through `ORDERSTREAM_PYTHON`).
+//! Consumer-test helpers: write to a topic directly (rdkafka producer) and read the lake with
+//! readers other than our writer (DuckDB and pyarrow through `ORDERSTREAM_PYTHON`).
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
 
 use orderstream::sink::PartitionState;
 use rdkafka::ClientConfig;
+use rdkafka::ClientContext;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{DeliveryResult, Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{DeliveryResult, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde::Deserialize;
 
 use super::TestEnv;
+use super::proc::wait_until;
 
 /// The Python with DuckDB and pyarrow: `ORDERSTREAM_PYTHON`, else the one `dev/python.sh` sets up.
 pub fn python() -> String {
@@ -180,86 +179,6 @@ pub fn produce(brokers: &str, topic: &str, msgs: &[Msg]) -> Vec<(i32, i64)> {
     Writer::new(brokers).send(topic, msgs)
 }
 
-/// The high watermark of every partition of a topic, by partition.
-pub fn high_watermarks(brokers: &str, topic: &str) -> Vec<i64> {
-    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
-    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
-    let n = md.topics()[0].partitions().len() as i32;
-    (0..n).map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap().1).collect()
-}
-
-/// A message read back.
-#[derive(Clone, Debug)]
-pub struct Record {
-    /// Partition.
-    pub partition: i32,
-    /// Offset.
-    pub offset: i64,
-    /// Key.
-    pub key: Option<Vec<u8>>,
-    /// Value.
-    pub value: Option<Vec<u8>>,
-    /// Headers in order.
-    pub headers: Vec<(String, Vec<u8>)>,
-}
-
-impl Record {
-    /// The value of a header as text.
-    pub fn header(&self, k: &str) -> Option<String> {
-        self.headers.iter().find(|(hk, _)| hk == k).map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-    }
-}
-
-/// Every message of a topic, by partition and offset.
-pub fn read_topic(brokers: &str, topic: &str) -> Vec<Record> {
-    let hw = high_watermarks(brokers, topic);
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", super::unique("reader"))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .set("fetch.wait.max.ms", "10")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..hw.len() as i32 {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
-    }
-    c.assign(&tpl).unwrap();
-    let total: i64 = hw.iter().sum();
-    let mut out = Vec::new();
-    let mut next = vec![0i64; hw.len()];
-    let deadline = Instant::now() + Duration::from_secs(60);
-    // Up to the watermarks, then until nothing new comes for a while (tansu's memory storage
-    // under-reports the high watermark).
-    let mut quiet_since = Instant::now();
-    loop {
-        let reached = next.iter().zip(&hw).all(|(n, h)| n >= h);
-        if reached && quiet_since.elapsed() > Duration::from_millis(1500) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "read {} of {total} messages of {topic}", out.len());
-        let Some(m) = c.poll(Duration::from_millis(100)) else { continue };
-        let m = m.unwrap();
-        quiet_since = Instant::now();
-        next[m.partition() as usize] = m.offset() + 1;
-        out.push(Record {
-            partition: m.partition(),
-            offset: m.offset(),
-            key: m.key().map(<[u8]>::to_vec),
-            value: m.payload().map(<[u8]>::to_vec),
-            headers: m
-                .headers()
-                .map(|h| {
-                    h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect()
-                })
-                .unwrap_or_default(),
-        });
-    }
-    out.sort_by_key(|r| (r.partition, r.offset));
-    out
-}
-
 /// One row of the lake as another reader sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct LakeRow {
@@ -403,15 +322,6 @@ pub fn committed_total(env: &TestEnv) -> i64 {
     states(env).iter().map(|s| s.next_offset).sum()
 }
 
-/// Waits until `f` holds, panicking with `what` after `timeout`.
-pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Waits until the checkpoint holds every message written: `positions` are the (partition,
 /// offset) of all of them (the broker's watermarks are not used: tansu's memory storage reports
 /// the base offset of the last record batch there).
@@ -425,89 +335,4 @@ pub fn wait_committed(env: &TestEnv, positions: &[(i32, i64)], timeout: Duration
         let s = states(env);
         ends.iter().all(|(p, end)| s.iter().any(|s| s.partition == *p && s.next_offset >= *end))
     });
-}
-
-/// A running `orderstream consume`, its stderr collected.
-pub struct Consume {
-    child: Option<Child>,
-    stderr: Arc<Mutex<String>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Consume {
-    /// Starts `orderstream consume` for this test.
-    pub fn start(env: &TestEnv) -> Consume {
-        Self::start_cmd(env.orderstream(&["consume"]))
-    }
-
-    /// Starts a prepared command.
-    pub fn start_cmd(mut cmd: Command) -> Consume {
-        let mut child =
-            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let pipe = child.stderr.take().unwrap();
-        let sink = stderr.clone();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let mut s = sink.lock().unwrap();
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
-        Consume { child: Some(child), stderr, reader: Some(reader) }
-    }
-
-    /// The PID.
-    pub fn pid(&self) -> i32 {
-        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
-    }
-
-    /// What it logged so far.
-    pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// SIGKILL, and reap.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-    }
-
-    /// SIGTERM, and wait (60 s at most) for the exit code.
-    pub fn stop(&mut self) -> i32 {
-        let Some(mut c) = self.child.take() else { return -1 };
-        super::signal(c.id() as i32, libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let code = loop {
-            if let Some(status) = c.try_wait().unwrap() {
-                break status.code().unwrap_or(-1);
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                let _ = c.wait();
-                panic!("consume did not stop within 60 s of SIGTERM:\n{}", self.stderr());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-        code
-    }
-
-    /// Whether it is still running.
-    pub fn running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
-    }
-}
-
-impl Drop for Consume {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }

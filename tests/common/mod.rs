@@ -166,9 +166,33 @@ metrics:
         assert_eq!(code, 0, "init failed\nstdout: {out}\nstderr: {err}");
     }
 
-    /// Starts `orderstream <args>` in the background, logging to `<dir>/<command>.log`.
+    /// Starts `orderstream <args>` in the background, logging to its own file
+    /// `<dir>/<command>-<n>.log`.
     pub fn spawn(&self, args: &[&str]) -> proc::Proc {
-        proc::Proc::spawn(self.orderstream(args), self.dir.join(format!("{}.log", args.join("-"))))
+        self.spawn_cmd(self.orderstream(args), &args.join("-"))
+    }
+
+    /// Starts a prepared command in the background, logging to `<dir>/<name>-<n>.log`.
+    pub fn spawn_cmd(&self, cmd: std::process::Command, name: &str) -> proc::Proc {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        proc::Proc::spawn(cmd, self.dir.join(format!("{name}-{n}.log")))
+    }
+
+    /// Everything the `<name>` processes of this test logged, in start order.
+    pub fn logs(&self, name: &str) -> String {
+        let mut files: Vec<_> = std::fs::read_dir(&self.dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| {
+                let f = p.file_name().unwrap().to_string_lossy();
+                f.starts_with(&format!("{name}-")) && f.ends_with(".log")
+            })
+            .collect();
+        files.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.created()).ok());
+        files.iter().map(|p| std::fs::read_to_string(p).unwrap_or_default()).collect()
     }
 
     /// A client on the stack's database.
@@ -234,6 +258,11 @@ impl Rng {
     /// A number in `lo..hi`.
     pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
         lo + self.next() % (hi - lo)
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.range(0, n)
     }
 }
 

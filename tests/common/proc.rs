@@ -37,6 +37,11 @@ impl Proc {
         }
     }
 
+    /// SIGTERM, then the exit code (60 s at most).
+    pub fn stop(&mut self) -> i32 {
+        self.terminate(Duration::from_secs(60))
+    }
+
     /// Sends SIGTERM and waits for the exit code (panics after `limit`).
     pub fn terminate(&mut self, limit: Duration) -> i32 {
         super::signal(self.pid(), libc::SIGTERM);
@@ -99,4 +104,9 @@ pub fn wait_for<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Optio
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Polls `check` every 50 ms until it holds, panicking with `what` after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    wait_for(limit, what, || check().then_some(()))
 }

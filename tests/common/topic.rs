@@ -6,35 +6,45 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-/// One message as read back.
+/// One message as read back, byte for byte.
 #[derive(Debug, Clone)]
-pub struct Msg {
+pub struct Record {
     /// Partition.
     pub partition: i32,
     /// Offset.
     pub offset: i64,
-    /// Key as text.
-    pub key: Option<String>,
-    /// Value as text.
-    pub value: Option<String>,
-    /// Headers as (name, text).
-    pub headers: Vec<(String, String)>,
+    /// Key.
+    pub key: Option<Vec<u8>>,
+    /// Value.
+    pub value: Option<Vec<u8>>,
+    /// Headers in order.
+    pub headers: Vec<(String, Vec<u8>)>,
 }
 
-impl Msg {
-    /// A header's value.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+impl Record {
+    /// A header's value as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+
+    /// The key as text.
+    pub fn key_str(&self) -> Option<String> {
+        self.key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned())
+    }
+
+    /// The value as text.
+    pub fn value_str(&self) -> Option<String> {
+        self.value.as_deref().map(|v| String::from_utf8_lossy(v).into_owned())
     }
 
     /// The value parsed as JSON.
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(self.value.as_deref().unwrap_or("null")).unwrap()
+        serde_json::from_slice(self.value.as_deref().unwrap_or(b"null")).unwrap()
     }
 }
 
 /// Every message of `topic` (read_committed), partition by partition, to the current ends.
-pub fn read_topic(brokers: &str, topic: &str) -> Vec<Msg> {
+pub fn read_topic(brokers: &str, topic: &str) -> Vec<Record> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "orderstream-tests-reader")
@@ -83,25 +93,19 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<Msg> {
             Err(e) => panic!("reading {topic}: {e}"),
         };
         at_end.remove(&m.partition());
-        out.push(Msg {
+        out.push(Record {
             partition: m.partition(),
             offset: m.offset(),
-            key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-            value: m.payload().map(|v| String::from_utf8_lossy(v).into_owned()),
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec),
             headers: m
                 .headers()
                 .map(|h| {
-                    h.iter()
-                        .map(|h| {
-                            (
-                                h.key.to_string(),
-                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                            )
-                        })
-                        .collect()
+                    h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect()
                 })
                 .unwrap_or_default(),
         });
     }
+    out.sort_by_key(|r| (r.partition, r.offset));
     out
 }

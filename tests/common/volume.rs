@@ -1,36 +1,13 @@
-//! Volume and fault-test helpers of the consumer tests: a seeded generator, a deterministic
+//! Volume and fault-test helpers of the consumer tests: a deterministic
 //! message stream with known rejects and tombstones, paced production, and the exactly-once
 //! check of the whole lake.
 
 use std::time::Duration;
 
 use super::TestEnv;
-use super::lake::{
-    Consume, LakeRow, Msg, Writer, assert_clean_lake, files, order_json, read_duckdb, read_topic, states,
-    wait_until,
-};
-
-/// A small deterministic generator (xorshift64*), so a failing run can be replayed.
-pub struct Rng(u64);
-
-impl Rng {
-    /// Seeded from `ORDERSTREAM_TEST_SEED`, else from the clock; prints the seed.
-    pub fn from_env(test: &str) -> Rng {
-        let seed =
-            std::env::var("ORDERSTREAM_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-            });
-        println!("{test}: seed {seed} (replay with ORDERSTREAM_TEST_SEED={seed})");
-        Rng(seed.max(1))
-    }
-
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    }
-}
+use super::lake::{LakeRow, Msg, Writer, assert_clean_lake, files, order_json, read_duckdb, states};
+use super::proc::{Proc, wait_until};
+use super::topic::read_topic;
 
 /// Message `i` of a volume test: valid orders over three dates, every 997th a reject
 /// (amount 0), every 1009th a tombstone. Returns the message and its row if valid.
@@ -86,9 +63,9 @@ pub fn produce_paced(
 }
 
 /// Waits until the consumer logs an assignment with at least one partition.
-pub fn wait_assigned(c: &Consume, timeout: Duration) {
+pub fn wait_assigned(c: &Proc, timeout: Duration) {
     wait_until(timeout, "a partition assignment", || {
-        c.stderr()
+        c.log_text()
             .lines()
             .any(|l| l.contains("partitions assigned: ") && !l.ends_with("partitions assigned: none"))
     });
