@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Prints the path of a Python that has the lake readers the tests and the demo use (DuckDB and
-# pyarrow: readers other than our own writer), creating .stack/venv on first use.
+# Prints the path of a Python that has what the tests and the demo use: the lake readers (DuckDB and
+# pyarrow: readers other than our own writer) and the Prometheus text parser, creating
+# .stack/venv on first use.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV="$ROOT/.stack/venv"
-REQUIREMENTS="duckdb==2.0.1 pyarrow==26.0.1"
+REQUIREMENTS="duckdb==2.0.1 pyarrow==26.0.1 prometheus-client==0.26.0"
 STAMP="$VENV/.requirements"
 
 if [ -x "$VENV/bin/python" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$REQUIREMENTS" ]; then

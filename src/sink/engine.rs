@@ -25,10 +25,7 @@ use crate::metrics::{Metrics, ReasonLabel};
 use crate::order::Order;
 use crate::shutdown::Shutdown;
 
-/// Header naming the producer lineage of a message (replay filter).
-pub const SOURCE_HEADER: &str = "orderstream.source";
-/// Header with the message's sequence number within its source (decimal u64).
-pub const SEQ_HEADER: &str = "orderstream.seq";
+pub use crate::source::{SEQ_HEADER, SOURCE_HEADER};
 
 /// The empty marker file at the lake root, refreshed after each committed batch.
 pub const SUCCESS_FILE: &str = "_SUCCESS";

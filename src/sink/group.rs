@@ -2,9 +2,10 @@
 //! hands partitions to and from the [`Engine`] so that a partition is read only under its lock
 //! and always from its checkpoint.
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rdkafka::Offset;
+use rdkafka::Statistics;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaResult;
@@ -15,6 +16,7 @@ use super::engine::Engine;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::kafka;
+use crate::metrics::Metrics;
 
 /// Settings the consumer picks unless `kafka.properties` says otherwise.
 const DEFAULTS: &[(&str, &str)] = &[
@@ -35,7 +37,7 @@ const DEFAULTS: &[(&str, &str)] = &[
 pub type GroupConsumer = BaseConsumer<GroupContext>;
 
 /// Creates the group member (not yet subscribed).
-pub fn consumer(cfg: &Config, engine: Engine) -> Result<GroupConsumer> {
+pub fn consumer(cfg: &Config, engine: Engine, metrics: Arc<Metrics>) -> Result<GroupConsumer> {
     let mut c = kafka::base_config(&cfg.kafka);
     let props = &cfg.kafka.properties;
     for (k, v) in DEFAULTS {
@@ -58,13 +60,23 @@ pub fn consumer(cfg: &Config, engine: Engine) -> Result<GroupConsumer> {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false");
-    c.create_with_context(GroupContext { engine: Mutex::new(engine) })
-        .map_err(|e| Error::Kafka(format!("cannot create the consumer for {}: {e}", cfg.kafka.brokers)))
+    if !props.contains_key("statistics.interval.ms") {
+        // Feeds the lag gauge (see `GroupContext::stats`).
+        c.set("statistics.interval.ms", "5000");
+    }
+    c.create_with_context(GroupContext {
+        engine: Mutex::new(engine),
+        metrics,
+        topic: cfg.kafka.topic.clone(),
+    })
+    .map_err(|e| Error::Kafka(format!("cannot create the consumer for {}: {e}", cfg.kafka.brokers)))
 }
 
 /// Holds the engine, so the rebalance callback (run inside `poll`) can commit and acquire.
 pub struct GroupContext {
     engine: Mutex<Engine>,
+    metrics: Arc<Metrics>,
+    topic: String,
 }
 
 impl GroupContext {
@@ -76,7 +88,23 @@ impl GroupContext {
     }
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    /// librdkafka's periodic statistics: messages of the assigned partitions not yet committed
+    /// to the lake (end offset minus the committed offset), for the lag gauge.
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else { return };
+        let lag: i64 = topic
+            .partitions
+            .values()
+            .filter(|p| p.partition >= 0 && p.desired && p.hi_offset >= 0)
+            .map(|p| {
+                let done = if p.committed_offset >= 0 { p.committed_offset } else { p.lo_offset.max(0) };
+                (p.hi_offset - done).max(0)
+            })
+            .sum();
+        self.metrics.consumer.lag_messages.set(lag);
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {

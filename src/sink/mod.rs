@@ -149,7 +149,7 @@ pub fn consume(cfg: &Config, metrics: Arc<Metrics>, shutdown: Shutdown) -> Resul
     let limits = Limits { interval: cfg.streaming.batch_interval, max_rows: cfg.streaming.max_batch_rows };
     let engine =
         Engine::new(&cfg.kafka.topic, limits, checkpoint, scratch, dlq, metrics.clone(), shutdown.clone());
-    let consumer = group::consumer(cfg, engine)?;
+    let consumer = group::consumer(cfg, engine, metrics.clone())?;
     consumer
         .subscribe(&[&cfg.kafka.topic])
         .map_err(|e| Error::Kafka(format!("cannot subscribe to {}: {e}", cfg.kafka.topic)))?;
@@ -235,8 +235,10 @@ fn run(consumer: &group::GroupConsumer, metrics: &Metrics, shutdown: &Shutdown) 
             Ok(()) => {
                 backoff.reset();
                 kafka_errors.reset();
+                metrics.health.ok("consumer");
             }
             Err(e) => {
+                metrics.health.fail("consumer", &e.to_string());
                 let delay = backoff.next_delay();
                 tracing::error!(
                     "{e}; batch not committed, partitions rewound to the checkpoint, retrying in {} s",

@@ -1,0 +1,193 @@
+//! The whole pipeline on the local stack: `orderstream run` from the table to the lake (read
+//! back with DuckDB and pyarrow), `status --json` on a known state, and `/metrics`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::TestEnv;
+use common::lake::{LakeRow, python, read_duckdb, read_pyarrow, states};
+use common::proc::{wait_for, wait_until};
+
+/// Rows committed to the lake, from the consumer's checkpoint.
+fn committed_rows(env: &TestEnv) -> u64 {
+    states(env).iter().map(|s| s.rows_written).sum()
+}
+
+fn wait_lake_rows(env: &TestEnv, n: u64) {
+    wait_until(Duration::from_secs(90), &format!("{n} rows in the lake of {}", env.table), || {
+        committed_rows(env) >= n
+    });
+}
+
+/// The lake holds every row of the table exactly once, read by DuckDB and by pyarrow.
+fn assert_lake_is_table(env: &TestEnv) -> Vec<LakeRow> {
+    let duck = read_duckdb(&env.lake()).rows;
+    let arrow = read_pyarrow(&env.lake()).rows;
+    assert_eq!(duck, arrow, "DuckDB and pyarrow disagree");
+    let ids: Vec<i64> = duck.iter().map(|r| r.order_id).collect();
+    let mut unique = ids.clone();
+    unique.dedup();
+    assert_eq!(ids.len(), unique.len(), "an order is in the lake twice");
+    assert_eq!(ids, env.table_ids());
+    duck
+}
+
+#[test]
+fn run_lands_seed_and_live_orders_exactly_once_across_a_restart() {
+    let env = TestEnv::new("pipe_run");
+    env.init();
+    let mut run = env.spawn(&["run"]);
+    wait_lake_rows(&env, 10);
+    env.insert(25);
+    wait_lake_rows(&env, 35);
+    assert_eq!(run.terminate(Duration::from_secs(60)), 0, "{}", run.log_text());
+
+    // Orders committed while the pipeline is down arrive after the restart, once.
+    env.insert(15);
+    let mut run = env.spawn(&["run"]);
+    wait_lake_rows(&env, 50);
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(run.terminate(Duration::from_secs(60)), 0, "{}", run.log_text());
+
+    let rows = assert_lake_is_table(&env);
+    assert_eq!(rows.len(), 50);
+    let seed = &rows[0];
+    assert_eq!(
+        (seed.order_id, seed.customer_name.as_deref(), seed.item.as_deref(), seed.amount.as_str()),
+        (101, Some("John Doe"), Some("Veg Burger"), "220.00")
+    );
+    assert_eq!((seed.created_at.as_str(), seed.date.as_str()), ("2025-01-18T12:24:00.000000Z", "2025-01-18"));
+    let live = rows.iter().find(|r| r.order_id == 111).unwrap();
+    assert_eq!(live.amount, "11.25");
+}
+
+/// `orderstream status --json`, parsed.
+fn status(env: &TestEnv) -> serde_json::Value {
+    let (code, out, err) = env.run(&["status", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {out}"))
+}
+
+#[test]
+fn status_reports_the_seed_state_and_what_it_cannot_reach() {
+    let env = TestEnv::new("pipe_status");
+    env.init();
+    let mut run = env.spawn(&["run"]);
+    wait_lake_rows(&env, 10);
+    // Let the consumer's asynchronous group-offset commit land, then stop.
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(run.terminate(Duration::from_secs(60)), 0, "{}", run.log_text());
+
+    let s = status(&env);
+    assert_eq!(s["postgres"]["rows"], 10, "{s:#}");
+    assert_eq!(s["postgres"]["table"], env.table);
+    assert_eq!(s["producer"]["published"], 10);
+    assert_eq!(s["producer"]["watermark"], "2025-01-18 12:33:00");
+    assert_eq!(s["producer"]["watermark_order_id"], 110);
+    assert_eq!(s["producer"]["orders_behind"], 0);
+    assert_eq!(s["producer"]["lag_seconds"], 0.0);
+    assert_eq!(s["kafka"]["messages"], 10);
+    assert_eq!(s["kafka"]["group_lag"], 0, "{s:#}");
+    assert_eq!(s["kafka"]["partitions"].as_array().unwrap().len(), 3);
+    assert_eq!(s["kafka"]["dlq_messages"], 0);
+    assert_eq!(s["consumer"]["rows_written"], 10);
+    assert_eq!(s["consumer"]["rejected_total"], 0);
+    assert_eq!(s["lake"]["rows"], 10);
+    let parts = s["lake"]["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 1);
+    assert_eq!((parts[0]["date"].as_str(), parts[0]["rows"].as_u64()), (Some("2025-01-18"), Some(10)));
+
+    // The text form names every stage.
+    let (code, text, _) = env.run(&["status"]);
+    assert_eq!(code, 0);
+    for stage in ["PostgreSQL", "Producer", "Kafka", "Consumer", "Lake", "date=2025-01-18"] {
+        assert!(text.contains(stage), "{stage} missing:\n{text}");
+    }
+
+    // A stopped broker: that part says so, the others are still read.
+    let mut env = env;
+    env.set("ORDERSTREAM__KAFKA__BROKERS", &format!("127.0.0.1:{}", common::free_port()));
+    let s = status(&env);
+    assert!(s["kafka"]["error"].as_str().unwrap().contains("unreachable"), "{s:#}");
+    assert_eq!(s["postgres"]["rows"], 10);
+    assert_eq!(s["lake"]["rows"], 10);
+    let (code, text, _) = env.run(&["status"]);
+    assert_eq!(code, 0);
+    assert!(text.contains("Kafka       UNREACHABLE: "), "{text}");
+}
+
+/// One HTTP/1.0 GET on loopback: (status code, body).
+fn get(port: u16, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (code, body.to_string())
+}
+
+/// Parses exposition text with the Prometheus project's own parser (prometheus_client,
+/// OpenMetrics) and returns every sample as name{labels} → value.
+fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
+    let script = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+out = {}
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+        out[s.name + ("{" + labels + "}" if labels else "")] = s.value
+print(json.dumps(out))
+"#;
+    let mut child = std::process::Command::new(python())
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "not valid exposition text: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn metrics_parse_as_prometheus_text_and_count_what_was_processed() {
+    let mut env = TestEnv::new("pipe_metrics");
+    let port = common::free_port();
+    env.set("ORDERSTREAM__METRICS__PORT", &port.to_string());
+    env.init();
+    let mut run = env.spawn(&["run"]);
+    wait_lake_rows(&env, 10);
+    env.insert(5);
+    wait_lake_rows(&env, 15);
+
+    let (code, body) = get(port, "/health");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["status"], "ok");
+
+    // The producer saves its batch after publishing; the counters follow the lake.
+    let m = wait_for(Duration::from_secs(30), "counters of 15 orders", || {
+        let (code, body) = get(port, "/metrics");
+        assert_eq!(code, 200);
+        let m = parse_metrics(&body);
+        (m.get("orderstream_consumer_rows_written_total") == Some(&15.0)).then_some(m)
+    });
+    assert_eq!(m["orderstream_producer_orders_published_total"], 15.0, "{m:#?}");
+    assert_eq!(m["orderstream_consumer_messages_total"], 15.0, "{m:#?}");
+    assert_eq!(m["orderstream_consumer_rejected_total{reason=\"invalid_json\"}"], 0.0);
+    assert!(m["orderstream_producer_batches_total"] >= 2.0);
+    assert!(m["orderstream_consumer_batches_total"] >= 2.0);
+    assert!(m.contains_key("orderstream_producer_batch_duration_seconds_count"));
+    assert!(m["orderstream_producer_watermark_timestamp_seconds"] > 1.7e9);
+    assert_eq!(run.terminate(Duration::from_secs(60)), 0, "{}", run.log_text());
+}
