@@ -15,14 +15,12 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use common::bench::{knob, median};
+
 use std::time::{Duration, Instant};
 
 use common::lake::{Msg, committed_total, create_topic, files, produce};
 use common::{Broker, TestEnv};
-
-fn knob(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 const CUSTOMERS: [&str; 8] = [
     "John Doe",
@@ -132,19 +130,14 @@ fn tv(t: libc::timeval) -> f64 {
     t.tv_sec as f64 + t.tv_usec as f64 / 1e6
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` would run this too: do nothing then.
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let n = knob("ORDERSTREAM_BENCH_MESSAGES", 1_000_000);
-    let runs = knob("ORDERSTREAM_BENCH_RUNS", 5);
-    let partitions = knob("ORDERSTREAM_BENCH_PARTITIONS", 3) as i32;
+    let n: usize = knob("ORDERSTREAM_BENCH_MESSAGES", 1_000_000);
+    let runs: usize = knob("ORDERSTREAM_BENCH_RUNS", 5);
+    let partitions: i32 = knob("ORDERSTREAM_BENCH_PARTITIONS", 3);
     // Another broker (e.g. a real Kafka) and an already pre-filled topic can be given.
     let own_broker = match std::env::var("ORDERSTREAM_BENCH_BROKER") {
         Ok(_) => None,

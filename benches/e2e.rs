@@ -1,20 +1,22 @@
 //! End-to-end benchmark: PostgreSQL → producer → broker → consumer → lake.
 //!
-//! * catch-up: `BENCH_ROWS` orders (default 1,000,000) already in the table; `produce` and
+//! * catch-up: `ORDERSTREAM_BENCH_ROWS` orders (default 1,000,000) already in the table; `produce` and
 //!   `consume` started as separate processes; time until the consumer's checkpoint has them
 //!   all; peak RSS of each process.
-//! * live: orders inserted one per transaction at `BENCH_RATE` per second (default 2,000) for
-//!   `BENCH_SECONDS` (default 60) with `orderstream run`, for each batch interval of
-//!   `BENCH_INTERVALS` (default `1,0.2`); latency from the commit returning to the order being
+//! * live: orders inserted one per transaction at `ORDERSTREAM_BENCH_RATE` per second (default 2,000) for
+//!   `ORDERSTREAM_BENCH_SECONDS` (default 60) with `orderstream run`, for each batch interval of
+//!   `ORDERSTREAM_BENCH_INTERVALS` (default `1,0.2`); latency from the commit returning to the order being
 //!   readable in the lake (a watcher lists the lake every 10 ms and reads each new file's ids),
 //!   p50/p95/p99; files written; peak RSS.
 //!
 //! `cargo bench --bench e2e` (needs the local stack's PostgreSQL; the broker is a private
-//! memory-storage tansu). `BENCH_SCENARIOS=catchup,live` selects scenarios; `BENCH_RUNS` the
+//! memory-storage tansu). `ORDERSTREAM_BENCH_SCENARIOS=catchup,live` selects scenarios; `ORDERSTREAM_BENCH_RUNS` the
 //! catch-up repetitions (median reported).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+
+use common::bench::{knob, median};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -26,15 +28,6 @@ use arrow_array::Int64Array;
 use common::proc::{Proc, wait_for};
 use common::{Broker, TestEnv};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -203,14 +196,14 @@ fn live(interval: &str, rate: u64, seconds: u64) {
 }
 
 fn main() {
-    let scenarios = std::env::var("BENCH_SCENARIOS").unwrap_or_else(|_| "catchup,live".into());
+    let scenarios = std::env::var("ORDERSTREAM_BENCH_SCENARIOS").unwrap_or_else(|_| "catchup,live".into());
     if scenarios.contains("catchup") {
-        catch_up(env_or("BENCH_ROWS", 1_000_000), env_or("BENCH_RUNS", 3));
+        catch_up(knob("ORDERSTREAM_BENCH_ROWS", 1_000_000), knob("ORDERSTREAM_BENCH_RUNS", 3));
     }
     if scenarios.contains("live") {
-        let intervals = std::env::var("BENCH_INTERVALS").unwrap_or_else(|_| "1,0.2".into());
+        let intervals = std::env::var("ORDERSTREAM_BENCH_INTERVALS").unwrap_or_else(|_| "1,0.2".into());
         for interval in intervals.split(',') {
-            live(interval, env_or("BENCH_RATE", 2000), env_or("BENCH_SECONDS", 60));
+            live(interval, knob("ORDERSTREAM_BENCH_RATE", 2000), knob("ORDERSTREAM_BENCH_SECONDS", 60));
         }
     }
 }

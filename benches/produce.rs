@@ -3,33 +3,30 @@
 //! the last order; the median of several runs, and the peak RSS.
 //!
 //! `cargo bench --bench produce` (memory-storage tansu started by the bench), or with
-//! `BENCH_BROKER=stack` against the local stack's durable broker. `BENCH_ROWS`, `BENCH_RUNS`
-//! change the size and the number of runs. Needs the local stack's PostgreSQL (`make up`).
+//! `ORDERSTREAM_BENCH_BROKER=127.0.0.1:9092` against the local stack's durable broker.
+//! `ORDERSTREAM_BENCH_ROWS` (1000000) and `ORDERSTREAM_BENCH_RUNS` (5) change the size and the
+//! number of runs. Needs the local stack's PostgreSQL (`make up`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+
+use common::bench::{knob, median};
 
 use std::time::{Duration, Instant};
 
 use common::proc::wait_for;
 use common::{Broker, TestEnv};
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is expected.
-    let rows: i64 = env_or("BENCH_ROWS", 1_000_000);
-    let runs: usize = env_or("BENCH_RUNS", 5);
-    let on_stack = std::env::var("BENCH_BROKER").as_deref() == Ok("stack");
-    let broker = (!on_stack).then(Broker::start_memory);
-    let brokers = broker.as_ref().map(|b| b.addr.clone()).unwrap_or_else(common::stack_brokers);
+    let rows: i64 = knob("ORDERSTREAM_BENCH_ROWS", 1_000_000);
+    let runs: usize = knob("ORDERSTREAM_BENCH_RUNS", 5);
+    // Another broker (e.g. the local stack's durable one, 127.0.0.1:9092) instead of a private
+    // memory-storage tansu.
+    let given = std::env::var("ORDERSTREAM_BENCH_BROKER").ok();
+    let broker = given.is_none().then(Broker::start_memory);
+    let brokers =
+        given.clone().unwrap_or_else(|| broker.as_ref().map(|b| b.addr.clone()).unwrap_or_default());
 
     let table_env = TestEnv::with_brokers("bench_produce", &brokers);
     table_env.init();
@@ -54,11 +51,13 @@ fn main() {
         env.table = table_env.table.clone();
         env.write_config("");
         env.set("ORDERSTREAM__STREAMING__BATCH_INTERVAL", "1");
-        // Extra producer settings to compare, e.g. BENCH_KAFKA_PROPERTIES=compression.type=lz4
-        for kv in
-            std::env::var("BENCH_KAFKA_PROPERTIES").unwrap_or_default().split(',').filter(|s| !s.is_empty())
+        // Extra producer settings to compare, e.g. ORDERSTREAM_BENCH_KAFKA_PROPERTIES=compression.type=lz4
+        for kv in std::env::var("ORDERSTREAM_BENCH_KAFKA_PROPERTIES")
+            .unwrap_or_default()
+            .split(',')
+            .filter(|s| !s.is_empty())
         {
-            let (k, v) = kv.split_once('=').expect("BENCH_KAFKA_PROPERTIES is name=value,...");
+            let (k, v) = kv.split_once('=').expect("ORDERSTREAM_BENCH_KAFKA_PROPERTIES is name=value,...");
             env.set(&format!("ORDERSTREAM__KAFKA__PROPERTIES__{k}"), v);
         }
         env.init();
@@ -78,8 +77,8 @@ fn main() {
         rss.push(peak);
     }
     println!(
-        "produce catch-up ({} broker, {total} orders, {runs} runs): median {:.0} orders/s, median peak RSS {:.0} MB",
-        if on_stack { "stack durable SQLite" } else { "memory" },
+        "produce catch-up ({}, {total} orders, {runs} runs): median {:.0} orders/s, median peak RSS {:.0} MB",
+        given.map(|b| format!("broker {b}")).unwrap_or_else(|| "memory-storage tansu".into()),
         median(rates),
         median(rss)
     );

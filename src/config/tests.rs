@@ -85,6 +85,12 @@ fn the_shipped_config_file_loads() {
 }
 
 #[test]
+fn batch_interval_defaults_to_one_second() {
+    let cfg = load(&GOOD.replace("  batch_interval: 5\n", ""), &[]).unwrap();
+    assert_eq!(cfg.streaming.batch_interval, Duration::from_secs(1));
+}
+
+#[test]
 fn plain_postgres_url_and_fractional_interval() {
     let yaml = GOOD
         .replace(

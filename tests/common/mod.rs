@@ -3,6 +3,7 @@
 //! for tests that freeze or stop one.
 #![allow(dead_code)]
 
+pub mod bench;
 pub mod lake;
 pub mod proc;
 pub mod proxy;
