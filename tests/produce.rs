@@ -374,6 +374,10 @@ fn a_frozen_broker_delays_but_loses_and_duplicates_nothing() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(producer.terminate(Duration::from_secs(30)), 0, "{}", producer.log_text());
     assert_exactly_once(&env, &if msgs.len() == total { messages(&env) } else { msgs });
+    // One outage, a few lines: not one per reconnect attempt.
+    let log = producer.log_text();
+    let warnings = log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).count();
+    assert!(warnings <= 10, "{warnings} warning lines for a 3 s outage:\n{log}");
 }
 
 #[test]

@@ -35,6 +35,15 @@ pub struct Context {
     acks: Mutex<Acks>,
     done: Notify,
     brokers: String,
+    /// librdkafka reports every failed reconnect; we report them at growing intervals.
+    errors: Mutex<ErrorReports>,
+}
+
+/// When the next librdkafka error may be logged, and how many were held back meanwhile.
+struct ErrorReports {
+    next: Instant,
+    interval: Duration,
+    held_back: u64,
 }
 
 impl ClientContext for Context {
@@ -43,8 +52,22 @@ impl ClientContext for Context {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        // librdkafka retries by itself; say once per event what it is retrying.
-        tracing::warn!("Kafka {}: {error}: {reason}", self.brokers);
+        // librdkafka retries by itself; one line per growing interval (1 s doubling to 60 s),
+        // not one per reconnect attempt.
+        let Ok(mut r) = self.errors.lock() else { return };
+        let now = Instant::now();
+        if now < r.next {
+            r.held_back += 1;
+            return;
+        }
+        let more = match r.held_back {
+            0 => String::new(),
+            n => format!(" ({n} similar reports since the last line)"),
+        };
+        tracing::warn!("Kafka {}: {error}: {reason}{more}; librdkafka keeps retrying", self.brokers);
+        r.held_back = 0;
+        r.next = now + r.interval;
+        r.interval = (r.interval * 2).min(Duration::from_secs(60));
     }
 }
 
@@ -58,6 +81,13 @@ impl ProducerContext for Context {
             Ok(m) => {
                 let end = acks.ends.entry(m.partition()).or_insert(0);
                 *end = (*end).max(m.offset() + 1);
+                // The broker answers again: the next error is news.
+                if let Ok(mut r) = self.errors.try_lock()
+                    && r.interval > Duration::from_secs(1)
+                {
+                    r.interval = Duration::from_secs(1);
+                    r.next = Instant::now();
+                }
             }
             Err((e, m)) => {
                 if acks.error.is_none() {
@@ -81,8 +111,16 @@ pub struct Publisher {
 impl Publisher {
     /// Creates the producer; `source` is written in every message's [`SOURCE_HEADER`].
     pub fn new(cfg: &KafkaConfig, source: &str) -> Result<Publisher> {
-        let context =
-            Context { acks: Mutex::new(Acks::default()), done: Notify::new(), brokers: cfg.brokers.clone() };
+        let context = Context {
+            acks: Mutex::new(Acks::default()),
+            done: Notify::new(),
+            brokers: cfg.brokers.clone(),
+            errors: Mutex::new(ErrorReports {
+                next: Instant::now(),
+                interval: Duration::from_secs(1),
+                held_back: 0,
+            }),
+        };
         let producer: ThreadedProducer<Context> = kafka::producer_config(cfg)
             .create_with_context(context)
             .map_err(|e| Error::Kafka(format!("cannot create producer for {}: {e}", cfg.brokers)))?;
