@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# Prints the path of a Python that has what the tests and the demo use: the lake readers (DuckDB and
-# pyarrow: readers other than our own writer) and the Prometheus text parser, creating
-# .stack/venv on first use.
+# Prints the path of a Python that has what the tests and the demo use: the lake readers (DuckDB,
+# pyarrow and Spark: readers other than our own writer) and the Prometheus text parser, creating
+# .stack/venv on first use. Spark needs a Java runtime, installed too when missing.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV="$ROOT/.stack/venv"
-REQUIREMENTS="duckdb==2.0.1 pyarrow==26.0.1 prometheus-client==0.26.0"
+REQUIREMENTS="duckdb==2.0.1 pyarrow==26.0.1 pyspark==4.3.0 prometheus-client==0.26.0"
 STAMP="$VENV/.requirements"
 
+if ! command -v java >/dev/null 2>&1; then
+  [ "$(id -u)" -eq 0 ] || { echo "python: Spark needs Java; install openjdk-17-jre-headless" >&2; exit 1; }
+  echo "python: installing a Java runtime for Spark" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openjdk-17-jre-headless >/dev/null
+fi
 if [ -x "$VENV/bin/python" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$REQUIREMENTS" ]; then
   echo "$VENV/bin/python"
   exit 0

@@ -1,5 +1,5 @@
 //! The whole pipeline on the local stack: `orderstream run` from the table to the lake (read
-//! back with DuckDB and pyarrow), `status --json` on a known state, and `/metrics`.
+//! back with DuckDB, pyarrow and Spark), `status --json` on a known state, and `/metrics`.
 
 mod common;
 
@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use common::TestEnv;
-use common::lake::{LakeRow, python, read_duckdb, read_pyarrow, states};
+use common::lake::{LakeRow, python, read_duckdb, read_pyarrow, read_spark, states};
 use common::proc::{wait_for, wait_until};
 
 /// Rows committed to the lake, from the consumer's checkpoint.
@@ -54,6 +54,23 @@ fn run_lands_seed_and_live_orders_exactly_once_across_a_restart() {
 
     let rows = assert_lake_is_table(&env);
     assert_eq!(rows.len(), 50);
+    // Spark reads the same rows, with the types the seed's consumer would have written.
+    let spark = read_spark(&env.lake());
+    assert_eq!(spark.rows, rows, "Spark and DuckDB disagree");
+    let types: Vec<(&str, &str)> = spark.schema.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
+    assert_eq!(
+        types,
+        [
+            ("order_id", "bigint"),
+            ("customer_name", "string"),
+            ("restaurant_name", "string"),
+            ("item", "string"),
+            ("amount", "decimal(10,2)"),
+            ("order_status", "string"),
+            ("created_at", "timestamp"),
+            ("date", "date"),
+        ]
+    );
     let seed = &rows[0];
     assert_eq!(
         (seed.order_id, seed.customer_name.as_deref(), seed.item.as_deref(), seed.amount.as_str()),

@@ -240,6 +240,26 @@ out["rows"].sort(key=lambda r: (r["order_id"], r["created_at"]))
 print(json.dumps(out))
 "#;
 
+const SPARK: &str = r#"
+import json, os, sys, time
+os.environ["TZ"] = "UTC"
+time.tzset()
+from pyspark.sql import SparkSession
+spark = (SparkSession.builder.master("local[1]").appName("orderstream-tests")
+         .config("spark.sql.session.timeZone", "UTC").config("spark.ui.enabled", "false").getOrCreate())
+spark.sparkContext.setLogLevel("ERROR")
+df = spark.read.parquet(sys.argv[1])
+out = {"schema": [[f.name, f.dataType.simpleString()] for f in df.schema.fields], "rows": []}
+for r in df.orderBy("order_id", "created_at").collect():
+    d = r.asDict()
+    d["created_at"] = d["created_at"].strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    d["amount"] = str(d["amount"])
+    d["date"] = str(d["date"])
+    out["rows"].append(d)
+spark.stop()
+print(json.dumps(out))
+"#;
+
 fn run_python(script: &str, lake: &Path) -> LakeRead {
     let out = Command::new(python()).arg("-c").arg(script).arg(lake).output().expect("cannot run python");
     assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -251,6 +271,11 @@ fn run_python(script: &str, lake: &Path) -> LakeRead {
 /// The whole lake through DuckDB's `read_parquet('<lake>/**/*.parquet', hive_partitioning=true)`.
 pub fn read_duckdb(lake: &Path) -> LakeRead {
     run_python(DUCKDB, lake)
+}
+
+/// The whole lake through Spark's `spark.read.parquet(lake)` (PySpark, local mode).
+pub fn read_spark(lake: &Path) -> LakeRead {
+    run_python(SPARK, lake)
 }
 
 /// The whole lake through `pyarrow.dataset(lake, partitioning="hive")`.
