@@ -287,7 +287,6 @@ pub struct Broker {
     child: Option<Child>,
     /// `127.0.0.1:<port>`
     pub addr: String,
-    port: u16,
 }
 
 impl Broker {
@@ -311,7 +310,7 @@ impl Broker {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {tansu} ({e}); run `make up` to install it"));
-        let broker = Broker { child: Some(child), addr: format!("127.0.0.1:{port}"), port };
+        let broker = Broker { child: Some(child), addr: format!("127.0.0.1:{port}") };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(&broker.addr).is_err() {
             assert!(Instant::now() < deadline, "tansu did not start on {}", broker.addr);
