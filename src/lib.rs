@@ -26,6 +26,7 @@
 //! * [`durable`]: atomic file replacement and folder fsync.
 //! * [`retry`]: capped exponential backoff.
 //! * [`error`]: the error type; every error is one line naming what and where.
+//! * [`wire`]: the message contract: header names, their values and parsers.
 
 pub mod config;
 pub mod db;
@@ -43,6 +44,7 @@ pub mod shutdown;
 pub mod sink;
 pub mod source;
 pub mod status;
+pub mod wire;
 
 pub use config::Config;
 pub use error::{Error, Result};

@@ -10,12 +10,7 @@ use std::future::Future;
 use crate::error::Result;
 use crate::order::Order;
 
-/// Kafka header naming the producer lineage that wrote a message (e.g.
-/// `poll:food_delivery_db.roll001_orders`).
-pub const SOURCE_HEADER: &str = "orderstream.source";
-/// Kafka header with the message's sequence number: a decimal u64 that strictly increases,
-/// per source, within each partition. The consumer drops replays by it.
-pub const SEQ_HEADER: &str = "orderstream.seq";
+pub use crate::wire::{SEQ_HEADER, SOURCE_HEADER};
 
 /// One captured change.
 #[derive(Debug, Clone, PartialEq, Eq)]
