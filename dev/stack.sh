@@ -158,11 +158,21 @@ listen_addresses = '127.0.0.1'
 port = $PG_PORT
 unix_socket_directories = '$PG_DIR/run'
 wal_level = logical
-max_wal_senders = 10
-max_replication_slots = 10
+max_wal_senders = 64
+max_replication_slots = 64
+max_prepared_transactions = 20
 timezone = 'UTC'
 log_timezone = 'UTC'
 max_connections = 200
+EOF
+  fi
+  # Settings added since a cluster may have been created (a later line wins).
+  if ! grep -q '^max_prepared_transactions' "$data/postgresql.conf"; then
+    as_pg tee -a "$data/postgresql.conf" >/dev/null <<EOF
+# orderstream local stack: log-based capture (one slot per test table) and two-phase commit
+max_wal_senders = 64
+max_replication_slots = 64
+max_prepared_transactions = 20
 EOF
   fi
   as_pg mkdir -p "$PG_DIR/run" "$PG_DIR/log"
@@ -188,6 +198,12 @@ DO $$ BEGIN
   END IF;
 END $$;
 GRANT pg_read_all_stats TO student;
+-- For the tests of a role that lacks REPLICATION.
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'student_norepl') THEN
+    CREATE ROLE student_norepl LOGIN PASSWORD 'student123' NOREPLICATION;
+  END IF;
+END $$;
 SELECT 'CREATE DATABASE food_delivery_db OWNER student'
  WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'food_delivery_db')\gexec
 EOF

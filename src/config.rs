@@ -58,6 +58,52 @@ pub struct PostgresConfig {
     pub connect: tokio_postgres::Config,
     /// The orders table (`postgres.table`).
     pub table: TableName,
+    /// How changes are captured (`postgres.capture`).
+    pub capture: Capture,
+    /// The logical replication slot (`postgres.slot`).
+    pub slot: String,
+    /// The publication of the orders table (`postgres.publication`).
+    pub publication: String,
+}
+
+/// `postgres.capture`: how changes leave PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capture {
+    /// Logical replication (`pgoutput`): inserts, updates and deletes, from the write-ahead log.
+    Logical,
+    /// The seed's timestamp polling: inserts only.
+    Poll,
+}
+
+/// The default slot and publication name for a table: `orderstream_<table>`, with every
+/// character PostgreSQL does not allow in a slot name replaced by `_`; a name longer than 63
+/// characters keeps its first 54 and ends with a hash of the whole, so two long table names
+/// never share a slot.
+pub fn default_replication_name(table: &TableName) -> String {
+    let raw = format!("orderstream_{}", table.name);
+    let name: String = raw
+        .chars()
+        .map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' { c } else { '_' })
+        .collect();
+    if name.len() <= 63 {
+        return name;
+    }
+    // FNV-1a: stable across releases and platforms, unlike std's hasher.
+    let hash =
+        raw.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    format!("{}_{:08x}", &name[..54], hash as u32)
+}
+
+/// Checks a slot or publication name: what PostgreSQL allows in a slot name (lower-case letters,
+/// digits, `_`; at most 63).
+fn validate_replication_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 63 {
+        return Err(format!("`{name}` must have 1 to 63 characters"));
+    }
+    if !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+        return Err(format!("`{name}` may hold only lower-case letters, digits and `_`"));
+    }
+    Ok(())
 }
 
 impl fmt::Debug for PostgresConfig {
@@ -69,6 +115,9 @@ impl fmt::Debug for PostgresConfig {
             .field("dbname", &self.connect.get_dbname())
             .field("user", &self.connect.get_user())
             .field("table", &self.table)
+            .field("capture", &self.capture)
+            .field("slot", &self.slot)
+            .field("publication", &self.publication)
             .finish()
     }
 }
@@ -196,6 +245,9 @@ struct RawPostgres {
     table: String,
     user: Option<String>,
     password: Option<String>,
+    capture: Option<String>,
+    slot: Option<String>,
+    publication: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -351,6 +403,17 @@ impl Config {
         connect.application_name("orderstream");
         connect.connect_timeout(Duration::from_secs(10));
         let table = TableName::parse(&raw.postgres.table).map_err(|m| bad("postgres.table", m))?;
+        let capture = match raw.postgres.capture.as_deref().map(str::trim) {
+            None | Some("logical") => Capture::Logical,
+            Some("poll") => Capture::Poll,
+            Some(other) => {
+                return Err(bad("postgres.capture", format!("must be `logical` or `poll`, got `{other}`")));
+            }
+        };
+        let slot = raw.postgres.slot.unwrap_or_else(|| default_replication_name(&table));
+        validate_replication_name(&slot).map_err(|m| bad("postgres.slot", m))?;
+        let publication = raw.postgres.publication.unwrap_or_else(|| default_replication_name(&table));
+        validate_replication_name(&publication).map_err(|m| bad("postgres.publication", m))?;
 
         // kafka
         let brokers = raw.kafka.brokers.trim().to_string();
@@ -422,7 +485,7 @@ impl Config {
         }
 
         Ok(Config {
-            postgres: PostgresConfig { connect, table },
+            postgres: PostgresConfig { connect, table, capture, slot, publication },
             kafka: KafkaConfig {
                 brokers,
                 topic: raw.kafka.topic,

@@ -133,3 +133,53 @@ async fn count_seed_rows(client: &Client, table: &TableName) -> Result<i64> {
         .map_err(|e| Error::Postgres(format!("table {table}: {}", error_text(&e))))?;
     Ok(row.get(0))
 }
+
+/// What `init` did for logical capture.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicationReport {
+    /// The publication's name.
+    pub name: String,
+    /// Whether it had to be created (or the table added to it).
+    pub created: bool,
+}
+
+/// Creates the publication of the table if missing (or adds the table to it) and sets
+/// `REPLICA IDENTITY FULL`, so that a delete in the log carries the whole old row.
+pub async fn ensure_publication(
+    client: &Client,
+    table: &TableName,
+    publication: &str,
+) -> Result<PublicationReport> {
+    let pg = |e: tokio_postgres::Error| Error::Postgres(format!("table {table}: {}", error_text(&e)));
+    let exists: bool = client
+        .query_one("SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", &[&publication])
+        .await
+        .map_err(pg)?
+        .get(0);
+    let has_table: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid \
+             WHERE p.pubname = $1 AND pr.prrelid = to_regclass($2)) \
+             OR EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1 AND puballtables)",
+            &[&publication, &table.quoted()],
+        )
+        .await
+        .map_err(pg)?
+        .get(0);
+    let name = quote_ident(publication);
+    let t = table.quoted();
+    if !exists {
+        client.batch_execute(&format!("CREATE PUBLICATION {name} FOR TABLE {t}")).await.map_err(pg)?;
+    } else if !has_table {
+        client.batch_execute(&format!("ALTER PUBLICATION {name} ADD TABLE {t}")).await.map_err(pg)?;
+    }
+    let identity: String = client
+        .query_one("SELECT relreplident::text FROM pg_class WHERE oid = to_regclass($1)", &[&t])
+        .await
+        .map_err(pg)?
+        .get(0);
+    if identity != "f" {
+        client.batch_execute(&format!("ALTER TABLE {t} REPLICA IDENTITY FULL")).await.map_err(pg)?;
+    }
+    Ok(PublicationReport { name: publication.to_string(), created: !exists || !has_table })
+}

@@ -2,8 +2,8 @@
 
 use std::fmt;
 
-use crate::config::Config;
-use crate::db::{self, BootstrapReport};
+use crate::config::{Capture, Config};
+use crate::db::{self, BootstrapReport, PublicationReport};
 use crate::error::Result;
 use crate::kafka::{self, TopicOutcome};
 
@@ -13,6 +13,7 @@ pub struct InitReport {
     table: String,
     database: String,
     db: BootstrapReport,
+    publication: Option<PublicationReport>,
     topics: Vec<(String, i32, TopicOutcome)>,
 }
 
@@ -20,6 +21,12 @@ pub struct InitReport {
 pub async fn init(cfg: &Config) -> Result<InitReport> {
     let mut client = db::connect(&cfg.postgres).await?;
     let db = db::bootstrap(&mut client, &cfg.postgres.table).await?;
+    let publication = match cfg.postgres.capture {
+        Capture::Logical => {
+            Some(db::ensure_publication(&client, &cfg.postgres.table, &cfg.postgres.publication).await?)
+        }
+        Capture::Poll => None,
+    };
     let mut topics = Vec::new();
     for topic in [&cfg.kafka.topic, &cfg.kafka.dlq_topic] {
         let outcome = kafka::ensure_topic(&cfg.kafka, topic, cfg.kafka.partitions).await?;
@@ -29,6 +36,7 @@ pub async fn init(cfg: &Config) -> Result<InitReport> {
         table: cfg.postgres.table.to_string(),
         database: db::describe(&cfg.postgres),
         db,
+        publication,
         topics,
     })
 }
@@ -42,6 +50,14 @@ impl fmt::Display for InitReport {
             "postgres {}: {} seed orders inserted (101-110), {} rows in the table",
             self.database, self.db.seed_rows_inserted, self.db.total_rows
         )?;
+        if let Some(p) = &self.publication {
+            let done = if p.created { "created" } else { "already present" };
+            writeln!(
+                f,
+                "postgres {}: publication {} for table {} {done}; replica identity full",
+                self.database, p.name, self.table
+            )?;
+        }
         for (topic, wanted, outcome) in &self.topics {
             match outcome {
                 TopicOutcome::Created(n) => writeln!(f, "kafka: topic {topic} created with {n} partitions")?,

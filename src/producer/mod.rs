@@ -32,19 +32,20 @@ pub mod publish;
 pub mod recovery;
 pub mod state;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
+use crate::config::{Capture, Config};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::order::Order;
 use crate::retry::Backoff;
 use crate::shutdown::Shutdown;
 use crate::source::Source;
+use crate::source::logical::LogicalSource;
 use crate::source::poll::PollSource;
+use crate::wire::Lsn;
 use publish::Publisher;
 use state::State;
 
@@ -53,7 +54,13 @@ const SETTLE: Duration = Duration::from_millis(300);
 
 /// Runs the producer on the configured table until a stop is requested.
 pub async fn produce(cfg: &Config, metrics: Arc<Metrics>, shutdown: Shutdown) -> Result<()> {
-    run(PollSource::new(&cfg.postgres), cfg, &metrics, &shutdown).await
+    match cfg.postgres.capture {
+        Capture::Logical => {
+            let source = LogicalSource::new(&cfg.postgres, cfg.streaming.batch_interval);
+            run(source, cfg, &metrics, &shutdown).await
+        }
+        Capture::Poll => run(PollSource::new(&cfg.postgres), cfg, &metrics, &shutdown).await,
+    }
 }
 
 /// Runs the producer on any source until a stop is requested. Failures of PostgreSQL or the
@@ -98,7 +105,8 @@ async fn session<S: Source>(
     // Created first so that its connection and producer id are ready when recovery ends; it
     // sends nothing before that.
     let publisher = Publisher::new(&cfg.kafka, &name)?;
-    let (mut uncovered, tail_ends, tail_seq) = recover::<S>(cfg, &name, committed).await?;
+    let (mut uncovered, tail_ends, tail_seq, highest) = recover::<S>(cfg, &name, committed).await?;
+    source.recovered(highest);
     let mut seq = committed.seq.max(tail_seq);
     let limit = cfg.streaming.max_batch_rows;
     let mut value = Vec::with_capacity(256);
@@ -126,23 +134,31 @@ async fn session<S: Source>(
         metrics.health.ok("producer");
         if batch.changes.is_empty() && batch.position == committed.position {
             backoff.reset();
-            pause(started, cfg.streaming.batch_interval, shutdown).await;
+            if !S::STREAMING {
+                pause(started, cfg.streaming.batch_interval, shutdown).await;
+            }
             continue;
         }
 
         publisher.begin();
         let (mut published, mut skipped, mut bytes) = (0u64, 0u64, 0u64);
         for change in &batch.changes {
-            if uncovered.contains_key(&change.order.order_id) {
+            let key = change.order.order_id.to_string();
+            if uncovered.contains(&S::key(change, false)) {
                 skipped += 1;
-                continue;
+            } else {
+                value.clear();
+                change.order.write_json(&mut value);
+                seq += 1;
+                publisher.send(key.as_bytes(), Some(&value), seq, &change.meta(false)).await?;
+                published += 1;
+                bytes += value.len() as u64;
             }
-            value.clear();
-            change.order.write_json(&mut value);
-            seq += 1;
-            publisher.send(change.order.order_id.to_string().as_bytes(), &value, seq).await?;
-            published += 1;
-            bytes += value.len() as u64;
+            // A delete is followed by a tombstone, so a compacted topic forgets the order.
+            if change.has_tombstone() && !uncovered.contains(&S::key(change, true)) {
+                seq += 1;
+                publisher.send(key.as_bytes(), None, seq, &change.meta(true)).await?;
+            }
         }
         let (acked, next) = if full {
             let (acked, next) = tokio::join!(publisher.finish(shutdown), source.poll(&batch.position, limit));
@@ -153,7 +169,7 @@ async fn session<S: Source>(
         let Some(ends) = acked? else { return Ok(()) };
 
         // The saved offsets pass the recovered messages only once the position covers them all.
-        uncovered.retain(|_, o| !S::covers(&batch.position, o));
+        uncovered.retain(|k| !S::covers(&batch.position, k));
         let offsets = if uncovered.is_empty() {
             let mut m = committed.offsets.clone().unwrap_or_default();
             for (p, end) in tail_ends.iter().chain(ends.iter()) {
@@ -166,11 +182,13 @@ async fn session<S: Source>(
         };
         let next_state = State { position: batch.position, seq, offsets };
         state::save::<S>(path, &next_state)?;
+        source.saved(&next_state.position);
         *committed = next_state;
         prefetched = next;
         backoff.reset();
 
-        let newest = batch.changes.iter().map(|c| c.order.created_at).max();
+        let newest =
+            batch.changes.iter().map(|c| c.commit_ts.map_or(c.order.created_at, |t| t.naive_utc())).max();
         if published + skipped > 0 {
             report(metrics, published, skipped, bytes, newest, started.elapsed());
             let lag = newest.map(|t| (chrono::Utc::now().naive_utc() - t).as_seconds_f64()).unwrap_or(0.0);
@@ -184,7 +202,7 @@ async fn session<S: Source>(
                 describe::<S>(&committed.position)
             );
         }
-        if !full {
+        if !full && !S::STREAMING {
             pause(started, cfg.streaming.batch_interval, shutdown).await;
         }
     }
@@ -202,12 +220,19 @@ async fn retry_later(e: &Error, metrics: &Metrics, backoff: &mut Backoff, shutdo
     }
 }
 
-type Recovered = (HashMap<i64, Order<'static>>, BTreeMap<i32, i64>, u64);
+/// The keys of our messages beyond the saved state, the partition ends, the highest sequence
+/// number and the highest log position found.
+type Recovered<K> = (HashSet<K>, BTreeMap<i32, i64>, u64, Option<(Lsn, i32)>);
 
 /// Reads what the topic holds after the saved offsets, until the partition ends stop moving.
-async fn recover<S: Source>(cfg: &Config, name: &str, committed: &State<S::Position>) -> Result<Recovered> {
+async fn recover<S: Source>(
+    cfg: &Config,
+    name: &str,
+    committed: &State<S::Position>,
+) -> Result<Recovered<S::Key>> {
     let mut offsets = committed.offsets.clone();
-    let mut found: HashMap<i64, Order<'static>> = HashMap::new();
+    let mut found: HashSet<S::Key> = HashSet::new();
+    let mut highest: Option<(Lsn, i32)> = None;
     let mut max_seq = 0;
     let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
     let mut messages = 0;
@@ -220,7 +245,12 @@ async fn recover<S: Source>(cfg: &Config, name: &str, committed: &State<S::Posit
             .map_err(|e| Error::Kafka(format!("recovery task failed: {e}")))??;
         max_seq = max_seq.max(tail.max_seq);
         messages += tail.messages;
-        found.extend(tail.orders);
+        for (meta, order) in &tail.found {
+            if let (Some(lsn), Some(i)) = (meta.lsn, meta.change_index) {
+                highest = highest.max(Some((lsn, i)));
+            }
+            found.extend(S::key_of(meta, order.as_ref()));
+        }
         let moved = tail.messages > 0;
         // Read on from where this round ended.
         let mut next = offsets.clone().unwrap_or_default();
@@ -232,7 +262,7 @@ async fn recover<S: Source>(cfg: &Config, name: &str, committed: &State<S::Posit
         }
         tokio::time::sleep(SETTLE).await;
     }
-    found.retain(|_, o| !S::covers(&committed.position, o));
+    found.retain(|k| !S::covers(&committed.position, k));
     if messages > 0 || !found.is_empty() {
         tracing::info!(
             "recovery: {messages} messages after the saved offsets, {} orders of an unsaved batch already in {}; \
@@ -241,7 +271,7 @@ async fn recover<S: Source>(cfg: &Config, name: &str, committed: &State<S::Posit
             cfg.kafka.topic
         );
     }
-    Ok((found, ends, max_seq))
+    Ok((found, ends, max_seq, highest))
 }
 
 fn report(

@@ -16,7 +16,10 @@ use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::kafka;
 use crate::shutdown::Shutdown;
-use crate::source::{SEQ_HEADER, SOURCE_HEADER};
+use crate::wire::{
+    CHANGE_INDEX_HEADER, COMMIT_TS_HEADER, ChangeMeta, LSN_HEADER, OP_HEADER, SEQ_HEADER, SOURCE_HEADER,
+    TOMBSTONE_HEADER, format_commit_ts,
+};
 
 /// How long a stop request waits for outstanding acknowledgements before abandoning the batch.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -141,13 +144,30 @@ impl Publisher {
         acks.error = None;
     }
 
-    /// Queues one message; waits while librdkafka's queue is full.
-    pub async fn send(&self, key: &[u8], value: &[u8], seq: u64) -> Result<()> {
+    /// Queues one message (`value` `None`: a tombstone) with the change's headers; waits while
+    /// librdkafka's queue is full.
+    pub async fn send(&self, key: &[u8], value: Option<&[u8]>, seq: u64, meta: &ChangeMeta) -> Result<()> {
         let seq = seq.to_string();
-        let headers = OwnedHeaders::new()
+        let mut headers = OwnedHeaders::new_with_capacity(7)
             .insert(Header { key: SOURCE_HEADER, value: Some(self.source.as_bytes()) })
-            .insert(Header { key: SEQ_HEADER, value: Some(seq.as_bytes()) });
-        let mut record = BaseRecord::to(&self.topic).key(key).payload(value).headers(headers);
+            .insert(Header { key: SEQ_HEADER, value: Some(seq.as_bytes()) })
+            .insert(Header { key: OP_HEADER, value: Some(meta.op.as_str()) });
+        if let Some(lsn) = meta.lsn {
+            headers = headers.insert(Header { key: LSN_HEADER, value: Some(&lsn.to_string()) });
+        }
+        if let Some(i) = meta.change_index {
+            headers = headers.insert(Header { key: CHANGE_INDEX_HEADER, value: Some(&i.to_string()) });
+        }
+        if let Some(ts) = &meta.commit_ts {
+            headers = headers.insert(Header { key: COMMIT_TS_HEADER, value: Some(&format_commit_ts(ts)) });
+        }
+        if meta.tombstone {
+            headers = headers.insert(Header { key: TOMBSTONE_HEADER, value: Some("1") });
+        }
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic).key(key).headers(headers);
+        if let Some(value) = value {
+            record = record.payload(value);
+        }
         self.acks().outstanding += 1;
         loop {
             match self.producer.send(record) {

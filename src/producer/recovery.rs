@@ -1,7 +1,7 @@
 //! What the topic already holds beyond the saved state: read at every (re)start of the
 //! producer, partition by partition, from the offsets in the state file to the end.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::kafka::{self, REQUEST_TIMEOUT};
 use crate::order::{Order, parse_position};
 use crate::source::{SEQ_HEADER, SOURCE_HEADER};
+use crate::wire::ChangeMeta;
 
 /// Give up reading when the broker returns nothing for this long.
 const STALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -24,8 +25,9 @@ const QUIET: Duration = Duration::from_millis(250);
 /// the state file.
 #[derive(Debug, Default)]
 pub struct Tail {
-    /// The orders found, by id (their text fields dropped: only the position matters).
-    pub orders: HashMap<i64, Order<'static>>,
+    /// The messages found: their change headers and order (text fields dropped: only the
+    /// position matters; `None` for a tombstone).
+    pub found: Vec<(ChangeMeta, Option<Order<'static>>)>,
     /// The highest sequence number found.
     pub max_seq: u64,
     /// Per partition, the offset after the last message read (absent when none was read).
@@ -107,16 +109,29 @@ pub fn read_tail(cfg: &KafkaConfig, source: &str, offsets: Option<&BTreeMap<i32,
         {
             tail.max_seq = tail.max_seq.max(seq);
         }
-        match msg.payload().and_then(parse_position) {
-            Some(position) => {
-                tail.orders.insert(position.order_id, position);
+        let meta = match ChangeMeta::from_headers(headers.iter().map(|h| (h.key, h.value))) {
+            Ok(meta) => meta,
+            Err(e) => {
+                tracing::warn!(
+                    "{}/{} offset {}: a message of ours with {e}; ignored",
+                    cfg.topic,
+                    msg.partition(),
+                    msg.offset()
+                );
+                continue;
             }
-            None => tracing::warn!(
-                "{}/{} offset {}: a message of ours that is not an order; ignored",
-                cfg.topic,
-                msg.partition(),
-                msg.offset()
-            ),
+        };
+        match msg.payload() {
+            None if meta.tombstone => tail.found.push((meta, None)),
+            payload => match payload.and_then(parse_position) {
+                Some(position) => tail.found.push((meta, Some(position))),
+                None => tracing::warn!(
+                    "{}/{} offset {}: a message of ours that is not an order; ignored",
+                    cfg.topic,
+                    msg.partition(),
+                    msg.offset()
+                ),
+            },
         }
     }
     Ok(tail)

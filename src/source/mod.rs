@@ -1,22 +1,56 @@
 //! How changes leave PostgreSQL. A [`Source`] turns "everything after this position" into a
 //! batch of changes in a deterministic order and the position after them; the producer does
-//! not care how. [`poll`] is the seed's timestamp polling, made lossless; a log-based source
-//! (logical replication, carrying updates and deletes) implements the same trait.
+//! not care how. [`logical`] reads the write-ahead log through logical replication (inserts,
+//! updates and deletes; the default); [`poll`] is the seed's timestamp polling, made lossless.
 
+pub mod logical;
+pub mod pgoutput;
 pub mod poll;
 
 use std::future::Future;
+use std::hash::Hash;
+
+use chrono::{DateTime, Utc};
 
 use crate::error::Result;
 use crate::order::Order;
-
+use crate::wire::{ChangeMeta, Lsn, Op};
 pub use crate::wire::{SEQ_HEADER, SOURCE_HEADER};
 
 /// One captured change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
-    /// The order as it is now.
+    /// The order after the change (before it, for a delete).
     pub order: Order<'static>,
+    /// What happened to the row.
+    pub op: Op,
+    /// Commit LSN of the transaction and the change's index within it (logical mode).
+    pub at: Option<(Lsn, i32)>,
+    /// Commit time of the transaction (logical mode).
+    pub commit_ts: Option<DateTime<Utc>>,
+}
+
+impl Change {
+    /// An insert seen by polling: no log position.
+    pub fn polled(order: Order<'static>) -> Change {
+        Change { order, op: Op::Insert, at: None, commit_ts: None }
+    }
+
+    /// The headers the change's message carries (`tombstone`: the tombstone after a delete).
+    pub fn meta(&self, tombstone: bool) -> ChangeMeta {
+        ChangeMeta {
+            op: self.op,
+            lsn: self.at.map(|a| a.0),
+            change_index: self.at.map(|a| a.1),
+            commit_ts: self.commit_ts,
+            tombstone,
+        }
+    }
+
+    /// Whether a tombstone follows the change's message (a delete read from the log).
+    pub fn has_tombstone(&self) -> bool {
+        self.op == Op::Delete
+    }
 }
 
 /// What one poll returned.
@@ -32,6 +66,13 @@ pub struct Batch<P> {
 pub trait Source {
     /// Where capture stands; persisted in the producer's state file.
     type Position: Clone + PartialEq + std::fmt::Debug + Send + Sync;
+    /// What identifies one message of this source, so that recovery can tell which messages of
+    /// an unsaved batch are already in the topic.
+    type Key: Clone + Eq + Hash + std::fmt::Debug + Send + Sync;
+
+    /// Whether `poll` waits for changes itself (a stream); a source that does not is polled
+    /// once per `batch_interval`.
+    const STREAMING: bool;
 
     /// The lineage written in [`SOURCE_HEADER`].
     fn name(&self) -> String;
@@ -45,9 +86,23 @@ pub trait Source {
         limit: usize,
     ) -> impl Future<Output = Result<Batch<Self::Position>>> + Send;
 
-    /// Whether `order`, found in the topic, lies at or before `position` (so a batch polled from
-    /// before it has been passed).
-    fn covers(position: &Self::Position, order: &Order<'_>) -> bool;
+    /// The identity of the message `change` produces (or of the tombstone after it).
+    fn key(change: &Change, tombstone: bool) -> Self::Key;
+
+    /// The identity of a message of this source found in the topic (`None`: not one of ours).
+    fn key_of(meta: &ChangeMeta, order: Option<&Order<'_>>) -> Option<Self::Key>;
+
+    /// Whether the message `key` lies at or before `position` (so a batch polled from before it
+    /// has been passed).
+    fn covers(position: &Self::Position, key: &Self::Key) -> bool;
+
+    /// Called once the state file holding `position` is saved: a log-based source lets the
+    /// server forget what it covers.
+    fn saved(&mut self, _position: &Self::Position) {}
+
+    /// Called after recovery with the highest log position found in the topic beyond the saved
+    /// state, so positions handed out later stay above it.
+    fn recovered(&mut self, _highest: Option<(Lsn, i32)>) {}
 
     /// The position as lines of the state file; the first line is the seed's human-readable
     /// `last_timestamp.txt` content.

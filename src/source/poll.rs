@@ -39,6 +39,7 @@ use crate::config::{PostgresConfig, TableName};
 use crate::db;
 use crate::error::{Error, Result};
 use crate::order::{AMOUNT_PRECISION, AMOUNT_SCALE, Order};
+use crate::wire::ChangeMeta;
 
 /// Rows younger than this stay for the next poll (see the module doc).
 pub const START_REPORT_MARGIN: Duration = Duration::from_millis(100);
@@ -70,7 +71,7 @@ struct Connection {
 }
 
 // `id`, not `order_id`: ORDER BY order_id must name the column (and its index), not this cast.
-const COLUMNS: &str = "order_id::int8 AS id, customer_name, restaurant_name, item, \
+pub(crate) const COLUMNS: &str = "order_id::int8 AS id, customer_name, restaurant_name, item, \
                        NULLIF(amount, 'NaN'::numeric), order_status, created_at";
 
 impl PollSource {
@@ -154,7 +155,7 @@ impl PollSource {
                     let published =
                         position.open.get(&order.created_at).is_some_and(|ids| ids.contains(&order.order_id));
                     if !published {
-                        changes.push(Change { order });
+                        changes.push(Change::polled(order));
                     }
                 }
             }
@@ -167,7 +168,7 @@ impl PollSource {
         }
         .map_err(err)?;
         for row in rows {
-            changes.push(Change { order: to_order(&row, &table)? });
+            changes.push(Change::polled(to_order(&row, &table)?));
         }
         tx.commit().await.map_err(err)?;
 
@@ -193,6 +194,10 @@ impl PollSource {
 
 impl Source for PollSource {
     type Position = PollPosition;
+    /// `(created_at, order_id)`: polling publishes each order once.
+    type Key = (NaiveDateTime, i64);
+
+    const STREAMING: bool = false;
 
     fn name(&self) -> String {
         self.name.clone()
@@ -209,9 +214,18 @@ impl Source for PollSource {
         result
     }
 
-    fn covers(position: &PollPosition, order: &Order<'_>) -> bool {
-        let at_or_below = position.watermark.is_some_and(|w| (order.created_at, order.order_id) <= w);
-        at_or_below || position.open.get(&order.created_at).is_some_and(|ids| ids.contains(&order.order_id))
+    fn key(change: &Change, _tombstone: bool) -> Self::Key {
+        (change.order.created_at, change.order.order_id)
+    }
+
+    fn key_of(_meta: &ChangeMeta, order: Option<&Order<'_>>) -> Option<Self::Key> {
+        order.map(|o| (o.created_at, o.order_id))
+    }
+
+    fn covers(position: &PollPosition, key: &Self::Key) -> bool {
+        let (created_at, order_id) = *key;
+        let at_or_below = position.watermark.is_some_and(|w| (created_at, order_id) <= w);
+        at_or_below || position.open.get(&created_at).is_some_and(|ids| ids.contains(&order_id))
     }
 
     fn encode(position: &PollPosition) -> Vec<String> {
@@ -236,6 +250,11 @@ impl Source for PollSource {
         let mut order_id = None;
         let ts = match first.trim() {
             "none" => None,
+            s if s.starts_with("logical") => {
+                return Err("written by `postgres.capture: logical`, but capture is `poll`: set the \
+                            capture back, or remove the file to start polling from the beginning"
+                    .into());
+            }
             s => Some(
                 parse_ts(s)
                     .ok_or_else(|| format!("line 1: `{s}` is not a timestamp like 2025-01-18 12:33:00"))?,
@@ -285,7 +304,7 @@ fn parse_ts(s: &str) -> Option<NaiveDateTime> {
     NaiveDateTime::parse_from_str(s.trim(), "%Y-%m-%d %H:%M:%S%.f").ok()
 }
 
-fn to_order(row: &Row, table: &TableName) -> Result<Order<'static>> {
+pub(crate) fn to_order(row: &Row, table: &TableName) -> Result<Order<'static>> {
     let bad = |e: tokio_postgres::Error| {
         Error::Setup(format!("PostgreSQL: table {table}: unreadable row: {}", db::error_text(&e)))
     };
@@ -312,7 +331,7 @@ fn to_order(row: &Row, table: &TableName) -> Result<Order<'static>> {
 
 /// A PostgreSQL error: connection trouble is transient ([`Error::Postgres`], retried), a
 /// missing table or column is not ([`Error::Setup`]).
-fn pg_error(table: &TableName, e: &tokio_postgres::Error) -> Error {
+pub(crate) fn pg_error(table: &TableName, e: &tokio_postgres::Error) -> Error {
     let fatal = e.as_db_error().is_some_and(|db| {
         let class = &db.code().code()[..2];
         // 08 connection, 40 rollback (serialization, deadlock), 53 resources, 57 shutdown.
@@ -327,7 +346,7 @@ fn pg_error(table: &TableName, e: &tokio_postgres::Error) -> Error {
 }
 
 /// Checks that the table exists with columns the order record can hold.
-async fn check_table(client: &Client, table: &TableName) -> Result<()> {
+pub(crate) async fn check_table(client: &Client, table: &TableName) -> Result<()> {
     let rows = client
         .query(
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttypmod \
@@ -439,15 +458,7 @@ mod tests {
         let mut pos =
             PollPosition { watermark: Some((ts("2025-01-18 12:33:00"), 110)), open: BTreeMap::new() };
         pos.open.insert(ts("2025-01-18 12:40:00"), [120].into());
-        let order = |id: i64, at: &str| Order {
-            order_id: id,
-            customer_name: None,
-            restaurant_name: None,
-            item: None,
-            amount: None,
-            order_status: None,
-            created_at: ts(at),
-        };
+        let order = |id: i64, at: &str| (ts(at), id);
         assert!(PollSource::covers(&pos, &order(110, "2025-01-18 12:33:00")));
         assert!(PollSource::covers(&pos, &order(5, "2025-01-18 12:00:00")));
         assert!(!PollSource::covers(&pos, &order(111, "2025-01-18 12:33:00")));

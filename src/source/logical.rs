@@ -1,0 +1,803 @@
+//! Log-based capture: PostgreSQL's logical replication with the built-in `pgoutput` plugin (it
+//! is what RDS, Cloud SQL and Azure allow), a publication for the one table, and a persistent
+//! named slot. Every insert, update and delete arrives in commit order, whatever the clients'
+//! clocks, time zones or transaction lengths.
+//!
+//! # Transport
+//!
+//! `pgwire-replication` speaks the streaming replication protocol (START_REPLICATION, keepalives,
+//! standby status, SCRAM, TLS) and nothing else; the row messages are decoded by
+//! [`super::pgoutput`], ours, a few documented message formats. The crate sends the slot
+//! only the position we declare durable ([`Source::saved`]), never more.
+//!
+//! # Positions, and why each change is published once
+//!
+//! A change's position is `(commit LSN of its transaction, index within it)`; it only grows
+//! along the stream. The state file holds the position of the last published change and the
+//! LSN the slot may confirm (`flush`: the end of the last transaction published whole, or an
+//! idle point). The slot's `confirmed_flush_lsn` is raised only after the state file that
+//! covers it is saved, so after any crash PostgreSQL replays from at or before the saved
+//! state: changes at or below the saved position are dropped here, and those of an unsaved
+//! batch that already reached the topic are found there by the producer's recovery (keyed by
+//! position) and not sent again.
+//!
+//! # The initial snapshot
+//!
+//! On the first start the slot is created on a replication session that exports its snapshot;
+//! the table is read in that very snapshot in keyset pages of `max_batch_rows`, ordered by
+//! `order_id`, as `r` changes at positions `(slot's consistent point, 0, 1, …)`, and streaming
+//! starts at the consistent point: every transaction committed after the snapshot arrives
+//! from the log, none before it, so nothing is lost or doubled at the seam. The slot confirms
+//! nothing until the snapshot is complete.
+//!
+//! A crash during the snapshot loses the exported snapshot (it lives only as long as the
+//! session that exported it). The state file says how far it got (last `order_id`, next index);
+//! the rest is read in a new snapshot, still before any streamed change. A row changed after
+//! the consistent point may then be read with its newer value; the change itself still
+//! follows from the log, at a higher position, so the latest version of every order is
+//! exact, and no order is read twice.
+//!
+//! # WAL retention
+//!
+//! While the table is idle the slot still advances: keepalives and a heartbeat message
+//! (`pg_logical_emit_message`, every [`HEARTBEAT`]) give positions that are confirmed once no
+//! change is pending.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use pgwire_replication::{PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
+use tokio_postgres::Client;
+use tokio_postgres::config::Host;
+
+use super::pgoutput::{self, Layout, Message};
+use super::poll::{check_table, pg_error, to_order};
+use super::{Batch, Change, Source};
+use crate::config::PostgresConfig;
+use crate::db;
+use crate::error::{Error, Result};
+use crate::order::Order;
+use crate::wire::{ChangeMeta, Lsn, Op};
+
+/// How often an idle stream writes a heartbeat into the log, so the slot can advance while
+/// other tables fill the WAL.
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+/// The prefix of the heartbeat messages.
+const HEARTBEAT_PREFIX: &str = "orderstream.heartbeat";
+/// How long a batch waits for more changes once a transaction has committed.
+const GATHER: Duration = Duration::from_millis(2);
+
+/// How far the initial snapshot has come.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Snapshot {
+    /// Not started: no slot of ours yet.
+    Pending,
+    /// Reading: rows up to `after` published, at positions `(at, 0..next)`.
+    Running {
+        /// The slot's consistent point.
+        at: Lsn,
+        /// The last `order_id` published.
+        after: Option<i64>,
+        /// The next change index.
+        next: i32,
+    },
+    /// Complete: the stream continues from the log.
+    Done,
+}
+
+/// Where log-based capture stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogicalPosition {
+    /// The initial snapshot's progress.
+    pub snapshot: Snapshot,
+    /// `(commit LSN, index)` of the last change published.
+    pub last: Option<(Lsn, i32)>,
+    /// What the slot may confirm.
+    pub flush: Lsn,
+}
+
+/// What identifies a message of the logical source.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LogicalKey {
+    /// A snapshot read of this `order_id`.
+    Read(i64),
+    /// A change at `(commit LSN, index)`; `true` for the tombstone after a delete.
+    Change(Lsn, i32, bool),
+}
+
+/// The logical replication source on one table.
+pub struct LogicalSource {
+    pg: PostgresConfig,
+    name: String,
+    interval: Duration,
+    sql: Option<Client>,
+    /// The snapshot transaction is open on `sql`.
+    in_snapshot: bool,
+    stream: Option<Stream>,
+    /// The position after the last batch returned; a poll from elsewhere restarts the stream.
+    expected: Option<LogicalPosition>,
+    /// Lowest snapshot index still free (from recovery).
+    next_floor: i32,
+    /// The walsender PID of our last replication session.
+    own_pid: Option<i32>,
+    heartbeat_at: Instant,
+}
+
+struct Stream {
+    client: ReplicationClient,
+    /// Relation OID → the layout of our table (`None`: another table).
+    layouts: HashMap<u32, Option<Layout>>,
+    /// The transaction being read: commit LSN, commit time, next index.
+    txn: Option<(Lsn, DateTime<Utc>, i32)>,
+    /// The position as events are consumed.
+    cursor: LogicalPosition,
+}
+
+impl LogicalSource {
+    /// A source on the configured table; connects on first use. `interval` bounds how long
+    /// one poll waits on an idle stream.
+    pub fn new(pg: &PostgresConfig, interval: Duration) -> LogicalSource {
+        let db = pg.connect.get_dbname().unwrap_or("?");
+        LogicalSource {
+            pg: pg.clone(),
+            name: format!("logical:{db}.{}", pg.table),
+            interval,
+            sql: None,
+            in_snapshot: false,
+            stream: None,
+            expected: None,
+            next_floor: 0,
+            own_pid: None,
+            heartbeat_at: Instant::now(),
+        }
+    }
+
+    /// The SQL connection, checked: wal_level, REPLICATION, table, publication, and the
+    /// single-writer lock.
+    async fn sql(&mut self) -> Result<&Client> {
+        if self.sql.is_none() {
+            let client = db::connect(&self.pg).await?;
+            preflight(&client, &self.pg).await?;
+            self.sql = Some(client);
+            self.in_snapshot = false;
+        }
+        self.sql.as_ref().ok_or_else(|| Error::Postgres("not connected".into()))
+    }
+
+    fn replication_config(&self, start: Lsn) -> Result<ReplicationConfig> {
+        let c = &self.pg.connect;
+        let host = match c.get_hosts().first() {
+            Some(Host::Tcp(h)) => h.clone(),
+            Some(Host::Unix(p)) => p.display().to_string(),
+            None => "localhost".into(),
+        };
+        let port = c.get_ports().first().copied().unwrap_or(5432);
+        let password = c.get_password().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
+        let lsn = pgwire_replication::Lsn::from_u64(start.0);
+        Ok(ReplicationConfig::new(
+            host,
+            c.get_user().unwrap_or_default(),
+            password,
+            c.get_dbname().unwrap_or_default(),
+            self.pg.slot.clone(),
+            self.pg.publication.clone(),
+        )
+        .with_port(port)
+        .with_tls(TlsConfig::disabled())
+        .with_start_lsn(lsn)
+        .with_ack_lsn(lsn)
+        .with_status_interval(Duration::from_millis(500))
+        .with_wakeup_interval(Duration::from_secs(1))
+        .with_buffer_size(4096)
+        .with_options("-c datestyle=ISO,MDY -c timezone=UTC -c extra_float_digits=3")
+        .with_application_name("orderstream"))
+    }
+
+    /// The slot's state: `None` when missing, else its confirmed LSN and active PID.
+    async fn slot(&mut self) -> Result<Option<(Lsn, Option<i32>)>> {
+        let slot = self.pg.slot.clone();
+        let table = self.pg.table.clone();
+        let row = self
+            .sql()
+            .await?
+            .query_opt(
+                "SELECT confirmed_flush_lsn::text, active_pid, plugin::text, database::text = current_database() \
+                 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .map_err(|e| pg_error(&table, &e))?;
+        let Some(row) = row else { return Ok(None) };
+        let plugin: Option<String> = row.get(2);
+        let here: Option<bool> = row.get(3);
+        if plugin.as_deref() != Some("pgoutput") || here != Some(true) {
+            return Err(Error::Setup(format!(
+                "PostgreSQL: replication slot {slot} exists but is not a pgoutput slot of this database; \
+                 drop it or set postgres.slot to another name"
+            )));
+        }
+        let lsn: Option<String> = row.get(0);
+        let lsn = lsn.and_then(|s| s.parse::<Lsn>().ok()).unwrap_or_default();
+        Ok(Some((lsn, row.get(1))))
+    }
+
+    /// Reads the next page of the initial snapshot.
+    async fn snapshot_page(
+        &mut self,
+        position: &LogicalPosition,
+        limit: usize,
+    ) -> Result<Batch<LogicalPosition>> {
+        let table = self.pg.table.clone();
+        let mut position = position.clone();
+        if position.snapshot == Snapshot::Pending {
+            position.snapshot = self.begin_snapshot().await?;
+        } else if !self.in_snapshot {
+            let client = self.sql().await?;
+            client
+                .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .await
+                .map_err(|e| pg_error(&table, &e))?;
+            self.in_snapshot = true;
+            tracing::warn!(
+                "snapshot of {table}: resumed after a restart in a new snapshot; rows changed since the slot's \
+                 consistent point are read with their newer values (the changes also follow from the log)"
+            );
+        }
+        let Snapshot::Running { at, after, next } = position.snapshot else {
+            return Ok(Batch { changes: Vec::new(), position });
+        };
+        let next = next.max(self.next_floor);
+        let sql = format!(
+            "SELECT {} FROM {} WHERE order_id > $1::int8 ORDER BY order_id LIMIT $2::int8",
+            super::poll::COLUMNS,
+            table.quoted()
+        );
+        let client = self.sql().await?;
+        let rows = client
+            .query(&sql, &[&after.unwrap_or(i64::MIN), &(limit as i64)])
+            .await
+            .map_err(|e| pg_error(&table, &e))?;
+        let ts: DateTime<Utc> = Utc::now();
+        let mut changes = Vec::with_capacity(rows.len());
+        for (i, row) in rows.iter().enumerate() {
+            let order = to_order(row, &table)?;
+            let index = next
+                .checked_add(i as i32)
+                .ok_or_else(|| Error::Setup(format!("snapshot of {table}: more than 2^31 rows")))?;
+            changes.push(Change { order, op: Op::Read, at: Some((at, index)), commit_ts: Some(ts) });
+        }
+        let n = changes.len();
+        let last_id = changes.last().map(|c| c.order.order_id).or(after);
+        if n < limit {
+            // Complete: close the snapshot; the stream starts at the consistent point.
+            client.batch_execute("COMMIT").await.map_err(|e| pg_error(&table, &e))?;
+            self.in_snapshot = false;
+            position.snapshot = Snapshot::Done;
+            position.flush = position.flush.max(at);
+            tracing::info!("snapshot of {table} complete; streaming from {at}");
+        } else {
+            position.snapshot = Snapshot::Running { at, after: last_id, next: next + n as i32 };
+        }
+        if let Some(c) = changes.last() {
+            position.last = c.at;
+        }
+        Ok(Batch { changes, position })
+    }
+
+    /// Creates the slot with an exported snapshot and opens that snapshot (or, when the slot
+    /// already exists, a new snapshot at or after its consistent point).
+    async fn begin_snapshot(&mut self) -> Result<Snapshot> {
+        let table = self.pg.table.clone();
+        let slot = self.pg.slot.clone();
+        if let Some((at, active)) = self.slot().await? {
+            if let Some(pid) = active {
+                return Err(slot_in_use(&slot, pid));
+            }
+            let client = self.sql().await?;
+            client
+                .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .await
+                .map_err(|e| pg_error(&table, &e))?;
+            self.in_snapshot = true;
+            tracing::warn!(
+                "replication slot {slot} exists but the state file has no snapshot progress: reading {table} from the \
+                 slot's position {at} in a new snapshot"
+            );
+            return Ok(Snapshot::Running { at, after: None, next: 0 });
+        }
+        let mut repl = ReplicationClient::connect_gated(self.replication_config(Lsn(0))?)
+            .await
+            .map_err(|e| replication_error(&slot, &e))?;
+        let rows = repl
+            .simple_query(&format!("CREATE_REPLICATION_SLOT {slot} LOGICAL pgoutput EXPORT_SNAPSHOT"))
+            .await
+            .map_err(|e| replication_error(&slot, &e))?;
+        let text = |i: usize| {
+            rows.first()
+                .and_then(|r| r.get(i))
+                .and_then(|v| v.as_ref())
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+        };
+        let (Some(at), Some(name)) = (text(1).and_then(|s| s.parse::<Lsn>().ok()), text(2)) else {
+            return Err(Error::Postgres(format!("CREATE_REPLICATION_SLOT {slot}: unexpected answer")));
+        };
+        let client = self.sql().await?;
+        // The exported snapshot lives while `repl` stays idle: import it first.
+        client
+            .batch_execute(&format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
+                name.replace('\'', "''")
+            ))
+            .await
+            .map_err(|e| pg_error(&table, &e))?;
+        self.in_snapshot = true;
+        drop(repl);
+        tracing::info!("replication slot {slot} created at {at}; reading the snapshot of {table}");
+        Ok(Snapshot::Running { at, after: None, next: 0 })
+    }
+
+    /// Opens the replication stream at `position.flush`.
+    async fn start_stream(&mut self, position: &LogicalPosition) -> Result<()> {
+        if let Some(old) = self.stream.take() {
+            let mut client = old.client;
+            let _ = tokio::time::timeout(Duration::from_secs(5), client.shutdown()).await;
+        }
+        let slot = self.pg.slot.clone();
+        match self.slot().await? {
+            None => {
+                return Err(Error::Setup(format!(
+                    "PostgreSQL: replication slot {slot} is missing, but the state file says capture was streaming \
+                     (dropped, or lost in a failover): changes may have been missed. To start over on purpose, remove \
+                     the producer's state file (last_timestamp.txt): a new slot and a full snapshot follow"
+                )));
+            }
+            Some((_, Some(pid))) if Some(pid) != self.own_pid => return Err(slot_in_use(&slot, pid)),
+            Some((_, Some(pid))) => {
+                return Err(Error::Postgres(format!(
+                    "replication slot {slot} is still held by our previous session (PID {pid})"
+                )));
+            }
+            Some(_) => {}
+        }
+        let mut client = ReplicationClient::connect_gated(self.replication_config(position.flush)?)
+            .await
+            .map_err(|e| replication_error(&slot, &e))?;
+        let pid =
+            client.simple_query("SELECT pg_backend_pid()").await.map_err(|e| replication_error(&slot, &e))?;
+        self.own_pid = pid
+            .first()
+            .and_then(|r| r.first())
+            .and_then(|v| v.as_ref())
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .and_then(|s| s.parse().ok());
+        client.start().await.map_err(|e| replication_error(&slot, &e))?;
+        client.wait_started().await.map_err(|e| replication_error(&slot, &e))?;
+        tracing::info!("streaming {} from slot {slot} at {}", self.pg.table, position.flush);
+        self.stream = Some(Stream { client, layouts: HashMap::new(), txn: None, cursor: position.clone() });
+        self.heartbeat_at = Instant::now();
+        Ok(())
+    }
+
+    async fn poll_stream(
+        &mut self,
+        position: &LogicalPosition,
+        limit: usize,
+    ) -> Result<Batch<LogicalPosition>> {
+        if self.stream.is_none() || self.expected.as_ref() != Some(position) {
+            self.start_stream(position).await?;
+        }
+        let started = Instant::now();
+        let mut changes = Vec::new();
+        loop {
+            let Some(stream) = self.stream.as_mut() else { return Err(Error::Postgres("no stream".into())) };
+            let wait = if changes.len() >= limit {
+                break;
+            } else if stream.txn.is_some() {
+                Duration::from_secs(60)
+            } else if !changes.is_empty() {
+                GATHER
+            } else {
+                self.interval.saturating_sub(started.elapsed())
+            };
+            let event = match tokio::time::timeout(wait, stream.client.recv()).await {
+                Err(_) if stream.txn.is_some() => {
+                    return Err(Error::Postgres("no data from the replication stream for 60 s".into()));
+                }
+                Err(_) => break,
+                Ok(Err(e)) => return Err(replication_error(&self.pg.slot, &e)),
+                Ok(Ok(None)) => return Err(Error::Postgres("the replication stream ended".into())),
+                Ok(Ok(Some(event))) => event,
+            };
+            stream.handle(event, &self.pg, &mut changes)?;
+        }
+        let Some(stream) = self.stream.as_mut() else { return Err(Error::Postgres("no stream".into())) };
+        if changes.is_empty() && stream.txn.is_none() && self.heartbeat_at.elapsed() >= HEARTBEAT {
+            self.heartbeat_at = Instant::now();
+            if let Some(sql) = &self.sql
+                && let Err(e) =
+                    sql.execute("SELECT pg_logical_emit_message(false, $1, '')", &[&HEARTBEAT_PREFIX]).await
+            {
+                tracing::debug!("heartbeat: {}", db::error_text(&e));
+            }
+        }
+        Ok(Batch { changes, position: stream.cursor.clone() })
+    }
+}
+
+impl Stream {
+    /// Applies one replication event; changes beyond the cursor go to `out`.
+    fn handle(&mut self, event: ReplicationEvent, pg: &PostgresConfig, out: &mut Vec<Change>) -> Result<()> {
+        let table = &pg.table;
+        match event {
+            ReplicationEvent::Begin { final_lsn, commit_time_micros, .. } => {
+                let ts = pg_time(commit_time_micros);
+                self.txn = Some((Lsn(final_lsn.as_u64()), ts, 0));
+            }
+            ReplicationEvent::Commit { end_lsn, .. } => {
+                self.txn = None;
+                self.cursor.flush = self.cursor.flush.max(Lsn(end_lsn.as_u64()));
+            }
+            ReplicationEvent::KeepAlive { wal_end, .. } if self.txn.is_none() => {
+                // Everything before the server's sent position has reached us.
+                if self.cursor.last.is_none_or(|l| l.0.0 <= wal_end.as_u64()) {
+                    self.cursor.flush = self.cursor.flush.max(Lsn(wal_end.as_u64()));
+                }
+            }
+            ReplicationEvent::Message { transactional: false, lsn, prefix, .. }
+                if self.txn.is_none() && prefix == HEARTBEAT_PREFIX =>
+            {
+                self.cursor.flush = self.cursor.flush.max(Lsn(lsn.as_u64()));
+            }
+            ReplicationEvent::XLogData { data, .. } => {
+                let msg = pgoutput::decode(&data).map_err(|e| {
+                    Error::Postgres(format!("replication slot {}: undecodable message: {e}", pg.slot))
+                })?;
+                self.apply(msg, pg, out)?;
+            }
+            _ => {}
+        }
+        let _ = table;
+        Ok(())
+    }
+
+    fn apply(&mut self, msg: Message, pg: &PostgresConfig, out: &mut Vec<Change>) -> Result<()> {
+        let table = &pg.table;
+        let (rel, op, tuple, old) = match msg {
+            Message::Relation(rel) => {
+                let ours =
+                    rel.name == table.name && table.schema.as_deref().is_none_or(|s| s == rel.namespace);
+                let layout = if ours {
+                    Some(Layout::of(&rel).map_err(|e| Error::Setup(format!("PostgreSQL: {e}")))?)
+                } else {
+                    None
+                };
+                self.layouts.insert(rel.id, layout);
+                return Ok(());
+            }
+            Message::Insert { rel, new } => (rel, Op::Insert, new, None),
+            Message::Update { rel, old, new } => (rel, Op::Update, new, old),
+            Message::Delete { rel, old } => (rel, Op::Delete, old, None),
+            Message::Truncate { rels } => {
+                if rels.iter().any(|r| matches!(self.layouts.get(r), Some(Some(_)))) {
+                    tracing::warn!(
+                        "TRUNCATE of {table} seen in the log: nothing is deleted in the lake (its rows stay as \
+                         their last versions)"
+                    );
+                }
+                return Ok(());
+            }
+            Message::Other(_) => return Ok(()),
+        };
+        let Some(layout) = self.layouts.get(&rel) else {
+            return Err(Error::Postgres(format!("a change of relation {rel} came before its description")));
+        };
+        let Some(layout) = layout else { return Ok(()) };
+        let Some((lsn, ts, index)) = self.txn.as_mut() else {
+            return Err(Error::Postgres("a change outside a transaction".into()));
+        };
+        let at = (*lsn, *index);
+        *index += 1;
+        if self.cursor.last.is_some_and(|last| at <= last) {
+            return Ok(());
+        }
+        let order: Order<'static> = layout
+            .order(&tuple, old.as_ref())
+            .map_err(|e| Error::Setup(format!("PostgreSQL: table {table}: change at {}: {e}", at.0)))?;
+        self.cursor.last = Some(at);
+        out.push(Change { order, op, at: Some(at), commit_ts: Some(*ts) });
+        Ok(())
+    }
+}
+
+/// PostgreSQL's timestamps count microseconds from 2000-01-01.
+fn pg_time(micros: i64) -> DateTime<Utc> {
+    const PG_EPOCH_OFFSET: i64 = 946_684_800_000_000;
+    DateTime::from_timestamp_micros(micros.saturating_add(PG_EPOCH_OFFSET)).unwrap_or_default()
+}
+
+fn slot_in_use(slot: &str, pid: i32) -> Error {
+    Error::Setup(format!(
+        "PostgreSQL: replication slot {slot} is in use by PID {pid} (another `orderstream produce` or `run` on this \
+         table?): one producer per slot"
+    ))
+}
+
+/// A replication-protocol error: the server's refusals that retrying cannot fix are fatal.
+fn replication_error(slot: &str, e: &PgWireError) -> Error {
+    let text = e.to_string();
+    if text.contains("is active for PID") {
+        let pid = text
+            .split("PID ")
+            .nth(1)
+            .and_then(|s| s.trim_matches(|c: char| !c.is_ascii_digit()).parse().ok());
+        return slot_in_use(slot, pid.unwrap_or(0));
+    }
+    let fatal = ["does not exist", "permission denied", "must be superuser or replication role", "wal_level"];
+    if let PgWireError::Server(_) | PgWireError::Auth(_) = e
+        && fatal.iter().any(|f| text.contains(f))
+    {
+        return Error::Setup(format!("PostgreSQL: replication slot {slot}: {text}"));
+    }
+    Error::Postgres(format!("replication slot {slot}: {text}"))
+}
+
+/// Checks once per connection what logical capture needs, each failure one line with its fix.
+async fn preflight(client: &Client, pg: &PostgresConfig) -> Result<()> {
+    let table = &pg.table;
+    let err = |e: tokio_postgres::Error| pg_error(table, &e);
+    let wal_level: String = client.query_one("SHOW wal_level", &[]).await.map_err(err)?.get(0);
+    if wal_level != "logical" {
+        return Err(Error::Setup(format!(
+            "PostgreSQL: wal_level is `{wal_level}`, logical capture needs `logical`: set wal_level = logical in \
+             postgresql.conf and restart PostgreSQL, or set postgres.capture: poll"
+        )));
+    }
+    let row = client
+        .query_one("SELECT current_user::text, rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user", &[])
+        .await
+        .map_err(err)?;
+    let (user, can): (String, bool) = (row.get(0), row.get(1));
+    if !can {
+        return Err(Error::Setup(format!(
+            "PostgreSQL: role {user} lacks the REPLICATION attribute that logical capture needs: \
+             ALTER ROLE {user} REPLICATION (or set postgres.capture: poll)"
+        )));
+    }
+    check_table(client, table).await?;
+    let publication = client
+        .query_opt(
+            "SELECT EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = \
+             (SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass($2)) \
+             AND tablename = $3) FROM pg_publication WHERE pubname = $1",
+            &[&pg.publication, &table.quoted(), &table.name],
+        )
+        .await
+        .map_err(err)?;
+    match publication.map(|r| r.get::<_, bool>(0)) {
+        None => Err(Error::Setup(format!(
+            "PostgreSQL: publication {} does not exist (run `orderstream init`)",
+            pg.publication
+        ))),
+        Some(false) => Err(Error::Setup(format!(
+            "PostgreSQL: publication {} does not include table {table} (run `orderstream init`)",
+            pg.publication
+        ))),
+        Some(true) => Ok(()),
+    }
+}
+
+impl Source for LogicalSource {
+    type Position = LogicalPosition;
+    type Key = LogicalKey;
+
+    const STREAMING: bool = true;
+
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    async fn poll(&mut self, position: &LogicalPosition, limit: usize) -> Result<Batch<LogicalPosition>> {
+        let result = match position.snapshot {
+            Snapshot::Done => self.poll_stream(position, limit).await,
+            _ => self.snapshot_page(position, limit).await,
+        };
+        match &result {
+            Ok(batch) => self.expected = Some(batch.position.clone()),
+            Err(e) => {
+                self.expected = None;
+                self.stream = None;
+                if !matches!(e, Error::Setup(_)) {
+                    self.sql = None;
+                    self.in_snapshot = false;
+                }
+            }
+        }
+        result
+    }
+
+    fn key(change: &Change, tombstone: bool) -> LogicalKey {
+        match (change.op, change.at) {
+            (Op::Read, _) | (_, None) => LogicalKey::Read(change.order.order_id),
+            (_, Some((lsn, i))) => LogicalKey::Change(lsn, i, tombstone),
+        }
+    }
+
+    fn key_of(meta: &ChangeMeta, order: Option<&Order<'_>>) -> Option<LogicalKey> {
+        match (meta.op, meta.lsn, meta.change_index) {
+            (Op::Read, _, _) => order.map(|o| LogicalKey::Read(o.order_id)),
+            (_, Some(lsn), Some(i)) => Some(LogicalKey::Change(lsn, i, meta.tombstone)),
+            _ => None,
+        }
+    }
+
+    fn covers(position: &LogicalPosition, key: &LogicalKey) -> bool {
+        match key {
+            LogicalKey::Read(id) => match &position.snapshot {
+                Snapshot::Done => true,
+                Snapshot::Running { after, .. } => after.is_some_and(|a| *id <= a),
+                Snapshot::Pending => false,
+            },
+            LogicalKey::Change(lsn, i, _) => position.last.is_some_and(|l| (*lsn, *i) <= l),
+        }
+    }
+
+    fn saved(&mut self, position: &LogicalPosition) {
+        if position.snapshot == Snapshot::Done
+            && let Some(stream) = &self.stream
+        {
+            stream.client.update_applied_lsn(pgwire_replication::Lsn::from_u64(position.flush.0));
+        }
+    }
+
+    fn recovered(&mut self, highest: Option<(Lsn, i32)>) {
+        self.next_floor = highest.map_or(0, |h| h.1.saturating_add(1));
+        self.expected = None;
+    }
+
+    fn encode(position: &LogicalPosition) -> Vec<String> {
+        let last = match position.last {
+            Some((lsn, i)) => format!("{lsn}:{i}"),
+            None => "none".into(),
+        };
+        let snapshot = match &position.snapshot {
+            Snapshot::Pending => "snapshot=pending".to_string(),
+            Snapshot::Done => "snapshot=done".to_string(),
+            Snapshot::Running { at, after, next } => {
+                let after = after.map_or("none".to_string(), |a| a.to_string());
+                format!("snapshot={at} after={after} next={next}")
+            }
+        };
+        vec![format!("logical last={last} flush={}", position.flush), snapshot]
+    }
+
+    fn decode(lines: &[&str]) -> std::result::Result<LogicalPosition, String> {
+        let Some((first, rest)) = lines.split_first() else { return Err("empty".into()) };
+        let Some(fields) = first.trim().strip_prefix("logical ") else {
+            return Err(format!(
+                "line 1: `{first}` was written by `postgres.capture: poll`, but capture is `logical`: set the capture \
+                 back, or remove the file to start over with a snapshot"
+            ));
+        };
+        let mut pos = LogicalPosition::beginning_value();
+        for field in fields.split_whitespace() {
+            if let Some(v) = field.strip_prefix("last=") {
+                if v != "none" {
+                    let (lsn, i) =
+                        v.rsplit_once(':').ok_or_else(|| format!("line 1: `{v}` is not lsn:index"))?;
+                    let lsn = lsn.parse::<Lsn>().map_err(|e| format!("line 1: {e}"))?;
+                    let i = i.parse::<i32>().map_err(|_| format!("line 1: `{i}` is not an index"))?;
+                    pos.last = Some((lsn, i));
+                }
+            } else if let Some(v) = field.strip_prefix("flush=") {
+                pos.flush = v.parse().map_err(|e| format!("line 1: {e}"))?;
+            } else {
+                return Err(format!("line 1: unexpected `{field}`"));
+            }
+        }
+        for (n, line) in rest.iter().enumerate() {
+            let n = n + 2;
+            let Some(v) = line.trim().strip_prefix("snapshot=") else {
+                return Err(format!("line {n}: unexpected `{line}`"));
+            };
+            pos.snapshot = match v {
+                "pending" => Snapshot::Pending,
+                "done" => Snapshot::Done,
+                v => {
+                    let mut parts = v.split_whitespace();
+                    let at =
+                        parts.next().unwrap_or("").parse::<Lsn>().map_err(|e| format!("line {n}: {e}"))?;
+                    let mut after = None;
+                    let mut next = 0;
+                    for p in parts {
+                        if let Some(a) = p.strip_prefix("after=") {
+                            if a != "none" {
+                                after = Some(a.parse().map_err(|_| format!("line {n}: `{a}` is not an id"))?);
+                            }
+                        } else if let Some(x) = p.strip_prefix("next=") {
+                            next = x.parse().map_err(|_| format!("line {n}: `{x}` is not an index"))?;
+                        } else {
+                            return Err(format!("line {n}: unexpected `{p}`"));
+                        }
+                    }
+                    Snapshot::Running { at, after, next }
+                }
+            };
+        }
+        Ok(pos)
+    }
+
+    fn beginning() -> LogicalPosition {
+        LogicalPosition::beginning_value()
+    }
+}
+
+impl LogicalPosition {
+    fn beginning_value() -> LogicalPosition {
+        LogicalPosition { snapshot: Snapshot::Pending, last: None, flush: Lsn(0) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_round_trip_through_the_state_lines() {
+        let cases = [
+            LogicalPosition::beginning_value(),
+            LogicalPosition {
+                snapshot: Snapshot::Running { at: Lsn(0x16B3748), after: Some(110), next: 10 },
+                last: Some((Lsn(0x16B3748), 9)),
+                flush: Lsn(0),
+            },
+            LogicalPosition {
+                snapshot: Snapshot::Done,
+                last: Some((Lsn(0x1_0000_0010), 3)),
+                flush: Lsn(0x1_0000_0040),
+            },
+        ];
+        for pos in cases {
+            let lines = LogicalSource::encode(&pos);
+            let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+            assert_eq!(LogicalSource::decode(&lines).unwrap(), pos, "{lines:?}");
+        }
+        assert_eq!(
+            LogicalSource::encode(&LogicalPosition {
+                snapshot: Snapshot::Done,
+                last: Some((Lsn(0x16B3748), 2)),
+                flush: Lsn(0x16B3800)
+            }),
+            ["logical last=0/16B3748:2 flush=0/16B3800", "snapshot=done"]
+        );
+    }
+
+    #[test]
+    fn a_poll_state_file_is_named() {
+        let e = LogicalSource::decode(&["2025-01-18 12:33:00", "order_id=110"]).unwrap_err();
+        assert!(e.contains("postgres.capture: poll"), "{e}");
+        assert!(LogicalSource::decode(&["logical last=zz flush=0/0"]).is_err());
+        assert!(LogicalSource::decode(&["logical last=none flush=0/0", "snapshot=0/1 after=x"]).is_err());
+    }
+
+    #[test]
+    fn covers_snapshot_rows_and_log_positions() {
+        let pos = LogicalPosition {
+            snapshot: Snapshot::Running { at: Lsn(100), after: Some(50), next: 5 },
+            last: Some((Lsn(100), 4)),
+            flush: Lsn(0),
+        };
+        assert!(LogicalSource::covers(&pos, &LogicalKey::Read(50)));
+        assert!(!LogicalSource::covers(&pos, &LogicalKey::Read(51)));
+        let pos = LogicalPosition { snapshot: Snapshot::Done, last: Some((Lsn(200), 3)), flush: Lsn(190) };
+        assert!(LogicalSource::covers(&pos, &LogicalKey::Read(1_000_000)));
+        assert!(LogicalSource::covers(&pos, &LogicalKey::Change(Lsn(200), 3, true)));
+        assert!(!LogicalSource::covers(&pos, &LogicalKey::Change(Lsn(200), 4, false)));
+        assert!(!LogicalSource::covers(&pos, &LogicalKey::Change(Lsn(201), 0, false)));
+    }
+
+    #[test]
+    fn postgres_time_is_from_2000() {
+        assert_eq!(pg_time(0).to_rfc3339(), "2000-01-01T00:00:00+00:00");
+    }
+}
