@@ -61,12 +61,28 @@ pub struct TestEnv {
     pub topic: String,
     /// Extra `ORDERSTREAM__*` variables for every orderstream command.
     pub env: Vec<(String, String)>,
+    /// `postgres.capture` of this test's config: `poll` unless made with [`TestEnv::logical`].
+    pub capture: &'static str,
 }
 
 impl TestEnv {
-    /// A test world on the local stack's broker.
+    /// A test world on the local stack's broker, capturing by polling.
     pub fn new(tag: &str) -> TestEnv {
         Self::with_brokers(tag, &stack_brokers())
+    }
+
+    /// A test world on the local stack's broker, capturing from the log (the default mode).
+    /// Its replication slot is dropped when the test's `TestEnv` is dropped.
+    pub fn logical(tag: &str) -> TestEnv {
+        let mut env = Self::with_brokers(tag, &stack_brokers());
+        env.capture = "logical";
+        env.write_config("");
+        env
+    }
+
+    /// The replication slot of a logical test world (the default name for its table).
+    pub fn slot(&self) -> String {
+        format!("orderstream_{}", self.table)
     }
 
     /// A test world on the given broker.
@@ -81,6 +97,7 @@ impl TestEnv {
             name,
             dir,
             env: Vec::new(),
+            capture: "poll",
         };
         env.write_config("");
         env
@@ -114,6 +131,7 @@ impl TestEnv {
   table: "{table}"
   user: "student"
   password: "student123"
+  capture: "{capture}"
 kafka:
   brokers: "{brokers}"
   topic: "{topic}"
@@ -129,6 +147,7 @@ metrics:
   port: 0
 "#,
             port = pg_port(),
+            capture = self.capture,
             table = self.table,
             brokers = self.brokers,
             topic = self.topic,
@@ -230,6 +249,20 @@ metrics:
         .iter()
         .map(|r| r.get(0))
         .collect()
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        // An abandoned slot would keep the stack's WAL forever.
+        if self.capture == "logical"
+            && let Ok(mut c) = postgres::Client::connect(&pg_url(), postgres::NoTls)
+        {
+            let _ = c.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
+                &[&self.slot()],
+            );
+        }
     }
 }
 

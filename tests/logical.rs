@@ -1,0 +1,492 @@
+//! Log-based capture (`postgres.capture: logical`, the default) against the real PostgreSQL and
+//! broker: snapshot reads, inserts, updates and deletes with their headers; every change once
+//! across crashes; the faults that must stop the producer with one clear line.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::proc::{wait_for, wait_until};
+use common::topic::{Record, read_topic};
+use common::{Broker, Rng, TestEnv};
+
+const SEED_JSON: &str = r#"{"order_id": 101, "customer_name": "John Doe", "restaurant_name": "Burger Junction", "item": "Veg Burger", "amount": 220.00, "order_status": "PLACED", "created_at": "2025-01-18T12:24:00Z"}"#;
+
+/// A message's position: (commit LSN as a number, change index, tombstone).
+fn position(m: &Record) -> (u64, i32, bool) {
+    let lsn = m.header("orderstream.lsn").unwrap_or_else(|| panic!("no lsn header: {m:?}"));
+    let (hi, lo) = lsn.split_once('/').unwrap();
+    let lsn = (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap();
+    let index: i32 = m.header("orderstream.change_index").unwrap().parse().unwrap();
+    (lsn, index, m.header("orderstream.tombstone").as_deref() == Some("1"))
+}
+
+/// Every message of the test's topic in log order.
+fn changes(env: &TestEnv) -> Vec<Record> {
+    let mut msgs = read_topic(&env.brokers, &env.topic);
+    msgs.sort_by_key(position);
+    msgs
+}
+
+fn wait_changes(env: &TestEnv, n: usize, limit: Duration) -> Vec<Record> {
+    wait_for(limit, &format!("{n} messages in {}", env.topic), || {
+        let m = changes(env);
+        (m.len() >= n).then_some(m)
+    })
+}
+
+/// The latest version of every order in the topic, deletes removed: what the table must hold.
+fn current_state(msgs: &[Record]) -> BTreeMap<i64, String> {
+    let mut state = BTreeMap::new();
+    for m in msgs.iter().filter(|m| m.value.is_some()) {
+        let id: i64 = m.key_str().unwrap().parse().unwrap();
+        match m.header("orderstream.op").as_deref() {
+            Some("d") => state.remove(&id),
+            _ => state.insert(id, m.value_str().unwrap()),
+        };
+    }
+    state
+}
+
+/// The table, one comparable line per order: every seed column as PostgreSQL renders it.
+fn table_state(env: &TestEnv) -> BTreeMap<i64, String> {
+    let sql = format!(
+        "SELECT order_id::int8, customer_name::text, restaurant_name::text, item::text, amount::text, \
+         order_status::text, to_char(created_at, 'YYYY-MM-DD\"T\"HH24:MI:SS.US') FROM {}",
+        env.t()
+    );
+    let text = |r: &postgres::Row, i: usize| format!("{:?}", r.get::<_, Option<String>>(i));
+    env.pg()
+        .query(&sql, &[])
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let line = (1..7).map(|i| text(r, i)).collect::<Vec<_>>().join("|");
+            (r.get(0), line)
+        })
+        .collect()
+}
+
+/// The topic's current state in the same form as [`table_state`].
+fn topic_state(msgs: &[Record]) -> BTreeMap<i64, String> {
+    current_state(msgs)
+        .into_iter()
+        .map(|(id, json)| {
+            let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+            let text = |k: &str| format!("{:?}", v[k].as_str().map(str::to_string));
+            // The amount as written (both decimals), not as a float.
+            let amount = json.split("\"amount\": ").nth(1).and_then(|r| r.split(',').next()).unwrap();
+            let amount = format!("{:?}", (amount != "null").then(|| amount.to_string()));
+            let ts = v["created_at"].as_str().unwrap().trim_end_matches('Z');
+            let ts = if ts.contains('.') { ts.to_string() } else { format!("{ts}.000000") };
+            let line = [
+                text("customer_name"),
+                text("restaurant_name"),
+                text("item"),
+                amount,
+                text("order_status"),
+                format!("{:?}", Some(ts)),
+            ]
+            .join("|");
+            (id, line)
+        })
+        .collect()
+}
+
+/// No two messages share a position, and sequence numbers grow within each partition.
+fn assert_each_change_once(msgs: &[Record]) {
+    let mut seen = BTreeSet::new();
+    for m in msgs {
+        assert!(seen.insert(position(m)), "position {:?} twice (key {:?})", position(m), m.key_str());
+    }
+    let mut by_partition: BTreeMap<i32, Vec<&Record>> = BTreeMap::new();
+    for m in msgs {
+        by_partition.entry(m.partition).or_default().push(m);
+    }
+    for (p, mut list) in by_partition {
+        list.sort_by_key(|m| m.offset);
+        let seqs: Vec<u64> =
+            list.iter().map(|m| m.header("orderstream.seq").unwrap().parse().unwrap()).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "partition {p}: sequence numbers do not grow");
+    }
+}
+
+#[test]
+fn seed_rows_are_snapshot_reads_and_every_change_follows_with_its_op() {
+    let env = TestEnv::logical("lg_ops");
+    let (code, out, err) = env.run(&["init"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!(
+            "publication {} for table {} created; replica identity full",
+            env.slot(),
+            env.table
+        )),
+        "{out}"
+    );
+    let mut producer = env.spawn(&["produce"]);
+    let msgs = wait_changes(&env, 10, Duration::from_secs(60));
+    assert_eq!(msgs.len(), 10);
+    for (i, m) in msgs.iter().enumerate() {
+        assert_eq!(m.header("orderstream.op").as_deref(), Some("r"));
+        assert_eq!(m.key_str(), Some((101 + i).to_string()));
+        assert_eq!(position(m).1, i as i32, "snapshot rows are indexed in order_id order");
+    }
+    assert_eq!(msgs[0].value_str().as_deref(), Some(SEED_JSON));
+    assert_eq!(msgs[0].header("orderstream.source"), Some(format!("logical:food_delivery_db.{}", env.table)));
+    let snapshot_lsn = position(&msgs[0]).0;
+
+    let t = env.t();
+    let mut pg = env.pg();
+    pg.batch_execute(&format!("UPDATE {t} SET order_status = 'DELIVERED' WHERE order_id = 101")).unwrap();
+    pg.batch_execute(&format!("DELETE FROM {t} WHERE order_id = 102")).unwrap();
+    for zone in ["America/New_York", "Asia/Kolkata"] {
+        pg.batch_execute(&format!(
+            "SET TIME ZONE '{zone}'; INSERT INTO {t} (customer_name, amount, created_at) VALUES ('{zone}', 12.50, CURRENT_TIMESTAMP); RESET TIME ZONE"
+        ))
+        .unwrap();
+    }
+    pg.batch_execute(&format!(
+        "INSERT INTO {t} (customer_name, amount, created_at) VALUES ('Backfill', 7.25, '2020-02-02 02:02:02')"
+    ))
+    .unwrap();
+    let gid = format!("gid_{}", env.name);
+    pg.batch_execute(&format!(
+        "BEGIN; INSERT INTO {t} (customer_name, amount) VALUES ('Two phase', 3.00); PREPARE TRANSACTION '{gid}'"
+    ))
+    .unwrap();
+    pg.batch_execute(&format!("COMMIT PREPARED '{gid}'")).unwrap();
+    pg.batch_execute(&format!(
+        "BEGIN; INSERT INTO {t} (customer_name, amount) VALUES ('Multi a', 1.00), ('Multi b', 2.00); \
+         UPDATE {t} SET order_status = 'CANCELLED' WHERE customer_name = 'Multi a'; COMMIT"
+    ))
+    .unwrap();
+
+    // 10 reads, 1 update, a delete and its tombstone, 4 single inserts, 3 changes in one transaction.
+    let msgs = wait_changes(&env, 20, Duration::from_secs(30));
+    assert_eq!(
+        msgs.len(),
+        20,
+        "{:#?}",
+        msgs.iter().map(|m| (m.key_str(), m.header("orderstream.op"))).collect::<Vec<_>>()
+    );
+    assert_each_change_once(&msgs);
+    let live = &msgs[10..];
+    assert!(live.iter().all(|m| position(m).0 > snapshot_lsn), "streamed changes follow the snapshot");
+    let ops: Vec<String> = live.iter().map(|m| m.header("orderstream.op").unwrap()).collect();
+    assert_eq!(ops, ["u", "d", "d", "c", "c", "c", "c", "c", "c", "u"]);
+
+    assert_eq!(live[0].value_str().unwrap(), SEED_JSON.replace("PLACED", "DELIVERED"));
+    assert_eq!(
+        live[1].value_str().unwrap(),
+        r#"{"order_id": 102, "customer_name": "Priya Sharma", "restaurant_name": "Spice Route", "item": "Paneer Tikka", "amount": 340.50, "order_status": "PLACED", "created_at": "2025-01-18T12:25:00Z"}"#
+    );
+    assert_eq!(
+        (live[2].key_str().as_deref(), live[2].value.as_ref()),
+        (Some("102"), None),
+        "tombstone after the delete"
+    );
+    assert_eq!(position(&live[2]), (position(&live[1]).0, position(&live[1]).1, true));
+    let names: Vec<String> =
+        live[3..].iter().map(|m| m.json()["customer_name"].as_str().unwrap().to_string()).collect();
+    assert_eq!(
+        names,
+        ["America/New_York", "Asia/Kolkata", "Backfill", "Two phase", "Multi a", "Multi b", "Multi a"]
+    );
+    assert!(live[5].value_str().unwrap().contains(r#""created_at": "2020-02-02T02:02:02Z""#));
+    // One transaction: one LSN, indexes 0, 1, 2.
+    let multi: Vec<(u64, i32, bool)> = live[7..].iter().map(position).collect();
+    assert_eq!(multi.iter().map(|p| p.1).collect::<Vec<_>>(), [0, 1, 2]);
+    assert!(multi.iter().all(|p| p.0 == multi[0].0));
+    assert!(live[9].value_str().unwrap().contains("\"order_status\": \"CANCELLED\""));
+    for m in &msgs {
+        let ts = m.header("orderstream.commit_ts").unwrap();
+        assert!(chrono::DateTime::parse_from_rfc3339(&ts).is_ok() && ts.ends_with('Z'), "{ts}");
+    }
+    assert_eq!(topic_state(&msgs), table_state(&env));
+
+    // A clean stop and a restart publish nothing again; the next change follows.
+    assert_eq!(producer.terminate(Duration::from_secs(30)), 0, "{}", producer.log_text());
+    let state = std::fs::read_to_string(env.lastprocess().join("last_timestamp.txt")).unwrap();
+    assert!(state.starts_with("logical last="), "{state}");
+    assert!(state.contains("snapshot=done"), "{state}");
+    let mut producer = env.spawn(&["produce"]);
+    pg.batch_execute(&format!("UPDATE {t} SET amount = 99.99 WHERE order_id = 103")).unwrap();
+    let msgs = wait_changes(&env, 21, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(producer.terminate(Duration::from_secs(30)), 0, "{}", producer.log_text());
+    let msgs = if msgs.len() == 21 { changes(&env) } else { msgs };
+    assert_eq!(msgs.len(), 21);
+    assert_each_change_once(&msgs);
+    assert_eq!(topic_state(&msgs), table_state(&env));
+}
+
+/// Writes a mix of changes until `stop`: single-row inserts, updates and deletes, and
+/// multi-row transactions. Returns how many row changes it committed.
+fn write_mix(
+    env: &TestEnv,
+    stop: Arc<AtomicBool>,
+    seed: u64,
+    done: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<()> {
+    let t = env.t();
+    let mut pg = env.pg();
+    std::thread::spawn(move || {
+        let mut rng = Rng(seed.max(1));
+        while !stop.load(Ordering::SeqCst) {
+            let n = match rng.below(5) {
+                0 | 1 => pg
+                    .execute(&format!("INSERT INTO {t} (customer_name, amount) VALUES ('mix', 5.00)"), &[])
+                    .unwrap(),
+                2 => pg
+                    .execute(
+                        &format!(
+                            "UPDATE {t} SET order_status = 'CONFIRMED', amount = amount + 1 WHERE order_id = \
+                             (SELECT order_id FROM {t} ORDER BY random() LIMIT 1)"
+                        ),
+                        &[],
+                    )
+                    .unwrap(),
+                3 => pg
+                    .execute(
+                        &format!("DELETE FROM {t} WHERE order_id = (SELECT order_id FROM {t} ORDER BY random() LIMIT 1)"),
+                        &[],
+                    )
+                    .unwrap(),
+                _ => {
+                    let mut tx = pg.transaction().unwrap();
+                    let a = tx
+                        .execute(&format!("INSERT INTO {t} (customer_name, amount) SELECT 'multi', 2.00 FROM generate_series(1, 5)"), &[])
+                        .unwrap();
+                    let b = tx
+                        .execute(&format!("UPDATE {t} SET order_status = 'PREPARING' WHERE customer_name = 'multi' AND order_status = 'PLACED'"), &[])
+                        .unwrap();
+                    tx.commit().unwrap();
+                    a + b
+                }
+            };
+            done.fetch_add(n, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(rng.range(1, 15)));
+        }
+    })
+}
+
+#[test]
+fn crash_loop_publishes_every_change_exactly_once() {
+    let broker = Broker::start_memory();
+    let mut env = TestEnv::logical("lg_crash");
+    env.brokers = broker.addr.clone();
+    env.write_config("");
+    env.set("ORDERSTREAM__STREAMING__MAX_BATCH_ROWS", "2000");
+    env.init();
+    let mut rng = Rng::from_env("crash_loop_publishes_every_change_exactly_once");
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let writers: Vec<_> = (0..2).map(|_| write_mix(&env, stop.clone(), rng.next(), done.clone())).collect();
+    let t = env.t();
+    for round in 0..22 {
+        let mut producer = env.spawn(&["produce"]);
+        if round == 5 {
+            // One large transaction, published in many batches: killed somewhere inside it.
+            let n = env
+                .pg()
+                .execute(
+                    &format!("INSERT INTO {t} (customer_name, amount) SELECT 'bulk', 1.50 FROM generate_series(1, 100000)"),
+                    &[],
+                )
+                .unwrap();
+            done.fetch_add(n, Ordering::SeqCst);
+        }
+        std::thread::sleep(Duration::from_millis(rng.range(300, 2500)));
+        if round == 11 {
+            // The replication connection is cut under the producer: it reconnects by itself.
+            env.pg()
+                .execute(
+                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                    &[&env.slot()],
+                )
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(rng.range(500, 1500)));
+        }
+        assert!(producer.running(), "round {round}: producer exited early:\n{}", producer.log_text());
+        if rng.below(3) == 0 {
+            broker.freeze();
+            std::thread::sleep(Duration::from_millis(rng.range(100, 400)));
+            producer.kill();
+            std::thread::sleep(Duration::from_millis(rng.range(0, 200)));
+            broker.thaw();
+        } else {
+            producer.kill();
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    for w in writers {
+        w.join().unwrap();
+    }
+    let expected = 10 + done.load(Ordering::SeqCst) as usize;
+    let mut producer = env.spawn(&["produce"]);
+    let msgs = wait_for(Duration::from_secs(180), "the topic's state equal to the table", || {
+        let m = changes(&env);
+        (topic_state(&m) == table_state(&env)).then_some(m)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(producer.terminate(Duration::from_secs(30)), 0, "{}", producer.log_text());
+    let msgs = if msgs.len() == changes(&env).len() { msgs } else { changes(&env) };
+    assert_each_change_once(&msgs);
+    let rows = msgs.iter().filter(|m| m.value.is_some()).count();
+    let deletes = msgs
+        .iter()
+        .filter(|m| m.header("orderstream.op").as_deref() == Some("d") && m.value.is_some())
+        .count();
+    if rows != expected {
+        // Where the missing changes were: transactions whose indexes have gaps.
+        let mut by_lsn: BTreeMap<u64, BTreeSet<i32>> = BTreeMap::new();
+        for m in msgs.iter().filter(|m| m.value.is_some()) {
+            let (lsn, i, _) = position(m);
+            by_lsn.entry(lsn).or_default().insert(i);
+        }
+        let gaps: Vec<String> = by_lsn
+            .iter()
+            .filter(|(_, ix)| ix.iter().next_back().map_or(0, |l| *l as usize + 1) != ix.len())
+            .map(|(l, ix)| format!("{l:X}: {} of 0..={}", ix.len(), ix.iter().next_back().unwrap()))
+            .collect();
+        eprintln!("{} transactions in the topic; with gaps: {gaps:?}", by_lsn.len());
+    }
+    assert_eq!(rows, expected, "every committed row change once (plus the 10 snapshot reads)");
+    assert_eq!(msgs.len() - rows, deletes, "one tombstone per delete");
+    let log = env.logs("produce");
+    let recovered = log.lines().filter(|l| l.contains("recovery:") && !l.contains(" 0 orders of")).count();
+    eprintln!("{expected} changes; {recovered} restarts found messages of an unsaved batch");
+}
+
+#[test]
+fn a_second_producer_on_the_slot_is_refused_naming_the_holder() {
+    let env = TestEnv::logical("lg_two");
+    env.init();
+    let mut first = env.spawn(&["produce"]);
+    wait_changes(&env, 10, Duration::from_secs(60));
+    let holder = wait_for(Duration::from_secs(30), "the slot held", || {
+        env.pg()
+            .query_opt(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                &[&env.slot()],
+            )
+            .unwrap()
+            .map(|r| r.get::<_, i32>(0))
+    });
+    let (code, _, err) = env.run(&["produce"]);
+    assert_eq!(code, 1, "{err}");
+    let line = err.lines().last().unwrap_or_default();
+    assert!(line.contains(&format!("replication slot {} is in use by PID {holder}", env.slot())), "{err}");
+    assert!(first.running());
+    assert_eq!(first.terminate(Duration::from_secs(30)), 0);
+    assert_eq!(changes(&env).len(), 10);
+}
+
+#[test]
+fn a_missing_slot_after_streaming_stops_instead_of_resnapshotting() {
+    let env = TestEnv::logical("lg_noslot");
+    env.init();
+    let mut producer = env.spawn(&["produce"]);
+    wait_changes(&env, 10, Duration::from_secs(60));
+    assert_eq!(producer.terminate(Duration::from_secs(30)), 0, "{}", producer.log_text());
+    env.pg().execute("SELECT pg_drop_replication_slot($1)", &[&env.slot()]).unwrap();
+    let (code, _, err) = env.run(&["produce"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "replication slot {} is missing, but the state file says capture was streaming",
+            env.slot()
+        )) && err.contains("remove the producer's state file"),
+        "{err}"
+    );
+    assert_eq!(changes(&env).len(), 10, "nothing was published again");
+}
+
+#[test]
+fn a_role_without_replication_and_a_missing_publication_are_named() {
+    let mut env = TestEnv::logical("lg_role");
+    env.init();
+    env.set("ORDERSTREAM__POSTGRES__USER", "student_norepl");
+    let (code, _, err) = env.run(&["produce"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("role student_norepl lacks the REPLICATION attribute"), "{err}");
+    assert!(err.contains("ALTER ROLE student_norepl REPLICATION"), "{err}");
+
+    let mut env = TestEnv::logical("lg_nopub");
+    env.init();
+    env.set("ORDERSTREAM__POSTGRES__PUBLICATION", "orderstream_nothing_here");
+    let (code, _, err) = env.run(&["produce"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("publication orderstream_nothing_here does not exist (run `orderstream init`)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn added_columns_are_ignored_a_dropped_seed_column_stops_and_truncate_deletes_nothing() {
+    let env = TestEnv::logical("lg_ddl");
+    env.init();
+    let mut producer = env.spawn(&["produce"]);
+    wait_changes(&env, 10, Duration::from_secs(60));
+    let t = env.t();
+    let mut pg = env.pg();
+    pg.batch_execute(&format!("ALTER TABLE {t} ADD COLUMN tip numeric(10,2) DEFAULT 1.00")).unwrap();
+    pg.batch_execute(&format!("INSERT INTO {t} (customer_name, amount, tip) VALUES ('Tipper', 8.00, 2.00)"))
+        .unwrap();
+    let msgs = wait_changes(&env, 11, Duration::from_secs(30));
+    assert!(msgs[10].value_str().unwrap().contains("\"customer_name\": \"Tipper\""));
+    assert!(!msgs[10].value_str().unwrap().contains("tip"));
+
+    pg.batch_execute(&format!("TRUNCATE {t}")).unwrap();
+    wait_until(Duration::from_secs(30), "TRUNCATE logged", || producer.log_text().contains("TRUNCATE of"));
+    assert_eq!(changes(&env).len(), 11, "TRUNCATE publishes nothing");
+
+    pg.batch_execute(&format!("ALTER TABLE {t} DROP COLUMN item")).unwrap();
+    pg.batch_execute(&format!("INSERT INTO {t} (customer_name, amount) VALUES ('After', 1.00)")).unwrap();
+    assert_eq!(producer.wait(Duration::from_secs(30)), 1, "{}", producer.log_text());
+    let log = producer.log_text();
+    assert!(log.contains(&format!("column item is gone from table public.{}", env.table)), "{log}");
+}
+
+#[test]
+fn a_snapshot_killed_midway_under_writes_ends_with_the_table_and_no_row_read_twice() {
+    let mut env = TestEnv::logical("lg_snap");
+    env.set("ORDERSTREAM__STREAMING__MAX_BATCH_ROWS", "200");
+    env.init();
+    env.insert(5_000);
+    let mut rng =
+        Rng::from_env("a_snapshot_killed_midway_under_writes_ends_with_the_table_and_no_row_read_twice");
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let writer = write_mix(&env, stop.clone(), rng.next(), done.clone());
+    let mut kills = 0;
+    for _ in 0..4 {
+        let mut producer = env.spawn(&["produce"]);
+        std::thread::sleep(Duration::from_millis(rng.range(200, 1200)));
+        producer.kill();
+        let state = std::fs::read_to_string(env.lastprocess().join("last_timestamp.txt")).unwrap_or_default();
+        if !state.contains("snapshot=done") {
+            kills += 1;
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    assert!(kills >= 1, "no kill landed during the snapshot; the test proved nothing");
+    let mut producer = env.spawn(&["produce"]);
+    let msgs = wait_for(Duration::from_secs(120), "the topic's state equal to the table", || {
+        let m = changes(&env);
+        (topic_state(&m) == table_state(&env)).then_some(m)
+    });
+    assert_eq!(producer.terminate(Duration::from_secs(30)), 0, "{}", producer.log_text());
+    assert_each_change_once(&msgs);
+    let mut reads = BTreeSet::new();
+    for m in msgs.iter().filter(|m| m.header("orderstream.op").as_deref() == Some("r")) {
+        assert!(reads.insert(m.key_str()), "order {:?} read twice by the snapshot", m.key_str());
+    }
+    eprintln!("{kills} kills during the snapshot; {} snapshot reads", reads.len());
+}
