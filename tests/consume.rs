@@ -16,16 +16,16 @@ use common::volume::{assert_exactly_once, produce_paced, volume_message, wait_as
 use common::{Broker, Rng, TestEnv};
 
 fn row(id: i64, customer: Option<&str>, amount: &str, created_at: &str, date: &str) -> LakeRow {
-    LakeRow {
-        order_id: id,
-        customer_name: customer.map(str::to_string),
-        restaurant_name: Some("Burger Junction".into()),
-        item: Some("Veg Burger".into()),
-        amount: amount.into(),
-        order_status: Some("PLACED".into()),
-        created_at: created_at.into(),
-        date: date.into(),
-    }
+    LakeRow::polled(
+        id,
+        customer.map(str::to_string),
+        Some("Burger Junction".into()),
+        Some("Veg Burger".into()),
+        amount.into(),
+        Some("PLACED".into()),
+        created_at.into(),
+        date.into(),
+    )
 }
 
 fn dlq(env: &TestEnv) -> Vec<Record> {
@@ -70,16 +70,16 @@ fn valid_rows_land_exactly_and_every_bad_input_goes_to_the_dead_letter_topic() {
     assert_eq!(c.stop(), 0, "{}", c.log_text());
 
     let expected = vec![
-        LakeRow {
-            order_id: 101,
-            customer_name: Some("John Doe".into()),
-            restaurant_name: Some("Burger Junction".into()),
-            item: Some("Veg Burger".into()),
-            amount: "220.00".into(),
-            order_status: Some("PLACED".into()),
-            created_at: "2025-01-18T12:24:00.000000Z".into(),
-            date: "2025-01-18".into(),
-        },
+        LakeRow::polled(
+            101,
+            Some("John Doe".into()),
+            Some("Burger Junction".into()),
+            Some("Veg Burger".into()),
+            "220.00".into(),
+            Some("PLACED".into()),
+            "2025-01-18T12:24:00.000000Z".into(),
+            "2025-01-18".into(),
+        ),
         row(102, None, "0.01", "2025-01-18T12:25:00.123456Z", "2025-01-18"),
         row(103, Some("Customer 103"), "99999999.99", "2025-01-18T12:26:00.000000Z", "2025-01-18"),
         row(104, Some("Customer 104"), "12.50", "2025-01-18T23:00:00.000000Z", "2025-01-18"),
@@ -97,6 +97,10 @@ fn valid_rows_land_exactly_and_every_bad_input_goes_to_the_dead_letter_topic() {
             ("amount", "DECIMAL(10,2)"),
             ("order_status", "VARCHAR"),
             ("created_at", "TIMESTAMP WITH TIME ZONE"),
+            ("op", "VARCHAR"),
+            ("lsn", "BIGINT"),
+            ("change_index", "INTEGER"),
+            ("committed_at", "TIMESTAMP WITH TIME ZONE"),
             ("date", "DATE"),
         ]
     );
@@ -182,7 +186,7 @@ fn timestamps_near_midnight_in_other_zones_land_in_their_utc_day() {
     assert_eq!(arrow.rows, expected);
     let types: Vec<String> = arrow.schema.iter().map(|(n, t)| format!("{n}:{t}")).collect();
     assert_eq!(
-        types[..7],
+        types[..11],
         [
             "order_id:int64",
             "customer_name:string",
@@ -191,6 +195,10 @@ fn timestamps_near_midnight_in_other_zones_land_in_their_utc_day() {
             "amount:decimal128(10, 2)",
             "order_status:string",
             "created_at:timestamp[us, tz=UTC]",
+            "op:string",
+            "lsn:int64",
+            "change_index:int32",
+            "committed_at:timestamp[us, tz=UTC]",
         ]
     );
     let dates: Vec<String> = files(&env.lake())
