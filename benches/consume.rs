@@ -9,8 +9,10 @@
 //!
 //! Knobs: `ORDERSTREAM_BENCH_MESSAGES` (1000000), `ORDERSTREAM_BENCH_RUNS` (5),
 //! `ORDERSTREAM_BENCH_PARTITIONS` (3), `ORDERSTREAM_BENCH_BROKER` (another broker instead of a
-//! private tansu), `ORDERSTREAM_BENCH_TOPIC` (an already pre-filled topic);
-//! `ORDERSTREAM__*` variables are passed to the consumer.
+//! private tansu), `ORDERSTREAM_BENCH_TOPIC` (an already pre-filled topic),
+//! `ORDERSTREAM_BENCH_HEADERS` (default none; `poll`: the headers the polling producer sends,
+//! source and seq; `logical`: those of log-based capture, source, seq, op, lsn, change_index
+//! and commit_ts); `ORDERSTREAM__*` variables are passed to the consumer.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -52,6 +54,35 @@ fn order(i: usize) -> String {
         STATUSES[i % 4],
         ts.format("%Y-%m-%dT%H:%M:%S%.fZ"),
     )
+}
+
+/// Which headers the pre-filled messages carry (`ORDERSTREAM_BENCH_HEADERS`).
+#[derive(Clone, Copy, PartialEq)]
+enum Headers {
+    None,
+    Poll,
+    Logical,
+}
+
+/// Message `i` with the headers of `kind`; log-based capture has 4 changes per transaction.
+fn with_headers(msg: Msg, i: usize, kind: Headers) -> Msg {
+    use orderstream::wire::*;
+    let source = if kind == Headers::Poll { "poll:" } else { "logical:" };
+    let msg = match kind {
+        Headers::None => return msg,
+        _ => msg
+            .header(SOURCE_HEADER, format!("{source}food_delivery_db.roll001_orders"))
+            .header(SEQ_HEADER, (i + 1).to_string()),
+    };
+    if kind == Headers::Poll {
+        return msg;
+    }
+    let lsn = Lsn(0x1_6B37_4800 + (i as u64 / 4) * 0x100);
+    let ts = chrono::DateTime::from_timestamp(1_764_136_800 + (i as i64) / 40, 0).unwrap_or_default();
+    msg.header(OP_HEADER, ["c", "u", "u", "d"][i % 4])
+        .header(LSN_HEADER, lsn.to_string())
+        .header(CHANGE_INDEX_HEADER, (i % 4).to_string())
+        .header(COMMIT_TS_HEADER, format_commit_ts(&ts))
 }
 
 struct Run {
@@ -138,6 +169,12 @@ fn main() {
     let n: usize = knob("ORDERSTREAM_BENCH_MESSAGES", 1_000_000);
     let runs: usize = knob("ORDERSTREAM_BENCH_RUNS", 5);
     let partitions: i32 = knob("ORDERSTREAM_BENCH_PARTITIONS", 3);
+    let headers = match std::env::var("ORDERSTREAM_BENCH_HEADERS").as_deref() {
+        Ok("") | Err(_) => Headers::None,
+        Ok("poll") => Headers::Poll,
+        Ok("logical") => Headers::Logical,
+        Ok(other) => panic!("ORDERSTREAM_BENCH_HEADERS={other}: expected poll, logical or nothing"),
+    };
     // Another broker (e.g. a real Kafka) and an already pre-filled topic can be given.
     let own_broker = match std::env::var("ORDERSTREAM_BENCH_BROKER") {
         Ok(_) => None,
@@ -155,13 +192,20 @@ fn main() {
             let t = Instant::now();
             let mut bytes = 0;
             for chunk in (0..n).collect::<Vec<_>>().chunks(100_000) {
-                let msgs: Vec<Msg> =
-                    chunk.iter().map(|&i| Msg::value(order(i)).key((1000 + i).to_string())).collect();
+                let msgs: Vec<Msg> = chunk
+                    .iter()
+                    .map(|&i| with_headers(Msg::value(order(i)).key((1000 + i).to_string()), i, headers))
+                    .collect();
                 bytes += msgs.iter().map(|m| m.value.as_ref().map_or(0, Vec::len)).sum::<usize>();
                 produce(&brokers, &topic, &msgs);
             }
             println!(
-                "pre-filled {topic} on {brokers}: {n} messages, {partitions} partitions, {:.0} MB of values, in {:.1} s",
+                "pre-filled {topic} on {brokers}: {n} messages{}, {partitions} partitions, {:.0} MB of values, in {:.1} s",
+                match headers {
+                    Headers::None => "",
+                    Headers::Poll => " with poll headers",
+                    Headers::Logical => " with logical-capture headers",
+                },
                 bytes as f64 / 1e6,
                 t.elapsed().as_secs_f64()
             );

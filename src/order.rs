@@ -24,9 +24,29 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-/// The table's columns, in the seed's order (also the JSON keys and the lake's columns).
+use crate::wire::{ChangeMeta, LSN_HEADER, Op};
+
+/// The table's columns, in the seed's order (also the JSON keys and the lake's first seven).
 pub const COLUMNS: [&str; 7] =
     ["order_id", "customer_name", "restaurant_name", "item", "amount", "order_status", "created_at"];
+
+/// The lake's columns: the seed's seven, then what the change did (`op`), where it stands in
+/// the log (`lsn`, `change_index`) and when it committed (`committed_at`). Both capture modes
+/// write all eleven (poll mode: `op` = `c`, the other three null), so a lake that switched
+/// modes reads as one table.
+pub const LAKE_COLUMNS: [&str; 11] = [
+    "order_id",
+    "customer_name",
+    "restaurant_name",
+    "item",
+    "amount",
+    "order_status",
+    "created_at",
+    "op",
+    "lsn",
+    "change_index",
+    "committed_at",
+];
 
 /// Precision and scale of `amount` (`NUMERIC(10, 2)`).
 pub const AMOUNT_PRECISION: u8 = 10;
@@ -202,11 +222,13 @@ pub enum RejectReason {
     AmountOutOfRange,
     /// `created_at` is not a timestamp.
     InvalidCreatedAt,
+    /// A change header (`orderstream.op`, `.lsn`, `.change_index`, `.commit_ts`) is malformed.
+    InvalidHeader,
 }
 
 impl RejectReason {
     /// Every reason, for counters that list all of them.
-    pub const ALL: [RejectReason; 7] = [
+    pub const ALL: [RejectReason; 8] = [
         RejectReason::InvalidJson,
         RejectReason::NullOrderId,
         RejectReason::MissingField,
@@ -214,6 +236,7 @@ impl RejectReason {
         RejectReason::NonPositiveAmount,
         RejectReason::AmountOutOfRange,
         RejectReason::InvalidCreatedAt,
+        RejectReason::InvalidHeader,
     ];
 
     /// The stable snake_case label.
@@ -226,6 +249,7 @@ impl RejectReason {
             RejectReason::NonPositiveAmount => "non_positive_amount",
             RejectReason::AmountOutOfRange => "amount_out_of_range",
             RejectReason::InvalidCreatedAt => "invalid_created_at",
+            RejectReason::InvalidHeader => "invalid_header",
         }
     }
 }
@@ -253,7 +277,8 @@ pub struct Reject {
 }
 
 impl Reject {
-    fn new(reason: RejectReason, detail: impl Into<String>) -> Reject {
+    /// A reject for `reason` with a one-line `detail`.
+    pub fn new(reason: RejectReason, detail: impl Into<String>) -> Reject {
         Reject { reason, detail: detail.into() }
     }
 }
@@ -261,6 +286,59 @@ impl Reject {
 impl fmt::Display for Reject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.reason, self.detail)
+    }
+}
+
+/// The four change columns of a lake row, from the message's change headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Change {
+    /// `op`: what the change did.
+    pub op: Op,
+    /// `lsn`: the commit LSN as a number (logical mode).
+    pub lsn: Option<i64>,
+    /// `change_index`: the change's position within its transaction (logical mode).
+    pub change_index: Option<i32>,
+    /// `committed_at`: the commit time in microseconds since the Unix epoch, UTC (logical mode).
+    pub committed_at: Option<i64>,
+}
+
+impl Default for Change {
+    /// A poll-mode row: an insert with no log position.
+    fn default() -> Change {
+        Change { op: Op::Insert, lsn: None, change_index: None, committed_at: None }
+    }
+}
+
+impl Change {
+    /// The columns of `meta`. An LSN at or above 2^63 does not fit the lake's INT64 `lsn`
+    /// (PostgreSQL does not reach it in practice): an [`RejectReason::InvalidHeader`] rather
+    /// than a wrapped, misordered number.
+    pub fn from_meta(meta: &ChangeMeta) -> Result<Change, Reject> {
+        let lsn = match meta.lsn {
+            None => None,
+            Some(l) => Some(i64::try_from(l.0).map_err(|_| {
+                Reject::new(
+                    RejectReason::InvalidHeader,
+                    format!("header {LSN_HEADER}: {l} is beyond the lake's int64 lsn column"),
+                )
+            })?),
+        };
+        Ok(Change {
+            op: meta.op,
+            lsn,
+            change_index: meta.change_index,
+            committed_at: meta.commit_ts.map(|t| t.timestamp_micros()),
+        })
+    }
+
+    /// The change columns a message's headers give: `(name, value)` pairs as Kafka clients list
+    /// them. A malformed change header is an [`RejectReason::InvalidHeader`] naming it.
+    pub fn from_headers<'a>(
+        headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
+    ) -> Result<Change, Reject> {
+        let meta =
+            ChangeMeta::from_headers(headers).map_err(|e| Reject::new(RejectReason::InvalidHeader, e))?;
+        Change::from_meta(&meta)
     }
 }
 
@@ -371,8 +449,10 @@ fn parse_created_at(raw: &str) -> Result<NaiveDateTime, Reject> {
     DateTime::from_timestamp_micros(micros).map(|t| t.naive_utc()).ok_or_else(bad)
 }
 
-/// The lake's Arrow schema (the `date` partition column lives in the folder name, as Spark
-/// writes it): order_id INT64, the texts UTF8, amount DECIMAL(10,2), created_at TIMESTAMP(µs, UTC).
+/// The lake's Arrow schema, the columns of [`LAKE_COLUMNS`] (the `date` partition column lives
+/// in the folder name, as Spark writes it): order_id INT64, the texts UTF8, amount
+/// DECIMAL(10,2), created_at TIMESTAMP(µs, UTC); then op UTF8 (never null), lsn INT64,
+/// change_index INT32 and committed_at TIMESTAMP(µs, UTC), null in poll mode.
 pub fn arrow_schema() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
     SCHEMA
@@ -384,14 +464,18 @@ pub fn arrow_schema() -> SchemaRef {
                 Field::new("item", DataType::Utf8, true),
                 Field::new("amount", DataType::Decimal128(AMOUNT_PRECISION, AMOUNT_SCALE as i8), false),
                 Field::new("order_status", DataType::Utf8, true),
-                Field::new(
-                    "created_at",
-                    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-                    false,
-                ),
+                Field::new("created_at", utc_micros(), false),
+                Field::new("op", DataType::Utf8, false),
+                Field::new("lsn", DataType::Int64, true),
+                Field::new("change_index", DataType::Int32, true),
+                Field::new("committed_at", utc_micros(), true),
             ]))
         })
         .clone()
+}
+
+fn utc_micros() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
 #[cfg(test)]

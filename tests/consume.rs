@@ -16,16 +16,16 @@ use common::volume::{assert_exactly_once, produce_paced, volume_message, wait_as
 use common::{Broker, Rng, TestEnv};
 
 fn row(id: i64, customer: Option<&str>, amount: &str, created_at: &str, date: &str) -> LakeRow {
-    LakeRow {
-        order_id: id,
-        customer_name: customer.map(str::to_string),
-        restaurant_name: Some("Burger Junction".into()),
-        item: Some("Veg Burger".into()),
-        amount: amount.into(),
-        order_status: Some("PLACED".into()),
-        created_at: created_at.into(),
-        date: date.into(),
-    }
+    LakeRow::polled(
+        id,
+        customer.map(str::to_string),
+        Some("Burger Junction".into()),
+        Some("Veg Burger".into()),
+        amount.into(),
+        Some("PLACED".into()),
+        created_at.into(),
+        date.into(),
+    )
 }
 
 fn dlq(env: &TestEnv) -> Vec<Record> {
@@ -70,16 +70,16 @@ fn valid_rows_land_exactly_and_every_bad_input_goes_to_the_dead_letter_topic() {
     assert_eq!(c.stop(), 0, "{}", c.log_text());
 
     let expected = vec![
-        LakeRow {
-            order_id: 101,
-            customer_name: Some("John Doe".into()),
-            restaurant_name: Some("Burger Junction".into()),
-            item: Some("Veg Burger".into()),
-            amount: "220.00".into(),
-            order_status: Some("PLACED".into()),
-            created_at: "2025-01-18T12:24:00.000000Z".into(),
-            date: "2025-01-18".into(),
-        },
+        LakeRow::polled(
+            101,
+            Some("John Doe".into()),
+            Some("Burger Junction".into()),
+            Some("Veg Burger".into()),
+            "220.00".into(),
+            Some("PLACED".into()),
+            "2025-01-18T12:24:00.000000Z".into(),
+            "2025-01-18".into(),
+        ),
         row(102, None, "0.01", "2025-01-18T12:25:00.123456Z", "2025-01-18"),
         row(103, Some("Customer 103"), "99999999.99", "2025-01-18T12:26:00.000000Z", "2025-01-18"),
         row(104, Some("Customer 104"), "12.50", "2025-01-18T23:00:00.000000Z", "2025-01-18"),
@@ -97,6 +97,10 @@ fn valid_rows_land_exactly_and_every_bad_input_goes_to_the_dead_letter_topic() {
             ("amount", "DECIMAL(10,2)"),
             ("order_status", "VARCHAR"),
             ("created_at", "TIMESTAMP WITH TIME ZONE"),
+            ("op", "VARCHAR"),
+            ("lsn", "BIGINT"),
+            ("change_index", "INTEGER"),
+            ("committed_at", "TIMESTAMP WITH TIME ZONE"),
             ("date", "DATE"),
         ]
     );
@@ -182,7 +186,7 @@ fn timestamps_near_midnight_in_other_zones_land_in_their_utc_day() {
     assert_eq!(arrow.rows, expected);
     let types: Vec<String> = arrow.schema.iter().map(|(n, t)| format!("{n}:{t}")).collect();
     assert_eq!(
-        types[..7],
+        types[..11],
         [
             "order_id:int64",
             "customer_name:string",
@@ -191,6 +195,10 @@ fn timestamps_near_midnight_in_other_zones_land_in_their_utc_day() {
             "amount:decimal128(10, 2)",
             "order_status:string",
             "created_at:timestamp[us, tz=UTC]",
+            "op:string",
+            "lsn:int64",
+            "change_index:int32",
+            "committed_at:timestamp[us, tz=UTC]",
         ]
     );
     let dates: Vec<String> = files(&env.lake())
@@ -507,4 +515,157 @@ fn an_unreachable_broker_at_start_is_retried_with_growing_intervals_until_sigter
     assert!(retries[0].contains(&format!("broker {} unreachable", env.brokers)), "{err}");
     assert!(retries[0].ends_with("retrying in 1 s") && retries[1].ends_with("retrying in 2 s"), "{err}");
     assert_clean_lake(&env.lake());
+}
+
+/// A logical-mode message: the order's JSON with its change headers, as the producer writes them.
+fn change(id: i64, amount: &str, created_at: &str, seq: u64, headers: &[(&str, &str)]) -> Msg {
+    let mut m = Msg::value(order_json(id, amount, created_at))
+        .key(id.to_string())
+        .to(0)
+        .header("orderstream.source", "logical:food_delivery_db.orders")
+        .header("orderstream.seq", seq.to_string());
+    for (k, v) in headers {
+        m = m.header(k, v);
+    }
+    m
+}
+
+fn logical(op: &str, lsn: &str, index: &str, commit_ts: &str) -> [(&'static str, String); 4] {
+    [
+        ("orderstream.op", op.to_string()),
+        ("orderstream.lsn", lsn.to_string()),
+        ("orderstream.change_index", index.to_string()),
+        ("orderstream.commit_ts", commit_ts.to_string()),
+    ]
+}
+
+fn pairs<'a>(h: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    h.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// The README's DuckDB query for the current state of every order, on `lake`: its rows as
+/// (order_id, amount).
+fn current_state(lake: &std::path::Path) -> Vec<(i64, String)> {
+    let readme = include_str!("../README.md");
+    let start =
+        readme.find("-- DuckDB: the current state of every order").expect("the query is in the README");
+    let end = start + readme[start..].find("```").unwrap();
+    let sql = readme[start..end].replace("datalake/food/ROLL001/output/orders", &lake.display().to_string());
+    let script = "import duckdb, json, sys\nrows = duckdb.sql(sys.argv[1]).fetchall()\n\
+                  print(json.dumps([[r[0], str(r[4])] for r in rows]))";
+    let out =
+        std::process::Command::new(common::lake::python()).arg("-c").arg(script).arg(&sql).output().unwrap();
+    assert!(out.status.success(), "{sql}\n{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn changes_land_with_op_lsn_index_and_commit_time_and_bad_change_headers_go_to_the_dead_letter_topic() {
+    let env = TestEnv::new("consume_changes");
+    create_topic(&env.brokers, &env.topic, 1);
+    let day = "2025-01-18T12:00:00Z";
+    let delete = logical("d", "1/0", "0", "2026-11-26T06:00:02Z");
+    let mut tombstone = Msg { key: Some(b"202".to_vec()), partition: Some(0), ..Msg::default() }
+        .header("orderstream.source", "logical:food_delivery_db.orders")
+        .header("orderstream.seq", "5");
+    for (k, v) in &delete {
+        tombstone = tombstone.header(k, v);
+    }
+    let msgs = vec![
+        change(201, "10.00", day, 1, &pairs(&logical("c", "0/16B3748", "0", "2026-11-26T06:00:00.000001Z"))),
+        change(201, "12.50", day, 2, &pairs(&logical("u", "0/16B3800", "0", "2026-11-26T06:00:01Z"))),
+        change(202, "20.00", day, 3, &pairs(&logical("c", "0/16B3800", "1", "2026-11-26T06:00:01Z"))),
+        // A delete carries the row before it.
+        change(202, "20.00", day, 4, &pairs(&delete)),
+        tombstone.header("orderstream.tombstone", "1"),
+        // A snapshot read; the commit time given with an offset.
+        change(
+            203,
+            "30.00",
+            "2025-01-19T08:00:00Z",
+            6,
+            &pairs(&logical("r", "0/1000000", "5", "2026-11-26T07:59:59.5+02:00")),
+        ),
+        // Poll style: no change header.
+        Msg::value(order_json(204, "40.00", day))
+            .key("204")
+            .to(0)
+            .header("orderstream.source", "poll:food_delivery_db.orders")
+            .header("orderstream.seq", "1"),
+        change(205, "50.00", day, 7, &pairs(&logical("c", "0/xyz", "0", "2026-11-26T06:00:03Z"))),
+        // A valid LSN that the lake's int64 column cannot hold.
+        change(206, "60.00", day, 8, &pairs(&logical("c", "80000000/0", "0", "2026-11-26T06:00:03Z"))),
+    ];
+    let positions = produce(&env.brokers, &env.topic, &msgs);
+    let mut c = env.spawn(&["consume"]);
+    wait_committed(&env, &positions, Duration::from_secs(60));
+    assert_eq!(c.stop(), 0, "{}", c.log_text());
+
+    let with = |id: i64, amount: &str, op: &str, lsn: i64, index: i32, committed: &str| LakeRow {
+        op: op.into(),
+        lsn: Some(lsn),
+        change_index: Some(index),
+        committed_at: Some(committed.into()),
+        ..row(id, Some(&format!("Customer {id}")), amount, "2025-01-18T12:00:00.000000Z", "2025-01-18")
+    };
+    let mut snapshot = with(203, "30.00", "r", 0x100_0000, 5, "2026-11-26T05:59:59.500000Z");
+    (snapshot.created_at, snapshot.date) = ("2025-01-19T08:00:00.000000Z".into(), "2025-01-19".into());
+    let expected = vec![
+        with(201, "10.00", "c", 0x16B_3748, 0, "2026-11-26T06:00:00.000001Z"),
+        with(201, "12.50", "u", 0x16B_3800, 0, "2026-11-26T06:00:01.000000Z"),
+        with(202, "20.00", "c", 0x16B_3800, 1, "2026-11-26T06:00:01.000000Z"),
+        with(202, "20.00", "d", 1 << 32, 0, "2026-11-26T06:00:02.000000Z"),
+        snapshot,
+        row(204, Some("Customer 204"), "40.00", "2025-01-18T12:00:00.000000Z", "2025-01-18"),
+    ];
+    assert_eq!(read_duckdb(&env.lake()).rows, expected);
+    let arrow = read_pyarrow(&env.lake());
+    assert_eq!(arrow.rows, expected);
+    let types: Vec<String> = arrow.schema.iter().map(|(n, t)| format!("{n}:{t}")).collect();
+    assert_eq!(
+        types[7..11],
+        ["op:string", "lsn:int64", "change_index:int32", "committed_at:timestamp[us, tz=UTC]"]
+    );
+    assert_clean_lake(&env.lake());
+
+    // The malformed ones are dead letters naming the header; the tombstone is counted, not a row.
+    let letters = dlq(&env);
+    let got: Vec<String> = letters
+        .iter()
+        .map(|r| {
+            let h = |name: &str| r.header(name).unwrap_or_default();
+            let key = r.key_str().unwrap_or_default();
+            format!(
+                "{key} @{}: {} {}",
+                h("orderstream.source.offset"),
+                h("orderstream.reject.reason"),
+                h("orderstream.reject.detail")
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            format!(
+                "205 @{}: invalid_header header orderstream.lsn: `0/xyz` is not an LSN (like 0/16B3748)",
+                positions[7].1
+            ),
+            format!(
+                "206 @{}: invalid_header header orderstream.lsn: 80000000/0 is beyond the lake's int64 lsn column",
+                positions[8].1
+            ),
+        ]
+    );
+    assert_eq!(letters[0].value, msgs[7].value);
+    assert_eq!(letters[0].header("orderstream.lsn").as_deref(), Some("0/xyz"));
+    let st = states(&env);
+    assert_eq!((st[0].rows_written, st[0].tombstones, st[0].duplicates), (6, 1, 0));
+    let rejected: Vec<(&str, u64)> = st[0].rejected.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    assert_eq!(rejected, [("invalid_header", 2)]);
+
+    // The README's current-state query: the last version of each order, deletes removed.
+    assert_eq!(
+        current_state(&env.lake()),
+        [(201, "12.50".to_string()), (203, "30.00".to_string()), (204, "40.00".to_string())]
+    );
 }

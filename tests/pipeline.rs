@@ -68,6 +68,10 @@ fn run_lands_seed_and_live_orders_exactly_once_across_a_restart() {
             ("amount", "decimal(10,2)"),
             ("order_status", "string"),
             ("created_at", "timestamp"),
+            ("op", "string"),
+            ("lsn", "bigint"),
+            ("change_index", "int"),
+            ("committed_at", "timestamp"),
             ("date", "date"),
         ]
     );
@@ -79,6 +83,10 @@ fn run_lands_seed_and_live_orders_exactly_once_across_a_restart() {
     assert_eq!((seed.created_at.as_str(), seed.date.as_str()), ("2025-01-18T12:24:00.000000Z", "2025-01-18"));
     let live = rows.iter().find(|r| r.order_id == 111).unwrap();
     assert_eq!(live.amount, "11.25");
+    // Polled orders are inserts without a log position.
+    let change: Vec<_> =
+        rows.iter().map(|r| (r.op.as_str(), r.lsn, r.change_index, r.committed_at.as_deref())).collect();
+    assert_eq!(change, vec![("c", None, None, None); 50]);
 }
 
 /// `orderstream status --json`, parsed.
@@ -201,7 +209,10 @@ fn metrics_parse_as_prometheus_text_and_count_what_was_processed() {
     });
     assert_eq!(m["orderstream_producer_orders_published_total"], 15.0, "{m:#?}");
     assert_eq!(m["orderstream_consumer_messages_total"], 15.0, "{m:#?}");
-    assert_eq!(m["orderstream_consumer_rejected_total{reason=\"invalid_json\"}"], 0.0);
+    // Every reason is exported from the start.
+    for reason in ["invalid_json", "invalid_header"] {
+        assert_eq!(m[&format!("orderstream_consumer_rejected_total{{reason=\"{reason}\"}}")], 0.0, "{m:#?}");
+    }
     assert!(m["orderstream_producer_batches_total"] >= 2.0);
     assert!(m["orderstream_consumer_batches_total"] >= 2.0);
     assert!(m.contains_key("orderstream_producer_batch_duration_seconds_count"));

@@ -158,3 +158,89 @@ fn reasons_round_trip_through_their_labels() {
         assert_eq!(r.as_str().parse::<RejectReason>(), Ok(r));
     }
 }
+
+#[test]
+fn the_lake_schema_is_the_seven_columns_then_the_four_change_columns() {
+    let schema = arrow_schema();
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(names, LAKE_COLUMNS);
+    assert_eq!(names[..7], COLUMNS);
+    let tail: Vec<(DataType, bool)> =
+        schema.fields()[7..].iter().map(|f| (f.data_type().clone(), f.is_nullable())).collect();
+    assert_eq!(
+        tail,
+        [
+            (DataType::Utf8, false),
+            (DataType::Int64, true),
+            (DataType::Int32, true),
+            (DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true),
+        ]
+    );
+}
+
+fn headers<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Iterator<Item = (&'a str, Option<&'a [u8]>)> {
+    pairs.iter().map(|(k, v)| (*k, Some(v.as_bytes())))
+}
+
+#[test]
+fn change_columns_come_from_the_headers() {
+    // Poll mode: no change header, an insert with no log position.
+    let poll = [("orderstream.source", "poll:db.t"), ("orderstream.seq", "7")];
+    assert_eq!(Change::from_headers(headers(&poll)), Ok(Change::default()));
+    assert_eq!(Change::default().op, Op::Insert);
+
+    let logical = [
+        ("orderstream.op", "d"),
+        ("orderstream.lsn", "1/16B3748"),
+        ("orderstream.change_index", "2"),
+        ("orderstream.commit_ts", "2026-11-26T08:00:00.000001+02:00"),
+    ];
+    let c = Change::from_headers(headers(&logical)).unwrap();
+    assert_eq!(
+        c,
+        Change {
+            op: Op::Delete,
+            lsn: Some(0x1_016B_3748),
+            change_index: Some(2),
+            committed_at: Some(
+                DateTime::parse_from_rfc3339("2026-11-26T06:00:00.000001Z").unwrap().timestamp_micros()
+            ),
+        }
+    );
+}
+
+#[test]
+fn malformed_change_headers_are_invalid_header_rejects_naming_the_header() {
+    for (pairs, detail) in [
+        (
+            vec![("orderstream.lsn", "0/xyz")],
+            "header orderstream.lsn: `0/xyz` is not an LSN (like 0/16B3748)",
+        ),
+        (vec![("orderstream.op", "x")], "header orderstream.op: `x` is not an operation (c, u, d or r)"),
+        (
+            vec![("orderstream.change_index", "-1")],
+            "header orderstream.change_index: `-1` is not a change index (an integer ≥ 0)",
+        ),
+        (
+            vec![("orderstream.commit_ts", "today")],
+            "header orderstream.commit_ts: `today` is not an RFC 3339 time",
+        ),
+        // Fits the text form but not the lake's INT64 column.
+        (
+            vec![("orderstream.lsn", "80000000/0")],
+            "header orderstream.lsn: 80000000/0 is beyond the lake's int64 lsn column",
+        ),
+    ] {
+        let r = Change::from_headers(headers(&pairs)).unwrap_err();
+        assert_eq!((r.reason, r.detail.as_str()), (RejectReason::InvalidHeader, detail));
+    }
+    let r = Change::from_headers([("orderstream.op", Some(b"\xff".as_slice()))]).unwrap_err();
+    assert_eq!(
+        (r.reason, r.detail.as_str()),
+        (RejectReason::InvalidHeader, "header orderstream.op is not UTF-8")
+    );
+    // The largest LSN the column holds.
+    let max = [("orderstream.lsn", "7FFFFFFF/FFFFFFFF")];
+    assert_eq!(Change::from_headers(headers(&max)).unwrap().lsn, Some(i64::MAX));
+    assert_eq!("invalid_header".parse::<RejectReason>(), Ok(RejectReason::InvalidHeader));
+}

@@ -3,12 +3,14 @@
 
 use std::sync::Arc;
 
-use arrow_array::builder::{Decimal128Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
+use arrow_array::builder::{
+    Decimal128Builder, Int32Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+};
 use arrow_array::{ArrayRef, RecordBatch};
 use chrono::DateTime;
 
 use crate::error::{Error, Result};
-use crate::order::{AMOUNT_SCALE, Order, arrow_schema};
+use crate::order::{AMOUNT_SCALE, Change, Order, arrow_schema};
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
@@ -26,6 +28,10 @@ struct DateRows {
     amount: Decimal128Builder,
     order_status: StringBuilder,
     created_at: TimestampMicrosecondBuilder,
+    op: StringBuilder,
+    lsn: Int64Builder,
+    change_index: Int32Builder,
+    committed_at: TimestampMicrosecondBuilder,
 }
 
 impl DateRows {
@@ -41,10 +47,15 @@ impl DateRows {
             order_status: StringBuilder::new(),
             created_at: TimestampMicrosecondBuilder::new()
                 .with_data_type(schema.field(6).data_type().clone()),
+            op: StringBuilder::new(),
+            lsn: Int64Builder::new(),
+            change_index: Int32Builder::new(),
+            committed_at: TimestampMicrosecondBuilder::new()
+                .with_data_type(schema.field(10).data_type().clone()),
         }
     }
 
-    fn push(&mut self, o: &Order<'_>, micros: i64) {
+    fn push(&mut self, o: &Order<'_>, change: &Change, micros: i64) {
         self.order_id.append_value(o.order_id);
         self.customer_name.append_option(o.customer_name.as_deref());
         self.restaurant_name.append_option(o.restaurant_name.as_deref());
@@ -61,6 +72,10 @@ impl DateRows {
         }
         self.order_status.append_option(o.order_status.as_deref());
         self.created_at.append_value(micros);
+        self.op.append_value(change.op.as_str());
+        self.lsn.append_option(change.lsn);
+        self.change_index.append_option(change.change_index);
+        self.committed_at.append_option(change.committed_at);
     }
 
     fn finish(mut self) -> Result<(String, RecordBatch)> {
@@ -72,6 +87,10 @@ impl DateRows {
             Arc::new(self.amount.finish()),
             Arc::new(self.order_status.finish()),
             Arc::new(self.created_at.finish()),
+            Arc::new(self.op.finish()),
+            Arc::new(self.lsn.finish()),
+            Arc::new(self.change_index.finish()),
+            Arc::new(self.committed_at.finish()),
         ];
         let batch = RecordBatch::try_new(arrow_schema(), columns)
             .map_err(|e| Error::Storage(format!("cannot assemble the rows of one batch: {e}")))?;
@@ -97,8 +116,8 @@ pub struct Rows {
 }
 
 impl Rows {
-    /// Appends one valid order to its date's columns.
-    pub fn push(&mut self, o: &Order<'_>) {
+    /// Appends one valid order, and the change that produced it, to its date's columns.
+    pub fn push(&mut self, o: &Order<'_>, change: &Change) {
         let micros = o.created_at_micros();
         let day = micros.div_euclid(MICROS_PER_DAY);
         // Orders arrive mostly in time order: the last date used is almost always the one.
@@ -113,7 +132,7 @@ impl Rows {
             },
         };
         self.last = i;
-        self.dates[i].push(o, micros);
+        self.dates[i].push(o, change, micros);
         self.rows += 1;
     }
 
@@ -152,7 +171,7 @@ mod tests {
                 r#"{{"order_id": {id}, "customer_name": "a", "restaurant_name": null, "item": "i", "amount": 1.5, "order_status": "PLACED", "created_at": "{ts}"}}"#
             );
             let o = Order::parse(json.as_bytes()).unwrap_or_else(|r| panic!("{r}"));
-            rows.push(&o);
+            rows.push(&o, &Change::default());
         }
         assert_eq!((rows.len(), rows.dates()), (4, 3));
         let out = rows.finish().unwrap();
@@ -164,5 +183,51 @@ mod tests {
         assert_eq!((rows.len(), rows.dates()), (0, 0));
         let amounts = out[1].1.column(4).as_any().downcast_ref::<arrow_array::Decimal128Array>().unwrap();
         assert_eq!(amounts.value_as_string(0), "1.50");
+    }
+
+    #[test]
+    fn the_change_columns_follow_the_seven_and_poll_rows_leave_three_null() {
+        use arrow_array::cast::AsArray;
+        use arrow_array::types::{Int32Type, Int64Type, TimestampMicrosecondType};
+
+        use crate::wire::Op;
+
+        let json = |id: i64| {
+            format!(
+                r#"{{"order_id": {id}, "customer_name": "a", "restaurant_name": "r", "item": "i", "amount": 2, "order_status": "PLACED", "created_at": "2025-01-18T12:00:00Z"}}"#
+            )
+        };
+        let changes = [
+            Change {
+                op: Op::Update,
+                lsn: Some(0x16B_3748),
+                change_index: Some(3),
+                committed_at: Some(1_764_136_800_000_001),
+            },
+            Change::default(),
+            Change { op: Op::Delete, lsn: Some(i64::MAX), change_index: Some(0), committed_at: Some(0) },
+        ];
+        let mut rows = Rows::default();
+        for (id, change) in changes.iter().enumerate() {
+            let text = json(id as i64);
+            let o = Order::parse(text.as_bytes()).unwrap_or_else(|r| panic!("{r}"));
+            rows.push(&o, change);
+        }
+        let out = rows.finish().unwrap();
+        assert_eq!(out.len(), 1);
+        let batch = &out[0].1;
+        assert_eq!(batch.schema(), arrow_schema());
+        assert_eq!((batch.num_columns(), batch.num_rows()), (11, 3));
+        let ids: Vec<i64> = batch.column(0).as_primitive::<Int64Type>().values().to_vec();
+        assert_eq!(ids, [0, 1, 2]);
+        let op: Vec<Option<&str>> = batch.column(7).as_string::<i32>().iter().collect();
+        assert_eq!(op, [Some("u"), Some("c"), Some("d")]);
+        let lsn: Vec<Option<i64>> = batch.column(8).as_primitive::<Int64Type>().iter().collect();
+        assert_eq!(lsn, [Some(0x16B_3748), None, Some(i64::MAX)]);
+        let index: Vec<Option<i32>> = batch.column(9).as_primitive::<Int32Type>().iter().collect();
+        assert_eq!(index, [Some(3), None, Some(0)]);
+        let committed = batch.column(10).as_primitive::<TimestampMicrosecondType>();
+        assert_eq!(committed.iter().collect::<Vec<_>>(), [Some(1_764_136_800_000_001), None, Some(0)]);
+        assert_eq!(committed.timezone(), Some("UTC"));
     }
 }

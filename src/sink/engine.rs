@@ -22,10 +22,10 @@ use super::scratch::{self, Scratch};
 use crate::durable::{io_error, sync_dir};
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, ReasonLabel};
-use crate::order::Order;
+use crate::order::{Change, Order};
 use crate::shutdown::Shutdown;
 
-pub use crate::source::{SEQ_HEADER, SOURCE_HEADER};
+pub use crate::wire::{SEQ_HEADER, SOURCE_HEADER};
 
 /// The empty marker file at the lake root, refreshed after each committed batch.
 pub const SUCCESS_FILE: &str = "_SUCCESS";
@@ -183,7 +183,8 @@ impl Engine {
         batch.messages += 1;
         batch.started.get_or_insert(now);
 
-        if let Some(headers) = msg.headers() {
+        let headers = msg.headers();
+        if let Some(headers) = headers {
             let mut source = None;
             let mut seq = None;
             for h in headers.iter() {
@@ -219,9 +220,14 @@ impl Engine {
                 return;
             }
         };
-        match Order::parse(value) {
-            Ok(order) => {
-                batch.rows.push(&order);
+        // The change headers first: a row is written with its change columns or not at all.
+        let change = match headers {
+            Some(h) => Change::from_headers(h.iter().map(|h| (h.key, h.value))),
+            None => Ok(Change::default()),
+        };
+        match change.and_then(|c| Order::parse(value).map(|o| (o, c))) {
+            Ok((order, change)) => {
+                batch.rows.push(&order, &change);
                 state.rows_written += 1;
             }
             Err(reject) => {

@@ -1,12 +1,16 @@
 //! The sink (`orderstream consume`): Kafka topic → date-partitioned Parquet lake, exactly once.
 //!
-//! A consumer-group member reads `kafka.topic` (`read_committed`, no auto-commit), parses each
-//! message with [`Order::parse`](crate::order::Order::parse) and groups the valid orders into
-//! micro-batches that close every `streaming.batch_interval` or at `streaming.max_batch_rows`
-//! rows. Each batch writes one Parquet file per date to
-//! `<datalake.path>/date=YYYY-MM-DD/part-<uuid v7>.parquet`. Rejected messages go to the
-//! dead-letter topic (`kafka.dlq_topic`, with reject and source headers); tombstones are
-//! counted and skipped; replays are dropped (below).
+//! A consumer-group member reads `kafka.topic` (`read_committed`, no auto-commit), reads each
+//! message's change headers ([`Change::from_headers`](crate::order::Change::from_headers): op,
+//! commit LSN, index in the transaction, commit time; a poll-mode message has none and is an
+//! insert), parses its value with [`Order::parse`](crate::order::Order::parse) and groups the
+//! valid rows into micro-batches that close every `streaming.batch_interval` or at
+//! `streaming.max_batch_rows` rows. Each batch writes one Parquet file per date to
+//! `<datalake.path>/date=YYYY-MM-DD/part-<uuid v7>.parquet`, with the seven order columns and
+//! the four change columns. A delete's value is the row before it: a row with `op` `d`.
+//! Rejected messages (malformed change headers included) go to the dead-letter topic
+//! (`kafka.dlq_topic`, with reject and source headers); tombstones (no value) are counted and
+//! skipped; replays are dropped (below).
 //!
 //! # Exactly once
 //!

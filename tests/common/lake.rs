@@ -195,11 +195,50 @@ pub struct LakeRow {
     pub order_status: Option<String>,
     /// created_at, `YYYY-MM-DDTHH:MM:SS.ffffffZ`
     pub created_at: String,
+    /// op: `c`, `u`, `d` or `r`
+    pub op: String,
+    /// lsn: the commit LSN as a number (null in poll mode)
+    pub lsn: Option<i64>,
+    /// change_index (null in poll mode)
+    pub change_index: Option<i32>,
+    /// committed_at, `YYYY-MM-DDTHH:MM:SS.ffffffZ` (null in poll mode)
+    pub committed_at: Option<String>,
     /// The `date` partition column (from the folder name).
     pub date: String,
 }
 
-/// What a reader returned: column types and rows ordered by (order_id, created_at).
+impl LakeRow {
+    /// The row of an order captured by polling: an insert, no log position.
+    #[allow(clippy::too_many_arguments)]
+    pub fn polled(
+        order_id: i64,
+        customer_name: Option<String>,
+        restaurant_name: Option<String>,
+        item: Option<String>,
+        amount: String,
+        order_status: Option<String>,
+        created_at: String,
+        date: String,
+    ) -> LakeRow {
+        LakeRow {
+            order_id,
+            customer_name,
+            restaurant_name,
+            item,
+            amount,
+            order_status,
+            created_at,
+            op: "c".into(),
+            lsn: None,
+            change_index: None,
+            committed_at: None,
+            date,
+        }
+    }
+}
+
+/// What a reader returned: column types and rows ordered by (order_id, created_at, lsn,
+/// change_index), nulls first.
 #[derive(Debug, Deserialize)]
 pub struct LakeRead {
     /// Column name → the reader's type name.
@@ -218,9 +257,11 @@ if glob.glob(lake + "/**/*.parquet", recursive=True):
     src = f"read_parquet('{lake}/**/*.parquet', hive_partitioning=true)"
     out["schema"] = [[r[0], r[1]] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()]
     q = f"""SELECT order_id, customer_name, restaurant_name, item, CAST(amount AS VARCHAR), order_status,
-            strftime(created_at, '%Y-%m-%dT%H:%M:%S.%fZ'), CAST(date AS VARCHAR)
-            FROM {src} ORDER BY order_id, created_at"""
-    cols = ["order_id", "customer_name", "restaurant_name", "item", "amount", "order_status", "created_at", "date"]
+            strftime(created_at, '%Y-%m-%dT%H:%M:%S.%fZ'), op, lsn, change_index,
+            strftime(committed_at, '%Y-%m-%dT%H:%M:%S.%fZ'), CAST(date AS VARCHAR)
+            FROM {src} ORDER BY order_id, created_at, lsn NULLS FIRST, change_index NULLS FIRST"""
+    cols = ["order_id", "customer_name", "restaurant_name", "item", "amount", "order_status", "created_at",
+            "op", "lsn", "change_index", "committed_at", "date"]
     out["rows"] = [dict(zip(cols, r)) for r in con.execute(q).fetchall()]
 print(json.dumps(out))
 "#;
@@ -230,13 +271,17 @@ import json, sys, datetime
 import pyarrow.dataset as ds
 t = ds.dataset(sys.argv[1], format="parquet", partitioning="hive").to_table()
 out = {"schema": [[f.name, str(f.type)] for f in t.schema], "rows": []}
+def utc(ts):
+    return None if ts is None else ts.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def nulls_first(v):
+    return (v is not None, v or 0)
 for r in t.to_pylist():
-    ts = r["created_at"].astimezone(datetime.timezone.utc)
-    r["created_at"] = ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    r["created_at"] = utc(r["created_at"])
+    r["committed_at"] = utc(r["committed_at"])
     r["amount"] = str(r["amount"])
     r["date"] = str(r["date"])
     out["rows"].append(r)
-out["rows"].sort(key=lambda r: (r["order_id"], r["created_at"]))
+out["rows"].sort(key=lambda r: (r["order_id"], r["created_at"], nulls_first(r["lsn"]), nulls_first(r["change_index"])))
 print(json.dumps(out))
 "#;
 
@@ -250,9 +295,11 @@ spark = (SparkSession.builder.master("local[1]").appName("orderstream-tests")
 spark.sparkContext.setLogLevel("ERROR")
 df = spark.read.parquet(sys.argv[1])
 out = {"schema": [[f.name, f.dataType.simpleString()] for f in df.schema.fields], "rows": []}
-for r in df.orderBy("order_id", "created_at").collect():
+for r in df.orderBy("order_id", "created_at", "lsn", "change_index").collect():
     d = r.asDict()
     d["created_at"] = d["created_at"].strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if d["committed_at"] is not None:
+        d["committed_at"] = d["committed_at"].strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     d["amount"] = str(d["amount"])
     d["date"] = str(d["date"])
     out["rows"].append(d)

@@ -24,16 +24,16 @@ pub fn volume_message(i: i64) -> (Msg, Option<LakeRow>) {
     if i % 997 == 3 {
         return (msg, None);
     }
-    let row = LakeRow {
-        order_id: id,
-        customer_name: Some(format!("Customer {id}")),
-        restaurant_name: Some("Burger Junction".into()),
-        item: Some("Veg Burger".into()),
+    let row = LakeRow::polled(
+        id,
+        Some(format!("Customer {id}")),
+        Some("Burger Junction".into()),
+        Some("Veg Burger".into()),
         amount,
-        order_status: Some("PLACED".into()),
-        created_at: ts.format("%Y-%m-%dT%H:%M:%S.000000Z").to_string(),
-        date: ts.format("%Y-%m-%d").to_string(),
-    };
+        Some("PLACED".into()),
+        ts.format("%Y-%m-%dT%H:%M:%S.000000Z").to_string(),
+        ts.format("%Y-%m-%d").to_string(),
+    );
     (msg, Some(row))
 }
 
