@@ -283,6 +283,10 @@ fn crash_loop_publishes_every_change_exactly_once() {
     env.set("ORDERSTREAM__STREAMING__MAX_BATCH_ROWS", "2000");
     env.init();
     let mut rng = Rng::from_env("crash_loop_publishes_every_change_exactly_once");
+    // The snapshot first (its rows are reads, one per row, not one per change), then the writers.
+    let mut producer = env.spawn(&["produce"]);
+    wait_changes(&env, 10, Duration::from_secs(60));
+    producer.kill();
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let writers: Vec<_> = (0..2).map(|_| write_mix(&env, stop.clone(), rng.next(), done.clone())).collect();

@@ -428,7 +428,6 @@ impl LogicalSource {
 impl Stream {
     /// Applies one replication event; changes beyond the cursor go to `out`.
     fn handle(&mut self, event: ReplicationEvent, pg: &PostgresConfig, out: &mut Vec<Change>) -> Result<()> {
-        let table = &pg.table;
         match event {
             ReplicationEvent::Begin { final_lsn, commit_time_micros, .. } => {
                 let ts = pg_time(commit_time_micros);
@@ -438,11 +437,11 @@ impl Stream {
                 self.txn = None;
                 self.cursor.flush = self.cursor.flush.max(Lsn(end_lsn.as_u64()));
             }
-            ReplicationEvent::KeepAlive { wal_end, .. } if self.txn.is_none() => {
-                // Everything before the server's sent position has reached us.
-                if self.cursor.last.is_none_or(|l| l.0.0 <= wal_end.as_u64()) {
-                    self.cursor.flush = self.cursor.flush.max(Lsn(wal_end.as_u64()));
-                }
+            // Everything before the server's sent position has reached us.
+            ReplicationEvent::KeepAlive { wal_end, .. }
+                if self.txn.is_none() && self.cursor.last.is_none_or(|l| l.0.0 <= wal_end.as_u64()) =>
+            {
+                self.cursor.flush = self.cursor.flush.max(Lsn(wal_end.as_u64()));
             }
             ReplicationEvent::Message { transactional: false, lsn, prefix, .. }
                 if self.txn.is_none() && prefix == HEARTBEAT_PREFIX =>
@@ -457,7 +456,6 @@ impl Stream {
             }
             _ => {}
         }
-        let _ = table;
         Ok(())
     }
 
