@@ -40,21 +40,6 @@ else
   echo $! >"$PIDFILE"
 fi
 
-say "inserting five new orders with psql"
-"${PSQL[@]}" -c "
-  INSERT INTO ROLL001_orders (customer_name, restaurant_name, item, amount, order_status) VALUES
-    ('Ananya Rao',    'Burger Junction', 'Cheese Burger',    245.00, 'PLACED'),
-    ('Marco Rossi',   'Pizza Palace',    'Pepperoni Pizza',  520.50, 'PLACED'),
-    ('Fatima Zahra',  'Spice Route',     'Butter Chicken',   410.00, 'CONFIRMED'),
-    ('Kenji Tanaka',  'Sushi World',     'Salmon Nigiri',    375.25, 'PLACED'),
-    ('Olivia Brown',  'Pasta Point',     'Penne Arrabbiata', 299.99, 'PLACED')"
-
-say "updating the newest order's status and deleting the one before it"
-newest=$("${PSQL[@]}" -Atc "SELECT max(order_id) FROM ROLL001_orders")
-"${PSQL[@]}" -c "UPDATE ROLL001_orders SET order_status = 'DELIVERED' WHERE order_id = $newest"
-"${PSQL[@]}" -c "DELETE FROM ROLL001_orders WHERE order_id = $((newest - 1))"
-
-say "waiting until the lake's current state equals the table"
 PY=$(dev/python.sh)
 table_state() {
   "${PSQL[@]}" -Atc "SELECT order_id || '|' || coalesce(order_status, '') FROM ROLL001_orders ORDER BY order_id" | md5sum
@@ -77,20 +62,42 @@ for order_id, status in rows:
     print(f"{order_id}|{status or ''}")
 PYEOF
 }
-want=$(table_state)
-for _ in $(seq 1 60); do
-  [ "$(lake_state)" = "$want" ] && break
-  if ! running; then
-    tail -n 20 "$LOG" >&2
-    echo "demo: the pipeline stopped (log $LOG)" >&2
-    exit 1
-  fi
-  sleep 1
-done
-if [ "$(lake_state)" != "$want" ]; then
+# Waits until the lake's current state equals the table (60 s at most).
+wait_lake_equals_table() {
+  local want
+  want=$(table_state)
+  for _ in $(seq 1 60); do
+    [ "$(lake_state)" = "$want" ] && return 0
+    if ! running; then
+      tail -n 20 "$LOG" >&2
+      echo "demo: the pipeline stopped (log $LOG)" >&2
+      exit 1
+    fi
+    sleep 1
+  done
   echo "demo: the lake's current state did not match the table within 60 s (log $LOG)" >&2
   exit 1
-fi
+}
+
+say "waiting until the table's orders are in the lake (the initial snapshot, on a first run)"
+wait_lake_equals_table
+
+say "inserting five new orders with psql"
+"${PSQL[@]}" -c "
+  INSERT INTO ROLL001_orders (customer_name, restaurant_name, item, amount, order_status) VALUES
+    ('Ananya Rao',    'Burger Junction', 'Cheese Burger',    245.00, 'PLACED'),
+    ('Marco Rossi',   'Pizza Palace',    'Pepperoni Pizza',  520.50, 'PLACED'),
+    ('Fatima Zahra',  'Spice Route',     'Butter Chicken',   410.00, 'CONFIRMED'),
+    ('Kenji Tanaka',  'Sushi World',     'Salmon Nigiri',    375.25, 'PLACED'),
+    ('Olivia Brown',  'Pasta Point',     'Penne Arrabbiata', 299.99, 'PLACED')"
+
+say "updating the newest order's status and deleting the one before it"
+newest=$("${PSQL[@]}" -Atc "SELECT max(order_id) FROM ROLL001_orders")
+"${PSQL[@]}" -c "UPDATE ROLL001_orders SET order_status = 'DELIVERED' WHERE order_id = $newest"
+"${PSQL[@]}" -c "DELETE FROM ROLL001_orders WHERE order_id = $((newest - 1))"
+
+say "waiting until the lake's current state equals the table"
+wait_lake_equals_table
 total=$("${PSQL[@]}" -Atc "SELECT count(*) FROM ROLL001_orders")
 echo "the lake's current state equals the table: $total orders"
 
