@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use common::lake::{LakeRow, read_duckdb};
 use common::proc::{wait_for, wait_until};
+use common::proxy::Proxy;
 use common::topic::{Record, read_topic};
 use common::{Broker, Rng, TestEnv};
 
@@ -282,6 +284,13 @@ fn crash_loop_publishes_every_change_exactly_once() {
     env.write_config("");
     env.set("ORDERSTREAM__STREAMING__MAX_BATCH_ROWS", "2000");
     env.init();
+    // The producer reaches PostgreSQL through a proxy: taking it down cuts every connection
+    // and refuses new ones, as a PostgreSQL restart does, without disturbing the other tests.
+    let proxy = Proxy::start(&format!("127.0.0.1:{}", common::pg_port()));
+    env.set(
+        "ORDERSTREAM__POSTGRES__JDBC_URL",
+        &format!("jdbc:postgresql://127.0.0.1:{}/food_delivery_db", proxy.port),
+    );
     let mut rng = Rng::from_env("crash_loop_publishes_every_change_exactly_once");
     // The snapshot first (its rows are reads, one per row, not one per change), then the writers.
     let mut producer = env.spawn(&["produce"]);
@@ -305,6 +314,14 @@ fn crash_loop_publishes_every_change_exactly_once() {
             done.fetch_add(n, Ordering::SeqCst);
         }
         std::thread::sleep(Duration::from_millis(rng.range(300, 2500)));
+        if round == 15 {
+            // PostgreSQL "restarts" under a running producer (in the middle of whatever it
+            // was reading): it retries with backoff and resumes from its saved state.
+            proxy.down();
+            std::thread::sleep(Duration::from_millis(rng.range(1000, 3000)));
+            proxy.up();
+            std::thread::sleep(Duration::from_millis(rng.range(500, 2000)));
+        }
         if round == 11 {
             // The replication connection is cut under the producer: it reconnects by itself.
             env.pg()
@@ -364,6 +381,48 @@ fn crash_loop_publishes_every_change_exactly_once() {
     let log = env.logs("produce");
     let recovered = log.lines().filter(|l| l.contains("recovery:") && !l.contains(" 0 orders of")).count();
     eprintln!("{expected} changes; {recovered} restarts found messages of an unsaved batch");
+    assert!(
+        recovered >= 1,
+        "no restart had an unsaved batch to recover; the crash loop did not test recovery"
+    );
+    assert!(log.contains("retrying in"), "the PostgreSQL outage was not noticed");
+
+    // The lake, read by DuckDB: every change once, and its current state is the table.
+    let mut consumer = env.spawn(&["consume"]);
+    let lake = wait_for(Duration::from_secs(180), "every change in the lake", || {
+        let read = read_duckdb(&env.lake());
+        (read.rows.len() >= rows).then_some(read.rows)
+    });
+    assert_eq!(consumer.terminate(Duration::from_secs(30)), 0, "{}", consumer.log_text());
+    assert_eq!(lake.len(), rows);
+    assert_eq!(lake_state(&lake), table_state(&env));
+}
+
+/// The current state of every order in lake rows (latest by lsn and change index, deletes
+/// removed), in the form of [`table_state`].
+fn lake_state(rows: &[LakeRow]) -> BTreeMap<i64, String> {
+    let mut sorted: Vec<&LakeRow> = rows.iter().collect();
+    sorted.sort_by_key(|r| (r.lsn, r.change_index));
+    let mut state = BTreeMap::new();
+    for r in sorted {
+        if r.op == "d" {
+            state.remove(&r.order_id);
+            continue;
+        }
+        let ts = r.created_at.trim_end_matches('Z').to_string();
+        let amount = (r.amount != "None").then(|| r.amount.clone());
+        let line = [
+            format!("{:?}", r.customer_name),
+            format!("{:?}", r.restaurant_name),
+            format!("{:?}", r.item),
+            format!("{amount:?}"),
+            format!("{:?}", r.order_status),
+            format!("{:?}", Some(ts)),
+        ]
+        .join("|");
+        state.insert(r.order_id, line);
+    }
+    state
 }
 
 #[test]
@@ -388,6 +447,102 @@ fn a_second_producer_on_the_slot_is_refused_naming_the_holder() {
     assert!(first.running());
     assert_eq!(first.terminate(Duration::from_secs(30)), 0);
     assert_eq!(changes(&env).len(), 10);
+}
+
+#[test]
+fn two_producers_started_together_publish_the_snapshot_once() {
+    let broker = Broker::start_memory();
+    let mut env = TestEnv::logical("lg_twin");
+    env.brokers = broker.addr.clone();
+    env.write_config("");
+    env.set("ORDERSTREAM__STREAMING__MAX_BATCH_ROWS", "100");
+    env.init();
+    env.insert(3000);
+    let mut a = env.spawn(&["produce"]);
+    let mut b = env.spawn(&["produce"]);
+    let a_lost = wait_for(Duration::from_secs(60), "one producer refused", || {
+        if !a.running() {
+            Some(true)
+        } else if !b.running() {
+            Some(false)
+        } else {
+            None
+        }
+    });
+    let (loser, winner) = if a_lost {
+        (a.wait(Duration::from_secs(5)), &mut b)
+    } else {
+        (b.wait(Duration::from_secs(5)), &mut a)
+    };
+    assert_eq!(loser, 1);
+    let logs = env.logs("produce");
+    assert!(logs.contains(&format!("replication slot {} is in use by PID", env.slot())), "{logs}");
+    let msgs = wait_changes(&env, 3010, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(winner.terminate(Duration::from_secs(30)), 0);
+    let msgs = if msgs.len() == 3010 { changes(&env) } else { msgs };
+    assert_eq!(msgs.len(), 3010, "every row read once");
+    assert_each_change_once(&msgs);
+}
+
+#[test]
+fn an_idle_table_does_not_make_the_slot_retain_the_wal_of_other_tables() {
+    let env = TestEnv::logical("lg_wal");
+    env.init();
+    let mut producer = env.spawn(&["produce"]);
+    wait_changes(&env, 10, Duration::from_secs(60));
+    let other = format!("other_{}", env.name);
+    let mut pg = env.pg();
+    pg.batch_execute(&format!("CREATE TABLE \"{other}\" (id int8, payload text)")).unwrap();
+    // (WAL after the slot's restart_lsn, WAL after its confirmed position)
+    let retained = |pg: &mut postgres::Client| -> (i64, i64) {
+        let row = pg
+            .query_one(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8, \
+                 pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8 \
+                 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&env.slot()],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    // 200 MB of WAL from another table, in 40 transactions of about 5 MB.
+    let (mut worst_retained, mut worst_unconfirmed) = (0, 0);
+    for _ in 0..40 {
+        pg.batch_execute(&format!(
+            "INSERT INTO \"{other}\" SELECT g, repeat(md5(g::text), 32) FROM generate_series(1, 4500) g"
+        ))
+        .unwrap();
+        let (r, u) = retained(&mut pg);
+        worst_retained = worst_retained.max(r);
+        worst_unconfirmed = worst_unconfirmed.max(u);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let written: i64 =
+        pg.query_one(&format!("SELECT pg_total_relation_size('\"{other}\"')::int8"), &[]).unwrap().get(0);
+    pg.batch_execute(&format!("DROP TABLE \"{other}\"")).unwrap();
+    // PostgreSQL moves a slot's restart_lsn only at a running-transactions record, which it
+    // logs every 15 s: within that, the retained WAL falls back once the writing stops.
+    let settled = wait_for(Duration::from_secs(40), "the retained WAL under 64 MB", || {
+        let (r, _) = retained(&mut pg);
+        (r < 64 << 20).then_some(r)
+    });
+    assert!(producer.running(), "{}", producer.log_text());
+    assert_eq!(producer.terminate(Duration::from_secs(30)), 0);
+    eprintln!(
+        "{} MB written to another table; while writing, the slot's confirmed position trailed by at most {} MB \
+         and it retained at most {} MB; {} MB retained once writing stopped",
+        written >> 20,
+        worst_unconfirmed >> 20,
+        worst_retained >> 20,
+        settled >> 20
+    );
+    assert!(written > 150 << 20, "only {} MB written", written >> 20);
+    assert!(
+        worst_unconfirmed < 64 << 20,
+        "the slot's confirmed position trailed by {} MB",
+        worst_unconfirmed >> 20
+    );
 }
 
 #[test]
@@ -459,7 +614,10 @@ fn added_columns_are_ignored_a_dropped_seed_column_stops_and_truncate_deletes_no
 
 #[test]
 fn a_snapshot_killed_midway_under_writes_ends_with_the_table_and_no_row_read_twice() {
+    let broker = Broker::start_memory();
     let mut env = TestEnv::logical("lg_snap");
+    env.brokers = broker.addr.clone();
+    env.write_config("");
     env.set("ORDERSTREAM__STREAMING__MAX_BATCH_ROWS", "200");
     env.init();
     env.insert(5_000);

@@ -65,6 +65,8 @@ use crate::wire::{ChangeMeta, Lsn, Op};
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
 /// The prefix of the heartbeat messages.
 const HEARTBEAT_PREFIX: &str = "orderstream.heartbeat";
+/// How long a slot held by a session that is going away may take to be released.
+const SLOT_RELEASE: Duration = Duration::from_secs(10);
 /// How long a batch waits for more changes once a transaction has committed.
 const GATHER: Duration = Duration::from_millis(2);
 
@@ -159,6 +161,7 @@ impl LogicalSource {
         if self.sql.is_none() {
             let client = db::connect(&self.pg).await?;
             preflight(&client, &self.pg).await?;
+            lock_writer(&client, &self.pg).await?;
             self.sql = Some(client);
             self.in_snapshot = false;
         }
@@ -220,6 +223,30 @@ impl LogicalSource {
         let lsn: Option<String> = row.get(0);
         let lsn = lsn.and_then(|s| s.parse::<Lsn>().ok()).unwrap_or_default();
         Ok(Some((lsn, row.get(1))))
+    }
+
+    /// The slot's confirmed LSN once no session holds it (`None`: no such slot). We hold the
+    /// writer lock, so a holder is the walsender of a process that just died (or of our own
+    /// previous session); it is given [`SLOT_RELEASE`] to go before this is an error.
+    async fn slot_free(&mut self) -> Result<Option<Lsn>> {
+        let slot = self.pg.slot.clone();
+        let deadline = Instant::now() + SLOT_RELEASE;
+        loop {
+            match self.slot().await? {
+                None => return Ok(None),
+                Some((lsn, None)) => return Ok(Some(lsn)),
+                Some((_, Some(pid))) if Instant::now() >= deadline => {
+                    return Err(if Some(pid) == self.own_pid {
+                        Error::Postgres(format!(
+                            "replication slot {slot} is still held by our previous session (PID {pid})"
+                        ))
+                    } else {
+                        slot_in_use(&slot, pid)
+                    });
+                }
+                Some(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        }
     }
 
     /// Reads the next page of the initial snapshot.
@@ -290,10 +317,7 @@ impl LogicalSource {
     async fn begin_snapshot(&mut self) -> Result<Snapshot> {
         let table = self.pg.table.clone();
         let slot = self.pg.slot.clone();
-        if let Some((at, active)) = self.slot().await? {
-            if let Some(pid) = active {
-                return Err(slot_in_use(&slot, pid));
-            }
+        if let Some(at) = self.slot_free().await? {
             let client = self.sql().await?;
             client
                 .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -344,21 +368,12 @@ impl LogicalSource {
             let _ = tokio::time::timeout(Duration::from_secs(5), client.shutdown()).await;
         }
         let slot = self.pg.slot.clone();
-        match self.slot().await? {
-            None => {
-                return Err(Error::Setup(format!(
-                    "PostgreSQL: replication slot {slot} is missing, but the state file says capture was streaming \
-                     (dropped, or lost in a failover): changes may have been missed. To start over on purpose, remove \
-                     the producer's state file (last_timestamp.txt): a new slot and a full snapshot follow"
-                )));
-            }
-            Some((_, Some(pid))) if Some(pid) != self.own_pid => return Err(slot_in_use(&slot, pid)),
-            Some((_, Some(pid))) => {
-                return Err(Error::Postgres(format!(
-                    "replication slot {slot} is still held by our previous session (PID {pid})"
-                )));
-            }
-            Some(_) => {}
+        if self.slot_free().await?.is_none() {
+            return Err(Error::Setup(format!(
+                "PostgreSQL: replication slot {slot} is missing, but the state file says capture was streaming \
+                 (dropped, or lost in a failover): changes may have been missed. To start over on purpose, remove \
+                 the producer's state file (last_timestamp.txt): a new slot and a full snapshot follow"
+            )));
         }
         let mut client = ReplicationClient::connect_gated(self.replication_config(position.flush)?)
             .await
@@ -538,6 +553,42 @@ fn replication_error(slot: &str, e: &PgWireError) -> Error {
         return Error::Setup(format!("PostgreSQL: replication slot {slot}: {text}"));
     }
     Error::Postgres(format!("replication slot {slot}: {text}"))
+}
+
+/// Takes the session-level advisory lock that makes this process the slot's one writer, also
+/// while the snapshot is read (when no replication session holds the slot yet). A lock still
+/// held by a process that just died is waited for; one held for longer names the holder.
+async fn lock_writer(client: &Client, pg: &PostgresConfig) -> Result<()> {
+    let err = |e: tokio_postgres::Error| pg_error(&pg.table, &e);
+    // FNV-1a of the slot's name, top bit clear: stable, and one key per slot.
+    let name = format!("orderstream:{}", pg.slot);
+    let key =
+        name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+            >> 1;
+    let key = key as i64;
+    let deadline = Instant::now() + SLOT_RELEASE;
+    loop {
+        let locked: bool =
+            client.query_one("SELECT pg_try_advisory_lock($1)", &[&key]).await.map_err(err)?.get(0);
+        if locked {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Name the slot's walsender if one runs, else the lock's holder.
+    let row = client
+        .query_one(
+            "SELECT coalesce((SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1), \
+             (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 \
+              AND classid::bigint = $2 AND objid::bigint = $3 AND granted LIMIT 1))",
+            &[&pg.slot, &(key >> 32), &(key & 0xFFFF_FFFF)],
+        )
+        .await
+        .map_err(err)?;
+    Err(slot_in_use(&pg.slot, row.get::<_, Option<i32>>(0).unwrap_or(0)))
 }
 
 /// Checks once per connection what logical capture needs, each failure one line with its fix.
