@@ -284,6 +284,9 @@ case "$cmd" in
     echo "ORDERSTREAM_PG_PORT=$PG_PORT"
     echo "ORDERSTREAM_KAFKA_PORT=$KAFKA_PORT"
     echo "ORDERSTREAM_TANSU=$TANSU"
+    # For tests that start a private PostgreSQL cluster of their own.
+    echo "ORDERSTREAM_PG_BIN=$PG_BIN"
+    echo "ORDERSTREAM_PG_OSUSER=$(pg_user)"
     ;;
   *)
     echo "usage: dev/stack.sh up|down|status|env" >&2

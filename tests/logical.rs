@@ -652,3 +652,80 @@ fn a_snapshot_killed_midway_under_writes_ends_with_the_table_and_no_row_read_twi
     }
     eprintln!("{kills} kills during the snapshot; {} snapshot reads", reads.len());
 }
+
+/// A private PostgreSQL cluster with `wal_level = replica`, run as the stack's OS user.
+struct ReplicaCluster {
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl ReplicaCluster {
+    fn as_pg_user(bin: &str, args: &[&str]) -> std::process::Command {
+        let user = std::env::var("ORDERSTREAM_PG_OSUSER").unwrap_or_else(|_| "postgres".into());
+        let mut cmd = if unsafe { libc::geteuid() } == 0 {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", &user, "--", bin]);
+            c
+        } else {
+            std::process::Command::new(bin)
+        };
+        cmd.args(args).current_dir("/");
+        cmd
+    }
+
+    fn start() -> ReplicaCluster {
+        let bin = std::env::var("ORDERSTREAM_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
+        let dir = std::env::temp_dir().join(common::unique("pg_replica"));
+        let data = dir.join("data");
+        let port = common::free_port();
+        let d = data.to_string_lossy().to_string();
+        let (code, out, err) = common::run_output(Self::as_pg_user(
+            &format!("{bin}/initdb"),
+            &["-D", &d, "-U", "postgres", "--auth=trust", "--no-sync"],
+        ));
+        assert_eq!(code, 0, "initdb: {out}{err}");
+        let opts = format!(
+            "-p {port} -c wal_level=replica -c listen_addresses=127.0.0.1 -c unix_socket_directories={}",
+            dir.display()
+        );
+        let log = dir.join("log").to_string_lossy().to_string();
+        let (code, out, err) = common::run_output(Self::as_pg_user(
+            &format!("{bin}/pg_ctl"),
+            &["-D", &d, "-o", &opts, "-l", &log, "-w", "start"],
+        ));
+        assert_eq!(code, 0, "pg_ctl start: {out}{err}");
+        ReplicaCluster { dir, port }
+    }
+}
+
+impl Drop for ReplicaCluster {
+    fn drop(&mut self) {
+        let bin = std::env::var("ORDERSTREAM_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
+        let d = self.dir.join("data").to_string_lossy().to_string();
+        let _ = common::run_output(Self::as_pg_user(
+            &format!("{bin}/pg_ctl"),
+            &["-D", &d, "-m", "immediate", "stop"],
+        ));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn a_wal_level_below_logical_is_named_with_both_fixes() {
+    let cluster = ReplicaCluster::start();
+    let mut env = TestEnv::logical("lg_wallvl");
+    env.init();
+    env.set(
+        "ORDERSTREAM__POSTGRES__JDBC_URL",
+        &format!("jdbc:postgresql://127.0.0.1:{}/postgres", cluster.port),
+    );
+    env.set("ORDERSTREAM__POSTGRES__USER", "postgres");
+    let (code, _, err) = env.run(&["produce"]);
+    assert_eq!(code, 1, "{err}");
+    let line = err.lines().last().unwrap_or_default();
+    assert_eq!(
+        line,
+        "orderstream: PostgreSQL: wal_level is `replica`, logical capture needs `logical`: set wal_level = logical in \
+         postgresql.conf and restart PostgreSQL, or set postgres.capture: poll"
+    );
+}
