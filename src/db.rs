@@ -1,5 +1,7 @@
 //! PostgreSQL: connecting, and the schema bootstrap that `init` runs (`sql/orders.sql`).
 
+use std::time::{Duration, Instant};
+
 use tokio_postgres::{Client, NoTls};
 
 use crate::config::{PostgresConfig, TableName, quote_ident};
@@ -182,4 +184,43 @@ pub async fn ensure_publication(
         client.batch_execute(&format!("ALTER TABLE {t} REPLICA IDENTITY FULL")).await.map_err(pg)?;
     }
     Ok(PublicationReport { name: publication.to_string(), created: !exists || !has_table })
+}
+
+/// Takes the session-level advisory lock named `name` (held until the connection ends), the
+/// guarantee of one writer per capture state across processes and hosts. A lock still held is
+/// retried for `wait` (a process that just died leaves its session for a moment); then
+/// `Ok(Err(pid))` names the holder's backend PID (0 if it cannot be seen).
+pub async fn lock_writer(
+    client: &Client,
+    name: &str,
+    wait: Duration,
+) -> Result<std::result::Result<(), i32>> {
+    let err = |e: tokio_postgres::Error| Error::Postgres(format!("advisory lock {name}: {}", error_text(&e)));
+    // FNV-1a, top bit clear: stable across releases, one key per name.
+    let key =
+        name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+            >> 1;
+    let key = key as i64;
+    let deadline = Instant::now() + wait;
+    loop {
+        let locked: bool =
+            client.query_one("SELECT pg_try_advisory_lock($1)", &[&key]).await.map_err(err)?.get(0);
+        if locked {
+            return Ok(Ok(()));
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let holder: Option<i32> = client
+        .query_one(
+            "SELECT (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 \
+             AND classid::bigint = $1 AND objid::bigint = $2 AND granted LIMIT 1)",
+            &[&(key >> 32), &(key & 0xFFFF_FFFF)],
+        )
+        .await
+        .map_err(err)?
+        .get(0);
+    Ok(Err(holder.unwrap_or(0)))
 }

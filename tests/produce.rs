@@ -481,3 +481,34 @@ fn a_corrupt_state_file_is_an_error_not_a_restart_from_zero() {
     assert!(last.contains(&format!("{}: corrupt producer state (line 1:", path.display())), "{err}");
     assert!(messages(&env).is_empty());
 }
+
+#[test]
+fn a_second_producer_on_the_same_table_and_topic_is_refused_naming_the_holder() {
+    let env = TestEnv::new("prod_twice");
+    env.init();
+    let mut first = env.spawn(&["produce"]);
+    wait_messages(&env, 10, Duration::from_secs(60));
+    let (code, _, err) = env.run(&["run"]);
+    assert_eq!(code, 1, "{err}");
+    let line = err.lines().last().unwrap_or_default();
+    assert!(
+        line.starts_with(&format!(
+            "orderstream: PostgreSQL: table {} is already captured into this topic by PID ",
+            env.table
+        )) && line.ends_with("one producer per table and topic"),
+        "{err}"
+    );
+    // The PID named is the first producer's database session.
+    let pid: i32 = line.split("by PID ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    let app: String = env
+        .pg()
+        .query_one("SELECT application_name FROM pg_stat_activity WHERE pid = $1", &[&pid])
+        .unwrap()
+        .get(0);
+    assert_eq!(app, "orderstream");
+    assert!(first.running());
+    env.insert(1);
+    wait_messages(&env, 11, Duration::from_secs(30));
+    assert_eq!(first.terminate(Duration::from_secs(30)), 0);
+    assert_eq!(messages(&env).len(), 11, "nothing published twice");
+}

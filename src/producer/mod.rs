@@ -59,7 +59,9 @@ pub async fn produce(cfg: &Config, metrics: Arc<Metrics>, shutdown: Shutdown) ->
             let source = LogicalSource::new(&cfg.postgres, cfg.streaming.batch_interval);
             run(source, cfg, &metrics, &shutdown).await
         }
-        Capture::Poll => run(PollSource::new(&cfg.postgres), cfg, &metrics, &shutdown).await,
+        Capture::Poll => {
+            run(PollSource::new(&cfg.postgres, &cfg.kafka.topic), cfg, &metrics, &shutdown).await
+        }
     }
 }
 

@@ -94,7 +94,9 @@ pub fn save<S: Source>(path: &Path, state: &State<S::Position>) -> Result<()> {
         let list: Vec<String> = offsets.iter().map(|(p, o)| format!("{p}:{o}")).collect();
         text.push_str(&format!("offsets={}\n", list.join(",")));
     }
-    write_atomic(path, &path.with_extension("tmp"), text.as_bytes())
+    // A temp name of this process's own: a second writer (which the capture's writer lock
+    // refuses) could never rename another's half-written file.
+    write_atomic(path, &path.with_extension(format!("{}.tmp", std::process::id())), text.as_bytes())
 }
 
 #[cfg(test)]

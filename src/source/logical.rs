@@ -555,40 +555,20 @@ fn replication_error(slot: &str, e: &PgWireError) -> Error {
     Error::Postgres(format!("replication slot {slot}: {text}"))
 }
 
-/// Takes the session-level advisory lock that makes this process the slot's one writer, also
-/// while the snapshot is read (when no replication session holds the slot yet). A lock still
-/// held by a process that just died is waited for; one held for longer names the holder.
+/// Takes the session-level lock that makes this process the slot's one writer, also while
+/// the snapshot is read (when no replication session holds the slot yet). The error names the
+/// slot's walsender if one runs, else the lock's holder.
 async fn lock_writer(client: &Client, pg: &PostgresConfig) -> Result<()> {
-    let err = |e: tokio_postgres::Error| pg_error(&pg.table, &e);
-    // FNV-1a of the slot's name, top bit clear: stable, and one key per slot.
-    let name = format!("orderstream:{}", pg.slot);
-    let key =
-        name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
-            >> 1;
-    let key = key as i64;
-    let deadline = Instant::now() + SLOT_RELEASE;
-    loop {
-        let locked: bool =
-            client.query_one("SELECT pg_try_advisory_lock($1)", &[&key]).await.map_err(err)?.get(0);
-        if locked {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    // Name the slot's walsender if one runs, else the lock's holder.
-    let row = client
-        .query_one(
-            "SELECT coalesce((SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1), \
-             (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 \
-              AND classid::bigint = $2 AND objid::bigint = $3 AND granted LIMIT 1))",
-            &[&pg.slot, &(key >> 32), &(key & 0xFFFF_FFFF)],
-        )
+    let Err(holder) = db::lock_writer(client, &format!("orderstream:{}", pg.slot), SLOT_RELEASE).await?
+    else {
+        return Ok(());
+    };
+    let active = client
+        .query_opt("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", &[&pg.slot])
         .await
-        .map_err(err)?;
-    Err(slot_in_use(&pg.slot, row.get::<_, Option<i32>>(0).unwrap_or(0)))
+        .map_err(|e| pg_error(&pg.table, &e))?
+        .and_then(|r| r.get::<_, Option<i32>>(0));
+    Err(slot_in_use(&pg.slot, active.unwrap_or(holder)))
 }
 
 /// Checks once per connection what logical capture needs, each failure one line with its fix.

@@ -41,6 +41,9 @@ use crate::error::{Error, Result};
 use crate::order::{AMOUNT_PRECISION, AMOUNT_SCALE, Order};
 use crate::wire::ChangeMeta;
 
+/// How long a writer lock still held by a process that just died is waited for.
+const WRITER_WAIT: Duration = Duration::from_secs(10);
+
 /// Rows younger than this stay for the next poll (see the module doc).
 pub const START_REPORT_MARGIN: Duration = Duration::from_millis(100);
 
@@ -59,6 +62,8 @@ pub struct PollPosition {
 pub struct PollSource {
     pg: PostgresConfig,
     name: String,
+    /// The name of the advisory lock that makes this the one writer of (table → topic).
+    lock: String,
     conn: Option<Connection>,
 }
 
@@ -75,10 +80,11 @@ pub(crate) const COLUMNS: &str = "order_id::int8 AS id, customer_name, restauran
                        NULLIF(amount, 'NaN'::numeric), order_status, created_at";
 
 impl PollSource {
-    /// A source on the configured table; connects on first use.
-    pub fn new(pg: &PostgresConfig) -> PollSource {
+    /// A source on the configured table, publishing to `topic`; connects on first use.
+    pub fn new(pg: &PostgresConfig, topic: &str) -> PollSource {
         let db = pg.connect.get_dbname().unwrap_or("?");
-        PollSource { pg: pg.clone(), name: format!("poll:{db}.{}", pg.table), conn: None }
+        let name = format!("poll:{db}.{}", pg.table);
+        PollSource { lock: format!("orderstream:{name}->{topic}"), pg: pg.clone(), name, conn: None }
     }
 
     /// Connects (if not connected) and checks the table; a wrong table is a fatal error.
@@ -89,6 +95,14 @@ impl PollSource {
         let client = db::connect(&self.pg).await?;
         check_table(&client, &self.pg.table).await?;
         check_visibility(&client).await;
+        // One producer per table and topic: a second would publish every order again.
+        if let Err(pid) = db::lock_writer(&client, &self.lock, WRITER_WAIT).await? {
+            return Err(Error::Setup(format!(
+                "PostgreSQL: table {} is already captured into this topic by PID {pid} (another `orderstream \
+                 produce` or `run`?): one producer per table and topic",
+                self.pg.table
+            )));
+        }
         let t = self.pg.table.quoted();
         let table = &self.pg.table;
         let client_ref = &client;
