@@ -165,9 +165,9 @@ metrics:
     pub fn orderstream(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_orderstream"));
         cmd.arg("--config").arg(self.config_path()).args(args);
-        // Keep the developer's own overrides out of the tests.
+        // Keep the developer's own settings out of the tests: overrides, hooks, log levels.
         for (k, _) in std::env::vars() {
-            if k.starts_with("ORDERSTREAM__") {
+            if k.starts_with("ORDERSTREAM") || k == "RUST_LOG" {
                 cmd.env_remove(k);
             }
         }
@@ -253,15 +253,28 @@ metrics:
 }
 
 impl Drop for TestEnv {
+    /// A passed test leaves nothing behind: its slot, publication, table, topics and folder go.
+    /// A failed one keeps them for a look (except a logical test's slot, which would keep the
+    /// stack's WAL forever).
     fn drop(&mut self) {
-        // An abandoned slot would keep the stack's WAL forever.
-        if self.capture == "logical"
-            && let Ok(mut c) = postgres::Client::connect(&pg_url(), postgres::NoTls)
-        {
-            let _ = c.execute(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
-                &[&self.slot()],
-            );
+        let passed = !std::thread::panicking();
+        if let Ok(mut c) = postgres::Client::connect(&pg_url(), postgres::NoTls) {
+            if self.capture == "logical" || passed {
+                let _ = c.execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
+                    &[&self.slot()],
+                );
+            }
+            if passed {
+                let _ = c.batch_execute(&format!("DROP PUBLICATION IF EXISTS \"{}\"", self.slot()));
+                let _ = c.batch_execute(&format!("DROP TABLE IF EXISTS {}", self.t()));
+            }
+        }
+        if passed {
+            if self.brokers == stack_brokers() {
+                lake::delete_topics(&self.brokers, &[&self.topic, &format!("{}_dlq", self.topic)]);
+            }
+            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 }
