@@ -14,7 +14,8 @@
 //! * [`order`]: THE order record: columns, JSON form, Arrow schema, validation.
 //! * [`db`]: PostgreSQL connections and the schema bootstrap (`sql/orders.sql`).
 //! * [`kafka`]: Kafka clients built from the configuration, topic bootstrap.
-//! * [`source`]: how changes leave PostgreSQL, behind one trait ([`source::poll`] today).
+//! * [`source`]: how changes leave PostgreSQL, behind one trait ([`source::logical`],
+//!   [`source::poll`]); [`source::slot`] reads the replication slot for monitoring.
 //! * [`producer`]: source → Kafka, exactly once (idempotent producer, state file, recovery).
 //! * [`sink`]: the consumer: micro-batches into the Parquet lake, exactly once, dead letters.
 //! * [`status`]: the `status` command: every stage's monitoring points, from the live systems.

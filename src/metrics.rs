@@ -86,6 +86,26 @@ pub struct ConsumerMetrics {
     pub retries: Counter,
 }
 
+/// The replication slot of logical capture, refreshed every few seconds by the running producer
+/// (see [`crate::producer::monitor`]); all 0 in poll mode and while the slot does not exist.
+#[derive(Default)]
+pub struct SlotMetrics {
+    /// 1 while a replication session uses the slot, else 0.
+    pub active: Gauge,
+    /// The slot's `confirmed_flush_lsn` as a number (the byte position in the WAL).
+    pub confirmed_lsn: Gauge,
+    /// WAL the slot keeps on the server: `pg_current_wal_lsn()` minus `restart_lsn`.
+    pub retained_wal_bytes: Gauge,
+    /// WAL not yet confirmed: `pg_current_wal_lsn()` minus `confirmed_flush_lsn`.
+    pub lag_bytes: Gauge,
+    /// How long ago the oldest WAL the slot has not confirmed was written, in seconds; 0 when
+    /// the slot has confirmed the current position. A lower bound, short by at most one
+    /// sampling interval; when that WAL predates the producer's start, it is dated by the
+    /// commit time of the newest published change beyond the confirmed position (see
+    /// [`crate::source::slot::LagClock`]).
+    pub lag_seconds: FloatGauge,
+}
+
 /// Which stages are currently failing (retrying), for `/health`.
 #[derive(Default)]
 pub struct Health {
@@ -128,6 +148,8 @@ pub struct Metrics {
     pub producer: ProducerMetrics,
     /// Consumer side.
     pub consumer: ConsumerMetrics,
+    /// The replication slot (logical capture).
+    pub slot: SlotMetrics,
     registry: Registry,
 }
 
@@ -136,6 +158,7 @@ impl Metrics {
     pub fn new() -> Metrics {
         let producer = ProducerMetrics::default();
         let consumer = ConsumerMetrics::default();
+        let slot = SlotMetrics::default();
         for reason in RejectReason::ALL {
             // Every reason is exported from the start, at 0.
             let _ = consumer.rejected.get_or_create(&ReasonLabel { reason: reason.as_str().into() });
@@ -189,7 +212,31 @@ impl Metrics {
             c.register("lag_messages", "Messages not yet in the lake", consumer.lag_messages.clone());
             c.register("retries", "Retries after broker or lake failures", consumer.retries.clone());
         }
-        Metrics { health: Health::default(), producer, consumer, registry }
+        {
+            let s = registry.sub_registry_with_prefix("slot");
+            s.register("active", "1 while a replication session uses the slot", slot.active.clone());
+            s.register(
+                "confirmed_lsn",
+                "The slot's confirmed_flush_lsn as a number",
+                slot.confirmed_lsn.clone(),
+            );
+            s.register(
+                "retained_wal_bytes",
+                "WAL the slot keeps: current WAL position minus restart_lsn",
+                slot.retained_wal_bytes.clone(),
+            );
+            s.register(
+                "lag_bytes",
+                "WAL not yet confirmed: current WAL position minus confirmed_flush_lsn",
+                slot.lag_bytes.clone(),
+            );
+            s.register(
+                "lag_seconds",
+                "Age of the oldest WAL the slot has not confirmed (0 when caught up)",
+                slot.lag_seconds.clone(),
+            );
+        }
+        Metrics { health: Health::default(), producer, consumer, slot, registry }
     }
 
     /// The Prometheus text exposition of every counter.

@@ -1,7 +1,10 @@
 //! `orderstream status`: the seed's monitoring points on one screen, read from the live systems
 //! (PostgreSQL, the producer's state file, the broker, the consumer's checkpoint, the lake).
 //! It works whether or not the pipeline runs; a part it cannot reach says so and the rest is
-//! still shown. `--json` prints the same as one object.
+//! still shown. `--json` prints the same as one object. With logical capture a sixth part, the
+//! replication slot ([`crate::source::slot`]), sits between the producer and the broker.
+
+mod producer;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -12,12 +15,13 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{Capture, Config};
 use crate::error::Error;
 use crate::kafka;
-use crate::producer::state;
 use crate::sink::{Manifest, PartitionState};
-use crate::source::poll::{PollSource, format_ts};
+use crate::source::poll::format_ts;
+use crate::source::slot::{self, SlotStatus};
+pub use producer::{CaptureStatus, LogicalStatus, PollStatus, ProducerStatus, SnapshotStatus};
 
 /// Each part of the status, or why it could not be read.
 #[derive(Debug, Serialize)]
@@ -46,8 +50,11 @@ impl<T> From<Result<T, Error>> for Part<T> {
 pub struct Status {
     /// PostgreSQL: record count, insert rate.
     pub postgres: Part<PostgresStatus>,
-    /// Producer: orders published, watermark, lag.
+    /// Producer: messages published, where capture stands (per capture mode), lag.
     pub producer: Part<ProducerStatus>,
+    /// The replication slot (logical capture only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slot: Option<Part<SlotStatus>>,
     /// Kafka: messages per partition, consumer-group lag.
     pub kafka: Part<KafkaStatus>,
     /// Consumer: rows written, rejected by reason, rate.
@@ -71,23 +78,6 @@ pub struct PostgresStatus {
     pub insert_rate_per_second: f64,
     /// The newest created_at.
     pub newest_created_at: Option<String>,
-}
-
-/// The producer.
-#[derive(Debug, Serialize)]
-pub struct ProducerStatus {
-    /// The state file.
-    pub state_file: String,
-    /// Orders published so far (the last sequence number).
-    pub published: u64,
-    /// created_at of the watermark.
-    pub watermark: Option<String>,
-    /// order_id of the watermark.
-    pub watermark_order_id: Option<i64>,
-    /// Orders in the table not yet published.
-    pub orders_behind: Option<i64>,
-    /// Newest created_at in the table minus the watermark's, in seconds.
-    pub lag_seconds: Option<f64>,
 }
 
 /// One partition of the topic.
@@ -175,12 +165,19 @@ pub struct LakeStatus {
 
 /// Reads every part.
 pub async fn status(cfg: &Config) -> Status {
-    let postgres: Result<(PostgresStatus, Option<tokio_postgres::Client>), Error> = postgres(cfg).await;
-    let (postgres, client) = match postgres {
-        Ok((s, c)) => (Part::Ok(s), c),
-        Err(e) => (Part::Unreachable { error: e.to_string() }, None),
+    let client = connect(cfg).await;
+    let postgres = match &client {
+        Ok(c) => postgres(cfg, c).await.into(),
+        Err(e) => Part::Unreachable { error: e.clone() },
     };
-    let producer = producer(cfg, client.as_ref()).await.into();
+    // The orders behind the watermark only when the table could be read.
+    let table = client.as_ref().ok().filter(|_| matches!(postgres, Part::Ok(_)));
+    let producer = producer::read(cfg, table).await.into();
+    let slot = match (cfg.postgres.capture, &client) {
+        (Capture::Poll, _) => None,
+        (Capture::Logical, Ok(c)) => Some(slot::read(c, &cfg.postgres.slot).await.into()),
+        (Capture::Logical, Err(e)) => Some(Part::Unreachable { error: e.clone() }),
+    };
     let kafka_cfg = cfg.kafka.clone();
     let kafka = tokio::task::spawn_blocking(move || kafka_status(&kafka_cfg))
         .await
@@ -188,14 +185,23 @@ pub async fn status(cfg: &Config) -> Status {
         .into();
     let lake = lake(&cfg.datalake.path);
     let consumer = consumer(cfg, lake.as_ref().ok()).into();
-    Status { postgres, producer, kafka, consumer, lake: lake.map(|(status, _)| status).into() }
+    Status { postgres, producer, slot, kafka, consumer, lake: lake.map(|(status, _)| status).into() }
 }
 
-async fn postgres(cfg: &Config) -> Result<(PostgresStatus, Option<tokio_postgres::Client>), Error> {
-    let client =
-        tokio::time::timeout(Duration::from_secs(5), crate::db::connect(&cfg.postgres)).await.map_err(
-            |_| Error::Postgres(format!("{}: no answer within 5 s", crate::db::describe(&cfg.postgres))),
-        )??;
+/// One connection for every part that reads PostgreSQL; the error as the parts show it.
+async fn connect(cfg: &Config) -> Result<tokio_postgres::Client, String> {
+    let connecting = tokio::time::timeout(Duration::from_secs(5), crate::db::connect(&cfg.postgres));
+    match connecting.await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => {
+            Err(Error::Postgres(format!("{}: no answer within 5 s", crate::db::describe(&cfg.postgres)))
+                .to_string())
+        }
+    }
+}
+
+async fn postgres(cfg: &Config, client: &tokio_postgres::Client) -> Result<PostgresStatus, Error> {
     let t = cfg.postgres.table.quoted();
     let row = client
         .query_one(
@@ -208,50 +214,13 @@ async fn postgres(cfg: &Config) -> Result<(PostgresStatus, Option<tokio_postgres
         .await
         .map_err(|e| Error::Postgres(format!("table {}: {}", cfg.postgres.table, crate::db::error_text(&e))))?;
     let last_minute: i64 = row.get(1);
-    let status = PostgresStatus {
+    Ok(PostgresStatus {
         server: crate::db::describe(&cfg.postgres),
         table: cfg.postgres.table.to_string(),
         rows: row.get(0),
         inserted_last_minute: last_minute,
         insert_rate_per_second: last_minute as f64 / 60.0,
         newest_created_at: row.get::<_, Option<chrono::NaiveDateTime>>(2).map(|t| format_ts(&t)),
-    };
-    Ok((status, Some(client)))
-}
-
-async fn producer(cfg: &Config, client: Option<&tokio_postgres::Client>) -> Result<ProducerStatus, Error> {
-    let path = state::path(&cfg.streaming.last_processed_timestamp_location);
-    let saved = state::load::<PollSource>(&path)?;
-    let (published, watermark) = match &saved {
-        Some(s) => (s.seq, s.position.watermark),
-        None => (0, None),
-    };
-    let (mut behind, mut lag) = (None, None);
-    if let Some(client) = client {
-        let t = cfg.postgres.table.quoted();
-        let (ts, id) = watermark.unwrap_or((chrono::NaiveDateTime::MIN, i64::MIN));
-        let row = client
-            .query_one(
-                &format!(
-                    "SELECT count(*) FILTER (WHERE (created_at, order_id) > ($1::timestamp, $2::int8)), \
-                     extract(epoch FROM max(created_at) - $1::timestamp)::float8 FROM {t}"
-                ),
-                &[&ts, &id],
-            )
-            .await
-            .map_err(|e| {
-                Error::Postgres(format!("table {}: {}", cfg.postgres.table, crate::db::error_text(&e)))
-            })?;
-        behind = Some(row.get::<_, i64>(0));
-        lag = watermark.and(row.get::<_, Option<f64>>(1)).map(|l| l.max(0.0));
-    }
-    Ok(ProducerStatus {
-        state_file: path.display().to_string(),
-        published,
-        watermark: watermark.map(|(t, _)| format_ts(&t)),
-        watermark_order_id: watermark.map(|(_, id)| id).filter(|id| *id != i64::MAX),
-        orders_behind: behind,
-        lag_seconds: lag,
     })
 }
 
@@ -451,21 +420,16 @@ impl Status {
         }
         match &self.producer {
             Part::Ok(p) => {
-                let _ = writeln!(o, "{:<11} state {}", "Producer", p.state_file);
-                let wm = match (&p.watermark, p.watermark_order_id) {
-                    (Some(t), Some(id)) => format!("{t} #{id}"),
-                    (Some(t), None) => t.clone(),
-                    _ => "none yet".into(),
-                };
-                let behind = p.orders_behind.map(|n| n.to_string()).unwrap_or_else(|| "?".into());
-                let lag = p.lag_seconds.map(|l| format!("{l:.1} s")).unwrap_or_else(|| "-".into());
-                let _ = writeln!(
-                    o,
-                    "{:<11} published {}   watermark {wm}   behind {behind} orders, {lag}",
-                    "", p.published
-                );
+                let _ = write!(o, "{p}");
             }
             Part::Unreachable { error } => unreachable(&mut o, "Producer", error),
+        }
+        match &self.slot {
+            None => {}
+            Some(Part::Ok(s)) => {
+                let _ = write!(o, "{s}");
+            }
+            Some(Part::Unreachable { error }) => unreachable(&mut o, "Slot", error),
         }
         match &self.kafka {
             Part::Ok(k) => {

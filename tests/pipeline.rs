@@ -1,5 +1,6 @@
 //! The whole pipeline on the local stack: `orderstream run` from the table to the lake (read
-//! back with DuckDB, pyarrow and Spark), `status --json` on a known state, and `/metrics`.
+//! back with DuckDB, pyarrow and Spark), `status --json` on a known state (polling, and logical
+//! capture with its replication slot), and `/metrics`.
 
 mod common;
 
@@ -10,6 +11,7 @@ use std::time::Duration;
 use common::TestEnv;
 use common::lake::{LakeRow, python, read_duckdb, read_pyarrow, read_spark, states};
 use common::proc::{wait_for, wait_until};
+use common::topic::read_topic;
 
 /// Rows committed to the lake, from the consumer's checkpoint.
 fn committed_rows(env: &TestEnv) -> u64 {
@@ -114,6 +116,8 @@ fn status_reports_the_seed_state_and_what_it_cannot_reach() {
     assert_eq!(s["producer"]["watermark_order_id"], 110);
     assert_eq!(s["producer"]["orders_behind"], 0);
     assert_eq!(s["producer"]["lag_seconds"], 0.0);
+    assert_eq!(s["producer"]["capture"], "poll");
+    assert!(s.get("slot").is_none(), "poll mode has no slot: {s:#}");
     assert_eq!(s["kafka"]["messages"], 10);
     assert_eq!(s["kafka"]["group_lag"], 0, "{s:#}");
     assert_eq!(s["kafka"]["partitions"].as_array().unwrap().len(), 3);
@@ -131,6 +135,11 @@ fn status_reports_the_seed_state_and_what_it_cannot_reach() {
     for stage in ["PostgreSQL", "Producer", "Kafka", "Consumer", "Lake", "date=2025-01-18"] {
         assert!(text.contains(stage), "{stage} missing:\n{text}");
     }
+    assert!(
+        text.contains("published 10   watermark 2025-01-18 12:33:00 #110   behind 0 orders, 0.0 s"),
+        "{text}"
+    );
+    assert!(!text.contains("Slot"), "{text}");
 
     // A stopped broker: that part says so, the others are still read.
     let mut env = env;
@@ -142,6 +151,103 @@ fn status_reports_the_seed_state_and_what_it_cannot_reach() {
     let (code, text, _) = env.run(&["status"]);
     assert_eq!(code, 0);
     assert!(text.contains("Kafka       UNREACHABLE: "), "{text}");
+}
+
+/// An LSN in PostgreSQL's text form (`0/16B3748`) as a number.
+fn lsn(text: &serde_json::Value) -> u64 {
+    let text = text.as_str().unwrap_or_else(|| panic!("not an LSN: {text}"));
+    let (hi, lo) = text.split_once('/').unwrap_or_else(|| panic!("not an LSN: {text}"));
+    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+}
+
+#[test]
+fn status_and_metrics_show_logical_capture_and_its_slot() {
+    let mut env = TestEnv::logical("pipe_slot");
+    let port = common::free_port();
+    env.set("ORDERSTREAM__METRICS__PORT", &port.to_string());
+    env.init();
+
+    // Before the first `produce`: no slot, and a state file that does not exist yet.
+    let s = status(&env);
+    assert_eq!(s["slot"]["name"], env.slot(), "{s:#}");
+    assert_eq!(s["slot"]["exists"], false, "{s:#}");
+    assert!(s["slot"].get("active").is_none(), "{s:#}");
+    assert_eq!(s["producer"]["capture"], "logical", "{s:#}");
+    assert_eq!(s["producer"]["published"], 0);
+    assert_eq!(s["producer"]["snapshot"]["state"], "pending");
+    assert_eq!(s["producer"]["last_lsn"], serde_json::Value::Null);
+    assert_eq!(s["producer"]["flush_lsn"], "0/0");
+    let (code, text, _) = env.run(&["status"]);
+    assert_eq!(code, 0);
+    let missing = format!("Slot        {} missing (the first `orderstream produce` creates it)", env.slot());
+    assert!(text.contains(&missing), "{text}");
+    assert!(text.contains("published 0 messages   last none yet   flush 0/0   snapshot pending"), "{text}");
+
+    // The ten seed rows streamed: the snapshot is done at the slot's consistent point.
+    let mut producer = env.spawn(&["produce"]);
+    let msgs = wait_for(Duration::from_secs(60), "the ten snapshot reads", || {
+        let m = read_topic(&env.brokers, &env.topic);
+        (m.len() >= 10).then_some(m)
+    });
+    assert_eq!(msgs.len(), 10);
+    let at = msgs[0].header("orderstream.lsn").unwrap();
+    let s = wait_for(Duration::from_secs(30), "the saved snapshot in status", || {
+        let s = status(&env);
+        (s["producer"]["published"] == 10 && s["slot"]["active"] == true).then_some(s)
+    });
+    let p = &s["producer"];
+    assert_eq!(p["snapshot"]["state"], "done", "{s:#}");
+    assert_eq!(
+        (p["last_lsn"].as_str(), p["last_change_index"].as_i64()),
+        (Some(at.as_str()), Some(9)),
+        "{s:#}"
+    );
+    assert!(lsn(&p["flush_lsn"]) >= lsn(&p["last_lsn"]), "{s:#}");
+    let slot = &s["slot"];
+    let pid: i32 = env
+        .pg()
+        .query_one("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", &[&env.slot()])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        (slot["exists"].as_bool(), slot["active_pid"].as_i64()),
+        (Some(true), Some(pid.into())),
+        "{s:#}"
+    );
+    assert_eq!((slot["plugin"].as_str(), slot["usable"].as_bool()), (Some("pgoutput"), Some(true)), "{s:#}");
+    let confirmed = lsn(&slot["confirmed_flush_lsn"]);
+    assert!(confirmed >= lsn(&serde_json::json!(at)), "{s:#}");
+    assert!(confirmed <= lsn(&slot["current_wal_lsn"]), "{s:#}");
+    assert!(slot["retained_wal_bytes"].as_i64().unwrap() >= 0, "{s:#}");
+    assert!(slot["lag_bytes"].as_i64().unwrap() >= 0, "{s:#}");
+    let (code, text, _) = env.run(&["status"]);
+    assert_eq!(code, 0);
+    assert!(!text.contains("Producer    UNREACHABLE"), "{text}");
+    assert!(text.contains(&format!("published 10 messages   last {at}:9")), "{text}");
+    assert!(text.contains("snapshot done"), "{text}");
+    assert!(text.contains(&format!("Slot        {} active (PID {pid})   confirmed ", env.slot())), "{text}");
+
+    // The running producer's monitor exports the slot.
+    let m = wait_for(Duration::from_secs(30), "orderstream_slot_active 1", || {
+        let (code, body) = get(port, "/metrics");
+        assert_eq!(code, 200);
+        let m = parse_metrics(&body);
+        (m.get("orderstream_slot_active") == Some(&1.0)).then_some(m)
+    });
+    assert!(m["orderstream_slot_confirmed_lsn"] >= lsn(&serde_json::json!(at)) as f64, "{m:#?}");
+    assert!(m["orderstream_slot_retained_wal_bytes"] >= 0.0, "{m:#?}");
+    assert!(m["orderstream_slot_lag_bytes"] >= 0.0, "{m:#?}");
+    assert!(m["orderstream_slot_lag_seconds"] >= 0.0, "{m:#?}");
+    assert_eq!(producer.terminate(Duration::from_secs(60)), 0, "{}", producer.log_text());
+
+    // Stopped: the slot stays, inactive, holding WAL for the next start.
+    let s = status(&env);
+    assert_eq!(
+        (s["slot"]["exists"].as_bool(), s["slot"]["active"].as_bool()),
+        (Some(true), Some(false)),
+        "{s:#}"
+    );
+    assert_eq!(s["slot"]["active_pid"], serde_json::Value::Null, "{s:#}");
 }
 
 /// One HTTP/1.0 GET on loopback: (status code, body).

@@ -28,6 +28,7 @@
 //! request the dead process left in its socket, which the broker may still append, is seen
 //! before anything is published again.
 
+pub mod monitor;
 pub mod publish;
 pub mod recovery;
 pub mod state;
@@ -56,8 +57,13 @@ const SETTLE: Duration = Duration::from_millis(300);
 pub async fn produce(cfg: &Config, metrics: Arc<Metrics>, shutdown: Shutdown) -> Result<()> {
     match cfg.postgres.capture {
         Capture::Logical => {
+            let state_file = state::path(&cfg.streaming.last_processed_timestamp_location);
+            let slot = monitor::run(cfg.postgres.clone(), state_file, metrics.clone(), shutdown.clone());
+            let slot = tokio::spawn(slot);
             let source = LogicalSource::new(&cfg.postgres, cfg.streaming.batch_interval);
-            run(source, cfg, &metrics, &shutdown).await
+            let result = run(source, cfg, &metrics, &shutdown).await;
+            slot.abort();
+            result
         }
         Capture::Poll => {
             run(PollSource::new(&cfg.postgres, &cfg.kafka.topic), cfg, &metrics, &shutdown).await

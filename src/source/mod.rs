@@ -6,6 +6,7 @@
 pub mod logical;
 pub mod pgoutput;
 pub mod poll;
+pub mod slot;
 
 use std::future::Future;
 use std::hash::Hash;
