@@ -46,19 +46,6 @@ pub fn create_topic(brokers: &str, topic: &str, partitions: i32) {
     }
 }
 
-/// Deletes topics (best effort: a broker that cannot is left as it is).
-pub fn delete_topics(brokers: &str, topics: &[&str]) {
-    let Ok(admin) =
-        ClientConfig::new().set("bootstrap.servers", brokers).create::<AdminClient<DefaultClientContext>>()
-    else {
-        return;
-    };
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
-    let _ = rt.block_on(
-        admin.delete_topics(topics, &AdminOptions::new().request_timeout(Some(Duration::from_secs(5)))),
-    );
-}
-
 /// A message to write.
 #[derive(Clone, Debug, Default)]
 pub struct Msg {

@@ -253,7 +253,7 @@ metrics:
 }
 
 impl Drop for TestEnv {
-    /// A passed test leaves nothing behind: its slot, publication, table, topics and folder go.
+    /// A passed test leaves little behind: its slot, publication, table and folder go.
     /// A failed one keeps them for a look (except a logical test's slot, which would keep the
     /// stack's WAL forever).
     fn drop(&mut self) {
@@ -270,10 +270,10 @@ impl Drop for TestEnv {
                 let _ = c.batch_execute(&format!("DROP TABLE IF EXISTS {}", self.t()));
             }
         }
+        // Topics stay: tansu 0.6 with SQLite storage (the stack's broker) stops answering
+        // metadata requests after a DeleteTopics (seen here), which would take every later
+        // test down with it.
         if passed {
-            if self.brokers == stack_brokers() {
-                lake::delete_topics(&self.brokers, &[&self.topic, &format!("{}_dlq", self.topic)]);
-            }
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
