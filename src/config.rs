@@ -64,6 +64,98 @@ pub struct PostgresConfig {
     pub slot: String,
     /// The publication of the orders table (`postgres.publication`).
     pub publication: String,
+    /// TLS to the server, from the URL's `sslmode`, `sslrootcert`, `sslcert` and `sslkey`.
+    pub tls: PgTls,
+}
+
+/// `sslmode` as libpq spells it (`allow` is not offered: it tries plain text first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    /// Plain text only.
+    Disable,
+    /// TLS when the server offers it, unverified; plain text when the server refuses TLS.
+    Prefer,
+    /// TLS or fail; the certificate is not checked unless `sslrootcert` is given (then as
+    /// `verify-ca`, as libpq does).
+    Require,
+    /// TLS, and the server certificate must chain to a trusted CA.
+    VerifyCa,
+    /// As `verify-ca`, and the certificate must name the host connected to.
+    VerifyFull,
+}
+
+impl SslMode {
+    /// The value as written in a URL.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+
+    fn parse(value: &str) -> Result<SslMode, String> {
+        Ok(match value {
+            "disable" => SslMode::Disable,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            "allow" => return Err(
+                "sslmode `allow` is not supported: use disable, prefer, require, verify-ca or verify-full"
+                    .into(),
+            ),
+            other => {
+                return Err(format!(
+                    "sslmode `{other}` is not one of disable, prefer, require, verify-ca, verify-full"
+                ));
+            }
+        })
+    }
+}
+
+impl fmt::Display for SslMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// TLS to PostgreSQL, for every connection (SQL and replication).
+#[derive(Clone)]
+pub struct PgTls {
+    /// `sslmode` (default `prefer`, as libpq).
+    pub mode: SslMode,
+    /// `sslrootcert`: the CA certificates (PEM) the server's chain must end in; without it,
+    /// `verify-ca` and `verify-full` trust the Mozilla root store.
+    pub root_cert: Option<PathBuf>,
+    /// `sslcert` and `sslkey`: a client certificate (PEM) and its key, for certificate login.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// The rustls settings built from the above (`None` for `disable`); building them at load
+    /// time is what checks the files.
+    pub rustls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+impl PgTls {
+    /// Whether the server's certificate chain is checked (`require` with a root cert is).
+    pub fn verifies_chain(&self) -> bool {
+        match self.mode {
+            SslMode::Disable | SslMode::Prefer => false,
+            SslMode::Require => self.root_cert.is_some(),
+            SslMode::VerifyCa | SslMode::VerifyFull => true,
+        }
+    }
+}
+
+impl fmt::Debug for PgTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgTls")
+            .field("mode", &self.mode)
+            .field("root_cert", &self.root_cert)
+            .field("client_cert", &self.client_cert)
+            .finish()
+    }
 }
 
 /// `postgres.capture`: how changes leave PostgreSQL.
@@ -118,6 +210,7 @@ impl fmt::Debug for PostgresConfig {
             .field("capture", &self.capture)
             .field("slot", &self.slot)
             .field("publication", &self.publication)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -386,7 +479,7 @@ impl Config {
         let bad = |key: &str, msg: String| ConfigError(format!("{}: {msg}", where_(key)));
 
         // postgres
-        let mut connect =
+        let (mut connect, tls) =
             parse_postgres_url(&raw.postgres.jdbc_url).map_err(|m| bad("postgres.jdbc_url", m))?;
         if let Some(user) = raw.postgres.user.as_deref() {
             if user.is_empty() {
@@ -485,7 +578,7 @@ impl Config {
         }
 
         Ok(Config {
-            postgres: PostgresConfig { connect, table, capture, slot, publication },
+            postgres: PostgresConfig { connect, table, capture, slot, publication, tls },
             kafka: KafkaConfig {
                 brokers,
                 topic: raw.kafka.topic,
@@ -554,22 +647,95 @@ fn apply_env_override(root: &mut Value, var: &str, value: &str) -> Result<String
     }
 }
 
-/// Parses `jdbc:postgresql://host:port/db` or `postgres[ql]://[user[:password]@]host:port/db[?k=v]`.
-/// Errors never repeat the URL, which may hold a password.
-fn parse_postgres_url(url: &str) -> Result<tokio_postgres::Config, String> {
+/// Parses `jdbc:postgresql://host:port/db` or `postgres[ql]://[user[:password]@]host:port/db[?k=v]`,
+/// with the TLS parameters `sslmode`, `ssl`, `sslrootcert`, `sslcert`, `sslkey` (as libpq and
+/// pgJDBC write them) taken out of the query and their files read. Every other parameter is
+/// tokio-postgres's to accept or to reject by name. Errors never repeat the URL, which may hold
+/// a password.
+fn parse_postgres_url(url: &str) -> Result<(tokio_postgres::Config, PgTls), String> {
     let url = url.trim();
     let plain = url.strip_prefix("jdbc:").unwrap_or(url);
     if !(plain.starts_with("postgresql://") || plain.starts_with("postgres://")) {
         return Err("expected jdbc:postgresql://host:port/database or postgres://host:port/database".into());
     }
-    let cfg = tokio_postgres::Config::from_str(plain).map_err(|e| format!("malformed URL: {e}"))?;
+    let (rest, tls) = take_tls_params(plain)?;
+    // The cause names the unknown or invalid parameter (never a value, so no password).
+    let mut cfg =
+        tokio_postgres::Config::from_str(&rest).map_err(|e| match std::error::Error::source(&e) {
+            Some(cause) => format!("malformed URL: {e}: {cause}"),
+            None => format!("malformed URL: {e}"),
+        })?;
     if cfg.get_hosts().is_empty() {
         return Err("the URL names no host".into());
     }
     match cfg.get_dbname() {
-        Some(db) if !db.is_empty() => Ok(cfg),
-        _ => Err("the URL names no database (…/food_delivery_db)".into()),
+        Some(db) if !db.is_empty() => {}
+        _ => return Err("the URL names no database (…/food_delivery_db)".into()),
     }
+    cfg.ssl_mode(match tls.mode {
+        SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+        SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+        _ => tokio_postgres::config::SslMode::Require,
+    });
+    Ok((cfg, tls))
+}
+
+/// Splits the TLS parameters off the URL's query; returns the URL without them.
+fn take_tls_params(url: &str) -> Result<(String, PgTls), String> {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut kept = Vec::new();
+    let (mut sslmode, mut ssl, mut root, mut cert, mut key) = (None, None, None, None, None);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = || percent_decode(v).map_err(|m| format!("query parameter {k}: {m}"));
+        match k {
+            "sslmode" => sslmode = Some(SslMode::parse(&value()?)?),
+            "ssl" => ssl = Some(value()?),
+            "sslrootcert" => root = Some(PathBuf::from(value()?)),
+            "sslcert" => cert = Some(PathBuf::from(value()?)),
+            "sslkey" => key = Some(PathBuf::from(value()?)),
+            _ => kept.push(pair),
+        }
+    }
+    // pgJDBC (since 42.2.5): `ssl=true`, or a bare `ssl`, without sslmode means verify-full.
+    let mode = match (sslmode, ssl.as_deref()) {
+        (Some(mode), _) => mode,
+        (None, Some("true" | "")) => SslMode::VerifyFull,
+        (None, None | Some("false")) => SslMode::Prefer,
+        (None, Some(other)) => return Err(format!("ssl `{other}` must be true or false")),
+    };
+    let client_cert = match (cert, key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err("sslcert is given without sslkey: a client certificate needs both".into());
+        }
+        (None, Some(_)) => {
+            return Err("sslkey is given without sslcert: a client certificate needs both".into());
+        }
+    };
+    let mut tls = PgTls { mode, root_cert: root, client_cert, rustls: None };
+    tls.rustls = crate::db::rustls_config(&tls)?;
+    let rest = if kept.is_empty() { base.to_string() } else { format!("{base}?{}", kept.join("&")) };
+    Ok((rest, tls))
+}
+
+/// `%XX` escapes of a URL query value (`+` stays `+`, as in libpq's URIs).
+fn percent_decode(s: &str) -> Result<String, String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok());
+            out.push(hex.ok_or("a `%` not followed by two hex digits")?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "not UTF-8 after %-decoding".into())
 }
 
 fn validate_brokers(brokers: &str) -> Result<(), String> {

@@ -178,6 +178,7 @@ impl LogicalSource {
         let port = c.get_ports().first().copied().unwrap_or(5432);
         let password = c.get_password().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
         let lsn = pgwire_replication::Lsn::from_u64(start.0);
+        let tls: TlsConfig = db::replication_tls(&self.pg.tls, &host);
         Ok(ReplicationConfig::new(
             host,
             c.get_user().unwrap_or_default(),
@@ -187,7 +188,7 @@ impl LogicalSource {
             self.pg.publication.clone(),
         )
         .with_port(port)
-        .with_tls(TlsConfig::disabled())
+        .with_tls(tls)
         .with_start_lsn(lsn)
         .with_ack_lsn(lsn)
         .with_status_interval(Duration::from_millis(500))
