@@ -1,0 +1,134 @@
+//! A private PostgreSQL cluster for tests that need settings the stack's cluster must not get
+//! (a lower wal_level, TLS only): initdb and pg_ctl as the stack's OS user (`runuser` when the
+//! tests run as root), on a free port, removed on drop. The binaries come from
+//! `ORDERSTREAM_PG_BIN` and the user from `ORDERSTREAM_PG_OSUSER` (`dev/stack.sh env`, exported
+//! by dev/test.sh).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// What to change from initdb's defaults.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterOptions {
+    /// `postgresql.conf` settings appended as `name = 'value'` (e.g. `wal_level`, `ssl`).
+    pub settings: Vec<(String, String)>,
+    /// Replaces pg_hba.conf when given, e.g. `hostssl all all 127.0.0.1/32 trust`.
+    pub hba: Option<Vec<String>>,
+    /// `listen_addresses` (default `127.0.0.1`).
+    pub listen: Option<String>,
+}
+
+impl ClusterOptions {
+    /// Adds one postgresql.conf setting.
+    pub fn set(mut self, name: &str, value: &str) -> Self {
+        self.settings.push((name.to_string(), value.to_string()));
+        self
+    }
+}
+
+/// A running private cluster; superuser `postgres`, database `postgres`.
+pub struct Cluster {
+    /// Holds `data/`, the server log and the socket.
+    pub dir: PathBuf,
+    /// The TCP port.
+    pub port: u16,
+}
+
+/// The PostgreSQL binaries' folder.
+pub fn pg_bin() -> String {
+    std::env::var("ORDERSTREAM_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into())
+}
+
+/// The OS user the clusters run as.
+pub fn os_user() -> String {
+    std::env::var("ORDERSTREAM_PG_OSUSER").unwrap_or_else(|_| "postgres".into())
+}
+
+/// `program args…` as the cluster's OS user (PostgreSQL refuses to run as root).
+pub fn as_pg_user(program: &str, args: &[&str]) -> Command {
+    let mut cmd = if unsafe { libc::geteuid() } == 0 {
+        let mut c = Command::new("runuser");
+        c.args(["-u", &os_user(), "--", program]);
+        c
+    } else {
+        Command::new(program)
+    };
+    cmd.args(args).current_dir("/");
+    cmd
+}
+
+/// Runs a command that must succeed.
+pub fn must(cmd: Command, what: &str) {
+    let (code, out, err) = super::run_output(cmd);
+    assert_eq!(code, 0, "{what}: {out}{err}");
+}
+
+impl Cluster {
+    /// initdb, then `prepare(data dir)` (to add files the settings name, such as certificates),
+    /// then the options, then pg_ctl start.
+    pub fn start_with(options: &ClusterOptions, prepare: impl FnOnce(&Path)) -> Cluster {
+        let bin = pg_bin();
+        let dir = std::env::temp_dir().join(super::unique("pg_cluster"));
+        let data = dir.join("data");
+        let port = super::free_port();
+        let d = data.to_string_lossy().to_string();
+        must(
+            as_pg_user(&format!("{bin}/initdb"), &["-D", &d, "-U", "postgres", "--auth=trust", "--no-sync"]),
+            "initdb",
+        );
+        let cluster = Cluster { dir, port };
+        prepare(&data);
+        if !options.settings.is_empty() {
+            let extra: String = options
+                .settings
+                .iter()
+                .map(|(k, v)| format!("{k} = '{}'\n", v.replace('\'', "''")))
+                .collect();
+            let conf = data.join("postgresql.conf");
+            let text = std::fs::read_to_string(&conf).unwrap();
+            // Rewriting in place keeps the file's owner.
+            std::fs::write(&conf, format!("{text}\n{extra}")).unwrap();
+        }
+        if let Some(lines) = &options.hba {
+            std::fs::write(data.join("pg_hba.conf"), lines.join("\n") + "\n").unwrap();
+        }
+        let listen = options.listen.as_deref().unwrap_or("127.0.0.1");
+        let opts = format!(
+            "-p {port} -c listen_addresses={listen} -c unix_socket_directories={}",
+            cluster.dir.display()
+        );
+        let log = cluster.dir.join("log").to_string_lossy().to_string();
+        let (code, out, err) = super::run_output(as_pg_user(
+            &format!("{bin}/pg_ctl"),
+            &["-D", &d, "-o", &opts, "-l", &log, "-w", "start"],
+        ));
+        assert_eq!(
+            code,
+            0,
+            "pg_ctl start: {out}{err}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        cluster
+    }
+
+    /// A cluster with initdb's defaults plus `options`.
+    pub fn start(options: &ClusterOptions) -> Cluster {
+        Self::start_with(options, |_| {})
+    }
+
+    /// The server log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let d = self.dir.join("data").to_string_lossy().to_string();
+        let _ = super::run_output(as_pg_user(
+            &format!("{}/pg_ctl", pg_bin()),
+            &["-D", &d, "-m", "immediate", "stop"],
+        ));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
