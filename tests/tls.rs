@@ -84,6 +84,23 @@ impl TlsCluster {
         TlsCluster { ca: dir.join("ca.pem"), other_ca: dir.join("other-ca.pem"), cluster }
     }
 
+    /// (backend type, encrypted) of orderstream's sessions, read over the Unix socket.
+    fn sessions(&self) -> Vec<(String, bool)> {
+        let socket = self.cluster.dir.display();
+        let url = format!("host={socket} port={} user=postgres dbname=postgres", self.cluster.port);
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        client
+            .query(
+                "SELECT a.backend_type, s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
+                 WHERE a.application_name = 'orderstream' ORDER BY 1",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    }
+
     /// A logical test world whose database is this cluster's `postgres`, reached at `host`
     /// with the given URL parameters.
     fn env(&self, tag: &str, host: &str, query: &str) -> TestEnv {
@@ -126,6 +143,11 @@ fn verify_full_runs_init_produce_and_status_over_tls() {
         msgs[0].header("orderstream.source").unwrap_or_default(),
         format!("logical:postgres.{}", env.table)
     );
+    // Every session of orderstream's, the walsender among them, is encrypted.
+    let sessions = tls.sessions();
+    assert!(sessions.contains(&("walsender".to_string(), true)), "{sessions:?}");
+    assert!(sessions.contains(&("client backend".to_string(), true)), "{sessions:?}");
+    assert!(sessions.iter().all(|(_, ssl)| *ssl), "{sessions:?}");
     assert_eq!(producer.terminate(Duration::from_secs(30)), 0, "{}", producer.log_text());
 
     let (code, out, err) = env.run(&["status", "--json"]);
