@@ -109,6 +109,17 @@ fn log_secs(p: &Proc, since: SystemTime, pattern: &str) -> Option<f64> {
     Some((ts.to_utc() - since).as_seconds_f64())
 }
 
+/// CPU seconds (user + system, all threads) a running process has used so far.
+fn cpu_secs(p: &Proc) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", p.pid())).unwrap_or_default();
+    // Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    let ticks: f64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<f64>().ok()).sum();
+    // SAFETY: sysconf has no memory effects.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
 /// `pg_recvlogical` of the server's major version.
 fn pg_recvlogical() -> String {
     let num: String = pg().query_one("SHOW server_version_num", &[]).unwrap().get(0);
@@ -294,10 +305,12 @@ fn bulk_run(run: usize, table: &str, rows: i64, given: Option<&str>) -> Bulk {
     let secs = t0.elapsed().as_secs_f64();
     out.snapshot = rows as f64 / secs;
     out.snapshot_rss = producer.peak_rss() as f64 / MB;
+    let cpu = cpu_secs(&producer);
     assert_eq!(producer.terminate(Duration::from_secs(60)), 0, "{}", producer.log_text());
     let slot_at = log_secs(&producer, wall, "created at").unwrap_or(f64::NAN);
     eprintln!(
-        "run {run}: snapshot of {rows} rows in {secs:.2} s, of which {slot_at:.2} s to the slot's creation (log {})",
+        "run {run}: snapshot of {rows} rows in {secs:.2} s, of which {slot_at:.2} s to the slot's creation; producer CPU \
+         {cpu:.2} s (log {})",
         producer.log.display()
     );
 
@@ -344,12 +357,13 @@ fn bulk_run(run: usize, table: &str, rows: i64, given: Option<&str>) -> Bulk {
         let secs = t0.elapsed().as_secs_f64();
         out.update = rows as f64 / secs;
         out.update_rss = producer.peak_rss() as f64 / MB;
+        let cpu = cpu_secs(&producer);
         assert_eq!(producer.terminate(Duration::from_secs(60)), 0, "{}", producer.log_text());
         let streaming = log_secs(&producer, wall, "streaming ").unwrap_or(f64::NAN);
         let first = log_secs(&producer, wall, "batch published").unwrap_or(f64::NAN);
         eprintln!(
             "run {run}: update read by orderstream in {secs:.2} s: {streaming:.2} s to the stream's start (recovery \
-             included), {first:.2} s to the first batch acknowledged (log {})",
+             included), {first:.2} s to the first batch acknowledged; producer CPU {cpu:.2} s (log {})",
             producer.log.display()
         );
     };
