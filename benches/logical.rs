@@ -19,8 +19,9 @@
 //!      raw rdkafka producer that sends the update messages read back from the topic,
 //!      byte for byte with their headers, to a fresh topic until all are acknowledged.
 //! * `live`: `orderstream run` (producer and consumer in one process), orders inserted one per
-//!   transaction at `ORDERSTREAM_BENCH_RATE`/s (2,000) for `ORDERSTREAM_BENCH_SECONDS` (60),
-//!   for each `batch_interval` of `ORDERSTREAM_BENCH_INTERVALS` (`1,0.2`). Per order:
+//!   transaction at `ORDERSTREAM_BENCH_RATE`/s (2,000) from `ORDERSTREAM_BENCH_CLIENTS`
+//!   connections (4) for `ORDERSTREAM_BENCH_SECONDS` (60), for each `batch_interval` of
+//!   `ORDERSTREAM_BENCH_INTERVALS` (`1,0.2`). Per order:
 //!   * commit → in the topic: from the inserting client's `COMMIT` returning to a consumer
 //!     tailing the topic (`fetch.wait.max.ms` 10) receiving the message. A message can be
 //!     fetched only once the broker has stored it, so this is an upper bound of commit →
@@ -140,6 +141,18 @@ fn recvlogical(slot: &str, args: &[&str]) -> Command {
         .stdin(Stdio::null())
         .stdout(Stdio::null());
     cmd
+}
+
+/// The slot of `pg_recvlogical`, dropped when this is, even after a failed run: an abandoned
+/// slot would keep the stack's WAL forever.
+struct RecvSlot(String);
+
+impl Drop for RecvSlot {
+    fn drop(&mut self) {
+        if let Ok(mut c) = postgres::Client::connect(&common::pg_url(), postgres::NoTls) {
+            let _ = c.execute("SELECT pg_drop_replication_slot($1)", &[&self.0]);
+        }
+    }
 }
 
 /// Runs a command to completion, panicking with its stderr unless it exits 0; returns the
@@ -315,8 +328,9 @@ fn bulk_run(run: usize, table: &str, rows: i64, given: Option<&str>) -> Bulk {
     );
 
     // 2. One UPDATE of every row, read by pg_recvlogical and by orderstream from their slots.
-    let recv_slot = common::unique("bench_recv");
-    run_timed(recvlogical(&recv_slot, &["--create-slot", "--plugin=pgoutput"]));
+    let recv_slot = RecvSlot(common::unique("bench_recv"));
+    let recv_slot = recv_slot.0.as_str();
+    run_timed(recvlogical(recv_slot, &["--create-slot", "--plugin=pgoutput"]));
     let mut client = pg();
     let before: String = client.query_one("SELECT pg_current_wal_lsn()::text", &[]).unwrap().get(0);
     let before: Lsn = before.parse().unwrap();
@@ -346,7 +360,7 @@ fn bulk_run(run: usize, table: &str, rows: i64, given: Option<&str>) -> Bulk {
             "-f",
             "/dev/null",
         ];
-        rows as f64 / run_timed(recvlogical(&recv_slot, &args))
+        rows as f64 / run_timed(recvlogical(recv_slot, &args))
     };
     let ours = |out: &mut Bulk| {
         let (t0, wall) = (Instant::now(), SystemTime::now());
@@ -380,7 +394,6 @@ fn bulk_run(run: usize, table: &str, rows: i64, given: Option<&str>) -> Bulk {
         "run {run}: update: orderstream {:.0} changes/s, pg_recvlogical {:.0} changes/s ({first} read first)",
         out.update, out.recvlogical
     );
-    client.execute("SELECT pg_drop_replication_slot($1)", &[&recv_slot]).unwrap();
 
     // 3. The Kafka side: raw consumer, `orderstream consume`, raw producer.
     let total = 2 * rows as u64;
@@ -530,7 +543,42 @@ fn pcts(mut v: Vec<f64>) -> [f64; 3] {
     [percentile(&v, 0.5), percentile(&v, 0.99), v[v.len() - 1]]
 }
 
-fn live_run(interval: &str, rate: u64, seconds: u64, given: Option<&str>) -> Live {
+/// Inserts `rate` orders a second for `seconds`, one transaction each, from `clients`
+/// connections (one alone cannot commit 2,000 times a second on a busy machine: each commit
+/// waits for its WAL flush). Returns when each order's `COMMIT` returned, and the rate achieved.
+fn insert_paced(env: &TestEnv, rate: u64, seconds: u64, clients: u64) -> (HashMap<i64, Instant>, f64) {
+    let sql = format!(
+        "INSERT INTO {} (customer_name, restaurant_name, item, amount, order_status) \
+         VALUES ('Live Customer', 'Burger Junction', 'Veg Burger', 220.00, 'PLACED') RETURNING order_id::int8",
+        env.t()
+    );
+    let n = rate * seconds;
+    let start = Instant::now();
+    let threads: Vec<_> = (0..clients)
+        .map(|k| {
+            let sql = sql.clone();
+            std::thread::spawn(move || {
+                let mut client = pg();
+                let stmt = client.prepare(&sql).unwrap();
+                let mut committed = Vec::new();
+                // Client k inserts orders k, k + clients, …: together one every 1/rate s.
+                for i in (k..n).step_by(clients as usize) {
+                    let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    let id: i64 = client.query_one(&stmt, &[]).unwrap().get(0);
+                    committed.push((id, Instant::now()));
+                }
+                committed
+            })
+        })
+        .collect();
+    let committed: HashMap<i64, Instant> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    (committed, n as f64 / start.elapsed().as_secs_f64())
+}
+
+fn live_run(interval: &str, rate: u64, seconds: u64, clients: u64, given: Option<&str>) -> Live {
     let broker = given.is_none().then(Broker::start_memory);
     let brokers = given
         .map(str::to_string)
@@ -546,27 +594,7 @@ fn live_run(interval: &str, rate: u64, seconds: u64, given: Option<&str>) -> Liv
     let tailer = tail(&brokers, &env.topic, stop.clone());
     let mut watcher = LakeWatcher::start(env.lake());
 
-    // Inserts, one transaction each, at a steady rate.
-    let mut client = env.pg();
-    let stmt = client
-        .prepare(&format!(
-            "INSERT INTO {} (customer_name, restaurant_name, item, amount, order_status) \
-             VALUES ('Live Customer', 'Burger Junction', 'Veg Burger', 220.00, 'PLACED') RETURNING order_id::int8",
-            env.t()
-        ))
-        .unwrap();
-    let mut committed: HashMap<i64, Instant> = HashMap::new();
-    let start = Instant::now();
-    let n = rate * seconds;
-    for i in 0..n {
-        let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
-        if let Some(wait) = due.checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
-        }
-        let id: i64 = client.query_one(&stmt, &[]).unwrap().get(0);
-        committed.insert(id, Instant::now());
-    }
-    let achieved = n as f64 / start.elapsed().as_secs_f64();
+    let (committed, achieved) = insert_paced(&env, rate, seconds, clients);
     wait_for(Duration::from_secs(120), "every live order in the lake", || {
         let seen = watcher.seen.lock().unwrap();
         committed.keys().all(|id| seen.contains_key(id)).then_some(())
@@ -594,11 +622,11 @@ fn live_run(interval: &str, rate: u64, seconds: u64, given: Option<&str>) -> Liv
     Live { topic: pcts(topic), lake: pcts(lake), queued: pcts(queued), achieved, files, rss }
 }
 
-fn live(interval: &str, rate: u64, seconds: u64, runs: usize, given: Option<&str>) {
+fn live(interval: &str, rate: u64, seconds: u64, clients: u64, runs: usize, given: Option<&str>) {
     let broker = given.map(|b| format!("broker {b}")).unwrap_or_else(|| "memory-storage tansu".into());
     let mut results = Vec::new();
     for run in 1..=runs {
-        let r = live_run(interval, rate, seconds, given);
+        let r = live_run(interval, rate, seconds, clients, given);
         eprintln!(
             "run {run}: {:.0} orders/s; commit → topic p50 {:.3} p99 {:.3} max {:.3} s; commit → lake p50 {:.3} p99 {:.3} \
              max {:.3} s; commit_ts → CreateTime p50 {:.3} p99 {:.3} s; {} files; peak RSS {:.0} MB",
@@ -619,7 +647,8 @@ fn live(interval: &str, rate: u64, seconds: u64, runs: usize, given: Option<&str
     let col = |f: fn(&Live) -> f64| results.iter().map(f).collect::<Vec<f64>>();
     let s = |v: f64| format!("{v:.3} s");
     println!(
-        "logical live (batch_interval {interval} s, {rate} single-row transactions/s for {seconds} s, `run`, {broker}, {runs} runs; \
+        "logical live (batch_interval {interval} s, {rate} single-row transactions/s from {clients} connections for {seconds} \
+         s, `run`, {broker}, {runs} runs; \
          achieved {}):",
         summary(&col(|r| r.achieved), |v| format!("{v:.0}/s"))
     );
@@ -658,7 +687,7 @@ fn main() {
         for interval in intervals.split(',') {
             let (rate, seconds) =
                 (knob("ORDERSTREAM_BENCH_RATE", 2000), knob("ORDERSTREAM_BENCH_SECONDS", 60));
-            live(interval, rate, seconds, runs, given.as_deref());
+            live(interval, rate, seconds, knob("ORDERSTREAM_BENCH_CLIENTS", 4), runs, given.as_deref());
         }
     }
 }
