@@ -16,66 +16,13 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::bench::{knob, median};
+use common::bench::{LakeWatcher, committed_rows, knob, median, percentile};
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arrow_array::Int64Array;
 use common::proc::{Proc, wait_for};
 use common::{Broker, TestEnv};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
-/// Rows committed by the consumer, from its checkpoint's partition states.
-fn committed_rows(checkpoints: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(checkpoints.join("state")) else { return 0 };
-    entries
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-        .filter_map(|e| std::fs::read(e.path()).ok())
-        .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .map(|v| v["rows_written"].as_u64().unwrap_or(0))
-        .sum()
-}
-
-/// Committed Parquet files under the lake.
-fn lake_files(lake: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(dates) = std::fs::read_dir(lake) else { return out };
-    for d in dates.filter_map(|e| e.ok()) {
-        if !d.file_name().to_string_lossy().starts_with("date=") {
-            continue;
-        }
-        let Ok(files) = std::fs::read_dir(d.path()) else { continue };
-        out.extend(
-            files
-                .filter_map(|e| e.ok())
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "parquet")),
-        );
-    }
-    out
-}
-
-fn order_ids(file: &Path) -> Vec<i64> {
-    let f = std::fs::File::open(file).unwrap();
-    let reader = ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap();
-    let mut ids = Vec::new();
-    for batch in reader {
-        let batch = batch.unwrap();
-        let col = batch.column_by_name("order_id").unwrap().as_any().downcast_ref::<Int64Array>().unwrap();
-        ids.extend(col.values().iter().copied());
-    }
-    ids
-}
 
 fn catch_up(rows: i64, runs: usize) {
     let broker = Broker::start_memory();
@@ -129,27 +76,7 @@ fn live(interval: &str, rate: u64, seconds: u64) {
     });
 
     // Watcher: new lake files, and when each order became readable.
-    let seen: Arc<Mutex<HashMap<i64, Instant>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let watcher = {
-        let (seen, stop, lake) = (seen.clone(), stop.clone(), env.lake());
-        std::thread::spawn(move || {
-            let mut known = std::collections::HashSet::new();
-            while !stop.load(Ordering::SeqCst) {
-                for f in lake_files(&lake) {
-                    if known.insert(f.clone()) {
-                        let now = Instant::now();
-                        let mut seen = seen.lock().unwrap();
-                        for id in order_ids(&f) {
-                            seen.entry(id).or_insert(now);
-                        }
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            known.len()
-        })
-    };
+    let mut watcher = LakeWatcher::start(env.lake());
 
     // Inserts, one transaction each, at a steady rate.
     let mut client = env.pg();
@@ -173,15 +100,14 @@ fn live(interval: &str, rate: u64, seconds: u64) {
     }
     let achieved = n as f64 / start.elapsed().as_secs_f64();
     wait_for(Duration::from_secs(120), "every live order in the lake", || {
-        let seen = seen.lock().unwrap();
+        let seen = watcher.seen.lock().unwrap();
         committed.keys().all(|id| seen.contains_key(id)).then_some(())
     });
-    stop.store(true, Ordering::SeqCst);
-    let files = watcher.join().unwrap();
+    let files = watcher.stop();
     let rss = pipeline.peak_rss() as f64 / 1048576.0;
     assert_eq!(pipeline.terminate(Duration::from_secs(60)), 0, "{}", pipeline.log_text());
 
-    let seen = seen.lock().unwrap();
+    let seen = watcher.seen.lock().unwrap();
     let mut lat: Vec<f64> =
         committed.iter().map(|(id, t)| seen[id].saturating_duration_since(*t).as_secs_f64()).collect();
     lat.sort_by(|a, b| a.total_cmp(b));

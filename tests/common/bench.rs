@@ -1,4 +1,14 @@
-//! What the benchmarks share: their knobs and the median they report.
+//! What the benchmarks share: their knobs, the median and percentiles they report, and a
+//! watcher that sees when each order becomes readable in the lake.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow_array::Int64Array;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 /// The value of the environment variable `name`, or `default` when unset or unparsable.
 pub fn knob<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -9,4 +19,103 @@ pub fn knob<T: std::str::FromStr>(name: &str, default: T) -> T {
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
+}
+
+/// The value at fraction `p` (0..=1) of an ascending list (nearest rank).
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+/// Rows committed by a consumer, from its checkpoint's partition states.
+pub fn committed_rows(checkpoints: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(checkpoints.join("state")) else { return 0 };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter_map(|e| std::fs::read(e.path()).ok())
+        .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .map(|v| v["rows_written"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// Committed Parquet files under the lake.
+pub fn lake_files(lake: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(dates) = std::fs::read_dir(lake) else { return out };
+    for d in dates.filter_map(|e| e.ok()) {
+        if !d.file_name().to_string_lossy().starts_with("date=") {
+            continue;
+        }
+        let Ok(files) = std::fs::read_dir(d.path()) else { continue };
+        out.extend(
+            files
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "parquet")),
+        );
+    }
+    out
+}
+
+/// The `order_id` column of one lake file.
+pub fn order_ids(file: &Path) -> Vec<i64> {
+    let f = std::fs::File::open(file).unwrap();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap();
+    let mut ids = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let col = batch.column_by_name("order_id").unwrap().as_any().downcast_ref::<Int64Array>().unwrap();
+        ids.extend(col.values().iter().copied());
+    }
+    ids
+}
+
+/// Watches a lake (listing it every 10 ms) and records when each order id first became
+/// readable, until stopped.
+pub struct LakeWatcher {
+    /// Order id → the moment the watcher first found a file holding it.
+    pub seen: Arc<Mutex<HashMap<i64, Instant>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<usize>>,
+}
+
+impl LakeWatcher {
+    /// Starts watching `lake`.
+    pub fn start(lake: PathBuf) -> LakeWatcher {
+        let seen: Arc<Mutex<HashMap<i64, Instant>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (seen, stop) = (seen.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut known = HashSet::new();
+                while !stop.load(Ordering::SeqCst) {
+                    for f in lake_files(&lake) {
+                        if known.insert(f.clone()) {
+                            let now = Instant::now();
+                            let mut seen = seen.lock().unwrap();
+                            for id in order_ids(&f) {
+                                seen.entry(id).or_insert(now);
+                            }
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                known.len()
+            })
+        };
+        LakeWatcher { seen, stop, thread: Some(thread) }
+    }
+
+    /// Stops watching and returns the number of files seen.
+    pub fn stop(&mut self) -> usize {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.take().map(|t| t.join().unwrap()).unwrap_or(0)
+    }
+}
+
+impl Drop for LakeWatcher {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
