@@ -168,7 +168,9 @@ async fn session<S: Source>(
                 publisher.send(key.as_bytes(), None, seq, &change.meta(true)).await?;
             }
         }
-        let (acked, next) = if full {
+        // A stream's next changes are read while the broker acknowledges these (a poll source
+        // reads ahead only during a catch-up).
+        let (acked, next) = if full || S::STREAMING {
             let (acked, next) = tokio::join!(publisher.finish(shutdown), source.poll(&batch.position, limit));
             (acked, Some(next))
         } else {

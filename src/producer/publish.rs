@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::kafka;
 use crate::shutdown::Shutdown;
 use crate::wire::{
-    CHANGE_INDEX_HEADER, COMMIT_TS_HEADER, ChangeMeta, LSN_HEADER, OP_HEADER, SEQ_HEADER, SOURCE_HEADER,
+    CHANGE_INDEX_HEADER, COMMIT_TS_HEADER, ChangeMeta, LSN_HEADER, Lsn, OP_HEADER, SEQ_HEADER, SOURCE_HEADER,
     TOMBSTONE_HEADER, format_commit_ts,
 };
 
@@ -109,6 +109,9 @@ pub struct Publisher {
     producer: ThreadedProducer<Context>,
     topic: String,
     source: String,
+    /// The LSN and commit time headers of the last transaction, formatted once per transaction
+    /// (every change carries both; chrono's formatting is the dearer part).
+    txn_headers: Mutex<Option<(Lsn, String, String)>>,
 }
 
 impl Publisher {
@@ -127,7 +130,12 @@ impl Publisher {
         let producer: ThreadedProducer<Context> = kafka::producer_config(cfg)
             .create_with_context(context)
             .map_err(|e| Error::Kafka(format!("cannot create producer for {}: {e}", cfg.brokers)))?;
-        Ok(Publisher { producer, topic: cfg.topic.clone(), source: source.to_string() })
+        Ok(Publisher {
+            producer,
+            topic: cfg.topic.clone(),
+            source: source.to_string(),
+            txn_headers: Mutex::new(None),
+        })
     }
 
     fn acks(&self) -> std::sync::MutexGuard<'_, Acks> {
@@ -152,14 +160,22 @@ impl Publisher {
             .insert(Header { key: SOURCE_HEADER, value: Some(self.source.as_bytes()) })
             .insert(Header { key: SEQ_HEADER, value: Some(seq.as_bytes()) })
             .insert(Header { key: OP_HEADER, value: Some(meta.op.as_str()) });
-        if let Some(lsn) = meta.lsn {
-            headers = headers.insert(Header { key: LSN_HEADER, value: Some(&lsn.to_string()) });
+        if let (Some(lsn), Some(ts)) = (meta.lsn, &meta.commit_ts) {
+            let mut cache = match self.txn_headers.lock() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            if cache.as_ref().is_none_or(|c| c.0 != lsn) {
+                *cache = Some((lsn, lsn.to_string(), format_commit_ts(ts)));
+            }
+            if let Some((_, lsn_text, ts_text)) = cache.as_ref() {
+                headers = headers
+                    .insert(Header { key: LSN_HEADER, value: Some(lsn_text) })
+                    .insert(Header { key: COMMIT_TS_HEADER, value: Some(ts_text) });
+            }
         }
         if let Some(i) = meta.change_index {
             headers = headers.insert(Header { key: CHANGE_INDEX_HEADER, value: Some(&i.to_string()) });
-        }
-        if let Some(ts) = &meta.commit_ts {
-            headers = headers.insert(Header { key: COMMIT_TS_HEADER, value: Some(&format_commit_ts(ts)) });
         }
         if meta.tombstone {
             headers = headers.insert(Header { key: TOMBSTONE_HEADER, value: Some("1") });

@@ -516,7 +516,7 @@ impl Stream {
             return Ok(());
         }
         let order: Order<'static> = layout
-            .order(&tuple, old.as_ref())
+            .order(tuple, old.as_ref())
             .map_err(|e| Error::Setup(format!("PostgreSQL: table {table}: change at {}: {e}", at.0)))?;
         self.cursor.last = Some(at);
         out.push(Change { order, op, at: Some(at), commit_ts: Some(*ts) });

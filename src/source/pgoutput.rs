@@ -231,22 +231,22 @@ impl Layout {
 
     /// The order in `tuple`; `fallback` supplies values the tuple marks unchanged (the old row
     /// of an update).
-    pub fn order(&self, tuple: &Tuple, fallback: Option<&Tuple>) -> Result<Order<'static>, String> {
-        let value = |slot: usize| -> Result<Option<&str>, String> {
-            let i = self.index[slot];
-            let v = match tuple.get(i) {
-                Some(Value::Unchanged) => fallback.and_then(|f| f.get(i)).unwrap_or(&Value::Unchanged),
-                Some(v) => v,
-                None => return Err(format!("row has no column {}", COLUMNS[slot])),
-            };
-            match v {
-                Value::Null => Ok(None),
-                Value::Text(s) => Ok(Some(s.as_str())),
-                Value::Unchanged => Err(format!("column {} unchanged but not sent", COLUMNS[slot])),
+    pub fn order(&self, mut tuple: Tuple, fallback: Option<&Tuple>) -> Result<Order<'static>, String> {
+        // Unchanged (TOASTed) values come from the old row.
+        for &i in &self.index {
+            if matches!(tuple.get(i), Some(Value::Unchanged))
+                && let Some(v) = fallback.and_then(|f| f.get(i))
+            {
+                tuple[i] = v.clone();
             }
-        };
-        let text = |slot: usize| -> Result<Option<Cow<'static, str>>, String> {
-            Ok(value(slot)?.map(|s| Cow::Owned(s.to_string())))
+        }
+        let value = |slot: usize| -> Result<Option<&str>, String> {
+            match tuple.get(self.index[slot]) {
+                Some(Value::Null) => Ok(None),
+                Some(Value::Text(s)) => Ok(Some(s.as_str())),
+                Some(Value::Unchanged) => Err(format!("column {} unchanged but not sent", COLUMNS[slot])),
+                None => Err(format!("row has no column {}", COLUMNS[slot])),
+            }
         };
         let order_id = value(0)?
             .ok_or("order_id is NULL")?
@@ -265,6 +265,15 @@ impl Layout {
             None => return Err(format!("order {order_id}: created_at is NULL")),
             Some(s) => {
                 parse_timestamp(s).ok_or_else(|| format!("order {order_id}: created_at `{s}` unreadable"))?
+            }
+        };
+        // The texts move out of the tuple: no copy per column.
+        let mut text = |slot: usize| -> Result<Option<Cow<'static, str>>, String> {
+            match tuple.get_mut(self.index[slot]).map(|v| std::mem::replace(v, Value::Null)) {
+                Some(Value::Text(s)) => Ok(Some(Cow::Owned(s))),
+                Some(Value::Null) => Ok(None),
+                Some(Value::Unchanged) => Err(format!("column {} unchanged but not sent", COLUMNS[slot])),
+                None => Err(format!("row has no column {}", COLUMNS[slot])),
             }
         };
         Ok(Order {
@@ -357,7 +366,7 @@ mod tests {
         ins.push(b'N');
         tuple(&mut ins, &ROW);
         let Message::Insert { rel: 16384, new } = decode(&ins).unwrap() else { panic!() };
-        let order = layout.order(&new, None).unwrap();
+        let order = layout.order(new, None).unwrap();
         assert_eq!(
             order.to_json(),
             r#"{"order_id": 101, "customer_name": "John Doe", "restaurant_name": "Burger Junction", "item": "Veg Burger", "amount": 220.00, "order_status": "PLACED", "created_at": "2025-01-18T12:24:00Z"}"#
@@ -373,10 +382,10 @@ mod tests {
         new_row[5] = Some("DELIVERED");
         tuple(&mut upd, &new_row);
         let Message::Update { old: Some(old), new, .. } = decode(&upd).unwrap() else { panic!() };
-        let order = layout.order(&new, Some(&old)).unwrap();
+        let order = layout.order(new.clone(), Some(&old)).unwrap();
         assert_eq!(order.order_status.as_deref(), Some("DELIVERED"));
         assert_eq!(order.item.as_deref(), Some("Veg Burger"));
-        assert!(layout.order(&new, None).unwrap_err().contains("item unchanged"));
+        assert!(layout.order(new, None).unwrap_err().contains("item unchanged"));
 
         let mut del = vec![b'D'];
         del.extend_from_slice(&16384u32.to_be_bytes());
@@ -386,7 +395,7 @@ mod tests {
         old_row[4] = Some("NaN");
         tuple(&mut del, &old_row);
         let Message::Delete { old, .. } = decode(&del).unwrap() else { panic!() };
-        let order = layout.order(&old, None).unwrap();
+        let order = layout.order(old, None).unwrap();
         assert_eq!((order.customer_name, order.amount), (None, None));
 
         let mut tr = vec![b'T'];
@@ -406,7 +415,7 @@ mod tests {
         let layout = Layout::of(&rel).unwrap();
         let mut row: Tuple = ROW.iter().map(|v| Value::Text(v.unwrap_or_default().to_string())).collect();
         row.insert(2, Value::Text("5.00".into()));
-        assert_eq!(layout.order(&row, None).unwrap().order_id, 101);
+        assert_eq!(layout.order(row, None).unwrap().order_id, 101);
 
         let Message::Relation(rel) = decode(&relation(None, oid::TEXT)).unwrap() else { panic!() };
         assert!(
