@@ -69,6 +69,9 @@ const HEARTBEAT_PREFIX: &str = "orderstream.heartbeat";
 const SLOT_RELEASE: Duration = Duration::from_secs(10);
 /// How long a batch waits for more changes once a transaction has committed.
 const GATHER: Duration = Duration::from_millis(2);
+/// A batch closes at the first commit after it has gathered this long: under a steady stream
+/// of transactions there is never a [`GATHER`] pause, and latency must not wait for `limit`.
+const GATHER_MAX: Duration = Duration::from_millis(10);
 
 /// How far the initial snapshot has come.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -404,10 +407,16 @@ impl LogicalSource {
             self.start_stream(position).await?;
         }
         let started = Instant::now();
+        let mut first_change: Option<Instant> = None;
         let mut changes = Vec::new();
         loop {
             let Some(stream) = self.stream.as_mut() else { return Err(Error::Postgres("no stream".into())) };
-            let wait = if changes.len() >= limit {
+            if first_change.is_none() && !changes.is_empty() {
+                first_change = Some(Instant::now());
+            }
+            let wait = if changes.len() >= limit
+                || (stream.txn.is_none() && first_change.is_some_and(|t| t.elapsed() >= GATHER_MAX))
+            {
                 break;
             } else if stream.txn.is_some() {
                 Duration::from_secs(60)
