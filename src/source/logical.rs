@@ -264,12 +264,7 @@ impl LogicalSource {
         if position.snapshot == Snapshot::Pending {
             position.snapshot = self.begin_snapshot().await?;
         } else if !self.in_snapshot {
-            let client = self.sql().await?;
-            client
-                .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                .await
-                .map_err(|e| pg_error(&table, &e))?;
-            self.in_snapshot = true;
+            self.open_new_snapshot().await?;
             tracing::warn!(
                 "snapshot of {table}: resumed after a restart in a new snapshot; rows changed since the slot's \
                  consistent point are read with their newer values (the changes also follow from the log)"
@@ -316,18 +311,26 @@ impl LogicalSource {
         Ok(Batch { changes, position })
     }
 
+    /// Opens a snapshot of the table's present state (not the slot's exported one, which died
+    /// with the session that made it) for the rest of the initial read.
+    async fn open_new_snapshot(&mut self) -> Result<()> {
+        let table = self.pg.table.clone();
+        let client = self.sql().await?;
+        client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(|e| pg_error(&table, &e))?;
+        self.in_snapshot = true;
+        Ok(())
+    }
+
     /// Creates the slot with an exported snapshot and opens that snapshot (or, when the slot
     /// already exists, a new snapshot at or after its consistent point).
     async fn begin_snapshot(&mut self) -> Result<Snapshot> {
         let table = self.pg.table.clone();
         let slot = self.pg.slot.clone();
         if let Some(at) = self.slot_free().await? {
-            let client = self.sql().await?;
-            client
-                .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                .await
-                .map_err(|e| pg_error(&table, &e))?;
-            self.in_snapshot = true;
+            self.open_new_snapshot().await?;
             tracing::warn!(
                 "replication slot {slot} exists but the state file has no snapshot progress: reading {table} from the \
                  slot's position {at} in a new snapshot"
