@@ -69,6 +69,7 @@ fn logical_env(tag: &str, brokers: &str, table: Option<&str>) -> TestEnv {
     env.capture = "logical";
     if let Some(t) = table {
         env.table = t.to_string();
+        env.owns_table = false;
     }
     env.write_config("");
     env

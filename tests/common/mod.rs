@@ -64,6 +64,9 @@ pub struct TestEnv {
     pub env: Vec<(String, String)>,
     /// `postgres.capture` of this test's config: `poll` unless made with [`TestEnv::logical`].
     pub capture: &'static str,
+    /// Whether the table (and its publication) is this world's own, dropped after a pass;
+    /// `false` for a table shared by several worlds (the benchmarks').
+    pub owns_table: bool,
 }
 
 impl TestEnv {
@@ -99,6 +102,7 @@ impl TestEnv {
             dir,
             env: Vec::new(),
             capture: "poll",
+            owns_table: true,
         };
         env.write_config("");
         env
@@ -266,7 +270,7 @@ impl Drop for TestEnv {
                     &[&self.slot()],
                 );
             }
-            if passed {
+            if passed && self.owns_table {
                 let _ = c.batch_execute(&format!("DROP PUBLICATION IF EXISTS \"{}\"", self.slot()));
                 let _ = c.batch_execute(&format!("DROP TABLE IF EXISTS {}", self.t()));
             }
