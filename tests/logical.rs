@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use common::cluster::{Cluster, ClusterOptions};
 use common::lake::{LakeRow, read_duckdb};
 use common::proc::{wait_for, wait_until};
 use common::proxy::Proxy;
@@ -653,66 +654,9 @@ fn a_snapshot_killed_midway_under_writes_ends_with_the_table_and_no_row_read_twi
     eprintln!("{kills} kills during the snapshot; {} snapshot reads", reads.len());
 }
 
-/// A private PostgreSQL cluster with `wal_level = replica`, run as the stack's OS user.
-struct ReplicaCluster {
-    dir: std::path::PathBuf,
-    port: u16,
-}
-
-impl ReplicaCluster {
-    fn as_pg_user(bin: &str, args: &[&str]) -> std::process::Command {
-        let user = std::env::var("ORDERSTREAM_PG_OSUSER").unwrap_or_else(|_| "postgres".into());
-        let mut cmd = if unsafe { libc::geteuid() } == 0 {
-            let mut c = std::process::Command::new("runuser");
-            c.args(["-u", &user, "--", bin]);
-            c
-        } else {
-            std::process::Command::new(bin)
-        };
-        cmd.args(args).current_dir("/");
-        cmd
-    }
-
-    fn start() -> ReplicaCluster {
-        let bin = std::env::var("ORDERSTREAM_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
-        let dir = std::env::temp_dir().join(common::unique("pg_replica"));
-        let data = dir.join("data");
-        let port = common::free_port();
-        let d = data.to_string_lossy().to_string();
-        let (code, out, err) = common::run_output(Self::as_pg_user(
-            &format!("{bin}/initdb"),
-            &["-D", &d, "-U", "postgres", "--auth=trust", "--no-sync"],
-        ));
-        assert_eq!(code, 0, "initdb: {out}{err}");
-        let opts = format!(
-            "-p {port} -c wal_level=replica -c listen_addresses=127.0.0.1 -c unix_socket_directories={}",
-            dir.display()
-        );
-        let log = dir.join("log").to_string_lossy().to_string();
-        let (code, out, err) = common::run_output(Self::as_pg_user(
-            &format!("{bin}/pg_ctl"),
-            &["-D", &d, "-o", &opts, "-l", &log, "-w", "start"],
-        ));
-        assert_eq!(code, 0, "pg_ctl start: {out}{err}");
-        ReplicaCluster { dir, port }
-    }
-}
-
-impl Drop for ReplicaCluster {
-    fn drop(&mut self) {
-        let bin = std::env::var("ORDERSTREAM_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
-        let d = self.dir.join("data").to_string_lossy().to_string();
-        let _ = common::run_output(Self::as_pg_user(
-            &format!("{bin}/pg_ctl"),
-            &["-D", &d, "-m", "immediate", "stop"],
-        ));
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[test]
 fn a_wal_level_below_logical_is_named_with_both_fixes() {
-    let cluster = ReplicaCluster::start();
+    let cluster = Cluster::start(&ClusterOptions::default().set("wal_level", "replica"));
     let mut env = TestEnv::logical("lg_wallvl");
     env.init();
     env.set(
