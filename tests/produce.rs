@@ -235,6 +235,68 @@ fn a_transaction_open_across_polls_is_published_when_it_commits() {
     assert_exactly_once(&env, &messages(&env));
 }
 
+/// Issue 9 item 1: a late-committing order published, acknowledged, and then its batch's state
+/// save fails (a folder where the producer's temp state file goes, as a full or read-only disk
+/// would). Every restarted session recovers the topic's tail: the order must not be published
+/// again, while concurrent writers and slow transactions go on.
+#[test]
+fn a_late_order_whose_state_save_failed_is_not_published_again_by_any_restart() {
+    // A memory-storage broker: the stack's durable one is too slow for the writers' pace.
+    let broker = Broker::start_memory();
+    let env = TestEnv::with_brokers("prod_late_save", &broker.addr);
+    env.init();
+    let mut producer = env.spawn(&["produce"]);
+    wait_messages(&env, 10, Duration::from_secs(60));
+    let stop = Arc::new(AtomicBool::new(false));
+    let inserter = insert_continuously(&env, stop.clone(), Rng::from_env("late_save").next());
+
+    // A transaction inserts, then stays open while later orders are published past it.
+    let mut slow = env.pg();
+    let mut tx = slow.transaction().unwrap();
+    let late_id: i64 = tx
+        .query_one(
+            &format!(
+                "INSERT INTO {} (customer_name, amount) VALUES ('slow', 7) RETURNING order_id::int8",
+                env.t()
+            ),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    std::thread::sleep(Duration::from_millis(800));
+    let later = env.insert(3);
+    wait_for(Duration::from_secs(30), "the later orders in the topic", || {
+        let c = counts(&messages(&env));
+        later.iter().all(|id| c.contains_key(id)).then_some(())
+    });
+
+    // From now on every state save fails; then the transaction commits.
+    let tmp = env.lastprocess().join(format!("last_timestamp.{}.tmp", producer.pid()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    tx.commit().unwrap();
+    wait_for(Duration::from_secs(30), "the late order in the topic", || {
+        counts(&messages(&env)).contains_key(&late_id).then_some(())
+    });
+    // Let sessions restart on the failed save, each recovering the late order, three times.
+    let failed =
+        |log: &str| log.lines().filter(|l| l.contains("cannot create") && l.contains("retrying in")).count();
+    wait_for(Duration::from_secs(60), "three failed state saves", || {
+        (failed(&producer.log_text()) >= 3).then_some(())
+    });
+    assert_eq!(counts(&messages(&env)).get(&late_id), Some(&1), "the late order was published again");
+
+    std::fs::remove_dir(&tmp).unwrap();
+    stop.store(true, Ordering::SeqCst);
+    inserter.join().unwrap();
+    let total = env.table_ids().len();
+    let msgs = wait_messages(&env, total, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(producer.terminate(Duration::from_secs(30)), 0, "{}", producer.log_text());
+    let msgs = if msgs.len() == total { messages(&env) } else { msgs };
+    assert_exactly_once(&env, &msgs);
+    assert_sequences_grow(&msgs);
+}
+
 #[test]
 fn a_large_backlog_is_read_in_bounded_pages_with_bounded_memory() {
     let broker = Broker::start_memory();

@@ -93,8 +93,9 @@ pub trait Source {
     /// The identity of a message of this source found in the topic (`None`: not one of ours).
     fn key_of(meta: &ChangeMeta, order: Option<&Order<'_>>) -> Option<Self::Key>;
 
-    /// Whether the message `key` lies at or before `position` (so a batch polled from before it
-    /// has been passed).
+    /// Whether polling on from `position` will not produce the message `key` again (it lies at
+    /// or before `position`). Recovery skips exactly the found messages that are not covered,
+    /// so an answer of "covered" for a message the source reads again publishes it twice.
     fn covers(position: &Self::Position, key: &Self::Key) -> bool;
 
     /// Called once the state file holding `position` is saved: a log-based source lets the

@@ -236,10 +236,17 @@ impl Source for PollSource {
         order.map(|o| (o.created_at, o.order_id))
     }
 
+    /// Exactly the orders the next polls from `position` will not read again. A tracked start
+    /// time at or below the watermark is read again (the late read) for every id it has not
+    /// published, so such an order is covered only by its id: covering it by the watermark alone
+    /// let a restart publish a late order again.
     fn covers(position: &PollPosition, key: &Self::Key) -> bool {
         let (created_at, order_id) = *key;
         let at_or_below = position.watermark.is_some_and(|w| (created_at, order_id) <= w);
-        at_or_below || position.open.get(&created_at).is_some_and(|ids| ids.contains(&order_id))
+        match position.open.get(&created_at) {
+            Some(ids) => ids.contains(&order_id),
+            None => at_or_below,
+        }
     }
 
     fn encode(position: &PollPosition) -> Vec<String> {
@@ -478,5 +485,9 @@ mod tests {
         assert!(!PollSource::covers(&pos, &order(111, "2025-01-18 12:33:00")));
         assert!(PollSource::covers(&pos, &order(120, "2025-01-18 12:40:00")));
         assert!(!PollSource::covers(&pos, &order(121, "2025-01-18 12:40:00")));
+        // A tracked start time at or below the watermark: its unpublished orders are read again.
+        pos.open.insert(ts("2025-01-18 12:30:00"), [107].into());
+        assert!(PollSource::covers(&pos, &order(107, "2025-01-18 12:30:00")));
+        assert!(!PollSource::covers(&pos, &order(108, "2025-01-18 12:30:00")));
     }
 }
