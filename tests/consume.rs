@@ -10,7 +10,7 @@ use common::lake::{
     LakeRow, Msg, assert_clean_lake, committed_total, create_topic, files, order_json, produce, read_duckdb,
     read_pyarrow, states, wait_committed,
 };
-use common::proc::wait_until;
+use common::proc::{wait_for, wait_until};
 use common::topic::{Record, read_topic};
 use common::volume::{assert_exactly_once, produce_paced, volume_message, wait_assigned};
 use common::{Broker, Rng, TestEnv};
@@ -668,4 +668,94 @@ fn changes_land_with_op_lsn_index_and_commit_time_and_bad_change_headers_go_to_t
         current_state(&env.lake()),
         [(201, "12.50".to_string()), (203, "30.00".to_string()), (204, "40.00".to_string())]
     );
+}
+
+/// The partitions of the last assignment a consumer logged (locked or waiting for the lock).
+fn last_assignment(log: &str) -> Vec<i32> {
+    let Some(line) = log.lines().rev().find(|l| l.contains("partitions assigned: ")) else {
+        return Vec::new();
+    };
+    let list = line.split("partitions assigned: ").nth(1).unwrap_or("");
+    let (owned, waiting) = list.split_once("; waiting for the lock of ").unwrap_or((list, ""));
+    owned
+        .split_whitespace()
+        .filter_map(|t| t.split('@').next()?.parse().ok())
+        .chain(waiting.split_whitespace().filter_map(|t| t.parse().ok()))
+        .collect()
+}
+
+/// Issue 9 item 7: a member frozen (SIGSTOP) mid-batch for longer than its session. The other
+/// member gets its partitions but must not write them while the frozen one still holds their
+/// locks (it may wake up and commit its batch), and must not stall its own partitions while it
+/// waits. After SIGCONT every message is in the lake exactly once.
+#[test]
+fn a_frozen_consumer_is_fenced_and_the_other_keeps_reading_its_own_partitions() {
+    let broker = Broker::start_memory();
+    let mut env = TestEnv::with_brokers("consume_frozen", &broker.addr);
+    env.set("ORDERSTREAM__STREAMING__MAX_BATCH_ROWS", "2000");
+    env.set("ORDERSTREAM__KAFKA__PROPERTIES__SESSION_TIMEOUT_MS", "6000");
+    create_topic(&broker.addr, &env.topic, 4);
+    // 2,000 messages/s for 30 s: the stream outlasts the freeze, the session expiry and the
+    // wait, and stays small (tansu's memory storage slows down as partitions grow).
+    const N: i64 = 60_000;
+    let stream = produce_paced(&broker.addr, &env.topic, 0..N, 400, Duration::from_millis(200));
+    let mut a = env.spawn(&["consume"]);
+    let mut b = env.spawn(&["consume"]);
+    wait_assigned(&a, Duration::from_secs(60));
+    wait_assigned(&b, Duration::from_secs(60));
+    wait_until(Duration::from_secs(60), "both consumers to commit", || {
+        let owners: std::collections::BTreeSet<String> =
+            states(&env).into_iter().map(|s| s.last_process).collect();
+        owners.len() == 2
+    });
+    let frozen = last_assignment(&a.log_text());
+    assert!(!frozen.is_empty() && frozen.len() < 4, "A's assignment: {frozen:?}\n{}", a.log_text());
+    common::signal(a.pid(), libc::SIGSTOP);
+
+    // B gets every partition once A's session expires, and waits for the locks A still holds.
+    let waiting_line = wait_for(Duration::from_secs(60), "B to wait for A's partitions", || {
+        b.log_text().lines().find(|l| l.contains("another live process still owns")).map(str::to_string)
+    });
+    println!("A owned {frozen:?} when frozen; B: {waiting_line}");
+    // While A stays frozen, B's own partitions move on.
+    let own = |env: &TestEnv| -> Vec<(i32, i64)> {
+        states(env)
+            .into_iter()
+            .filter(|s| !frozen.contains(&s.partition))
+            .map(|s| (s.partition, s.next_offset))
+            .collect()
+    };
+    let before = own(&env);
+    let moved = std::panic::catch_unwind(|| {
+        wait_until(Duration::from_secs(20), "B's own partitions to advance while A is frozen", || {
+            let now = own(&env);
+            now.len() == before.len() && now.iter().zip(&before).all(|(n, b)| n.1 > b.1)
+        })
+    });
+    let frozen_states: Vec<(i32, i64)> = states(&env)
+        .into_iter()
+        .filter(|s| frozen.contains(&s.partition))
+        .map(|s| (s.partition, s.next_offset))
+        .collect();
+    common::signal(a.pid(), libc::SIGCONT);
+    assert!(
+        moved.is_ok(),
+        "B stalled while A was frozen: before {before:?}, states {:?}\nB:\n{}",
+        states(&env),
+        b.log_text()
+    );
+    println!("A's partitions at SIGCONT: {frozen_states:?}");
+
+    let positions = stream.join().unwrap();
+    let waited = std::panic::catch_unwind(|| wait_committed(&env, &positions, Duration::from_secs(120)));
+    assert!(
+        waited.is_ok(),
+        "not everything landed; states {:?}\nA:\n{}\nB:\n{}",
+        states(&env),
+        a.log_text(),
+        b.log_text()
+    );
+    assert_eq!(b.stop(), 0, "{}", b.log_text());
+    assert_eq!(a.stop(), 0, "{}", a.log_text());
+    assert_exactly_once(&env, N, &positions);
 }

@@ -12,13 +12,11 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::durable::{io_error, sync_dir, write_atomic};
 use crate::error::Result;
-use crate::shutdown::Shutdown;
 
 /// Folder of the partition states and locks.
 const STATE_DIR: &str = "state";
@@ -178,14 +176,14 @@ impl Checkpoint {
         write_atomic(&path, &tmp, &bytes)
     }
 
-    /// Takes the exclusive lock of a partition, waiting (with a log line every few seconds)
-    /// while another live process holds it. `None` if shutdown was asked for while waiting.
-    pub fn lock_partition(
+    /// Takes the exclusive lock of a partition without waiting: `Err(path)` of the lock file
+    /// while another live process holds it (a member frozen past its session, or one finishing
+    /// its batch), which the caller tries again later.
+    pub fn try_lock_partition(
         &self,
         topic: &str,
         partition: i32,
-        shutdown: &Shutdown,
-    ) -> Result<Option<PartitionLock>> {
+    ) -> Result<std::result::Result<PartitionLock, PathBuf>> {
         let path = self.state.join(format!("{topic}-{partition}.lock"));
         let file = OpenOptions::new()
             .create(true)
@@ -193,27 +191,10 @@ impl Checkpoint {
             .write(true)
             .open(&path)
             .map_err(|e| io_error("cannot open lock", &path, e))?;
-        let start = Instant::now();
-        let mut next_log = Duration::ZERO;
-        loop {
-            match file.try_lock() {
-                Ok(()) => return Ok(Some(PartitionLock { _file: file })),
-                Err(TryLockError::WouldBlock) => {}
-                Err(TryLockError::Error(e)) => return Err(io_error("cannot lock", &path, e)),
-            }
-            if shutdown.is_triggered() {
-                return Ok(None);
-            }
-            if start.elapsed() >= next_log {
-                tracing::warn!(
-                    "partition {topic}/{partition}: waiting for {} (another live process still owns \
-                     the partition; waited {:.0} s)",
-                    path.display(),
-                    start.elapsed().as_secs_f64()
-                );
-                next_log += Duration::from_secs(5);
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        match file.try_lock() {
+            Ok(()) => Ok(Ok(PartitionLock { _file: file })),
+            Err(TryLockError::WouldBlock) => Ok(Err(path)),
+            Err(TryLockError::Error(e)) => Err(io_error("cannot lock", &path, e)),
         }
     }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::Offset;
 use rdkafka::TopicPartitionList;
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use uuid::Uuid;
 
@@ -23,12 +23,16 @@ use crate::durable::{io_error, sync_dir};
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::order::{Change, Order};
-use crate::shutdown::Shutdown;
 
 pub use crate::wire::{SEQ_HEADER, SOURCE_HEADER};
 
 /// The empty marker file at the lake root, refreshed after each committed batch.
 pub const SUCCESS_FILE: &str = "_SUCCESS";
+
+/// How often the locks of partitions another live process holds are tried.
+const LOCK_RETRY: Duration = Duration::from_millis(200);
+/// How often a partition still waiting for its lock says so.
+const WAIT_LOG_EVERY: Duration = Duration::from_secs(5);
 
 /// How long a seek back to the checkpoint may take.
 const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -55,6 +59,13 @@ struct Owned {
     working: Option<PartitionState>,
     /// The checkpoint offset reading resumed at, until the first message arrives.
     resumed_at: Option<i64>,
+}
+
+impl Owned {
+    /// Where reading this partition goes on: after the messages already handled.
+    fn offset(&self) -> Offset {
+        if self.stored || self.working.is_some() { Offset::Offset(self.position) } else { Offset::Beginning }
+    }
 }
 
 /// The in-flight batch.
@@ -85,8 +96,13 @@ pub struct Engine {
     scratch: Option<Scratch>,
     dlq: DeadLetters,
     metrics: Arc<Metrics>,
-    shutdown: Shutdown,
     owned: BTreeMap<i32, Owned>,
+    /// Partitions assigned while another live process held their lock, since when.
+    waiting: BTreeMap<i32, Instant>,
+    /// Per waiting partition, the wait after which the next log line is due.
+    waiting_logged: BTreeMap<i32, Duration>,
+    /// When the waiting partitions' locks are tried next.
+    next_lock_try: Instant,
     batch: InFlight,
     /// Committed manifests not yet finished (renames, states, deletion), retried after commits.
     pending: Vec<(PathBuf, Manifest)>,
@@ -97,7 +113,6 @@ pub struct Engine {
 
 impl Engine {
     /// A state machine owning nothing yet.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         topic: &str,
         limits: Limits,
@@ -105,7 +120,6 @@ impl Engine {
         scratch: Scratch,
         dlq: DeadLetters,
         metrics: Arc<Metrics>,
-        shutdown: Shutdown,
     ) -> Engine {
         Engine {
             topic: topic.to_string(),
@@ -114,8 +128,10 @@ impl Engine {
             scratch: Some(scratch),
             dlq,
             metrics,
-            shutdown,
             owned: BTreeMap::new(),
+            waiting: BTreeMap::new(),
+            waiting_logged: BTreeMap::new(),
+            next_lock_try: Instant::now(),
             batch: InFlight::default(),
             pending: Vec::new(),
             fatal: None,
@@ -433,14 +449,34 @@ impl Engine {
     }
 
     /// Takes a newly assigned partition: its lock, its checkpoint and every committed manifest
-    /// that is ahead of it. Returns where to start reading; `None` if shutdown came first.
+    /// that is ahead of it. Returns where to start reading, or `None` while another live
+    /// process still holds the partition's lock: the partition then waits (see
+    /// [`Engine::retry_waiting`]) and the others are read meanwhile.
     pub fn acquire(&mut self, topic: &str, partition: i32) -> Result<Option<Offset>> {
         if let Some(o) = self.owned.get(&partition) {
-            return Ok(Some(if o.stored { Offset::Offset(o.position) } else { Offset::Beginning }));
+            return Ok(Some(o.offset()));
         }
-        let Some(lock) = self.checkpoint.lock_partition(topic, partition, &self.shutdown)? else {
-            return Ok(None);
+        let lock = match self.checkpoint.try_lock_partition(topic, partition)? {
+            Ok(lock) => lock,
+            Err(path) => {
+                let now = Instant::now();
+                let since = *self.waiting.entry(partition).or_insert(now);
+                if now.saturating_duration_since(since)
+                    >= self.waiting_logged.get(&partition).copied().unwrap_or_default()
+                {
+                    tracing::warn!(
+                        "partition {topic}/{partition}: waiting for {} (another live process still owns \
+                         the partition; waited {:.0} s); the other partitions are read meanwhile",
+                        path.display(),
+                        now.saturating_duration_since(since).as_secs_f64()
+                    );
+                    *self.waiting_logged.entry(partition).or_default() += WAIT_LOG_EVERY;
+                }
+                return Ok(None);
+            }
         };
+        self.waiting.remove(&partition);
+        self.waiting_logged.remove(&partition);
         let mut state = self.checkpoint.read_state(topic, partition)?;
         let mut from_manifest = false;
         for (path, m) in self.checkpoint.manifests()? {
@@ -491,16 +527,62 @@ impl Engine {
         }
     }
 
-    /// Releases partitions (their locks); their in-flight rows must be committed or abandoned.
+    /// Releases partitions (their locks, or their wait for one); their in-flight rows must be
+    /// committed or abandoned.
     pub fn release(&mut self, partitions: &[i32]) {
         for p in partitions {
             self.owned.remove(p);
+            self.waiting.remove(p);
+            self.waiting_logged.remove(p);
         }
     }
 
-    /// The partitions owned, for log lines.
+    /// The partitions assigned to this member: owned, or waiting for their lock.
     pub fn owned(&self) -> Vec<i32> {
-        self.owned.keys().copied().collect()
+        let mut all: Vec<i32> = self.owned.keys().chain(self.waiting.keys()).copied().collect();
+        all.sort_unstable();
+        all
+    }
+
+    /// Tries again to lock the partitions assigned while another live process held them; each
+    /// one locked joins the consumer's assignment at its checkpoint. Called from the loop, so
+    /// a member frozen past its session (SIGSTOP, a VM pause) stalls only its own partitions:
+    /// it still holds their locks, and writes them until it learns that it lost them.
+    pub fn retry_waiting<C: ConsumerContext>(
+        &mut self,
+        consumer: &impl Consumer<C>,
+        now: Instant,
+    ) -> Result<()> {
+        if self.waiting.is_empty() || now < self.next_lock_try {
+            return Ok(());
+        }
+        self.next_lock_try = now + LOCK_RETRY;
+        let topic = self.topic.clone();
+        let mut added = TopicPartitionList::new();
+        for p in self.waiting.keys().copied().collect::<Vec<_>>() {
+            if let Some(offset) = self.acquire(&topic, p)? {
+                tracing::info!("partition {topic}/{p}: its previous owner let go; reading from {offset:?}");
+                added
+                    .add_partition_offset(&topic, p, offset)
+                    .map_err(|e| Error::Kafka(format!("cannot assign {topic}/{p}: {e}")))?;
+            }
+        }
+        if added.count() == 0 {
+            return Ok(());
+        }
+        let assigned = if matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative) {
+            consumer.incremental_assign(&added)
+        } else {
+            // Eager: assign() replaces the assignment, so it lists every owned partition at the
+            // offset its next message must have.
+            let mut all = TopicPartitionList::new();
+            for (p, o) in &self.owned {
+                all.add_partition_offset(&topic, *p, o.offset())
+                    .map_err(|e| Error::Kafka(format!("cannot assign {topic}/{p}: {e}")))?;
+            }
+            consumer.assign(&all)
+        };
+        assigned.map_err(|e| Error::Kafka(format!("cannot apply the new assignment: {e}")))
     }
 
     /// Releases everything and removes this process's temp folder (a clean stop).

@@ -116,6 +116,7 @@ impl ConsumerContext for GroupContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let mut assigned = TopicPartitionList::new();
                 let mut from = Vec::new();
+                let mut waiting = Vec::new();
                 for (topic, partition) in &listed {
                     match engine.acquire(topic, *partition) {
                         Ok(Some(offset)) => {
@@ -126,12 +127,18 @@ impl ConsumerContext for GroupContext {
                             from.push(format!("{partition}@{at}"));
                             let _ = assigned.add_partition_offset(topic, *partition, offset);
                         }
-                        Ok(None) => {}
+                        // Locked by a live process: read later, when it lets go.
+                        Ok(None) => waiting.push(partition.to_string()),
                         Err(e) => engine.set_fatal(e),
                     }
                 }
+                let waiting = if waiting.is_empty() {
+                    String::new()
+                } else {
+                    format!("; waiting for the lock of {}", waiting.join(" "))
+                };
                 tracing::info!(
-                    "partitions assigned: {}",
+                    "partitions assigned: {}{waiting}",
                     if from.is_empty() { "none".into() } else { from.join(" ") }
                 );
                 // A member that died left its temp folder behind; its partitions may be ours now.

@@ -69,8 +69,9 @@
 //! so nobody else can have those partitions yet), then the locks are released; assignment
 //! happens inside the rebalance callback with explicit offsets, so reading starts at the
 //! checkpoint, never at the group's committed offsets. A process frozen past its session
-//! timeout still holds its locks, so the new owner waits for it instead of writing twice. File
-//! names are uuid v7, so they never collide between processes.
+//! timeout still holds its locks, so the new owner waits for it instead of writing twice; it
+//! waits for those partitions only, reading its others meanwhile, and tries their locks again
+//! every 200 ms. File names are uuid v7, so they never collide between processes.
 //!
 //! Replays. Messages may carry `orderstream.source` (the producer lineage) and `orderstream.seq`
 //! (a decimal u64, strictly increasing per source within a partition). Each partition state
@@ -151,8 +152,7 @@ pub fn consume(cfg: &Config, metrics: Arc<Metrics>, shutdown: Shutdown) -> Resul
         scratch.id()
     );
     let limits = Limits { interval: cfg.streaming.batch_interval, max_rows: cfg.streaming.max_batch_rows };
-    let engine =
-        Engine::new(&cfg.kafka.topic, limits, checkpoint, scratch, dlq, metrics.clone(), shutdown.clone());
+    let engine = Engine::new(&cfg.kafka.topic, limits, checkpoint, scratch, dlq, metrics.clone());
     let consumer = group::consumer(cfg, engine, metrics.clone())?;
     consumer
         .subscribe(&[&cfg.kafka.topic])
@@ -232,6 +232,7 @@ fn run(consumer: &group::GroupConsumer, metrics: &Metrics, shutdown: &Shutdown) 
         if let Some(e) = engine.take_fatal() {
             return Err(e);
         }
+        engine.retry_waiting(consumer, now)?;
         if !engine.batch_due(now) {
             continue;
         }
