@@ -19,7 +19,7 @@ use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use chrono::{DateTime, NaiveDateTime};
+use chrono::{DateTime, Datelike, NaiveDateTime, Timelike};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -99,7 +99,9 @@ impl Order<'_> {
         }
         out.extend_from_slice(b", \"order_status\": ");
         text(out, &self.order_status);
-        let _ = write!(out, ", \"created_at\": \"{}\"}}", format_utc(&self.created_at));
+        out.extend_from_slice(b", \"created_at\": \"");
+        write_utc(out, &self.created_at);
+        out.extend_from_slice(b"\"}");
     }
 
     /// The seed's JSON form as a string.
@@ -202,6 +204,37 @@ pub fn format_utc(ts: &NaiveDateTime) -> String {
     } else {
         ts.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
     }
+}
+
+/// Appends [`format_utc`]'s text to `out` without going through a format string (a snapshot
+/// writes millions of them; chrono's formatter was 7% of the producer's CPU there).
+pub fn write_utc(out: &mut Vec<u8>, ts: &NaiveDateTime) {
+    fn digits(out: &mut Vec<u8>, mut n: u32, width: usize) {
+        let mut buf = [b'0'; 6];
+        for b in buf[..width].iter_mut().rev() {
+            *b = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+        out.extend_from_slice(&buf[..width]);
+    }
+    let nanos = ts.and_utc().timestamp_subsec_nanos();
+    if !(0..=9999).contains(&ts.year()) || nanos >= 1_000_000_000 {
+        // Years of other widths and leap seconds: chrono's own spelling.
+        out.extend_from_slice(format_utc(ts).as_bytes());
+        return;
+    }
+    digits(out, ts.year() as u32, 4);
+    for (sep, n) in
+        [(b'-', ts.month()), (b'-', ts.day()), (b'T', ts.hour()), (b':', ts.minute()), (b':', ts.second())]
+    {
+        out.push(sep);
+        digits(out, n, 2);
+    }
+    if nanos != 0 {
+        out.push(b'.');
+        digits(out, nanos / 1000, 6);
+    }
+    out.push(b'Z');
 }
 
 /// Why a message is not a valid order; each reason is a label of the rejected counters and the

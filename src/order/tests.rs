@@ -244,3 +244,25 @@ fn malformed_change_headers_are_invalid_header_rejects_naming_the_header() {
     assert_eq!(Change::from_headers(headers(&max)).unwrap().lsn, Some(i64::MAX));
     assert_eq!("invalid_header".parse::<RejectReason>(), Ok(RejectReason::InvalidHeader));
 }
+
+#[test]
+fn write_utc_spells_every_timestamp_as_format_utc() {
+    let cases = [
+        "2025-01-18T12:24:00",
+        "2025-01-18T12:24:00.5",
+        "2025-12-31T23:59:59.999999",
+        "0001-01-01T00:00:00.000001",
+        "9999-12-31T23:59:59",
+        "1970-01-01T00:00:00",
+    ];
+    for c in cases {
+        let ts: NaiveDateTime = c.parse().unwrap();
+        let mut out = Vec::new();
+        write_utc(&mut out, &ts);
+        assert_eq!(String::from_utf8(out).unwrap(), format_utc(&ts), "{c}");
+    }
+    let far = chrono::NaiveDate::from_ymd_opt(12345, 6, 7).unwrap().and_hms_opt(1, 2, 3).unwrap();
+    let mut out = Vec::new();
+    write_utc(&mut out, &far);
+    assert_eq!(String::from_utf8(out).unwrap(), format_utc(&far));
+}
