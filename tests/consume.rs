@@ -553,10 +553,11 @@ fn current_state(lake: &std::path::Path) -> Vec<(i64, String)> {
     let sql = readme[start..end].replace("datalake/food/ROLL001/output/orders", &lake.display().to_string());
     let script = "import duckdb, json, sys\nrows = duckdb.sql(sys.argv[1]).fetchall()\n\
                   print(json.dumps([[r[0], str(r[4])] for r in rows]))";
-    let out =
-        std::process::Command::new(common::lake::python()).arg("-c").arg(script).arg(&sql).output().unwrap();
-    assert!(out.status.success(), "{sql}\n{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
+    let mut cmd = std::process::Command::new(common::lake::python());
+    cmd.arg("-c").arg(script).arg(&sql);
+    let (code, out, err) = common::run_output(cmd);
+    assert_eq!(code, 0, "{sql}\n{err}");
+    serde_json::from_str(&out).unwrap()
 }
 
 #[test]

@@ -274,21 +274,11 @@ for family in text_string_to_metric_families(sys.stdin.read()):
         out[s.name + ("{" + labels + "}" if labels else "")] = s.value
 print(json.dumps(out))
 "#;
-    let mut child = std::process::Command::new(python())
-        .args(["-c", script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "not valid exposition text: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let mut cmd = std::process::Command::new(python());
+    cmd.args(["-c", script]);
+    let (code, out, err) = common::proc::run(cmd, Some(text.as_bytes()), Duration::from_secs(60));
+    assert_eq!(code, 0, "not valid exposition text: {err}\n{text}");
+    serde_json::from_str(&out).unwrap()
 }
 
 #[test]

@@ -125,10 +125,12 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         let d = self.dir.join("data").to_string_lossy().to_string();
-        let _ = super::run_output(as_pg_user(
-            &format!("{}/pg_ctl", pg_bin()),
-            &["-D", &d, "-m", "immediate", "stop"],
-        ));
+        // Not run_output: a panic in drop while a failed test unwinds would abort the run.
+        let _ = super::proc::try_run(
+            as_pg_user(&format!("{}/pg_ctl", pg_bin()), &["-D", &d, "-m", "immediate", "stop"]),
+            None,
+            std::time::Duration::from_secs(60),
+        );
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

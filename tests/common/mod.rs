@@ -318,14 +318,10 @@ impl Rng {
     }
 }
 
-/// Runs a command with a 120 s limit and returns (exit code, stdout, stderr).
-pub fn run_output(mut cmd: Command) -> (i32, String, String) {
-    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+/// Runs a command with a 120 s limit (killed and a panic after it) and returns (exit code,
+/// stdout, stderr).
+pub fn run_output(cmd: Command) -> (i32, String, String) {
+    proc::run(cmd, None, Duration::from_secs(120))
 }
 
 /// A port nobody listens on right now.
