@@ -506,7 +506,9 @@ fn a_broker_outage_delays_the_lake_but_loses_and_duplicates_nothing() {
 
 #[test]
 fn an_unreachable_broker_at_start_is_retried_with_growing_intervals_until_sigterm() {
-    let env = TestEnv::with_brokers("consume_nobroker", &format!("127.0.0.1:{}", common::free_port()));
+    // Held closed until the end: the consumer keeps retrying it.
+    let closed = common::ClosedPort::new();
+    let env = TestEnv::with_brokers("consume_nobroker", &closed.addr());
     let mut c = env.spawn(&["consume"]);
     wait_until(Duration::from_secs(60), "two retries", || c.log_text().matches("retrying in").count() >= 2);
     assert_eq!(c.stop(), 0, "{}", c.log_text());

@@ -101,7 +101,8 @@ fn unquoted_psql_name_and_configured_name_are_the_same_table() {
 #[test]
 fn init_against_a_stopped_database_fails_with_one_line() {
     let mut env = TestEnv::new("init_nodb");
-    let port = common::free_port();
+    let closed = common::ClosedPort::new();
+    let port = closed.port;
     env.set(
         "ORDERSTREAM__POSTGRES__JDBC_URL",
         &format!("jdbc:postgresql://127.0.0.1:{port}/food_delivery_db"),

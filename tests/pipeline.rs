@@ -143,7 +143,8 @@ fn status_reports_the_seed_state_and_what_it_cannot_reach() {
 
     // A stopped broker: that part says so, the others are still read.
     let mut env = env;
-    env.set("ORDERSTREAM__KAFKA__BROKERS", &format!("127.0.0.1:{}", common::free_port()));
+    let closed = common::ClosedPort::new();
+    env.set("ORDERSTREAM__KAFKA__BROKERS", &closed.addr());
     let s = status(&env);
     assert!(s["kafka"]["error"].as_str().unwrap().contains("unreachable"), "{s:#}");
     assert_eq!(s["postgres"]["rows"], 10);
@@ -162,9 +163,7 @@ fn lsn(text: &serde_json::Value) -> u64 {
 
 #[test]
 fn status_and_metrics_show_logical_capture_and_its_slot() {
-    let mut env = TestEnv::logical("pipe_slot");
-    let port = common::free_port();
-    env.set("ORDERSTREAM__METRICS__PORT", &port.to_string());
+    let env = TestEnv::logical("pipe_slot");
     env.init();
 
     // Before the first `produce`: no slot, and a state file that does not exist yet.
@@ -184,7 +183,7 @@ fn status_and_metrics_show_logical_capture_and_its_slot() {
     assert!(text.contains("published 0 messages   last none yet   flush 0/0   snapshot pending"), "{text}");
 
     // The ten seed rows streamed: the snapshot is done at the slot's consistent point.
-    let mut producer = env.spawn(&["produce"]);
+    let (mut producer, port) = env.spawn_serving(&["produce"]);
     let msgs = wait_for(Duration::from_secs(60), "the ten snapshot reads", || {
         let m = read_topic(&env.brokers, &env.topic);
         (m.len() >= 10).then_some(m)
@@ -283,11 +282,9 @@ print(json.dumps(out))
 
 #[test]
 fn metrics_parse_as_prometheus_text_and_count_what_was_processed() {
-    let mut env = TestEnv::new("pipe_metrics");
-    let port = common::free_port();
-    env.set("ORDERSTREAM__METRICS__PORT", &port.to_string());
+    let env = TestEnv::new("pipe_metrics");
     env.init();
-    let mut run = env.spawn(&["run"]);
+    let (mut run, port) = env.spawn_serving(&["run"]);
     wait_lake_rows(&env, 10);
     env.insert(5);
     wait_lake_rows(&env, 15);
