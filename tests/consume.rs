@@ -336,19 +336,47 @@ fn two_consumers_in_one_group_one_killed_midway_keep_every_message_exactly_once(
             states(&env).into_iter().map(|s| s.last_process).collect();
         owners.len() == 2 && committed_total(&env) > N / 4
     });
+    // What B logs from here on: its assignments after A's death.
+    let b_before_kill = b.log_text().len();
     a.kill();
+    // The partitions A committed last are A's at its death (only the owner commits one), with
+    // the offsets A reached.
+    let a_id = process_id(&a.log_text());
+    let a_had: Vec<(i32, i64)> = states(&env)
+        .iter()
+        .filter(|s| s.last_process == a_id)
+        .map(|s| (s.partition, s.next_offset))
+        .collect();
+    assert!(!a_had.is_empty(), "A owns no committed partition: {:?}", states(&env));
     let done_at_kill = committed_total(&env);
-    println!("consumer A killed with {done_at_kill} of {N} messages checkpointed");
+    println!("consumer A killed with {done_at_kill} of {N} messages checkpointed, owning {a_had:?}");
     let positions = stream.join().unwrap();
     let waited = std::panic::catch_unwind(|| wait_committed(&env, &positions, Duration::from_secs(120)));
     assert!(waited.is_ok(), "B did not finish; states {:?}\nB:\n{}", states(&env), b.log_text());
-    assert!(
-        b.log_text().contains("partitions assigned: 0@"),
-        "B never took over partition 0:\n{}",
-        b.log_text()
-    );
+    // B took over each of A's partitions after the kill, from no earlier than where A stopped.
+    let after_kill = String::from_utf8_lossy(&b.log_text().as_bytes()[b_before_kill..]).into_owned();
+    let taken: Vec<(i32, i64)> = after_kill
+        .lines()
+        .filter_map(|l| l.split("partitions assigned: ").nth(1))
+        .flat_map(|list| list.split_whitespace().filter_map(|p| p.split_once('@')))
+        .filter_map(|(p, o)| Some((p.parse().ok()?, o.parse().ok()?)))
+        .collect();
+    for (partition, reached) in &a_had {
+        assert!(
+            taken.iter().any(|(p, from)| p == partition && from >= reached),
+            "B did not take over partition {partition} at offset {reached} or later after A's death:\n{after_kill}"
+        );
+    }
     assert_eq!(b.stop(), 0, "{}", b.log_text());
     assert_exactly_once(&env, N, &positions);
+}
+
+/// The id a consumer gives itself in its first line (`… process <id>`), the `last_process` of
+/// the partitions it commits.
+fn process_id(log: &str) -> String {
+    let line =
+        log.lines().find(|l| l.contains("consuming ")).unwrap_or_else(|| panic!("no start line:\n{log}"));
+    line.rsplit("process ").next().unwrap().trim().to_string()
 }
 
 #[test]
