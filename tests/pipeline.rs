@@ -104,8 +104,12 @@ fn status_reports_the_seed_state_and_what_it_cannot_reach() {
     env.init();
     let mut run = env.spawn(&["run"]);
     wait_lake_rows(&env, 10);
-    // Let the consumer's asynchronous group-offset commit land, then stop.
-    std::thread::sleep(Duration::from_millis(800));
+    // The consumer commits the group's offsets to Kafka asynchronously, after the lake: wait
+    // until they are there, then stop.
+    wait_until(Duration::from_secs(30), "the group's offsets at the end of the topic", || {
+        let s = status(&env);
+        s["kafka"]["messages"] == 10 && s["kafka"]["group_lag"] == 0
+    });
     assert_eq!(run.terminate(Duration::from_secs(60)), 0, "{}", run.log_text());
 
     let s = status(&env);
