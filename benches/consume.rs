@@ -138,10 +138,22 @@ fn run_once(brokers: &str, topic: &str, n: usize) -> Run {
         .expect("no VmHWM in /proc/<pid>/status");
     common::signal(child.id() as i32, libc::SIGTERM);
     let mut status = 0;
-    // SAFETY: wait4 on our own child with valid out-pointers.
+    // SAFETY: rusage is plain data; all zeroes is a valid value.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
-    assert_eq!(pid, child.id() as i32, "wait4 failed");
+    let stop_deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        // SAFETY: wait4 on our own child with valid out-pointers.
+        let pid = unsafe { libc::wait4(child.id() as i32, &mut status, libc::WNOHANG, &mut usage) };
+        if pid == child.id() as i32 {
+            break;
+        }
+        assert_eq!(pid, 0, "wait4 failed: {}", std::io::Error::last_os_error());
+        if Instant::now() > stop_deadline {
+            let _ = child.kill();
+            panic!("orderstream consume did not exit within 60 s of SIGTERM; killed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "consume did not exit 0: {status}");
     let data: Vec<String> = files(&env.lake()).into_iter().filter(|f| f.ends_with(".parquet")).collect();
     let lake_bytes: u64 =

@@ -47,7 +47,7 @@ use common::bench::{LakeWatcher, committed_rows, knob, median, percentile};
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -138,9 +138,7 @@ fn recvlogical(slot: &str, args: &[&str]) -> Command {
         .arg(format!("host=127.0.0.1 port={} dbname=food_delivery_db user=student", pg_port()))
         .arg(format!("--slot={slot}"))
         .args(args)
-        .env("PGPASSWORD", "student123")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
+        .env("PGPASSWORD", "student123");
     cmd
 }
 
@@ -156,13 +154,14 @@ impl Drop for RecvSlot {
     }
 }
 
-/// Runs a command to completion, panicking with its stderr unless it exits 0; returns the
-/// elapsed seconds.
-fn run_timed(mut cmd: Command) -> f64 {
+/// Runs a command to completion (killed after as long as orderstream gets for the same work),
+/// panicking with its stderr unless it exits 0; returns the elapsed seconds.
+fn run_timed(cmd: Command) -> f64 {
+    let what = format!("{cmd:?}");
     let t0 = Instant::now();
-    let out = cmd.stderr(Stdio::piped()).output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let (code, _, err) = common::proc::run(cmd, None, Duration::from_secs(1800));
     let secs = t0.elapsed().as_secs_f64();
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(code, 0, "{what} failed: {err}");
     secs
 }
 

@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::lake::{
@@ -12,7 +14,7 @@ use common::lake::{
 };
 use common::proc::{wait_for, wait_until};
 use common::topic::{Record, read_topic};
-use common::volume::{assert_exactly_once, produce_paced, volume_message, wait_assigned};
+use common::volume::{assert_exactly_once, produce_paced, produce_until, volume_message, wait_assigned};
 use common::{Broker, Rng, TestEnv};
 
 fn row(id: i64, customer: Option<&str>, amount: &str, created_at: &str, date: &str) -> LakeRow {
@@ -334,19 +336,47 @@ fn two_consumers_in_one_group_one_killed_midway_keep_every_message_exactly_once(
             states(&env).into_iter().map(|s| s.last_process).collect();
         owners.len() == 2 && committed_total(&env) > N / 4
     });
+    // What B logs from here on: its assignments after A's death.
+    let b_before_kill = b.log_text().len();
     a.kill();
+    // The partitions A committed last are A's at its death (only the owner commits one), with
+    // the offsets A reached.
+    let a_id = process_id(&a.log_text());
+    let a_had: Vec<(i32, i64)> = states(&env)
+        .iter()
+        .filter(|s| s.last_process == a_id)
+        .map(|s| (s.partition, s.next_offset))
+        .collect();
+    assert!(!a_had.is_empty(), "A owns no committed partition: {:?}", states(&env));
     let done_at_kill = committed_total(&env);
-    println!("consumer A killed with {done_at_kill} of {N} messages checkpointed");
+    println!("consumer A killed with {done_at_kill} of {N} messages checkpointed, owning {a_had:?}");
     let positions = stream.join().unwrap();
     let waited = std::panic::catch_unwind(|| wait_committed(&env, &positions, Duration::from_secs(120)));
     assert!(waited.is_ok(), "B did not finish; states {:?}\nB:\n{}", states(&env), b.log_text());
-    assert!(
-        b.log_text().contains("partitions assigned: 0@"),
-        "B never took over partition 0:\n{}",
-        b.log_text()
-    );
+    // B took over each of A's partitions after the kill, from no earlier than where A stopped.
+    let after_kill = String::from_utf8_lossy(&b.log_text().as_bytes()[b_before_kill..]).into_owned();
+    let taken: Vec<(i32, i64)> = after_kill
+        .lines()
+        .filter_map(|l| l.split("partitions assigned: ").nth(1))
+        .flat_map(|list| list.split_whitespace().filter_map(|p| p.split_once('@')))
+        .filter_map(|(p, o)| Some((p.parse().ok()?, o.parse().ok()?)))
+        .collect();
+    for (partition, reached) in &a_had {
+        assert!(
+            taken.iter().any(|(p, from)| p == partition && from >= reached),
+            "B did not take over partition {partition} at offset {reached} or later after A's death:\n{after_kill}"
+        );
+    }
     assert_eq!(b.stop(), 0, "{}", b.log_text());
     assert_exactly_once(&env, N, &positions);
+}
+
+/// The id a consumer gives itself in its first line (`… process <id>`), the `last_process` of
+/// the partitions it commits.
+fn process_id(log: &str) -> String {
+    let line =
+        log.lines().find(|l| l.contains("consuming ")).unwrap_or_else(|| panic!("no start line:\n{log}"));
+    line.rsplit("process ").next().unwrap().trim().to_string()
 }
 
 #[test]
@@ -413,22 +443,29 @@ fn sigterm_exits_0_with_a_consistent_checkpoint_and_a_restart_continues_exactly_
     let mut env = TestEnv::with_brokers("consume_sigterm", &broker.addr);
     env.set("ORDERSTREAM__STREAMING__MAX_BATCH_ROWS", "500");
     create_topic(&broker.addr, &env.topic, 3);
+    // A backlog, then a stream that goes on until after the consumer exited: the SIGTERM lands
+    // while messages keep coming, and the stop is before the end of the topic by construction
+    // (how far a first run gets before the signal is a matter of disk and CPU speed).
     let mut positions =
         produce_paced(&broker.addr, &env.topic, 0..20_000, 20_000, Duration::ZERO).join().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stream =
+        produce_until(&broker.addr, &env.topic, 20_000, 200, Duration::from_millis(100), stop.clone());
 
     let mut c = env.spawn(&["consume"]);
     wait_until(Duration::from_secs(60), "a first commit", || committed_total(&env) > 0);
     assert_eq!(c.stop(), 0, "{}", c.log_text());
     assert!(c.log_text().contains("stopped cleanly"), "{}", c.log_text());
+    stop.store(true, Ordering::SeqCst);
+    positions.extend(stream.join().unwrap());
+    let produced = positions.len() as i64;
 
     // Consistent: no manifest or temp file left, and the lake holds exactly the messages below
     // each partition's checkpoint.
     assert_clean_lake(&env.lake());
     assert_eq!(files(&env.checkpoints().join("commits")), Vec::<String>::new());
     let st = states(&env);
-    let done: i64 = st.iter().map(|s| s.next_offset).sum();
-    assert!(done < 20_000, "stopped after everything was read ({done}): the test proves nothing");
-    let below: Vec<LakeRow> = (0..20_000)
+    let below: Vec<LakeRow> = (0..produced)
         .filter(|&i| {
             let (p, o) = positions[i as usize];
             st.iter().any(|s| s.partition == p && o < s.next_offset)
@@ -438,13 +475,15 @@ fn sigterm_exits_0_with_a_consistent_checkpoint_and_a_restart_continues_exactly_
     assert_eq!(read_duckdb(&env.lake()).rows, below);
 
     positions.extend(
-        produce_paced(&broker.addr, &env.topic, 20_000..25_000, 5_000, Duration::ZERO).join().unwrap(),
+        produce_paced(&broker.addr, &env.topic, produced..produced + 5_000, 5_000, Duration::ZERO)
+            .join()
+            .unwrap(),
     );
     let mut c = env.spawn(&["consume"]);
     wait_assigned(&c, Duration::from_secs(60));
     wait_committed(&env, &positions, Duration::from_secs(60));
     assert_eq!(c.stop(), 0, "{}", c.log_text());
-    assert_exactly_once(&env, 25_000, &positions);
+    assert_exactly_once(&env, produced + 5_000, &positions);
 }
 
 #[test]
@@ -506,7 +545,9 @@ fn a_broker_outage_delays_the_lake_but_loses_and_duplicates_nothing() {
 
 #[test]
 fn an_unreachable_broker_at_start_is_retried_with_growing_intervals_until_sigterm() {
-    let env = TestEnv::with_brokers("consume_nobroker", &format!("127.0.0.1:{}", common::free_port()));
+    // Held closed until the end: the consumer keeps retrying it.
+    let closed = common::ClosedPort::new();
+    let env = TestEnv::with_brokers("consume_nobroker", &closed.addr());
     let mut c = env.spawn(&["consume"]);
     wait_until(Duration::from_secs(60), "two retries", || c.log_text().matches("retrying in").count() >= 2);
     assert_eq!(c.stop(), 0, "{}", c.log_text());
@@ -553,10 +594,11 @@ fn current_state(lake: &std::path::Path) -> Vec<(i64, String)> {
     let sql = readme[start..end].replace("datalake/food/ROLL001/output/orders", &lake.display().to_string());
     let script = "import duckdb, json, sys\nrows = duckdb.sql(sys.argv[1]).fetchall()\n\
                   print(json.dumps([[r[0], str(r[4])] for r in rows]))";
-    let out =
-        std::process::Command::new(common::lake::python()).arg("-c").arg(script).arg(&sql).output().unwrap();
-    assert!(out.status.success(), "{sql}\n{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
+    let mut cmd = std::process::Command::new(common::lake::python());
+    cmd.arg("-c").arg(script).arg(&sql);
+    let (code, out, err) = common::run_output(cmd);
+    assert_eq!(code, 0, "{sql}\n{err}");
+    serde_json::from_str(&out).unwrap()
 }
 
 #[test]

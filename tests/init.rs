@@ -40,11 +40,19 @@ fn init_twice_leaves_exactly_the_ten_seed_orders_and_the_topics() {
     assert!(out.contains(&format!("topic {} created with 3 partitions", env.topic)), "{out}");
     assert!(out.contains(&format!("topic {}_dlq created with 3 partitions", env.topic)), "{out}");
 
+    // The second time, every line says what was already there.
     let (code, out, err) = env.run(&["init"]);
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
-    assert!(out.contains("table") && out.contains("already present"), "{out}");
-    assert!(out.contains("0 seed orders inserted (101-110), 10 rows in the table"), "{out}");
-    assert!(out.contains(&format!("topic {} already present with 3 partitions", env.topic)), "{out}");
+    let db = format!("postgres 127.0.0.1:{}/food_delivery_db", common::pg_port());
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            format!("{db}: table {} already present", env.table),
+            format!("{db}: 0 seed orders inserted (101-110), 10 rows in the table"),
+            format!("kafka: topic {} already present with 3 partitions", env.topic),
+            format!("kafka: topic {}_dlq already present with 3 partitions", env.topic),
+        ]
+    );
 
     let got = rows(&env.table);
     assert_eq!(got.len(), 10);
@@ -101,7 +109,8 @@ fn unquoted_psql_name_and_configured_name_are_the_same_table() {
 #[test]
 fn init_against_a_stopped_database_fails_with_one_line() {
     let mut env = TestEnv::new("init_nodb");
-    let port = common::free_port();
+    let closed = common::ClosedPort::new();
+    let port = closed.port;
     env.set(
         "ORDERSTREAM__POSTGRES__JDBC_URL",
         &format!("jdbc:postgresql://127.0.0.1:{port}/food_delivery_db"),

@@ -104,8 +104,12 @@ fn status_reports_the_seed_state_and_what_it_cannot_reach() {
     env.init();
     let mut run = env.spawn(&["run"]);
     wait_lake_rows(&env, 10);
-    // Let the consumer's asynchronous group-offset commit land, then stop.
-    std::thread::sleep(Duration::from_millis(800));
+    // The consumer commits the group's offsets to Kafka asynchronously, after the lake: wait
+    // until they are there, then stop.
+    wait_until(Duration::from_secs(30), "the group's offsets at the end of the topic", || {
+        let s = status(&env);
+        s["kafka"]["messages"] == 10 && s["kafka"]["group_lag"] == 0
+    });
     assert_eq!(run.terminate(Duration::from_secs(60)), 0, "{}", run.log_text());
 
     let s = status(&env);
@@ -143,7 +147,8 @@ fn status_reports_the_seed_state_and_what_it_cannot_reach() {
 
     // A stopped broker: that part says so, the others are still read.
     let mut env = env;
-    env.set("ORDERSTREAM__KAFKA__BROKERS", &format!("127.0.0.1:{}", common::free_port()));
+    let closed = common::ClosedPort::new();
+    env.set("ORDERSTREAM__KAFKA__BROKERS", &closed.addr());
     let s = status(&env);
     assert!(s["kafka"]["error"].as_str().unwrap().contains("unreachable"), "{s:#}");
     assert_eq!(s["postgres"]["rows"], 10);
@@ -162,9 +167,7 @@ fn lsn(text: &serde_json::Value) -> u64 {
 
 #[test]
 fn status_and_metrics_show_logical_capture_and_its_slot() {
-    let mut env = TestEnv::logical("pipe_slot");
-    let port = common::free_port();
-    env.set("ORDERSTREAM__METRICS__PORT", &port.to_string());
+    let env = TestEnv::logical("pipe_slot");
     env.init();
 
     // Before the first `produce`: no slot, and a state file that does not exist yet.
@@ -184,7 +187,7 @@ fn status_and_metrics_show_logical_capture_and_its_slot() {
     assert!(text.contains("published 0 messages   last none yet   flush 0/0   snapshot pending"), "{text}");
 
     // The ten seed rows streamed: the snapshot is done at the slot's consistent point.
-    let mut producer = env.spawn(&["produce"]);
+    let (mut producer, port) = env.spawn_serving(&["produce"]);
     let msgs = wait_for(Duration::from_secs(60), "the ten snapshot reads", || {
         let m = read_topic(&env.brokers, &env.topic);
         (m.len() >= 10).then_some(m)
@@ -274,30 +277,18 @@ for family in text_string_to_metric_families(sys.stdin.read()):
         out[s.name + ("{" + labels + "}" if labels else "")] = s.value
 print(json.dumps(out))
 "#;
-    let mut child = std::process::Command::new(python())
-        .args(["-c", script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "not valid exposition text: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let mut cmd = std::process::Command::new(python());
+    cmd.args(["-c", script]);
+    let (code, out, err) = common::proc::run(cmd, Some(text.as_bytes()), Duration::from_secs(60));
+    assert_eq!(code, 0, "not valid exposition text: {err}\n{text}");
+    serde_json::from_str(&out).unwrap()
 }
 
 #[test]
 fn metrics_parse_as_prometheus_text_and_count_what_was_processed() {
-    let mut env = TestEnv::new("pipe_metrics");
-    let port = common::free_port();
-    env.set("ORDERSTREAM__METRICS__PORT", &port.to_string());
+    let env = TestEnv::new("pipe_metrics");
     env.init();
-    let mut run = env.spawn(&["run"]);
+    let (mut run, port) = env.spawn_serving(&["run"]);
     wait_lake_rows(&env, 10);
     env.insert(5);
     wait_lake_rows(&env, 15);

@@ -1,6 +1,6 @@
 //! A private PostgreSQL cluster for tests that need settings the stack's cluster must not get
 //! (a lower wal_level, TLS only): initdb and pg_ctl as the stack's OS user (`runuser` when the
-//! tests run as root), on a free port, removed on drop. The binaries come from
+//! tests run as root), on a port of its own, removed on drop. The binaries come from
 //! `ORDERSTREAM_PG_BIN` and the user from `ORDERSTREAM_PG_OSUSER` (`dev/stack.sh env`, exported
 //! by dev/test.sh).
 
@@ -70,13 +70,13 @@ impl Cluster {
         let bin = pg_bin();
         let dir = std::env::temp_dir().join(super::unique("pg_cluster"));
         let data = dir.join("data");
-        let port = super::free_port();
         let d = data.to_string_lossy().to_string();
         must(
             as_pg_user(&format!("{bin}/initdb"), &["-D", &d, "-U", "postgres", "--auth=trust", "--no-sync"]),
             "initdb",
         );
-        let cluster = Cluster { dir, port };
+        // The port is known once the server runs.
+        let mut cluster = Cluster { dir, port: 0 };
         prepare(&data);
         if !options.settings.is_empty() {
             let extra: String = options
@@ -92,23 +92,55 @@ impl Cluster {
         if let Some(lines) = &options.hba {
             std::fs::write(data.join("pg_hba.conf"), lines.join("\n") + "\n").unwrap();
         }
+        // PostgreSQL binds the port it is told and cannot be handed a listener, so the port is
+        // one that was free a moment ago. Another process may take it first: the postmaster
+        // then logs "Address already in use" (and, with two listen addresses, may even run on
+        // the other one), which is seen in its log, not guessed, and means another port.
+        const TRIES: usize = 5;
+        for _ in 0..TRIES {
+            let port = super::port_to_try();
+            if cluster.try_start(options, port) {
+                cluster.port = port;
+                return cluster;
+            }
+        }
+        panic!("the private cluster found its port taken {TRIES} times in a row");
+    }
+
+    /// pg_ctl start on `port`: `false` when another process had the port (the cluster is then
+    /// stopped and its log removed), a panic on any other failure.
+    fn try_start(&self, options: &ClusterOptions, port: u16) -> bool {
+        let d = self.dir.join("data").to_string_lossy().to_string();
         let listen = options.listen.as_deref().unwrap_or("127.0.0.1");
         let opts = format!(
             "-p {port} -c listen_addresses={listen} -c unix_socket_directories={}",
-            cluster.dir.display()
+            self.dir.display()
         );
-        let log = cluster.dir.join("log").to_string_lossy().to_string();
+        let log = self.dir.join("log");
+        let log_arg = log.to_string_lossy().to_string();
         let (code, out, err) = super::run_output(as_pg_user(
-            &format!("{bin}/pg_ctl"),
-            &["-D", &d, "-o", &opts, "-l", &log, "-w", "start"],
+            &format!("{}/pg_ctl", pg_bin()),
+            &["-D", &d, "-o", &opts, "-l", &log_arg, "-w", "start"],
         ));
-        assert_eq!(
-            code,
-            0,
-            "pg_ctl start: {out}{err}\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
+        if self.log().contains("Address already in use") {
+            if code == 0 {
+                self.stop();
+            }
+            let _ = std::fs::remove_file(&log);
+            return false;
+        }
+        assert_eq!(code, 0, "pg_ctl start: {out}{err}\n{}", self.log());
+        true
+    }
+
+    /// pg_ctl stop, immediate; never panics (it runs in `drop`).
+    fn stop(&self) {
+        let d = self.dir.join("data").to_string_lossy().to_string();
+        let _ = super::proc::try_run(
+            as_pg_user(&format!("{}/pg_ctl", pg_bin()), &["-D", &d, "-m", "immediate", "stop"]),
+            None,
+            std::time::Duration::from_secs(60),
         );
-        cluster
     }
 
     /// A cluster with initdb's defaults plus `options`.
@@ -124,11 +156,7 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let d = self.dir.join("data").to_string_lossy().to_string();
-        let _ = super::run_output(as_pg_user(
-            &format!("{}/pg_ctl", pg_bin()),
-            &["-D", &d, "-m", "immediate", "stop"],
-        ));
+        self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

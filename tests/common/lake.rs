@@ -16,18 +16,21 @@ use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer}
 use serde::Deserialize;
 
 use super::TestEnv;
-use super::proc::wait_until;
+use super::proc::{run, wait_until};
 
 /// The Python with DuckDB and pyarrow: `ORDERSTREAM_PYTHON`, else the one `dev/python.sh` sets up.
 pub fn python() -> String {
     if let Ok(p) = std::env::var("ORDERSTREAM_PYTHON") {
         return p;
     }
-    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/dev/python.sh"))
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run dev/python.sh: {e}"));
-    assert!(out.status.success(), "dev/python.sh failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    // It may create the venv (pip downloads); dev/test.sh runs it once before the tests.
+    let (code, out, err) = run(
+        Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/dev/python.sh")),
+        None,
+        Duration::from_secs(240),
+    );
+    assert_eq!(code, 0, "dev/python.sh failed: {err}");
+    out.trim().to_string()
 }
 
 /// Creates a topic with `partitions` partitions.
@@ -307,27 +310,29 @@ spark.stop()
 print(json.dumps(out))
 "#;
 
-fn run_python(script: &str, lake: &Path) -> LakeRead {
-    let out = Command::new(python()).arg("-c").arg(script).arg(lake).output().expect("cannot run python");
-    assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("python printed something else ({e}): {}", String::from_utf8_lossy(&out.stdout))
-    })
+/// Runs a reader script on `lake`, for at most `limit`.
+fn run_python(script: &str, lake: &Path, limit: Duration) -> LakeRead {
+    let mut cmd = Command::new(python());
+    cmd.arg("-c").arg(script).arg(lake);
+    let (code, out, err) = run(cmd, None, limit);
+    assert_eq!(code, 0, "python failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("python printed something else ({e}): {out}"))
 }
 
 /// The whole lake through DuckDB's `read_parquet('<lake>/**/*.parquet', hive_partitioning=true)`.
 pub fn read_duckdb(lake: &Path) -> LakeRead {
-    run_python(DUCKDB, lake)
+    run_python(DUCKDB, lake, Duration::from_secs(120))
 }
 
 /// The whole lake through Spark's `spark.read.parquet(lake)` (PySpark, local mode).
 pub fn read_spark(lake: &Path) -> LakeRead {
-    run_python(SPARK, lake)
+    // A JVM starts first: tens of seconds on a busy 2-core machine.
+    run_python(SPARK, lake, Duration::from_secs(240))
 }
 
 /// The whole lake through `pyarrow.dataset(lake, partitioning="hive")`.
 pub fn read_pyarrow(lake: &Path) -> LakeRead {
-    run_python(PYARROW, lake)
+    run_python(PYARROW, lake, Duration::from_secs(120))
 }
 
 /// Every file under `dir`, relative, sorted.

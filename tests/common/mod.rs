@@ -205,6 +205,43 @@ metrics:
         proc::Proc::spawn(cmd, self.dir.join(format!("{name}-{n}.log")))
     }
 
+    /// Starts `orderstream <args>` with `/metrics` on a port of its own, and returns it with
+    /// that port once it serves there.
+    ///
+    /// `metrics.port: 0` turns the endpoint off, so the port is one that was free a moment
+    /// ago; orderstream binds it before anything else and either logs that it serves there or
+    /// exits naming the port it cannot listen on. The second is a port another process took in
+    /// between, and another port is tried.
+    pub fn spawn_serving(&self, args: &[&str]) -> (proc::Proc, u16) {
+        const TRIES: usize = 5;
+        for _ in 0..TRIES {
+            let port = port_to_try();
+            let mut cmd = self.orderstream(args);
+            cmd.env("ORDERSTREAM__METRICS__PORT", port.to_string());
+            let mut p = self.spawn_cmd(cmd, &args.join("-"));
+            let serving = format!("metrics on http://127.0.0.1:{port}/metrics");
+            let started = proc::wait_for(Duration::from_secs(60), &serving, || {
+                // Whether it still runs first: a log read after that holds its last line.
+                let running = p.running();
+                let log = p.log_text();
+                if log.contains(&serving) {
+                    Some(true)
+                } else if running {
+                    None
+                } else if log.contains(&format!("cannot listen on 127.0.0.1:{port}: Address already in use"))
+                {
+                    Some(false)
+                } else {
+                    panic!("orderstream {args:?} exited before serving metrics:\n{log}")
+                }
+            });
+            if started {
+                return (p, port);
+            }
+        }
+        panic!("orderstream {args:?} found its metrics port taken {TRIES} times in a row");
+    }
+
     /// Everything the `<name>` processes of this test logged, in start order.
     pub fn logs(&self, name: &str) -> String {
         let mut files: Vec<_> = std::fs::read_dir(&self.dir)
@@ -318,19 +355,79 @@ impl Rng {
     }
 }
 
-/// Runs a command with a 120 s limit and returns (exit code, stdout, stderr).
-pub fn run_output(mut cmd: Command) -> (i32, String, String) {
-    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+/// Runs a command with a 120 s limit (killed and a panic after it) and returns (exit code,
+/// stdout, stderr).
+pub fn run_output(cmd: Command) -> (i32, String, String) {
+    proc::run(cmd, None, Duration::from_secs(120))
 }
 
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
+/// A port that was free a moment ago, for a program that binds its port itself and cannot be
+/// given a listener. Another process may take it before that program binds it: use it only
+/// where the collision is detected and another port tried ([`Broker::start_memory`],
+/// [`TestEnv::spawn_serving`], the private clusters). A port that must stay closed is a
+/// [`ClosedPort`].
+pub fn port_to_try() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A loopback port nobody can listen on while this lives: a socket bound to it that never
+/// listens. Connections are refused, and without SO_REUSEADDR no other socket can bind the
+/// port (nor get it as the source port of a connection) until this is dropped.
+pub struct ClosedPort {
+    _socket: std::os::fd::OwnedFd,
+    /// The port.
+    pub port: u16,
+}
+
+impl ClosedPort {
+    /// Binds a fresh loopback port without listening.
+    pub fn new() -> ClosedPort {
+        use std::os::fd::FromRawFd;
+        // SAFETY: socket(2) with constant arguments; the descriptor is owned right below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        // SAFETY: a fresh descriptor nobody else owns.
+        let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        // SAFETY: sockaddr_in is plain data; all zeroes is a valid value (port 0: any).
+        let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let sa = &mut addr as *mut libc::sockaddr_in as *mut libc::sockaddr;
+        // SAFETY: `sa` points to a sockaddr_in of `len` bytes that outlives both calls.
+        let bound = unsafe { libc::bind(fd, sa, len) == 0 && libc::getsockname(fd, sa, &mut len) == 0 };
+        assert!(bound, "bind 127.0.0.1:0: {}", std::io::Error::last_os_error());
+        ClosedPort { _socket: socket, port: u16::from_be(addr.sin_port) }
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Default for ClosedPort {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Whether process `pid` holds the socket listening on 127.0.0.1:`port` (Linux `/proc`).
+pub fn listens_on(pid: u32, port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    // `sl local_address rem_address st … inode`: local 127.0.0.1 is `0100007F`, LISTEN is `0A`.
+    let local = format!("0100007F:{port:04X}");
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() > 9 && f[1] == local && f[3] == "0A")
+        .map(|f| format!("socket:[{}]", f[9]))
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    fds.flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .any(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
 }
 
 /// A private tansu broker with memory storage, for tests that stop or freeze their broker.
@@ -338,36 +435,72 @@ pub struct Broker {
     child: Option<Child>,
     /// `127.0.0.1:<port>`
     pub addr: String,
+    /// What tansu printed.
+    log: PathBuf,
 }
 
 impl Broker {
-    /// Starts a memory-storage tansu on a free port and waits until it answers.
+    /// Starts a memory-storage tansu on a port of its own and waits until it answers.
+    ///
+    /// tansu binds the port its command line names: it cannot take port 0 and report the one
+    /// it got, nor be handed a listener, so the port is one that was free a moment ago and
+    /// another process may bind it first. That is seen, not guessed: tansu then exits with
+    /// "Address already in use", and until it is the one listening (its own socket, read in
+    /// /proc) the broker is not taken as ready, since whatever else answers on the port is
+    /// not it. A taken port means another try on another port.
     pub fn start_memory() -> Broker {
-        Self::start_memory_on(free_port())
+        const TRIES: usize = 5;
+        for _ in 0..TRIES {
+            if let Some(broker) = Self::try_start(port_to_try()) {
+                return broker;
+            }
+        }
+        panic!("tansu found its port taken {TRIES} times in a row");
     }
 
-    /// Starts a memory-storage tansu on `port` and waits until it answers.
-    pub fn start_memory_on(port: u16) -> Broker {
+    /// A started broker, or `None` when another process had the port.
+    fn try_start(port: u16) -> Option<Broker> {
         let tansu = std::env::var("ORDERSTREAM_TANSU").unwrap_or_else(|_| {
             let home = std::env::var("CARGO_HOME")
                 .unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()));
             format!("{home}/bin/tansu")
         });
         let url = format!("tcp://127.0.0.1:{port}");
+        let log = std::env::temp_dir().join(format!("{}.log", unique("tansu")));
+        let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(&tansu)
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
             .args(["--storage-engine", "memory://tansu/", "--cluster-id", &unique("broker")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {tansu} ({e}); run `make up` to install it"));
-        let broker = Broker { child: Some(child), addr: format!("127.0.0.1:{port}") };
+        let mut broker = Broker { child: Some(child), addr: format!("127.0.0.1:{port}"), log };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(&broker.addr).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not start on {}", broker.addr);
-            std::thread::sleep(Duration::from_millis(50));
+        loop {
+            let child = broker.child.as_mut().unwrap();
+            if let Ok(Some(status)) = child.try_wait() {
+                broker.child = None;
+                let text = broker.log_text();
+                if text.contains("Address already in use") {
+                    return None;
+                }
+                panic!("tansu on {} exited ({status}):\n{text}", broker.addr);
+            }
+            if listens_on(child.id(), port) {
+                return Some(broker);
+            }
+            if Instant::now() > deadline {
+                panic!("tansu did not listen on {} within 20 s:\n{}", broker.addr, broker.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        broker
+    }
+
+    /// What tansu printed so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The broker's PID.
@@ -398,6 +531,7 @@ impl Drop for Broker {
     fn drop(&mut self) {
         self.thaw();
         self.kill();
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 

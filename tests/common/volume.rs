@@ -62,6 +62,35 @@ pub fn produce_paced(
     })
 }
 
+/// Produces messages `from..` in chunks with a pause between chunks, on a thread, until `stop`
+/// is set and one more chunk is written: messages are always written after `stop` was set.
+/// Returns every message's (partition, offset), message `from + i` at index `i`.
+pub fn produce_until(
+    brokers: &str,
+    topic: &str,
+    from: i64,
+    chunk: usize,
+    pause: Duration,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<(i32, i64)>> {
+    let (brokers, topic) = (brokers.to_string(), topic.to_string());
+    std::thread::spawn(move || {
+        let w = Writer::with_batch(&brokers, 1);
+        let mut positions = Vec::new();
+        let mut next = from;
+        loop {
+            let last = stop.load(std::sync::atomic::Ordering::SeqCst);
+            let msgs: Vec<Msg> = (next..next + chunk as i64).map(|i| volume_message(i).0).collect();
+            positions.extend(w.send(&topic, &msgs));
+            next += chunk as i64;
+            if last {
+                return positions;
+            }
+            std::thread::sleep(pause);
+        }
+    })
+}
+
 /// Waits until the consumer logs an assignment with at least one partition.
 pub fn wait_assigned(c: &Proc, timeout: Duration) {
     wait_until(timeout, "a partition assignment", || {
