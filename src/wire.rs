@@ -8,23 +8,42 @@
 //!
 //! | header | value |
 //! |---|---|
-//! | `orderstream.source` | the producer lineage, e.g. `logical:food_delivery_db.roll001_orders` |
-//! | `orderstream.seq` | decimal u64, strictly increasing per source within a partition |
+//! | `orderstream.source` | what the producer captures, e.g. `logical:food_delivery_db.roll001_orders` |
+//! | `orderstream.epoch` | the id of the producer state that numbered the message (a uuid, new with every new state file) |
+//! | `orderstream.seq` | decimal u64, strictly increasing per source and epoch within a partition |
 //! | `orderstream.op` | `c`, `u`, `d` or `r` (Debezium's letters); absent means `c` |
 //! | `orderstream.lsn` | the commit LSN of the change's transaction, PostgreSQL's text form (`0/16B3748`); logical mode only |
 //! | `orderstream.change_index` | the change's position within its transaction, from 0; logical mode only |
 //! | `orderstream.commit_ts` | the commit time, RFC 3339 UTC with microseconds; logical mode only |
 //! | `orderstream.tombstone` | `1` on the tombstone that follows a delete |
+//!
+//! Source, epoch and seq are the message's [`Lineage`]: the consumer drops a message whose
+//! lineage already delivered its seq (see [`crate::sink`], "Replays"). Every other header
+//! describes the change.
+//!
+//! A dead letter (a copy of a rejected message on `kafka.dlq_topic`) carries the original key,
+//! value and headers, except that the lineage headers are renamed `orderstream.original.source`,
+//! `orderstream.original.epoch` and `orderstream.original.seq` ([`original_name`]): a copy that
+//! is fixed and published again is a new message, not a replay of the rejected one. It adds:
+//!
+//! | header | value |
+//! |---|---|
+//! | `orderstream.reject.reason` | the [`RejectReason`](crate::order::RejectReason) label |
+//! | `orderstream.reject.detail` | what exactly was wrong, one line |
+//! | `orderstream.source.topic`, `.partition`, `.offset` | where the rejected message was read |
 
 use std::fmt;
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 
-/// Header naming the producer lineage that wrote a message.
+/// Header naming what the producer captures (`<mode>:<database>.<table>`).
 pub const SOURCE_HEADER: &str = "orderstream.source";
+/// Header with the id of the producer state that numbered the message: minted when the state
+/// file is created, so a producer that lost its state numbers a new lineage.
+pub const EPOCH_HEADER: &str = "orderstream.epoch";
 /// Header with the message's sequence number: a decimal u64 that strictly increases, per
-/// source, within each partition. The consumer drops replays by it.
+/// source and epoch, within each partition. The consumer drops replays by it.
 pub const SEQ_HEADER: &str = "orderstream.seq";
 /// Header with the change's operation letter ([`Op`]).
 pub const OP_HEADER: &str = "orderstream.op";
@@ -36,6 +55,91 @@ pub const CHANGE_INDEX_HEADER: &str = "orderstream.change_index";
 pub const COMMIT_TS_HEADER: &str = "orderstream.commit_ts";
 /// Header marking the tombstone that follows a delete (value `1`).
 pub const TOMBSTONE_HEADER: &str = "orderstream.tombstone";
+
+/// Dead-letter header naming the reject reason.
+pub const REASON_HEADER: &str = "orderstream.reject.reason";
+/// Dead-letter header with the one-line detail of the reject.
+pub const DETAIL_HEADER: &str = "orderstream.reject.detail";
+/// Dead-letter header with the topic the message was read from.
+pub const SOURCE_TOPIC_HEADER: &str = "orderstream.source.topic";
+/// Dead-letter header with the partition the message was read from.
+pub const SOURCE_PARTITION_HEADER: &str = "orderstream.source.partition";
+/// Dead-letter header with the offset the message was read from.
+pub const SOURCE_OFFSET_HEADER: &str = "orderstream.source.offset";
+
+/// How far below the last seq of its lineage a seq may be and still count as a replay. A
+/// replay is a message the producer sent again after a crash: one of its last unsaved batch,
+/// at most a few `max_batch_rows` (≤ 10 million) below the newest seq of its lineage. A seq
+/// `REPLAY_WINDOW` or more away from the last one comes from another numbering (a copied
+/// header with a made-up seq, like `18446744073709551615`); comparing the real numbering with
+/// it would make one forged message hide every later one. The producer applies the same bound
+/// to what it finds in the topic beyond its saved seq.
+pub const REPLAY_WINDOW: u64 = 1 << 32;
+
+/// The name a dead letter gives a lineage header of the rejected message
+/// (`orderstream.original.source`, `.epoch`, `.seq`); `None` for any other header, which keeps
+/// its name.
+pub fn original_name(header: &str) -> Option<&'static str> {
+    match header {
+        SOURCE_HEADER => Some("orderstream.original.source"),
+        EPOCH_HEADER => Some("orderstream.original.epoch"),
+        SEQ_HEADER => Some("orderstream.original.seq"),
+        _ => None,
+    }
+}
+
+/// Who numbered a message and its number: the headers the replay filter goes by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lineage<'a> {
+    /// [`SOURCE_HEADER`].
+    pub source: &'a str,
+    /// [`EPOCH_HEADER`]; absent on messages of producers before it existed.
+    pub epoch: Option<&'a str>,
+    /// [`SEQ_HEADER`].
+    pub seq: u64,
+}
+
+impl<'a> Lineage<'a> {
+    /// The lineage of a message: `None` unless it has a UTF-8 source and a decimal seq (an
+    /// unusable epoch counts as none).
+    pub fn from_headers(
+        headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
+    ) -> Option<Lineage<'a>> {
+        let (mut source, mut epoch, mut seq) = (None, None, None);
+        for (name, value) in headers {
+            let text = || value.and_then(|v| std::str::from_utf8(v).ok()).filter(|t| !t.is_empty());
+            match name {
+                SOURCE_HEADER => source = text(),
+                EPOCH_HEADER => epoch = text(),
+                SEQ_HEADER => seq = text().and_then(|t| t.parse::<u64>().ok()),
+                _ => {}
+            }
+        }
+        Some(Lineage { source: source?, epoch, seq: seq? })
+    }
+
+    /// The key of the lineage in the consumer's replay filter, written into `buf`: the source,
+    /// then `#` and the epoch when there is one.
+    pub fn key_into(&self, buf: &mut String) {
+        buf.clear();
+        buf.push_str(self.source);
+        if let Some(e) = self.epoch {
+            buf.push('#');
+            buf.push_str(e);
+        }
+    }
+}
+
+impl fmt::Display for Lineage<'_> {
+    /// `source <source>` and `epoch <epoch>` when there is one, clipped for log lines.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "source {}", clip_to(self.source, 120))?;
+        if let Some(e) = self.epoch {
+            write!(f, " epoch {}", clip_to(e, 60))?;
+        }
+        Ok(())
+    }
+}
 
 /// What a change did to its row (Debezium's letters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -179,7 +283,12 @@ impl ChangeMeta {
 }
 
 fn clip(s: &str) -> &str {
-    match s.char_indices().nth(40) {
+    clip_to(s, 40)
+}
+
+/// At most the first `n` characters of `s`, for a log line.
+pub fn clip_to(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
         Some((i, _)) => &s[..i],
         None => s,
     }
@@ -207,6 +316,32 @@ mod tests {
             assert_eq!(op.as_str().parse::<Op>().unwrap(), op);
         }
         assert!("x".parse::<Op>().unwrap_err().contains("not an operation"));
+    }
+
+    #[test]
+    fn headers_give_the_lineage() {
+        let h = |pairs: &[(&'static str, &'static str)]| -> Option<Lineage<'static>> {
+            Lineage::from_headers(pairs.iter().map(|(k, v)| (*k, Some(v.as_bytes()))).collect::<Vec<_>>())
+        };
+        let l = h(&[(SOURCE_HEADER, "poll:db.t"), (SEQ_HEADER, "7"), (OP_HEADER, "c")]).unwrap();
+        assert_eq!(l, Lineage { source: "poll:db.t", epoch: None, seq: 7 });
+        let mut key = String::from("old");
+        l.key_into(&mut key);
+        assert_eq!(key, "poll:db.t");
+        let l =
+            h(&[(EPOCH_HEADER, "e1"), (SOURCE_HEADER, "poll:db.t"), (SEQ_HEADER, "18446744073709551615")]);
+        let l = l.unwrap();
+        assert_eq!((l.epoch, l.seq), (Some("e1"), u64::MAX));
+        l.key_into(&mut key);
+        assert_eq!(key, "poll:db.t#e1");
+        assert_eq!(l.to_string(), "source poll:db.t epoch e1");
+        assert_eq!(h(&[(SOURCE_HEADER, "poll:db.t"), (SEQ_HEADER, "x")]), None);
+        assert_eq!(h(&[(SOURCE_HEADER, "poll:db.t"), (SEQ_HEADER, "-1")]), None);
+        assert_eq!(h(&[(SEQ_HEADER, "1")]), None);
+        assert_eq!(h(&[(SOURCE_HEADER, ""), (SEQ_HEADER, "1")]), None);
+        assert_eq!(original_name(SEQ_HEADER), Some("orderstream.original.seq"));
+        assert_eq!(original_name(OP_HEADER), None);
+        assert_eq!(original_name(SOURCE_TOPIC_HEADER), None);
     }
 
     #[test]

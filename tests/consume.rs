@@ -270,6 +270,226 @@ fn replays_are_dropped_by_source_and_seq_across_batches_and_restarts() {
     assert_eq!(st.iter().map(|s| s.rows_written).sum::<u64>(), 13);
 }
 
+/// Every message of the test's topic, once at least `n` are there.
+fn wait_messages(env: &TestEnv, n: usize) -> Vec<Record> {
+    wait_for(Duration::from_secs(60), &format!("{n} messages in {}", env.topic), || {
+        let msgs = read_topic(&env.brokers, &env.topic);
+        (msgs.len() >= n).then_some(msgs)
+    })
+}
+
+/// A message read from a topic, to write again as it was: key, value, every header, partition.
+fn copy(r: &Record) -> Msg {
+    Msg {
+        partition: Some(r.partition),
+        key: r.key.clone(),
+        value: r.value.clone(),
+        headers: r.headers.clone(),
+    }
+}
+
+/// `m` with header `name` set to `value`: replaced where present, else added.
+fn set_header(mut m: Msg, name: &str, value: &str) -> Msg {
+    match m.headers.iter_mut().find(|(k, _)| k == name) {
+        Some(h) => h.1 = value.as_bytes().to_vec(),
+        None => m.headers.push((name.to_string(), value.as_bytes().to_vec())),
+    }
+    m
+}
+
+fn seq_of(r: &Record) -> u64 {
+    r.header("orderstream.seq").unwrap().parse().unwrap()
+}
+
+/// The order ids in the lake (DuckDB), and the same list read by pyarrow.
+fn lake_ids(env: &TestEnv) -> Vec<i64> {
+    let ids: Vec<i64> = read_duckdb(&env.lake()).rows.iter().map(|r| r.order_id).collect();
+    let arrow: Vec<i64> = read_pyarrow(&env.lake()).rows.iter().map(|r| r.order_id).collect();
+    assert_eq!(ids, arrow, "DuckDB and pyarrow disagree");
+    ids
+}
+
+#[test]
+fn a_forged_huge_seq_with_the_producers_headers_does_not_turn_later_orders_into_replays() {
+    let env = TestEnv::new("consume_poison");
+    env.init();
+    let mut producer = env.spawn(&["produce"]);
+    let seed = wait_messages(&env, 10);
+    assert_eq!(producer.stop(), 0, "{}", producer.log_text());
+    let source = format!("poll:food_delivery_db.{}", env.table);
+    assert_eq!(seed[0].header("orderstream.source"), Some(source.clone()));
+
+    // In every partition, two orders numbered 2^64-1: a fixture with only the source header,
+    // and one with every header of a real message (as mirrored data would carry them).
+    let max = u64::MAX.to_string();
+    let mut forged = Vec::new();
+    let mut forged_ids = Vec::new();
+    for p in 0..3 {
+        let id = 900_000 + i64::from(p) * 10;
+        let fixture = Msg::value(order_json(id, "1.00", "2025-01-17T09:00:00Z"))
+            .key(id.to_string())
+            .to(p)
+            .header("orderstream.source", &source)
+            .header("orderstream.seq", &max);
+        let mut mirrored = set_header(copy(&seed[0]), "orderstream.seq", &max);
+        mirrored.partition = Some(p);
+        mirrored.key = Some((id + 1).to_string().into_bytes());
+        mirrored.value = Some(order_json(id + 1, "1.00", "2025-01-17T09:00:00Z").into_bytes());
+        forged.extend([fixture, mirrored]);
+        forged_ids.extend([id, id + 1]);
+    }
+    produce(&env.brokers, &env.topic, &forged);
+
+    // A restart reads them as the topic's tail; then real orders follow.
+    let mut producer = env.spawn(&["produce"]);
+    env.insert(20);
+    let all = wait_messages(&env, 10 + 6 + 20);
+    assert_eq!(producer.stop(), 0, "{}", producer.log_text());
+    let is_forged = |r: &Record| forged_ids.iter().any(|id| r.key_str() == Some(id.to_string()));
+    let seed_keys: Vec<Option<Vec<u8>>> = seed.iter().map(|r| r.key.clone()).collect();
+    let live: Vec<&Record> = all.iter().filter(|r| !is_forged(r) && !seed_keys.contains(&r.key)).collect();
+    assert_eq!(live.len(), 20);
+    // True replays are still dropped: the last real message of each partition written again
+    // with all its headers, and a seed message of the same partition.
+    let mut replays: Vec<Msg> = Vec::new();
+    for p in 0..3 {
+        let Some(last) = live.iter().filter(|r| r.partition == p).max_by_key(|r| r.offset) else { continue };
+        replays.push(copy(last));
+        replays.extend(seed.iter().filter(|s| s.partition == p).take(1).map(copy));
+    }
+    let mut positions: Vec<(i32, i64)> = all.iter().map(|r| (r.partition, r.offset)).collect();
+    positions.extend(produce(&env.brokers, &env.topic, &replays));
+
+    let mut c = env.spawn(&["consume"]);
+    wait_committed(&env, &positions, Duration::from_secs(60));
+    assert_eq!(c.stop(), 0, "{}", c.log_text());
+
+    let mut want = env.table_ids();
+    want.extend(&forged_ids);
+    want.sort();
+    assert_eq!(lake_ids(&env), want);
+    let st = states(&env);
+    assert_eq!(st.iter().map(|s| s.duplicates).sum::<u64>(), replays.len() as u64, "{st:#?}");
+    let log = c.log_text();
+    let warned = log.lines().find(|l| l.contains("WARN") && l.contains("replay")).unwrap_or_default();
+    assert!(warned.contains(&source), "no warning naming the source of the replays:\n{log}");
+    // The forged seqs are reported where they are met.
+    let leap = log.lines().find(|l| l.contains("WARN") && l.contains("leapt by")).unwrap_or_default();
+    assert!(leap.contains(&format!("source {source}")) && leap.contains("18446744073709551615"), "{log}");
+    assert!(
+        producer.log_text().contains("was not numbered by this producer state"),
+        "{}",
+        producer.log_text()
+    );
+
+    // The producer numbered on from its own state: a forged seq found in the tail is not its own.
+    let mut seqs: Vec<u64> = live.iter().map(|r| seq_of(r)).collect();
+    seqs.sort();
+    assert_eq!(seqs, (11..=30).collect::<Vec<u64>>(), "{}", producer.log_text());
+}
+
+#[test]
+fn a_producer_that_lost_its_state_starts_a_new_lineage_whose_orders_are_not_replays() {
+    let env = TestEnv::new("consume_lost_state");
+    env.init();
+    let mut producer = env.spawn(&["produce"]);
+    wait_messages(&env, 10);
+    env.insert(10);
+    let before = wait_messages(&env, 20);
+    assert_eq!(producer.stop(), 0, "{}", producer.log_text());
+
+    std::fs::remove_file(env.lastprocess().join("last_timestamp.txt")).unwrap();
+    env.insert(15);
+    let mut producer = env.spawn(&["produce"]);
+    let all = wait_messages(&env, 35);
+    assert_eq!(producer.stop(), 0, "{}", producer.log_text());
+    let after: Vec<&Record> = all
+        .iter()
+        .filter(|r| !before.iter().any(|b| b.offset == r.offset && b.partition == r.partition))
+        .collect();
+    assert_eq!(after.len(), 15, "recovery found the 20 published orders in the topic");
+    // A new state is a new lineage: every message names the state that numbered it.
+    let epoch = |r: &Record| r.header("orderstream.epoch").expect("every message names its epoch");
+    let old = epoch(&before[0]);
+    let new = epoch(after[0]);
+    assert_ne!(old, new);
+    assert!(before.iter().all(|r| epoch(r) == old) && after.iter().all(|r| epoch(r) == new));
+
+    // The same source numbered from 1 again under another epoch (a lost state whose old
+    // messages the topic no longer holds): new orders, not replays. And a copy of one message
+    // of each lineage: replays, dropped.
+    let restarted = set_header(
+        set_header(copy(after[0]), "orderstream.epoch", "0190f1d2-0000-7000-8000-000000000001"),
+        "orderstream.seq",
+        "1",
+    );
+    let restarted = Msg {
+        key: Some(b"990000".to_vec()),
+        value: Some(order_json(990_000, "9.00", "2025-01-17T09:00:00Z").into_bytes()),
+        ..restarted
+    };
+    let extra = [restarted, copy(&before[0]), copy(after[0])];
+    let mut positions: Vec<(i32, i64)> = all.iter().map(|r| (r.partition, r.offset)).collect();
+    positions.extend(produce(&env.brokers, &env.topic, &extra));
+
+    let mut c = env.spawn(&["consume"]);
+    wait_committed(&env, &positions, Duration::from_secs(60));
+    assert_eq!(c.stop(), 0, "{}", c.log_text());
+    let mut want = env.table_ids();
+    want.push(990_000);
+    want.sort();
+    assert_eq!(lake_ids(&env), want);
+    assert_eq!(states(&env).iter().map(|s| s.duplicates).sum::<u64>(), 2);
+}
+
+#[test]
+fn only_valid_orders_advance_the_replay_filter_and_a_dead_letter_fixed_and_republished_lands() {
+    let env = TestEnv::new("consume_dlq_again");
+    create_topic(&env.brokers, &env.topic, 1);
+    let src = "poll:food_delivery_db.orders";
+    let numbered =
+        |m: Msg, seq: &str| m.to(0).header("orderstream.source", src).header("orderstream.seq", seq);
+    let msgs = vec![
+        sourced(1, 0, src, "1"),
+        // A reject and a tombstone numbered ahead of the orders after them: they advance nothing.
+        numbered(Msg::value("{\"order_id\": 50,"), "8"),
+        numbered(Msg { key: Some(b"51".to_vec()), ..Msg::default() }, "9"),
+        sourced(2, 0, src, "2"),
+        numbered(Msg::value(order_json(3, "0", "2025-01-18T10:00:00Z")).key("3"), "3"),
+        sourced(4, 0, src, "4"),
+    ];
+    let positions = produce(&env.brokers, &env.topic, &msgs);
+    let mut c = env.spawn(&["consume"]);
+    wait_committed(&env, &positions, Duration::from_secs(60));
+    assert_eq!(c.stop(), 0, "{}", c.log_text());
+    assert_eq!(lake_ids(&env), [1, 2, 4]);
+
+    // The dead letter keeps the lineage under other names, so that a fixed copy is new.
+    let letters = dlq(&env);
+    assert_eq!(letters.len(), 2, "{letters:#?}");
+    let letter = letters.iter().find(|r| r.key.as_deref() == Some(b"3")).unwrap();
+    assert_eq!(letter.header("orderstream.reject.reason").as_deref(), Some("non_positive_amount"));
+    assert_eq!(letter.header("orderstream.original.source").as_deref(), Some(src));
+    assert_eq!(letter.header("orderstream.original.seq").as_deref(), Some("3"));
+    assert_eq!(letter.header("orderstream.source"), None);
+    assert_eq!(letter.header("orderstream.seq"), None);
+
+    // Fixed and re-published with every header the dead letter carries.
+    let fixed = Msg {
+        partition: Some(0),
+        key: letter.key.clone(),
+        value: Some(order_json(3, "3.00", "2025-01-18T10:00:00Z").into_bytes()),
+        headers: letter.headers.clone(),
+    };
+    let positions = produce(&env.brokers, &env.topic, &[fixed]);
+    let mut c = env.spawn(&["consume"]);
+    wait_committed(&env, &positions, Duration::from_secs(60));
+    assert_eq!(c.stop(), 0, "{}", c.log_text());
+    assert_eq!(lake_ids(&env), [1, 2, 3, 4]);
+    let st = states(&env);
+    assert_eq!((st[0].rows_written, st[0].tombstones, st[0].duplicates), (4, 1, 0));
+}
+
 #[test]
 fn crash_loop_sigkill_at_random_moments_keeps_every_valid_message_exactly_once() {
     let mut rng = Rng::from_env("crash_loop");

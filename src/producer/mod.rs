@@ -12,8 +12,10 @@
 //! * **The position is saved only after the broker acknowledged the whole batch** (state file:
 //!   watermark, last sequence number, and per partition the offset after the batch). So what
 //!   the state file says is published is in the topic.
-//! * **Every message names its source and carries a sequence number** (headers
-//!   `orderstream.source`, `orderstream.seq`).
+//! * **Every message names its source, the epoch of its numbering and carries a sequence
+//!   number** (headers `orderstream.source`, `orderstream.epoch`, `orderstream.seq`). The epoch
+//!   is minted with the state file ([`state`]): a producer that lost its state numbers a new
+//!   lineage, which the consumer never compares with the old one.
 //! * **On every start (and after any failure) the producer reads, partition by partition, what
 //!   the topic holds after the saved offsets**: exactly the messages of the batch that was
 //!   published but not saved. A crash can leave any mix: one partition's share delivered,
@@ -21,8 +23,10 @@
 //!   any committed since); the ones found in the topic are skipped, the rest published. The
 //!   saved offsets only move past the recovered messages once the saved position covers them,
 //!   so a crash during recovery recovers the same messages again.
-//! * **Sequence numbers continue after the highest one found**, so within a partition they
-//!   only grow and the consumer can drop any replay as a second line of defence.
+//! * **Sequence numbers continue after the highest one found** (of our source, whatever its
+//!   epoch, but never from one 2^32 or more beyond the saved number: that is a copied header
+//!   with a made-up seq, see [`recovery::read_tail`]), so within a partition they only grow and
+//!   the consumer can drop any replay as a second line of defence.
 //!
 //! After a crash the producer also waits a moment and re-reads the partition ends, so that a
 //! request the dead process left in its socket, which the broker may still append, is seen
@@ -112,7 +116,7 @@ async fn session<S: Source>(
     let name = source.name();
     // Created first so that its connection and producer id are ready when recovery ends; it
     // sends nothing before that.
-    let publisher = Publisher::new(&cfg.kafka, &name)?;
+    let publisher = Publisher::new(&cfg.kafka, &name, &committed.epoch)?;
     let (mut uncovered, tail_ends, tail_seq, highest) = recover::<S>(cfg, &name, committed).await?;
     source.recovered(highest);
     let mut seq = committed.seq.max(tail_seq);
@@ -190,7 +194,7 @@ async fn session<S: Source>(
         } else {
             committed.offsets.clone()
         };
-        let next_state = State { position: batch.position, seq, offsets };
+        let next_state = State { position: batch.position, seq, epoch: committed.epoch.clone(), offsets };
         state::save::<S>(path, &next_state)?;
         source.saved(&next_state.position);
         *committed = next_state;
@@ -250,9 +254,12 @@ async fn recover<S: Source>(
         let kafka = cfg.kafka.clone();
         let source = name.to_string();
         let from = offsets.clone();
-        let tail = tokio::task::spawn_blocking(move || recovery::read_tail(&kafka, &source, from.as_ref()))
-            .await
-            .map_err(|e| Error::Kafka(format!("recovery task failed: {e}")))??;
+        let saved_seq = committed.seq;
+        let tail = tokio::task::spawn_blocking(move || {
+            recovery::read_tail(&kafka, &source, saved_seq, from.as_ref())
+        })
+        .await
+        .map_err(|e| Error::Kafka(format!("recovery task failed: {e}")))??;
         max_seq = max_seq.max(tail.max_seq);
         messages += tail.messages;
         for (meta, order) in &tail.found {

@@ -17,8 +17,8 @@ use crate::error::{Error, Result};
 use crate::kafka;
 use crate::shutdown::Shutdown;
 use crate::wire::{
-    CHANGE_INDEX_HEADER, COMMIT_TS_HEADER, ChangeMeta, LSN_HEADER, Lsn, OP_HEADER, SEQ_HEADER, SOURCE_HEADER,
-    TOMBSTONE_HEADER, format_commit_ts,
+    CHANGE_INDEX_HEADER, COMMIT_TS_HEADER, ChangeMeta, EPOCH_HEADER, LSN_HEADER, Lsn, OP_HEADER, SEQ_HEADER,
+    SOURCE_HEADER, TOMBSTONE_HEADER, format_commit_ts,
 };
 
 /// How long a stop request waits for outstanding acknowledgements before abandoning the batch.
@@ -109,14 +109,16 @@ pub struct Publisher {
     producer: ThreadedProducer<Context>,
     topic: String,
     source: String,
+    epoch: String,
     /// The LSN and commit time headers of the last transaction, formatted once per transaction
     /// (every change carries both; chrono's formatting is the dearer part).
     txn_headers: Mutex<Option<(Lsn, String, String)>>,
 }
 
 impl Publisher {
-    /// Creates the producer; `source` is written in every message's [`SOURCE_HEADER`].
-    pub fn new(cfg: &KafkaConfig, source: &str) -> Result<Publisher> {
+    /// Creates the producer; `source` and `epoch` are written in every message's
+    /// [`SOURCE_HEADER`] and [`EPOCH_HEADER`].
+    pub fn new(cfg: &KafkaConfig, source: &str, epoch: &str) -> Result<Publisher> {
         let context = Context {
             acks: Mutex::new(Acks::default()),
             done: Notify::new(),
@@ -134,6 +136,7 @@ impl Publisher {
             producer,
             topic: cfg.topic.clone(),
             source: source.to_string(),
+            epoch: epoch.to_string(),
             txn_headers: Mutex::new(None),
         })
     }
@@ -156,8 +159,9 @@ impl Publisher {
     /// librdkafka's queue is full.
     pub async fn send(&self, key: &[u8], value: Option<&[u8]>, seq: u64, meta: &ChangeMeta) -> Result<()> {
         let seq = seq.to_string();
-        let mut headers = OwnedHeaders::new_with_capacity(7)
+        let mut headers = OwnedHeaders::new_with_capacity(8)
             .insert(Header { key: SOURCE_HEADER, value: Some(self.source.as_bytes()) })
+            .insert(Header { key: EPOCH_HEADER, value: Some(self.epoch.as_bytes()) })
             .insert(Header { key: SEQ_HEADER, value: Some(seq.as_bytes()) })
             .insert(Header { key: OP_HEADER, value: Some(meta.op.as_str()) });
         if let (Some(lsn), Some(ts)) = (meta.lsn, &meta.commit_ts) {

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::kafka::{self, REQUEST_TIMEOUT};
 use crate::order::{Order, parse_position};
 use crate::source::{SEQ_HEADER, SOURCE_HEADER};
-use crate::wire::ChangeMeta;
+use crate::wire::{ChangeMeta, REPLAY_WINDOW};
 
 /// Give up reading when the broker returns nothing for this long.
 const STALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -28,7 +28,7 @@ pub struct Tail {
     /// The messages found: their change headers and order (text fields dropped: only the
     /// position matters; `None` for a tombstone).
     pub found: Vec<(ChangeMeta, Option<Order<'static>>)>,
-    /// The highest sequence number found.
+    /// The highest sequence number found (of those within reach of the saved one).
     pub max_seq: u64,
     /// Per partition, the offset after the last message read (absent when none was read).
     pub ends: BTreeMap<i32, i64>,
@@ -37,8 +37,17 @@ pub struct Tail {
 }
 
 /// Reads every partition of the topic from `offsets` (the whole partition where unknown) to its
-/// end and collects the messages `source` wrote. Blocking.
-pub fn read_tail(cfg: &KafkaConfig, source: &str, offsets: Option<&BTreeMap<i32, i64>>) -> Result<Tail> {
+/// end and collects the messages `source` wrote. `saved_seq` is the state file's: a sequence
+/// number [`REPLAY_WINDOW`] or more beyond it cannot be one this producer used since (it
+/// re-sends at most a few batches before saving), so it is not continued from: a copied header
+/// with a made-up seq (`18446744073709551615`) would otherwise make every later number wrap
+/// or repeat. Blocking.
+pub fn read_tail(
+    cfg: &KafkaConfig,
+    source: &str,
+    saved_seq: u64,
+    offsets: Option<&BTreeMap<i32, i64>>,
+) -> Result<Tail> {
     let kafka_err = |what: &str, e: KafkaError| Error::Kafka(format!("{}: {what}: {e}", cfg.brokers));
     let consumer: BaseConsumer =
         kafka::reader_config(cfg).create().map_err(|e| kafka_err("cannot create a reader", e))?;
@@ -72,6 +81,9 @@ pub fn read_tail(cfg: &KafkaConfig, source: &str, offsets: Option<&BTreeMap<i32,
     consumer.assign(&tpl).map_err(|e| kafka_err("cannot assign", e))?;
     let mut at_end: BTreeSet<i32> = BTreeSet::new();
     let mut last_event = Instant::now();
+    // Messages of our source numbered too far beyond the saved seq: the first one, and how many.
+    let mut foreign: Option<(i32, i64, u64)> = None;
+    let mut foreign_count = 0u64;
     loop {
         let Some(result) = consumer.poll(Duration::from_millis(50)) else {
             if at_end.len() == partitions.len() && last_event.elapsed() >= QUIET {
@@ -105,9 +117,14 @@ pub fn read_tail(cfg: &KafkaConfig, source: &str, offsets: Option<&BTreeMap<i32,
             continue;
         }
         if let Some(seq) =
-            header(SEQ_HEADER).and_then(|v| std::str::from_utf8(v).ok()).and_then(|s| s.parse().ok())
+            header(SEQ_HEADER).and_then(|v| std::str::from_utf8(v).ok()).and_then(|s| s.parse::<u64>().ok())
         {
-            tail.max_seq = tail.max_seq.max(seq);
+            if seq.saturating_sub(saved_seq) < REPLAY_WINDOW {
+                tail.max_seq = tail.max_seq.max(seq);
+            } else {
+                foreign.get_or_insert((msg.partition(), msg.offset(), seq));
+                foreign_count += 1;
+            }
         }
         let meta = match ChangeMeta::from_headers(headers.iter().map(|h| (h.key, h.value))) {
             Ok(meta) => meta,
@@ -133,6 +150,15 @@ pub fn read_tail(cfg: &KafkaConfig, source: &str, offsets: Option<&BTreeMap<i32,
                 ),
             },
         }
+    }
+    if let Some((p, offset, seq)) = foreign {
+        tracing::warn!(
+            "{}/{p} offset {offset}: a message with our source and seq {seq}, 2^32 or more beyond the \
+             saved {saved_seq}, was not numbered by this producer state (a copied header, or a lost \
+             state's numbering); numbering goes on without it ({foreign_count} such message(s) in the \
+             topic's tail)",
+            cfg.topic
+        );
     }
     Ok(tail)
 }

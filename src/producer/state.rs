@@ -3,10 +3,17 @@
 //! The first line is the seed's content (`2025-01-18 12:33:00`, with microseconds when
 //! needed), so a person or a script reading it as the seed did sees the watermark. The lines
 //! after it say precisely where capture stands (`order_id=`, `open=`), the last sequence number
-//! used (`seq=`) and, per partition, the offset after the last message of the last saved batch
-//! (`offsets=0:4,1:3,2:3`). It is replaced atomically (write a temporary file, fsync, rename,
-//! fsync the folder) and only after the broker acknowledged every message of the batch, so it
-//! is never ahead of Kafka.
+//! used (`seq=`), the epoch of the numbering (`epoch=`, a uuid v7 minted when the state is
+//! created, sent as `orderstream.epoch`) and, per partition, the offset after the last message
+//! of the last saved batch (`offsets=0:4,1:3,2:3`). It is replaced atomically (write a
+//! temporary file, fsync, rename, fsync the folder) and only after the broker acknowledged
+//! every message of the batch, so it is never ahead of Kafka.
+//!
+//! The epoch lives and dies with this file. A producer that starts without it (first start,
+//! file lost or removed) mints a new one, and the consumer then compares its sequence numbers
+//! with nothing published before: whatever the numbers, its orders are not taken for replays
+//! of another state's. A file without `epoch=` (the seed's, or one from before epochs) gets a
+//! new epoch too, saved with the next batch.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,6 +32,8 @@ pub struct State<P> {
     pub position: P,
     /// The last sequence number used.
     pub seq: u64,
+    /// The epoch of the numbering ([`crate::wire::EPOCH_HEADER`]).
+    pub epoch: String,
     /// Per partition, the offset after the last message of the last saved batch. `None` when
     /// unknown (no state file, or the seed's one-line file): recovery then reads the whole topic.
     pub offsets: Option<BTreeMap<i32, i64>>,
@@ -33,8 +42,14 @@ pub struct State<P> {
 impl<P> State<P> {
     /// The state before anything was published.
     pub fn beginning<S: Source<Position = P>>() -> State<P> {
-        State { position: S::beginning(), seq: 0, offsets: None }
+        State { position: S::beginning(), seq: 0, epoch: new_epoch(), offsets: None }
     }
+}
+
+/// A new epoch: a uuid v7 (its time part says when the state was created; the random part keeps
+/// two states from ever sharing one).
+pub fn new_epoch() -> String {
+    uuid::Uuid::now_v7().to_string()
 }
 
 /// The state file's path.
@@ -58,6 +73,7 @@ pub fn load<S: Source>(path: &Path) -> Result<Option<State<S::Position>>> {
 fn parse<S: Source>(text: &str) -> std::result::Result<State<S::Position>, String> {
     let mut source_lines = Vec::new();
     let mut seq = 0;
+    let mut epoch = None;
     let mut offsets = None;
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -66,6 +82,11 @@ fn parse<S: Source>(text: &str) -> std::result::Result<State<S::Position>, Strin
         }
         if let Some(v) = line.strip_prefix("seq=") {
             seq = v.parse().map_err(|_| format!("line {}: seq `{v}` is not a number", i + 1))?;
+        } else if let Some(v) = line.strip_prefix("epoch=") {
+            if v.is_empty() || v.contains(char::is_whitespace) {
+                return Err(format!("line {}: epoch `{v}` is not an id", i + 1));
+            }
+            epoch = Some(v.to_string());
         } else if let Some(v) = line.strip_prefix("offsets=") {
             let mut map = BTreeMap::new();
             for pair in v.split(',').filter(|s| !s.is_empty()) {
@@ -83,13 +104,13 @@ fn parse<S: Source>(text: &str) -> std::result::Result<State<S::Position>, Strin
         return Err("the file is empty".into());
     }
     let position = S::decode(&source_lines)?;
-    Ok(State { position, seq, offsets })
+    Ok(State { position, seq, epoch: epoch.unwrap_or_else(new_epoch), offsets })
 }
 
 /// Writes the state file atomically.
 pub fn save<S: Source>(path: &Path, state: &State<S::Position>) -> Result<()> {
     let mut text = S::encode(&state.position).join("\n");
-    text.push_str(&format!("\nseq={}\n", state.seq));
+    text.push_str(&format!("\nseq={}\nepoch={}\n", state.seq, state.epoch));
     if let Some(offsets) = &state.offsets {
         let list: Vec<String> = offsets.iter().map(|(p, o)| format!("{p}:{o}")).collect();
         text.push_str(&format!("offsets={}\n", list.join(",")));
@@ -109,10 +130,12 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("orderstream-state-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = path(&dir);
-        let text = "2025-01-18 12:33:00\norder_id=110\nseq=10\noffsets=0:4,1:3,2:3\n";
+        let text = "2025-01-18 12:33:00\norder_id=110\nseq=10\nepoch=0190f1d2-7c4e-7000-8000-00000000000a\n\
+                    offsets=0:4,1:3,2:3\n";
         std::fs::write(&p, text).unwrap();
         let state = load::<PollSource>(&p).unwrap().unwrap();
         assert_eq!(state.seq, 10);
+        assert_eq!(state.epoch, "0190f1d2-7c4e-7000-8000-00000000000a");
         assert_eq!(state.offsets, Some([(0, 4), (1, 3), (2, 3)].into()));
         save::<PollSource>(&p, &state).unwrap();
         assert_eq!(std::fs::read_to_string(&p).unwrap(), text);
@@ -123,6 +146,10 @@ mod tests {
         let state = parse::<PollSource>("2025-01-18 12:33:00\n").unwrap();
         assert_eq!(state.offsets, None);
         assert_eq!(state.seq, 0);
+        // A new epoch each time: the numbering of a file without one is new.
+        let again = parse::<PollSource>("2025-01-18 12:33:00\n").unwrap();
+        assert_ne!(state.epoch, again.epoch);
+        assert_eq!(uuid::Uuid::parse_str(&state.epoch).map(|u| u.get_version_num()), Ok(7));
     }
 
     #[test]
@@ -131,6 +158,7 @@ mod tests {
         assert!(parse::<PollSource>("garbage\n").is_err());
         assert!(parse::<PollSource>("2025-01-18 12:33:00\nseq=x\n").unwrap_err().contains("line 2"));
         assert!(parse::<PollSource>("2025-01-18 12:33:00\noffsets=0-4\n").unwrap_err().contains("line 2"));
+        assert!(parse::<PollSource>("2025-01-18 12:33:00\nepoch=\n").unwrap_err().contains("line 2"));
         let dir = std::env::temp_dir().join(format!("orderstream-state-bad-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(path(&dir), "\u{0}\u{1}junk").unwrap();

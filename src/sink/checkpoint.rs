@@ -33,7 +33,9 @@ pub struct PartitionState {
     pub partition: i32,
     /// Offset of the first message not yet in the lake.
     pub next_offset: i64,
-    /// Highest `orderstream.seq` committed per `orderstream.source` (replay filter).
+    /// The replay filter: per lineage (`<source>#<epoch>`, or the source alone for messages
+    /// without an epoch), the `orderstream.seq` of the last message that became a row (see
+    /// `sink::replay`).
     #[serde(default)]
     pub sources: BTreeMap<String, u64>,
     /// Rows written to the lake.

@@ -6,6 +6,14 @@
 //! * `orderstream.source.topic`, `orderstream.source.partition`, `orderstream.source.offset`:
 //!   where the message was read.
 //!
+//! The lineage headers (`orderstream.source`, `.epoch`, `.seq`) are copied under the names
+//! `orderstream.original.source`, `.epoch`, `.seq` ([`original_name`]). Someone who fixes a
+//! dead letter and publishes it again, headers and all, publishes a new message: under the
+//! original names the replay filter would drop it as a replay of the reject (whose seq it
+//! carries), or, with a made-up seq, it would be compared with the producer's numbering. The
+//! change headers (op, LSN, index, commit time) keep their names: a fixed update lands as that
+//! update.
+//!
 //! The producer is idempotent, and a batch commits only after every dead letter of it is
 //! acknowledged, so a reject is never lost. Delivery is at least once: a crash (or a failed
 //! lake write) between the acknowledgement and the batch's commit sends the batch's rejects
@@ -24,17 +32,11 @@ use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::kafka;
 use crate::order::Reject;
+use crate::wire::original_name;
 
-/// Header naming the reject reason.
-pub const REASON_HEADER: &str = "orderstream.reject.reason";
-/// Header with the one-line detail of the reject.
-pub const DETAIL_HEADER: &str = "orderstream.reject.detail";
-/// Header with the topic the message was read from.
-pub const SOURCE_TOPIC_HEADER: &str = "orderstream.source.topic";
-/// Header with the partition the message was read from.
-pub const SOURCE_PARTITION_HEADER: &str = "orderstream.source.partition";
-/// Header with the offset the message was read from.
-pub const SOURCE_OFFSET_HEADER: &str = "orderstream.source.offset";
+pub use crate::wire::{
+    DETAIL_HEADER, REASON_HEADER, SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER, SOURCE_TOPIC_HEADER,
+};
 
 /// How long a batch waits for its dead letters to be acknowledged.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -88,12 +90,14 @@ impl DeadLetters {
         &self.topic
     }
 
-    /// Queues a copy of `msg` with the reject headers; waits while the local queue is full.
+    /// Queues a copy of `msg` (its lineage headers renamed) with the reject headers; waits
+    /// while the local queue is full.
     pub fn send(&self, msg: &BorrowedMessage<'_>, reject: &Reject) -> Result<()> {
         let mut headers = OwnedHeaders::new_with_capacity(msg.headers().map_or(0, |h| h.count()) + 5);
         if let Some(original) = msg.headers() {
             for h in original.iter() {
-                headers = headers.insert(Header { key: h.key, value: h.value });
+                let key = original_name(h.key).unwrap_or(h.key);
+                headers = headers.insert(Header { key, value: h.value });
             }
         }
         let partition = msg.partition().to_string();

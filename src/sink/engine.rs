@@ -18,11 +18,13 @@ use super::batch::{MAX_DATES, Rows};
 use super::checkpoint::{Checkpoint, Manifest, ManifestFile, PartitionLock, PartitionState};
 use super::dlq::DeadLetters;
 use super::parquet;
+use super::replay::{self, Notes};
 use super::scratch::{self, Scratch};
 use crate::durable::{io_error, sync_dir};
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::order::{Change, Order};
+use crate::wire::Lineage;
 
 pub use crate::wire::{SEQ_HEADER, SOURCE_HEADER};
 
@@ -77,6 +79,8 @@ struct InFlight {
     started: Option<Instant>,
     /// A dead letter that could not be queued: the batch cannot commit.
     error: Option<Error>,
+    /// Replays dropped and seq leaps, logged when the batch commits.
+    notes: Notes,
 }
 
 /// Totals since the last progress line.
@@ -109,6 +113,8 @@ pub struct Engine {
     /// An error the rebalance callback met; the loop stops with it.
     fatal: Option<Error>,
     progress: Progress,
+    /// The replay-filter key of the message being handled (kept to spare an allocation each).
+    key: String,
 }
 
 impl Engine {
@@ -136,6 +142,7 @@ impl Engine {
             pending: Vec::new(),
             fatal: None,
             progress: Progress::default(),
+            key: String::new(),
         }
     }
 
@@ -199,33 +206,16 @@ impl Engine {
         batch.messages += 1;
         batch.started.get_or_insert(now);
 
+        // The replay filter (see `replay`): checked for every message of a lineage, advanced
+        // only by one that becomes a row.
         let headers = msg.headers();
-        if let Some(headers) = headers {
-            let mut source = None;
-            let mut seq = None;
-            for h in headers.iter() {
-                match h.key {
-                    SOURCE_HEADER => source = h.value.and_then(|v| std::str::from_utf8(v).ok()),
-                    SEQ_HEADER => {
-                        seq = h
-                            .value
-                            .and_then(|v| std::str::from_utf8(v).ok())
-                            .and_then(|s| s.parse::<u64>().ok())
-                    }
-                    _ => {}
-                }
-            }
-            if let (Some(source), Some(seq)) = (source, seq) {
-                match state.sources.get_mut(source) {
-                    Some(max) if seq <= *max => {
-                        state.duplicates += 1;
-                        return;
-                    }
-                    Some(max) => *max = seq,
-                    None => {
-                        state.sources.insert(source.to_string(), seq);
-                    }
-                }
+        let lineage = headers.and_then(|h| Lineage::from_headers(h.iter().map(|h| (h.key, h.value))));
+        if let Some(l) = &lineage {
+            l.key_into(&mut self.key);
+            if let Some(last) = replay::replay_of(&state.sources, &self.key, l.seq) {
+                state.duplicates += 1;
+                batch.notes.replay(msg.partition(), &self.key, l, offset, last);
+                return;
             }
         }
 
@@ -245,6 +235,11 @@ impl Engine {
             Ok((order, change)) => {
                 batch.rows.push(&order, &change);
                 state.rows_written += 1;
+                if let Some(l) = &lineage
+                    && let Some(from) = replay::advance(&mut state.sources, &self.key, l.seq)
+                {
+                    batch.notes.leap(msg.partition(), &self.key, l, offset, from);
+                }
             }
             Err(reject) => {
                 *state.rejected.entry(reject.reason.as_str().to_string()).or_default() += 1;
@@ -328,6 +323,7 @@ impl Engine {
         c.batches.inc();
         c.files_written.inc_by(manifest.files.len() as u64);
         self.progress.batches += 1;
+        self.batch.notes.log(&self.topic);
         self.batch = InFlight::default();
 
         // Steps 4-6: idempotent; if they fail, the manifest finishes them later (here or at

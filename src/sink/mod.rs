@@ -9,8 +9,9 @@
 //! `<datalake.path>/date=YYYY-MM-DD/part-<uuid v7>.parquet`, with the seven order columns and
 //! the four change columns. A delete's value is the row before it: a row with `op` `d`.
 //! Rejected messages (malformed change headers included) go to the dead-letter topic
-//! (`kafka.dlq_topic`, with reject and source headers); tombstones (no value) are counted and
-//! skipped; replays are dropped (below).
+//! (`kafka.dlq_topic`, with reject and source headers, the lineage renamed
+//! `orderstream.original.*`); tombstones (no value) are counted and skipped; replays are
+//! dropped (below).
 //!
 //! # Exactly once
 //!
@@ -27,7 +28,7 @@
 //! only, with no log to consult:
 //!
 //! ```text
-//! <checkpoint>/state/<topic>-<p>.json   partition p: next_offset, max seq per source, counters
+//! <checkpoint>/state/<topic>-<p>.json   partition p: next_offset, last seq per lineage, counters
 //! <checkpoint>/state/<topic>-<p>.lock   flock of the process that owns partition p
 //! <checkpoint>/commits/<batch>.json     manifest: new state of each partition + files to publish
 //! <lake>/_temporary/<process>/…parquet.inprogress   files before publication
@@ -73,11 +74,17 @@
 //! waits for those partitions only, reading its others meanwhile, and tries their locks again
 //! every 200 ms. File names are uuid v7, so they never collide between processes.
 //!
-//! Replays. Messages may carry `orderstream.source` (the producer lineage) and `orderstream.seq`
-//! (a decimal u64, strictly increasing per source within a partition). Each partition state
-//! keeps the highest committed seq per source; a message at or below it is a replay of a
-//! message already handled: dropped and counted. This second line of defence covers producer
-//! retries without broker transactions. Messages without the headers are not deduplicated.
+//! Replays. Messages may carry a lineage: `orderstream.source` (what the producer captures),
+//! `orderstream.epoch` (the producer state that numbered them) and `orderstream.seq` (a decimal
+//! u64, strictly increasing per lineage within a partition). Each partition state keeps, per
+//! lineage, the seq of the last message that became a row; a message at or below it, and less
+//! than 2^32 below, is a replay of a message already handled: dropped, counted, and named in a
+//! warning when its batch commits. Rejects and tombstones are checked but never advance it, a
+//! producer with a new state numbers a new lineage, and a seq 2^32 or more away from the last
+//! (a copied header with a made-up seq) is compared with nothing, so no message can make the
+//! orders after it look like replays for good ([`replay`] gives the reasoning and what it
+//! cannot do). This second line of defence covers producer retries without broker
+//! transactions. Messages without a source and a decimal seq are not deduplicated.
 //!
 //! Dead letters are at least once: a crash between their acknowledgement and the batch's
 //! commit sends them again on re-reading; their source topic/partition/offset headers identify
@@ -95,6 +102,7 @@ mod dlq;
 mod engine;
 mod group;
 mod parquet;
+mod replay;
 mod scratch;
 
 pub use checkpoint::{Manifest, ManifestFile, PartitionState};
