@@ -673,3 +673,75 @@ fn a_wal_level_below_logical_is_named_with_both_fixes() {
          postgresql.conf and restart PostgreSQL, or set postgres.capture: poll"
     );
 }
+
+/// Issue 9 item 8: the dead producer's last request, held in a TCP proxy, reaches the broker
+/// only after a new producer recovered and published the same changes. Without broker
+/// transactions nothing fences it, so the topic then holds those changes twice, with the same
+/// source, epoch and seq; the consumer's replay filter keeps the lake exact.
+#[test]
+fn a_dead_producers_request_delivered_after_the_restart_lands_in_the_lake_once() {
+    // Every client reaches the broker through the proxy: the broker advertises the proxy.
+    let proxy = Proxy::start("127.0.0.1:9");
+    let broker = Broker::start_memory_advertising(Some(proxy.port));
+    proxy.set_target(&broker.addr);
+    let mut env = TestEnv::logical("lg_held");
+    env.brokers = format!("127.0.0.1:{}", proxy.port);
+    env.write_config("");
+    env.init();
+    let mut first = env.spawn(&["produce"]);
+    wait_changes(&env, 10, Duration::from_secs(60));
+
+    // The first producer's connections are held from now on; it sends the next changes and dies.
+    proxy.hold();
+    let ids = env.insert(20);
+    wait_until(Duration::from_secs(30), "the first producer's produce request held", || {
+        proxy.held_bytes() > 20 * 150
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    first.kill();
+    let held = proxy.held_bytes();
+
+    // A new producer recovers (it cannot see the held request) and publishes the changes.
+    let mut second = env.spawn(&["produce"]);
+    let once = wait_changes(&env, 30, Duration::from_secs(60));
+    wait_until(Duration::from_secs(30), "the second producer to save its state", || {
+        second.log_text().contains("batch published")
+    });
+    // Then the dead producer's request reaches the broker.
+    proxy.release();
+    let twice = wait_changes(&env, 50, Duration::from_secs(30));
+    assert_eq!(second.terminate(Duration::from_secs(30)), 0, "{}", second.log_text());
+    println!("held {held} bytes; the topic holds {} messages after the release", twice.len());
+
+    // What the topic holds: the 20 changes twice, identical in position, source, epoch and seq.
+    let lineage = |m: &Record| {
+        let h = |k: &str| m.header(k).unwrap_or_default();
+        (position(m), h("orderstream.source"), h("orderstream.epoch"), h("orderstream.seq"))
+    };
+    let mut copies: BTreeMap<(u64, i32, bool), Vec<_>> = BTreeMap::new();
+    for m in &twice {
+        copies.entry(position(m)).or_default().push(lineage(m));
+    }
+    let doubled: Vec<_> = copies.iter().filter(|(_, v)| v.len() == 2).collect();
+    assert_eq!(doubled.len(), 20, "changes in the topic twice: {doubled:?}");
+    assert!(doubled.iter().all(|(_, v)| v[0] == v[1]), "the two copies differ: {doubled:?}");
+    assert_eq!(copies.len(), once.len());
+
+    // The lake holds every change once, and its current state is the table.
+    let mut consumer = env.spawn(&["consume"]);
+    let lake = wait_for(Duration::from_secs(60), "30 changes in the lake", || {
+        let read = read_duckdb(&env.lake());
+        (read.rows.len() >= 30).then_some(read.rows)
+    });
+    wait_until(Duration::from_secs(30), "the consumer to read the whole topic", || {
+        common::lake::states(&env).iter().map(|s| s.next_offset).sum::<i64>() >= 50
+    });
+    let dropped: u64 = common::lake::states(&env).iter().map(|s| s.duplicates).sum();
+    assert_eq!(consumer.terminate(Duration::from_secs(30)), 0, "{}", consumer.log_text());
+    let lake =
+        if read_duckdb(&env.lake()).rows.len() == lake.len() { lake } else { read_duckdb(&env.lake()).rows };
+    assert_eq!(lake.len(), 30, "the lake holds a change twice");
+    assert_eq!(dropped, 20, "replays dropped by the consumer");
+    assert!(ids.iter().all(|id| lake.iter().any(|r| r.order_id == *id)));
+    assert_eq!(lake_state(&lake), table_state(&env));
+}

@@ -28,9 +28,12 @@
 //!   with a made-up seq, see [`recovery::read_tail`]), so within a partition they only grow and
 //!   the consumer can drop any replay as a second line of defence.
 //!
-//! After a crash the producer also waits a moment and re-reads the partition ends, so that a
-//! request the dead process left in its socket, which the broker may still append, is seen
-//! before anything is published again.
+//! After a crash the producer also waits a moment (0.3 s) and re-reads the partition ends, so
+//! that a request the dead process left in its socket, which the broker may still append, is
+//! usually seen before anything is published again. Nothing fences a request delayed longer:
+//! the broker appends it after the new producer's copy, and the topic holds those messages
+//! twice with identical headers; the consumer's replay filter drops the second copy (tested
+//! with the dead producer's bytes held in a proxy; the README says what is not covered).
 
 pub mod monitor;
 pub mod publish;

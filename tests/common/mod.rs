@@ -449,9 +449,15 @@ impl Broker {
     /// /proc) the broker is not taken as ready, since whatever else answers on the port is
     /// not it. A taken port means another try on another port.
     pub fn start_memory() -> Broker {
+        Self::start_memory_advertising(None)
+    }
+
+    /// As [`Broker::start_memory`], telling clients (in metadata) to connect to 127.0.0.1:
+    /// `advertised` instead of its own port: a proxy there then sees every client's traffic.
+    pub fn start_memory_advertising(advertised: Option<u16>) -> Broker {
         const TRIES: usize = 5;
         for _ in 0..TRIES {
-            if let Some(broker) = Self::try_start(port_to_try()) {
+            if let Some(broker) = Self::try_start(port_to_try(), advertised) {
                 return broker;
             }
         }
@@ -459,17 +465,18 @@ impl Broker {
     }
 
     /// A started broker, or `None` when another process had the port.
-    fn try_start(port: u16) -> Option<Broker> {
+    fn try_start(port: u16, advertised: Option<u16>) -> Option<Broker> {
         let tansu = std::env::var("ORDERSTREAM_TANSU").unwrap_or_else(|_| {
             let home = std::env::var("CARGO_HOME")
                 .unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()));
             format!("{home}/bin/tansu")
         });
         let url = format!("tcp://127.0.0.1:{port}");
+        let public = format!("tcp://127.0.0.1:{}", advertised.unwrap_or(port));
         let log = std::env::temp_dir().join(format!("{}.log", unique("tansu")));
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(&tansu)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &public])
             .args(["--storage-engine", "memory://tansu/", "--cluster-id", &unique("broker")])
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
