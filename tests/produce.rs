@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use common::cluster::{Cluster, ClusterOptions};
 use common::proc::wait_for;
 use common::proxy::Proxy;
 use common::topic::{Record, read_topic};
@@ -528,6 +529,50 @@ fn a_missing_table_or_wrong_column_type_stops_with_exit_1() {
             env.table
         )),
         "{err}"
+    );
+}
+
+/// Issue 9 item 6: the poll mode refuses what it would lose orders on, before anything starts.
+#[test]
+fn polling_refuses_a_nullable_created_at_and_a_hot_standby() {
+    let env = TestEnv::new("prod_nullable");
+    env.init();
+    env.pg()
+        .batch_execute(&format!("ALTER TABLE {} ALTER COLUMN created_at DROP NOT NULL", env.t()))
+        .unwrap();
+    let (code, _, err) = env.run(&["produce"]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        err.lines().last().unwrap(),
+        format!(
+            "orderstream: PostgreSQL: table {t}: column created_at is nullable, and polling never reads a row \
+             whose created_at is NULL (lost); run ALTER TABLE {t} ALTER COLUMN created_at SET NOT NULL, or set \
+             postgres.capture: logical",
+            t = env.table
+        ),
+        "{err}"
+    );
+
+    // A standby: a private cluster started with standby.signal and no primary (it accepts
+    // read-only connections once consistent, which a cleanly stopped initdb cluster is at once).
+    let standby = Cluster::start_with(&ClusterOptions::default(), |data| {
+        std::fs::write(data.join("standby.signal"), "").unwrap();
+    });
+    let mut env = TestEnv::new("prod_standby");
+    env.set(
+        "ORDERSTREAM__POSTGRES__JDBC_URL",
+        &format!("jdbc:postgresql://127.0.0.1:{}/postgres", standby.port),
+    );
+    env.set("ORDERSTREAM__POSTGRES__USER", "postgres");
+    let (code, _, err) = env.run(&["produce"]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        err.lines().last().unwrap(),
+        "orderstream: PostgreSQL: the server is a hot standby (pg_is_in_recovery() is true): polling it loses \
+         orders, since its pg_stat_activity does not list the primary's open transactions, whose rows can commit \
+         below the watermark; point postgres.jdbc_url at the primary, or set postgres.capture: logical",
+        "{err}\n{}",
+        standby.log()
     );
 }
 

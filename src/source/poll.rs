@@ -93,7 +93,9 @@ impl PollSource {
             return Ok(());
         }
         let client = db::connect(&self.pg).await?;
+        check_polling_can_see(&client, &self.pg.table).await?;
         check_table(&client, &self.pg.table).await?;
+        check_created_at_not_null(&client, &self.pg.table).await?;
         check_visibility(&client).await;
         // One producer per table and topic: a second would publish every order again.
         if let Err(pid) = db::lock_writer(&client, &self.lock, WRITER_WAIT).await? {
@@ -367,6 +369,43 @@ pub(crate) fn pg_error(table: &TableName, e: &tokio_postgres::Error) -> Error {
 }
 
 /// Checks that the table exists with columns the order record can hold.
+/// Polling a hot standby loses orders silently: the late-commit tracking reads the open
+/// transactions in `pg_stat_activity`, and a standby's lists none of the primary's, so a
+/// transaction that commits below the watermark is never picked up.
+async fn check_polling_can_see(client: &Client, table: &TableName) -> Result<()> {
+    let row = client.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(|e| pg_error(table, &e))?;
+    if row.try_get::<_, bool>(0).map_err(|e| pg_error(table, &e))? {
+        return Err(Error::Setup(
+            "PostgreSQL: the server is a hot standby (pg_is_in_recovery() is true): polling it loses \
+             orders, since its pg_stat_activity does not list the primary's open transactions, whose \
+             rows can commit below the watermark; point postgres.jdbc_url at the primary, or set \
+             postgres.capture: logical"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A row with a NULL `created_at` is below or above no watermark: polling never reads it.
+async fn check_created_at_not_null(client: &Client, table: &TableName) -> Result<()> {
+    let row = client
+        .query_one(
+            "SELECT a.attnotnull FROM pg_attribute a WHERE a.attrelid = to_regclass($1) AND a.attname = 'created_at'",
+            &[&table.quoted()],
+        )
+        .await
+        .map_err(|e| pg_error(table, &e))?;
+    if !row.try_get::<_, bool>(0).map_err(|e| pg_error(table, &e))? {
+        return Err(Error::Setup(format!(
+            "PostgreSQL: table {table}: column created_at is nullable, and polling never reads a row whose \
+             created_at is NULL (lost); run ALTER TABLE {} ALTER COLUMN created_at SET NOT NULL, or set \
+             postgres.capture: logical",
+            table.quoted()
+        )));
+    }
+    Ok(())
+}
+
 pub(crate) async fn check_table(client: &Client, table: &TableName) -> Result<()> {
     let rows = client
         .query(
