@@ -517,6 +517,15 @@ impl Config {
         let properties = kafka_properties(&raw.kafka.properties, &bad)?;
         let kafka =
             KafkaConfig { brokers, topic: raw.kafka.topic, partitions, group_id, dlq_topic, properties };
+        crate::kafka::check_clients(&kafka).map_err(|why| {
+            // Name the user's property that librdkafka's message mentions first, if any.
+            let named =
+                raw.kafka.properties.keys().filter_map(|name| Some((mention(&why, name)?, name))).min();
+            match named {
+                Some((_, name)) => bad(&format!("kafka.properties.{name}"), why),
+                None => bad("kafka.properties", why),
+            }
+        })?;
 
         // datalake
         if raw.datalake.format != "parquet" {
@@ -601,6 +610,19 @@ fn kafka_properties(
         properties.insert(crate::kafka::canonical(name).to_string(), value);
     }
     Ok(properties)
+}
+
+/// Where `text` first names the setting `name` (under any of its names) as a whole word.
+fn mention(text: &str, name: &str) -> Option<usize> {
+    let part_of_name = |c: char| c.is_ascii_alphanumeric() || c == '.' || c == '_';
+    crate::kafka::spellings(name)
+        .into_iter()
+        .flat_map(|n| text.match_indices(n).map(move |(at, _)| (at, n.len())))
+        .filter(|&(at, len)| {
+            !text[..at].ends_with(part_of_name) && !text[at + len..].starts_with(part_of_name)
+        })
+        .map(|(at, _)| at)
+        .min()
 }
 
 /// Puts one `ORDERSTREAM__SECTION__KEY[__PROPERTY]=value` into the YAML tree as a string and

@@ -17,13 +17,17 @@
 //!
 //! Two names of one librdkafka setting (`request.required.acks` is `acks`) count as one
 //! ([`canonical`]), so an alias can neither slip past a refusal nor race a default.
+//! [`check_clients`] builds every client once when the configuration is loaded, so that
+//! librdkafka's own checks (conflicting settings, unreadable certificates) fail there.
 
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::types::RDKafkaType;
 
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
@@ -321,6 +325,45 @@ impl Client {
         }
         c
     }
+}
+
+/// A client made only to be checked: silent, since it has no brokers to talk to.
+struct Probe;
+
+impl ClientContext for Probe {
+    fn log(&self, _: RDKafkaLogLevel, _: &str, _: &str) {}
+    fn error(&self, _: KafkaError, _: &str) {}
+}
+
+/// Builds every client once and drops it, so that librdkafka's own checks of the whole
+/// configuration (conflicting settings such as `max.in.flight` above 5 with idempotence,
+/// unreadable certificate files, a SASL mechanism the build lacks) fail before any command
+/// runs. Without `bootstrap.servers`, so nothing is contacted (`kafka.brokers` is checked by
+/// the configuration). Bare librdkafka handles, not rdkafka's consumer, whose drop polls for
+/// 100 ms to leave a group it never joined: all six take about 25 ms, and destroying a handle
+/// joins its threads.
+pub fn check_clients(cfg: &KafkaConfig) -> std::result::Result<(), String> {
+    for client in Client::ALL {
+        let mut c = client.config(cfg);
+        c.remove("bootstrap.servers");
+        let kind = if client.is_consumer() {
+            RDKafkaType::RD_KAFKA_CONSUMER
+        } else {
+            RDKafkaType::RD_KAFKA_PRODUCER
+        };
+        let made = c
+            .create_native_config()
+            .and_then(|native| rdkafka::client::Client::new(&c, native, kind, Probe))
+            .map(drop);
+        if let Err(e) = made {
+            let why = match e {
+                KafkaError::ClientCreation(why) => why,
+                other => other.to_string(),
+            };
+            return Err(format!("librdkafka cannot build the {}: {why}", client.name()));
+        }
+    }
+    Ok(())
 }
 
 /// An admin client.

@@ -1,6 +1,7 @@
 use super::*;
 use crate::kafka::{self, Client};
 use std::collections::BTreeSet;
+use std::sync::{Mutex, MutexGuard};
 
 const GOOD: &str = r#"
 postgres:
@@ -40,7 +41,15 @@ fn text(yaml: &str) -> String {
     yaml.replace("DIR", tmp().to_str().unwrap())
 }
 
+/// Held while a test builds Kafka clients, so that a test counting threads sees only its own
+/// (nextest runs every test in a process of its own; `cargo test` runs them side by side).
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn load(yaml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let _serial = serial();
     let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     Config::from_parts("test.yml", &text(yaml), &env)
 }
@@ -81,7 +90,10 @@ fn the_shipped_config_file_loads() {
     // Its paths are relative to the repository; resolve them in a scratch directory.
     let dir = tmp();
     let text = text.replace("datalake/", &format!("{}/datalake/", dir.display()));
-    let cfg = Config::from_parts("orders_stream.yml", &text, &[]).unwrap();
+    let cfg = {
+        let _serial = serial();
+        Config::from_parts("orders_stream.yml", &text, &[]).unwrap()
+    };
     assert_eq!(cfg.kafka.topic, "ROLL001_food_orders_raw");
     assert_eq!(cfg.postgres.table.name, "roll001_orders");
 }
@@ -659,4 +671,52 @@ fn transport_properties_pass_through_to_every_client() {
         assert_eq!(effective(client, &cfg, "sasl.username"), "u", "{}", client.name());
         assert_eq!(effective(client, &cfg, "socket.keepalive.enable"), "true", "{}", client.name());
     }
+}
+
+#[test]
+fn settings_librdkafka_refuses_together_are_configuration_errors() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "    message.timeout.ms: 3\n",
+            "test.yml: kafka.properties.message.timeout.ms: librdkafka cannot build the orders producer: \
+             `message.timeout.ms` must be greater than `linger.ms`",
+        ),
+        (
+            "    max.in.flight.requests.per.connection: 10\n",
+            "test.yml: kafka.properties.max.in.flight.requests.per.connection: librdkafka cannot build the orders \
+             producer: `max.in.flight` must be set <= 5 when `enable.idempotence` is true",
+        ),
+        (
+            "    retries: 0\n",
+            "test.yml: kafka.properties.retries: librdkafka cannot build the orders producer: `retries` must be \
+             set >= 1 when `enable.idempotence` is true",
+        ),
+    ];
+    for (lines, want) in cases {
+        assert_eq!(err(&with_properties(lines), &[]), *want, "{lines}");
+    }
+    // Only the dead-letter producer keeps librdkafka's 300 s message timeout; named by variable.
+    let e = err(GOOD, &[("ORDERSTREAM__KAFKA__PROPERTIES__LINGER_MS", "400000")]);
+    assert_eq!(
+        e,
+        "ORDERSTREAM__KAFKA__PROPERTIES__LINGER_MS (kafka.properties.linger.ms): librdkafka cannot build the \
+         dead-letter producer: `message.timeout.ms` must be greater than `linger.ms`"
+    );
+    let e =
+        err(&with_properties("    security.protocol: ssl\n    ssl.ca.location: /nonexistent/ca.pem\n"), &[]);
+    let want = "test.yml: kafka.properties.ssl.ca.location: librdkafka cannot build the orders producer: \
+                ssl.ca.location failed: ";
+    assert!(e.starts_with(want), "{e}");
+}
+
+#[test]
+fn building_the_clients_leaves_no_thread_behind() {
+    let threads = || std::fs::read_dir("/proc/self/task").unwrap().count();
+    let cfg = load(GOOD, &[]).unwrap();
+    let _serial = serial();
+    let before = threads();
+    for _ in 0..10 {
+        kafka::check_clients(&cfg.kafka).unwrap();
+    }
+    assert_eq!(threads(), before);
 }
