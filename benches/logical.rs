@@ -175,17 +175,13 @@ fn partitions(consumer: &BaseConsumer, topic: &str) -> Vec<i32> {
         .collect()
 }
 
-/// A consumer of `topic` from its beginning, with the fetch settings of `orderstream consume`
-/// (`src/sink/group.rs`), assigned rather than in a group.
+/// A consumer of `topic` from its beginning, with the settings of `orderstream consume`
+/// (`src/kafka.rs`) but no statistics, assigned rather than in a group.
 fn raw_consumer(cfg: &orderstream::Config, topic: &str) -> BaseConsumer {
-    let consumer: BaseConsumer = orderstream::kafka::base_config(&cfg.kafka)
+    let consumer: BaseConsumer = orderstream::kafka::Client::Consumer
+        .config(&cfg.kafka)
         .set("group.id", common::unique("bench_raw"))
-        .set("fetch.wait.max.ms", "50")
-        .set("fetch.queue.backoff.ms", "20")
-        .set("queued.max.messages.kbytes", "24576")
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
+        .remove("statistics.interval.ms")
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
@@ -253,7 +249,7 @@ fn produce_raw(cfg: &orderstream::Config, brokers: &str, msgs: Vec<Raw>, partiti
     let topic = common::unique("bench_raw");
     common::lake::create_topic(brokers, &topic, partition_count);
     let producer: ThreadedProducer<Acks> =
-        orderstream::kafka::producer_config(&cfg.kafka).create_with_context(Acks::default()).unwrap();
+        orderstream::kafka::Client::Producer.config(&cfg.kafka).create_with_context(Acks::default()).unwrap();
     let n = msgs.len() as u64;
     // Connected before the clock starts, as orderstream's producer is before its first batch.
     producer.client().fetch_metadata(Some(&topic), Duration::from_secs(10)).unwrap();

@@ -18,19 +18,6 @@ use serde_norway::{Mapping, Value};
 /// The prefix of environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "ORDERSTREAM__";
 
-/// Librdkafka settings orderstream sets itself because its guarantees depend on them.
-const RESERVED_KAFKA_PROPERTIES: &[&str] = &[
-    "bootstrap.servers",
-    "metadata.broker.list",
-    "enable.idempotence",
-    "transactional.id",
-    "isolation.level",
-    "enable.auto.commit",
-    "enable.auto.offset.store",
-    "group.id",
-    "auto.offset.reset",
-];
-
 /// A configuration problem: one line that names the key and says what is wrong.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -287,7 +274,9 @@ pub struct KafkaConfig {
     pub group_id: String,
     /// Where the consumer sends rejected messages.
     pub dlq_topic: String,
-    /// Extra librdkafka settings for every client (TLS, SASL, timeouts).
+    /// The user's librdkafka settings for every client (TLS, SASL, timeouts), each under the
+    /// name orderstream uses for its setting; none of them one that orderstream refuses (see
+    /// [`crate::kafka`]).
     pub properties: BTreeMap<String, String>,
 }
 
@@ -525,27 +514,18 @@ impl Config {
         if dlq_topic == raw.kafka.topic {
             return Err(bad("kafka.dlq_topic", "must differ from kafka.topic".into()));
         }
-        let mut properties = BTreeMap::new();
-        for (name, value) in raw.kafka.properties {
-            let key = format!("kafka.properties.{name}");
-            if RESERVED_KAFKA_PROPERTIES.contains(&name.as_str()) {
-                return Err(bad(&key, "is set by orderstream itself and cannot be overridden".into()));
+        let properties = kafka_properties(&raw.kafka.properties, &bad)?;
+        let kafka =
+            KafkaConfig { brokers, topic: raw.kafka.topic, partitions, group_id, dlq_topic, properties };
+        crate::kafka::check_clients(&kafka).map_err(|why| {
+            // Name the user's property that librdkafka's message mentions first, if any.
+            let named =
+                raw.kafka.properties.keys().filter_map(|name| Some((mention(&why, name)?, name))).min();
+            match named {
+                Some((_, name)) => bad(&format!("kafka.properties.{name}"), why),
+                None => bad("kafka.properties", why),
             }
-            let value = match value {
-                Value::String(s) => s,
-                Value::Number(n) => n.to_string(),
-                Value::Bool(b) => b.to_string(),
-                other => {
-                    return Err(bad(&key, format!("expected a single value, got `{}`", show(&other))));
-                }
-            };
-            let mut probe = rdkafka::ClientConfig::new();
-            probe.set(&name, &value);
-            if let Err(e) = probe.create_native_config() {
-                return Err(bad(&key, format!("rejected by librdkafka: {e}")));
-            }
-            properties.insert(name, value);
-        }
+        })?;
 
         // datalake
         if raw.datalake.format != "parquet" {
@@ -579,14 +559,7 @@ impl Config {
 
         Ok(Config {
             postgres: PostgresConfig { connect, table, capture, slot, publication, tls },
-            kafka: KafkaConfig {
-                brokers,
-                topic: raw.kafka.topic,
-                partitions,
-                group_id,
-                dlq_topic,
-                properties,
-            },
+            kafka,
             datalake: DatalakeConfig { path: lake },
             streaming: StreamingConfig {
                 checkpoint_location: checkpoint,
@@ -597,6 +570,59 @@ impl Config {
             metrics: MetricsConfig { port: raw.metrics.port.unwrap_or(DEFAULT_METRICS_PORT) },
         })
     }
+}
+
+/// `kafka.properties` as strings, each under the name orderstream keeps its setting under
+/// ([`crate::kafka::canonical`]). A refused setting, two names of one setting, or a name or
+/// value librdkafka rejects is an error naming the key.
+fn kafka_properties(
+    raw: &BTreeMap<String, Value>,
+    bad: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut properties = BTreeMap::new();
+    for (name, value) in raw {
+        let key = format!("kafka.properties.{name}");
+        if let Some(why) = crate::kafka::refusal(name) {
+            return Err(bad(&key, why));
+        }
+        if let Some(other) =
+            crate::kafka::spellings(name).into_iter().find(|n| n != name && raw.contains_key(*n))
+        {
+            return Err(bad(&key, format!("names the same setting as kafka.properties.{other}; delete one")));
+        }
+        let value = match value {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            other => {
+                return Err(bad(&key, format!("expected a single value, got `{}`", show(other))));
+            }
+        };
+        let mut probe = rdkafka::ClientConfig::new();
+        probe.set(name, &value);
+        match probe.create_native_config() {
+            Ok(_) => {}
+            Err(rdkafka::error::KafkaError::ClientConfig(_, why, _, _)) => {
+                return Err(bad(&key, format!("rejected by librdkafka: {why}")));
+            }
+            Err(e) => return Err(bad(&key, format!("rejected by librdkafka: {e}"))),
+        }
+        properties.insert(crate::kafka::canonical(name).to_string(), value);
+    }
+    Ok(properties)
+}
+
+/// Where `text` first names the setting `name` (under any of its names) as a whole word.
+fn mention(text: &str, name: &str) -> Option<usize> {
+    let part_of_name = |c: char| c.is_ascii_alphanumeric() || c == '.' || c == '_';
+    crate::kafka::spellings(name)
+        .into_iter()
+        .flat_map(|n| text.match_indices(n).map(move |(at, _)| (at, n.len())))
+        .filter(|&(at, len)| {
+            !text[..at].ends_with(part_of_name) && !text[at + len..].starts_with(part_of_name)
+        })
+        .map(|(at, _)| at)
+        .min()
 }
 
 /// Puts one `ORDERSTREAM__SECTION__KEY[__PROPERTY]=value` into the YAML tree as a string and

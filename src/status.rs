@@ -226,9 +226,10 @@ async fn postgres(cfg: &Config, client: &tokio_postgres::Client) -> Result<Postg
 
 fn kafka_status(cfg: &crate::config::KafkaConfig) -> Result<KafkaStatus, Error> {
     let timeout = Duration::from_secs(5);
-    let mut c = kafka::base_config(cfg);
-    c.set("group.id", &cfg.group_id).set("enable.auto.commit", "false");
-    let consumer: BaseConsumer = c.create().map_err(|e| Error::Kafka(format!("{}: {e}", cfg.brokers)))?;
+    let consumer: BaseConsumer = kafka::Client::Status
+        .config(cfg)
+        .create()
+        .map_err(|e| Error::Kafka(format!("{}: {e}", cfg.brokers)))?;
     let md = consumer
         .fetch_metadata(None, timeout)
         .map_err(|e| Error::Kafka(format!("broker {} unreachable: {e}", cfg.brokers)))?;

@@ -4,6 +4,7 @@ mod common;
 
 use chrono::NaiveDateTime;
 use common::{Broker, TestEnv, pg};
+use orderstream::kafka::Client;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use std::time::Duration;
@@ -164,4 +165,89 @@ fn configuration_errors_exit_2_before_contacting_anything() {
 
     let (code, _, err) = env.run(&["no-such-command"]);
     assert_eq!(code, 2, "{err}");
+}
+
+/// `orderstream <command>` with `extra_kafka` in the kafka section and a database nobody
+/// listens on (so a run that got past the configuration would fail differently, with exit 1).
+fn config_error(env: &TestEnv, extra_kafka: &str, command: &str) -> (i32, String) {
+    env.write_config(extra_kafka);
+    let mut cmd = env.orderstream(&[command]);
+    cmd.env("ORDERSTREAM__POSTGRES__JDBC_URL", "jdbc:postgresql://127.0.0.1:1/x");
+    let (code, _, err) = common::run_output(cmd);
+    (code, err)
+}
+
+#[test]
+fn a_kafka_property_orderstream_sets_exits_2_naming_it_and_why() {
+    let env = TestEnv::new("init_acks");
+    // `consume` used to retry the dead-letter producer this breaks forever; `produce` used to
+    // overwrite it silently. Both now stop at the configuration.
+    for command in ["init", "produce", "consume", "status"] {
+        let (code, err) = config_error(&env, "  properties:\n    acks: \"1\"", command);
+        assert_eq!(code, 2, "{command}: {err}");
+        assert_eq!(
+            err,
+            format!(
+                "orderstream: configuration error: {}: kafka.properties.acks: orderstream sets this to all because \
+                 both producers are idempotent, and a message acknowledged by the leader alone is lost when that \
+                 leader fails; delete it\n",
+                env.config_path().display()
+            ),
+            "{command}"
+        );
+    }
+    let (code, err) = config_error(&env, "  properties:\n    partitioner: murmur2", "produce");
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(
+        err,
+        format!(
+            "orderstream: configuration error: {}: kafka.properties.partitioner: orderstream sets this to \
+             murmur2_random on the orders producer because an order id must stay in the partition its earlier \
+             changes are in (the Java client's choice), or they lose their order; delete it\n",
+            env.config_path().display()
+        )
+    );
+}
+
+#[test]
+fn kafka_settings_no_client_can_be_built_with_exit_2_before_anything_runs() {
+    let env = TestEnv::new("init_linger");
+    // `produce` makes no dead-letter producer, yet every client is built at load.
+    let (code, err) = config_error(&env, "  properties:\n    linger.ms: 400000", "produce");
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(
+        err,
+        format!(
+            "orderstream: configuration error: {}: kafka.properties.linger.ms: librdkafka cannot build the \
+             dead-letter producer: `message.timeout.ms` must be greater than `linger.ms`\n",
+            env.config_path().display()
+        )
+    );
+}
+
+#[test]
+fn an_honoured_kafka_property_reaches_every_client() {
+    let env = TestEnv::new("init_honoured");
+    env.write_config(
+        "  properties:\n    linger.ms: 20\n    message.timeout.ms: 60000\n    fetch.wait.max.ms: 200\n    \
+         client.id: init_honoured",
+    );
+    let (code, out, err) = env.run(&["init"]);
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert!(out.contains(&format!("topic {} created with 3 partitions", env.topic)), "{out}");
+
+    let cfg = orderstream::Config::load(&env.config_path()).unwrap();
+    for client in Client::ALL {
+        let native = client.config(&cfg.kafka).create_native_config().unwrap();
+        for (name, value) in [
+            ("linger.ms", "20"),
+            ("message.timeout.ms", "60000"),
+            ("fetch.wait.max.ms", "200"),
+            ("client.id", "init_honoured"),
+        ] {
+            assert_eq!(native.get(name).unwrap(), value, "{name} of the {}", client.name());
+        }
+        // What orderstream fixes stays fixed beside them.
+        assert_eq!(native.get("bootstrap.servers").unwrap(), env.brokers, "{}", client.name());
+    }
 }

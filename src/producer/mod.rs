@@ -8,7 +8,9 @@
 //!
 //! * **Idempotent, gapless producer.** Within a partition, messages land once each and in the
 //!   order they were sent; any failure that could leave a hole is fatal to that producer
-//!   instance (`enable.gapless.guarantee`), and messages never time out locally.
+//!   instance (`enable.gapless.guarantee`), and by default messages never time out locally
+//!   (a `message.timeout.ms` of the user's is safe too: a message that times out fails its
+//!   batch, and the next instance recovers from what the topic holds).
 //! * **The position is saved only after the broker acknowledged the whole batch** (state file:
 //!   watermark, last sequence number, and per partition the offset after the batch). So what
 //!   the state file says is published is in the topic.

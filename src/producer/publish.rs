@@ -129,7 +129,8 @@ impl Publisher {
                 held_back: 0,
             }),
         };
-        let producer: ThreadedProducer<Context> = kafka::producer_config(cfg)
+        let producer: ThreadedProducer<Context> = kafka::Client::Producer
+            .config(cfg)
             .create_with_context(context)
             .map_err(|e| Error::Kafka(format!("cannot create producer for {}: {e}", cfg.brokers)))?;
         Ok(Publisher {

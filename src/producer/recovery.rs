@@ -50,7 +50,7 @@ pub fn read_tail(
 ) -> Result<Tail> {
     let kafka_err = |what: &str, e: KafkaError| Error::Kafka(format!("{}: {what}: {e}", cfg.brokers));
     let consumer: BaseConsumer =
-        kafka::reader_config(cfg).create().map_err(|e| kafka_err("cannot create a reader", e))?;
+        kafka::Client::Reader.config(cfg).create().map_err(|e| kafka_err("cannot create a reader", e))?;
     let md = consumer
         .fetch_metadata(Some(&cfg.topic), REQUEST_TIMEOUT)
         .map_err(|e| kafka_err("broker unreachable", e))?;

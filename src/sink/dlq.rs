@@ -77,9 +77,8 @@ impl DeadLetters {
         if let kafka::TopicOutcome::Created(n) = outcome {
             tracing::info!("dead-letter topic {topic} created with {n} partitions");
         }
-        let producer = kafka::base_config(cfg)
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "5")
+        let producer = kafka::Client::DeadLetters
+            .config(cfg)
             .create_with_context(DeliveryTracker::default())
             .map_err(|e| Error::Kafka(format!("cannot create the dead-letter producer for {topic}: {e}")))?;
         Ok(DeadLetters { producer, topic })

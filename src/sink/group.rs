@@ -1,6 +1,6 @@
-//! The Kafka side of the consumer: the group member's settings, and the rebalance callback that
-//! hands partitions to and from the [`Engine`] so that a partition is read only under its lock
-//! and always from its checkpoint.
+//! The Kafka side of the consumer: the group member (its settings are in `kafka.rs`), and the
+//! rebalance callback that hands partitions to and from the [`Engine`] so that a partition is
+//! read only under its lock and always from its checkpoint.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -18,58 +18,19 @@ use crate::error::{Error, Result};
 use crate::kafka;
 use crate::metrics::Metrics;
 
-/// Settings the consumer picks unless `kafka.properties` says otherwise.
-const DEFAULTS: &[(&str, &str)] = &[
-    // Eager: every partition is revoked (and its batch committed) before anyone gets it.
-    ("partition.assignment.strategy", "range"),
-    // tansu holds every fetch for the whole wait even when data is there, so a catch-up moves
-    // at most 5 MB per wait: 50 ms instead of 500 (Kafka brokers answer as soon as data is
-    // there, so elsewhere this only adds idle fetches).
-    ("fetch.wait.max.ms", "50"),
-    // When the prefetch queue is full, fetch again 20 ms after it drains, not up to 1 s.
-    ("fetch.queue.backoff.ms", "20"),
-    // Prefetched messages: about a third of librdkafka's default keeps the process well
-    // under its memory target while a batch is written.
-    ("queued.max.messages.kbytes", "24576"),
-];
-
 /// The consumer-group member for `kafka.topic`.
 pub type GroupConsumer = BaseConsumer<GroupContext>;
 
 /// Creates the group member (not yet subscribed).
 pub fn consumer(cfg: &Config, engine: Engine, metrics: Arc<Metrics>) -> Result<GroupConsumer> {
-    let mut c = kafka::base_config(&cfg.kafka);
-    let props = &cfg.kafka.properties;
-    for (k, v) in DEFAULTS {
-        if !props.contains_key(*k) {
-            c.set(*k, *v);
-        }
-    }
-    // A shortened session needs heartbeats inside it: librdkafka keeps 3 s otherwise, which
-    // expires any session of 3 s or less. Half the session at most (a third made tansu 0.6
-    // keep a killed member's partitions assigned to it in our two-consumer test).
-    if let (Some(session), false) =
-        (props.get("session.timeout.ms"), props.contains_key("heartbeat.interval.ms"))
-        && let Ok(ms) = session.parse::<u64>()
-    {
-        c.set("heartbeat.interval.ms", (ms / 2).clamp(1, 3000).to_string());
-    }
-    c.set("group.id", &cfg.kafka.group_id)
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false");
-    if !props.contains_key("statistics.interval.ms") {
-        // Feeds the lag gauge (see `GroupContext::stats`).
-        c.set("statistics.interval.ms", "5000");
-    }
-    c.create_with_context(GroupContext {
-        engine: Mutex::new(engine),
-        metrics,
-        topic: cfg.kafka.topic.clone(),
-    })
-    .map_err(|e| Error::Kafka(format!("cannot create the consumer for {}: {e}", cfg.kafka.brokers)))
+    kafka::Client::Consumer
+        .config(&cfg.kafka)
+        .create_with_context(GroupContext {
+            engine: Mutex::new(engine),
+            metrics,
+            topic: cfg.kafka.topic.clone(),
+        })
+        .map_err(|e| Error::Kafka(format!("cannot create the consumer for {}: {e}", cfg.kafka.brokers)))
 }
 
 /// Holds the engine, so the rebalance callback (run inside `poll`) can commit and acquire.
