@@ -206,21 +206,29 @@ async fn postgres(cfg: &Config, client: &tokio_postgres::Client) -> Result<Postg
     let row = client
         .query_one(
             &format!(
-                "SELECT count(*), count(*) FILTER (WHERE created_at > (now() AT TIME ZONE 'UTC') - interval '1 minute'), \
-                 max(created_at) FROM {t}"
+                "SELECT count(*), count(*) FILTER (WHERE created_at > (now() AT TIME ZONE 'UTC') - interval '1 minute' \
+                 AND isfinite(created_at)), \
+                 max(created_at) FILTER (WHERE isfinite(created_at)) FROM {t}"
             ),
             &[],
         )
         .await
         .map_err(|e| Error::Postgres(format!("table {}: {}", cfg.postgres.table, crate::db::error_text(&e))))?;
-    let last_minute: i64 = row.get(1);
+    let unreadable = |e: tokio_postgres::Error| {
+        Error::Postgres(format!("table {}: {}", cfg.postgres.table, crate::db::error_text(&e)))
+    };
+    let last_minute: i64 = row.try_get(1).map_err(unreadable)?;
     Ok(PostgresStatus {
         server: crate::db::describe(&cfg.postgres),
         table: cfg.postgres.table.to_string(),
-        rows: row.get(0),
+        rows: row.try_get(0).map_err(unreadable)?,
         inserted_last_minute: last_minute,
         insert_rate_per_second: last_minute as f64 / 60.0,
-        newest_created_at: row.get::<_, Option<chrono::NaiveDateTime>>(2).map(|t| format_ts(&t)),
+        // `infinity` rows are left out: no date to show (and none chrono can hold).
+        newest_created_at: row
+            .try_get::<_, Option<chrono::NaiveDateTime>>(2)
+            .map_err(unreadable)?
+            .map(|t| format_ts(&t)),
     })
 }
 

@@ -98,6 +98,33 @@ fn status(env: &TestEnv) -> serde_json::Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {out}"))
 }
 
+/// Issue 9 item 5 (status part): a row whose created_at is `infinity` or `-infinity` made
+/// `status` panic. It now reports the table, the newest finite created_at, and the rows behind.
+#[test]
+fn status_reports_a_table_with_infinite_created_at_without_panicking() {
+    let env = TestEnv::new("pipe_status_inf");
+    env.init();
+    env.pg()
+        .batch_execute(&format!(
+            "INSERT INTO {t} (customer_name, amount, created_at) VALUES ('later', 5, 'infinity'), ('earlier', 6, '-infinity')",
+            t = env.t()
+        ))
+        .unwrap();
+    for args in [["status", "--json"].as_slice(), ["status"].as_slice()] {
+        let (code, out, err) = env.run(args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        if args.len() == 2 {
+            let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(s["postgres"]["rows"], 12, "{s:#}");
+            assert_eq!(s["postgres"]["newest_created_at"], "2025-01-18 12:33:00", "{s:#}");
+            assert_eq!(s["producer"]["orders_behind"], 12, "{s:#}");
+        } else {
+            assert!(out.contains("newest created_at 2025-01-18 12:33:00"), "{out}");
+        }
+    }
+}
+
 #[test]
 fn status_reports_the_seed_state_and_what_it_cannot_reach() {
     let env = TestEnv::new("pipe_status");

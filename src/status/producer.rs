@@ -126,12 +126,14 @@ async fn poll(
     let (mut behind, mut lag) = (None, None);
     if let Some(client) = client {
         let t = cfg.postgres.table.quoted();
-        let (ts, id) = watermark.unwrap_or((chrono::NaiveDateTime::MIN, i64::MIN));
+        // No watermark yet: every row is behind (NULL parameters).
+        let (ts, id) = (watermark.map(|w| w.0), watermark.map(|w| w.1));
         let row = client
             .query_one(
                 &format!(
-                    "SELECT count(*) FILTER (WHERE (created_at, order_id) > ($1::timestamp, $2::int8)), \
-                     extract(epoch FROM max(created_at) - $1::timestamp)::float8 FROM {t}"
+                    "SELECT count(*) FILTER (WHERE $1::timestamp IS NULL OR (created_at, order_id) > ($1::timestamp, $2::int8)), \
+                     extract(epoch FROM max(created_at) FILTER (WHERE isfinite(created_at)) - $1::timestamp)::float8 \
+                     FROM {t}"
                 ),
                 &[&ts, &id],
             )
@@ -139,8 +141,11 @@ async fn poll(
             .map_err(|e| {
                 Error::Postgres(format!("table {}: {}", cfg.postgres.table, crate::db::error_text(&e)))
             })?;
-        behind = Some(row.get::<_, i64>(0));
-        lag = watermark.and(row.get::<_, Option<f64>>(1)).map(|l| l.max(0.0));
+        let unreadable = |e: tokio_postgres::Error| {
+            Error::Postgres(format!("table {}: {}", cfg.postgres.table, crate::db::error_text(&e)))
+        };
+        behind = Some(row.try_get::<_, i64>(0).map_err(unreadable)?);
+        lag = watermark.and(row.try_get::<_, Option<f64>>(1).map_err(unreadable)?).map(|l| l.max(0.0));
     }
     Ok(PollStatus {
         watermark: watermark.map(|(t, _)| format_ts(&t)),
