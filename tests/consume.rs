@@ -537,25 +537,42 @@ fn crash_loop_sigkill_at_random_moments_keeps_every_valid_message_exactly_once()
     assert_exactly_once(&env, N, &positions);
 }
 
+/// Two consumers in one group on a private broker (`session.timeout.ms` 6000), a stream of
+/// `n` messages at `per_second` running, both owning partitions and having committed.
+struct Pair {
+    broker: Broker,
+    env: TestEnv,
+    stream: std::thread::JoinHandle<Vec<(i32, i64)>>,
+    a: common::proc::Proc,
+    b: common::proc::Proc,
+}
+
+impl Pair {
+    fn start(tag: &str, partitions: i32, n: i64, per_second: i64, committed_at_least: i64) -> Pair {
+        let broker = Broker::start_memory();
+        let mut env = TestEnv::with_brokers(tag, &broker.addr);
+        env.set("ORDERSTREAM__STREAMING__MAX_BATCH_ROWS", "2000");
+        env.set("ORDERSTREAM__KAFKA__PROPERTIES__SESSION_TIMEOUT_MS", "6000");
+        create_topic(&broker.addr, &env.topic, partitions);
+        let chunk = (per_second / 5) as usize;
+        let stream = produce_paced(&broker.addr, &env.topic, 0..n, chunk, Duration::from_millis(200));
+        let a = env.spawn(&["consume"]);
+        let b = env.spawn(&["consume"]);
+        wait_assigned(&a, Duration::from_secs(60));
+        wait_assigned(&b, Duration::from_secs(60));
+        wait_until(Duration::from_secs(60), "both consumers to commit", || {
+            let owners: std::collections::BTreeSet<String> =
+                states(&env).into_iter().map(|s| s.last_process).collect();
+            owners.len() == 2 && committed_total(&env) > committed_at_least
+        });
+        Pair { broker, env, stream, a, b }
+    }
+}
+
 #[test]
 fn two_consumers_in_one_group_one_killed_midway_keep_every_message_exactly_once() {
-    let broker = Broker::start_memory();
-    let mut env = TestEnv::with_brokers("consume_pair", &broker.addr);
-    env.set("ORDERSTREAM__STREAMING__MAX_BATCH_ROWS", "2000");
-    env.set("ORDERSTREAM__KAFKA__PROPERTIES__SESSION_TIMEOUT_MS", "6000");
-    create_topic(&broker.addr, &env.topic, 6);
     const N: i64 = 60_000;
-    let stream = produce_paced(&broker.addr, &env.topic, 0..N, 2_000, Duration::from_millis(400));
-    let mut a = env.spawn(&["consume"]);
-    let mut b = env.spawn(&["consume"]);
-    wait_assigned(&a, Duration::from_secs(60));
-    wait_assigned(&b, Duration::from_secs(60));
-    // Both own partitions and have committed some of them.
-    wait_until(Duration::from_secs(60), "both consumers to commit", || {
-        let owners: std::collections::BTreeSet<String> =
-            states(&env).into_iter().map(|s| s.last_process).collect();
-        owners.len() == 2 && committed_total(&env) > N / 4
-    });
+    let Pair { broker: _broker, env, stream, mut a, mut b } = Pair::start("consume_pair", 6, N, 5_000, N / 4);
     // What B logs from here on: its assignments after A's death.
     let b_before_kill = b.log_text().len();
     a.kill();
@@ -578,7 +595,10 @@ fn two_consumers_in_one_group_one_killed_midway_keep_every_message_exactly_once(
     let taken: Vec<(i32, i64)> = after_kill
         .lines()
         .filter_map(|l| l.split("partitions assigned: ").nth(1))
-        .flat_map(|list| list.split_whitespace().filter_map(|p| p.split_once('@')))
+        // Partitions waiting for a lock (after `;`) are not read yet.
+        .flat_map(|list| {
+            list.split(';').next().unwrap_or("").split_whitespace().filter_map(|p| p.split_once('@'))
+        })
         .filter_map(|(p, o)| Some((p.parse().ok()?, o.parse().ok()?)))
         .collect();
     for (partition, reached) in &a_had {
@@ -932,17 +952,20 @@ fn changes_land_with_op_lsn_index_and_commit_time_and_bad_change_headers_go_to_t
     );
 }
 
-/// The partitions of the last assignment a consumer logged (locked or waiting for the lock).
-fn last_assignment(log: &str) -> Vec<i32> {
-    let Some(line) = log.lines().rev().find(|l| l.contains("partitions assigned: ")) else {
+/// The partitions a consumer holds the locks of, by its log: those of its last assignment
+/// (not the ones waiting for a lock), or none when its last rebalance line is a revoke.
+fn held_by(log: &str) -> Vec<i32> {
+    let Some(line) =
+        log.lines().rev().find(|l| l.contains("partitions assigned: ") || l.contains("partitions revoked: "))
+    else {
         return Vec::new();
     };
-    let list = line.split("partitions assigned: ").nth(1).unwrap_or("");
-    let (owned, waiting) = list.split_once("; waiting for the lock of ").unwrap_or((list, ""));
-    owned
+    let Some(list) = line.split("partitions assigned: ").nth(1) else { return Vec::new() };
+    list.split(';')
+        .next()
+        .unwrap_or("")
         .split_whitespace()
         .filter_map(|t| t.split('@').next()?.parse().ok())
-        .chain(waiting.split_whitespace().filter_map(|t| t.parse().ok()))
         .collect()
 }
 
@@ -952,27 +975,27 @@ fn last_assignment(log: &str) -> Vec<i32> {
 /// waits. After SIGCONT every message is in the lake exactly once.
 #[test]
 fn a_frozen_consumer_is_fenced_and_the_other_keeps_reading_its_own_partitions() {
-    let broker = Broker::start_memory();
-    let mut env = TestEnv::with_brokers("consume_frozen", &broker.addr);
-    env.set("ORDERSTREAM__STREAMING__MAX_BATCH_ROWS", "2000");
-    env.set("ORDERSTREAM__KAFKA__PROPERTIES__SESSION_TIMEOUT_MS", "6000");
-    create_topic(&broker.addr, &env.topic, 4);
     // 2,000 messages/s for 30 s: the stream outlasts the freeze, the session expiry and the
     // wait, and stays small (tansu's memory storage slows down as partitions grow).
     const N: i64 = 60_000;
-    let stream = produce_paced(&broker.addr, &env.topic, 0..N, 400, Duration::from_millis(200));
-    let mut a = env.spawn(&["consume"]);
-    let mut b = env.spawn(&["consume"]);
-    wait_assigned(&a, Duration::from_secs(60));
-    wait_assigned(&b, Duration::from_secs(60));
-    wait_until(Duration::from_secs(60), "both consumers to commit", || {
-        let owners: std::collections::BTreeSet<String> =
-            states(&env).into_iter().map(|s| s.last_process).collect();
-        owners.len() == 2
-    });
-    let frozen = last_assignment(&a.log_text());
-    assert!(!frozen.is_empty() && frozen.len() < 4, "A's assignment: {frozen:?}\n{}", a.log_text());
-    common::signal(a.pid(), libc::SIGSTOP);
+    let Pair { broker: _broker, env, stream, mut a, mut b } = Pair::start("consume_frozen", 4, N, 2_000, 0);
+    // Freeze A while it holds some partitions (tansu rebalances every few seconds here, and a
+    // member frozen between a revoke and the next assignment holds nothing): A's log, final
+    // while it is stopped, says what it holds.
+    let mut tries = 0;
+    let frozen = loop {
+        wait_until(Duration::from_secs(30), "A to hold partitions", || !held_by(&a.log_text()).is_empty());
+        common::signal(a.pid(), libc::SIGSTOP);
+        std::thread::sleep(Duration::from_millis(100));
+        let held = held_by(&a.log_text());
+        // Some, not all: B must have partitions of its own to go on with.
+        if !held.is_empty() && held.len() < 4 {
+            break held;
+        }
+        common::signal(a.pid(), libc::SIGCONT);
+        tries += 1;
+        assert!(tries < 20, "A never held partitions when frozen:\n{}", a.log_text());
+    };
 
     // B gets every partition once A's session expires, and waits for the locks A still holds.
     let waiting_line = wait_for(Duration::from_secs(60), "B to wait for A's partitions", || {

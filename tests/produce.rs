@@ -176,6 +176,20 @@ fn orders_sharing_one_created_at_are_split_across_polls_without_loss() {
     assert!(batches.iter().all(|n| *n <= 3), "{batches:?}");
 }
 
+/// A connection whose open transaction inserted one order (returned), left open for 800 ms
+/// so that later orders are published past its `created_at`; `COMMIT` on it finishes it.
+fn insert_and_stay_open(env: &TestEnv) -> (postgres::Client, i64) {
+    let mut slow = env.pg();
+    slow.batch_execute("BEGIN").unwrap();
+    let sql = format!(
+        "INSERT INTO {} (customer_name, amount) VALUES ('slow', 7) RETURNING order_id::int8",
+        env.t()
+    );
+    let late_id: i64 = slow.query_one(&sql, &[]).unwrap().get(0);
+    std::thread::sleep(Duration::from_millis(800));
+    (slow, late_id)
+}
+
 #[test]
 fn a_transaction_open_across_polls_is_published_when_it_commits() {
     let env = TestEnv::new("prod_late");
@@ -184,19 +198,7 @@ fn a_transaction_open_across_polls_is_published_when_it_commits() {
     wait_messages(&env, 10, Duration::from_secs(60));
 
     // Case 1: the transaction inserts first, then stays open while later orders are published.
-    let mut slow = env.pg();
-    let mut tx = slow.transaction().unwrap();
-    let late_id: i64 = tx
-        .query_one(
-            &format!(
-                "INSERT INTO {} (customer_name, amount) VALUES ('slow', 7) RETURNING order_id::int8",
-                env.t()
-            ),
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    std::thread::sleep(Duration::from_millis(800));
+    let (mut slow, late_id) = insert_and_stay_open(&env);
     let later = env.insert(3);
     let msgs = wait_messages(&env, 13, Duration::from_secs(30));
     let c = counts(&msgs);
@@ -206,7 +208,7 @@ fn a_transaction_open_across_polls_is_published_when_it_commits() {
     );
     assert!(!c.contains_key(&late_id));
     std::thread::sleep(Duration::from_millis(600));
-    tx.commit().unwrap();
+    slow.batch_execute("COMMIT").unwrap();
     let msgs = wait_messages(&env, 14, Duration::from_secs(30));
     assert_eq!(counts(&msgs).get(&late_id), Some(&1));
 
@@ -253,19 +255,7 @@ fn a_late_order_whose_state_save_failed_is_not_published_again_by_any_restart() 
     let inserter = insert_continuously(&env, stop.clone(), Rng::from_env("late_save").next());
 
     // A transaction inserts, then stays open while later orders are published past it.
-    let mut slow = env.pg();
-    let mut tx = slow.transaction().unwrap();
-    let late_id: i64 = tx
-        .query_one(
-            &format!(
-                "INSERT INTO {} (customer_name, amount) VALUES ('slow', 7) RETURNING order_id::int8",
-                env.t()
-            ),
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    std::thread::sleep(Duration::from_millis(800));
+    let (mut slow, late_id) = insert_and_stay_open(&env);
     let later = env.insert(3);
     wait_for(Duration::from_secs(30), "the later orders in the topic", || {
         let c = counts(&messages(&env));
@@ -275,7 +265,7 @@ fn a_late_order_whose_state_save_failed_is_not_published_again_by_any_restart() 
     // From now on every state save fails; then the transaction commits.
     let tmp = env.lastprocess().join(format!("last_timestamp.{}.tmp", producer.pid()));
     std::fs::create_dir_all(&tmp).unwrap();
-    tx.commit().unwrap();
+    slow.batch_execute("COMMIT").unwrap();
     wait_for(Duration::from_secs(30), "the late order in the topic", || {
         counts(&messages(&env)).contains_key(&late_id).then_some(())
     });
