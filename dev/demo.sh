@@ -15,6 +15,14 @@ CONFIG=configs/orders_stream.yml
 PIDFILE=.stack/pids/pipeline.pid
 LOG=.stack/logs/pipeline.log
 PG_PORT=${ORDERSTREAM_PG_PORT:-55432}
+# A stack moved to other ports (README, "Ports") moves the configuration's addresses with it,
+# unless they are overridden already.
+if [ -n "${ORDERSTREAM_PG_PORT:-}" ]; then
+  export ORDERSTREAM__POSTGRES__JDBC_URL=${ORDERSTREAM__POSTGRES__JDBC_URL:-jdbc:postgresql://127.0.0.1:$PG_PORT/food_delivery_db}
+fi
+if [ -n "${ORDERSTREAM_KAFKA_PORT:-}" ]; then
+  export ORDERSTREAM__KAFKA__BROKERS=${ORDERSTREAM__KAFKA__BROKERS:-127.0.0.1:$ORDERSTREAM_KAFKA_PORT}
+fi
 export PGPASSWORD=student123
 PSQL=(psql -X -q -h 127.0.0.1 -p "$PG_PORT" -U student -d food_delivery_db -v ON_ERROR_STOP=1)
 LAKE=$(sed -n 's/^  path: "\(.*\)"/\1/p' "$CONFIG" | head -n 1)

@@ -1,25 +1,54 @@
 #!/usr/bin/env bash
 # Prints the path of a Python that has what the tests and the demo use: the lake readers (DuckDB,
 # pyarrow and Spark: readers other than our own writer) and the Prometheus text parser, creating
-# .stack/venv on first use. Spark needs a Java runtime, installed too when missing.
+# .stack/venv on first use. Spark 4 needs Java 17 or newer (tested: 17; Debian 13's default is
+# 21, which Spark 4 supports too): as root the distribution's default Java runtime is installed
+# when `java` is missing.
+#
+#   dev/python.sh            the venv's python (installing what is missing first)
+#   dev/python.sh --missing  the Debian packages it would need, one per line (for dev/stack.sh)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV="$ROOT/.stack/venv"
 REQUIREMENTS="duckdb==2.0.1 pyarrow==26.0.1 pyspark==4.3.0 prometheus-client==0.26.0"
 STAMP="$VENV/.requirements"
+JAVA_MIN=17
 
-if ! command -v java >/dev/null 2>&1; then
-  [ "$(id -u)" -eq 0 ] || { echo "python: Spark needs Java; install openjdk-17-jre-headless" >&2; exit 1; }
-  echo "python: installing a Java runtime for Spark" >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openjdk-17-jre-headless >/dev/null
+java_major() { # `openjdk version "17.0.15" 2025-04-15` → 17 (`"1.8.0_402"` → 1)
+  java -version 2>&1 | sed -n 's/^[^"]*version "\([0-9]*\).*/\1/p' | head -n 1
+}
+
+missing() {
+  # Debian's python3 lacks ensurepip (which `python3 -m venv` needs) until python3-venv is in.
+  python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || echo python3-venv
+  command -v java >/dev/null 2>&1 || echo default-jre-headless
+}
+
+if [ "${1:-}" = "--missing" ]; then
+  missing
+  exit 0
 fi
+
+mapfile -t need < <(missing)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "python: missing Debian packages; as root: apt-get update && apt-get install -y --no-install-recommends ${need[*]}" >&2
+    exit 1
+  fi
+  echo "python: installing ${need[*]}" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+java=$(java_major)
+if [ -z "$java" ] || [ "$java" -lt "$JAVA_MIN" ]; then
+  echo "python: Spark 4 needs Java $JAVA_MIN or newer, and \`java\` is: $(java -version 2>&1 | head -n 1)." \
+    "Install openjdk-17-jre-headless (or newer) and select it with update-alternatives --config java" >&2
+  exit 1
+fi
+
 if [ -x "$VENV/bin/python" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$REQUIREMENTS" ]; then
   echo "$VENV/bin/python"
   exit 0
-fi
-if ! python3 -m venv --help >/dev/null 2>&1; then
-  [ "$(id -u)" -eq 0 ] || { echo "python: python3-venv is missing; install it with apt-get" >&2; exit 1; }
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
 fi
 echo "python: installing $REQUIREMENTS into .stack/venv" >&2
 rm -rf "$VENV"

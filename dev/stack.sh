@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The local stack: a private PostgreSQL 15 cluster and a tansu Kafka-API broker, both on
-# loopback, with all state, logs and PID files under .stack/ (git-ignored).
+# The local stack: a private PostgreSQL cluster and a tansu Kafka-API broker, both on loopback,
+# with all state, logs and PID files under .stack/ (git-ignored).
 #
 #   dev/stack.sh up      install what is missing, start both, wait until both answer (no-op if up)
 #   dev/stack.sh down    stop exactly the processes `up` started (by PID)
@@ -8,7 +8,9 @@
 #   dev/stack.sh env     print the settings as shell variables (for tests and scripts)
 #
 # Ports can be moved with ORDERSTREAM_PG_PORT and ORDERSTREAM_KAFKA_PORT; the configuration in
-# configs/orders_stream.yml points at the defaults.
+# configs/orders_stream.yml points at the defaults (README, "Ports").
+# PostgreSQL is the installed major version (the cluster's own when it exists, else the newest;
+# ORDERSTREAM_PG_BIN names another bin folder), or the distribution's default when none is.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -16,7 +18,6 @@ STACK="$ROOT/.stack"
 PG_PORT=${ORDERSTREAM_PG_PORT:-55432}
 KAFKA_PORT=${ORDERSTREAM_KAFKA_PORT:-9092}
 TANSU_VERSION=0.6.0
-PG_BIN=${ORDERSTREAM_PG_BIN:-/usr/lib/postgresql/15/bin}
 CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
 TANSU="$CARGO_BIN/tansu"
 
@@ -26,34 +27,98 @@ die() { printf 'stack: error: %s\n' "$*" >&2; exit 1; }
 as_root() { [ "$(id -u)" -eq 0 ]; }
 
 # ---------------------------------------------------------------------------------------------
-# Installing what is missing (Debian 12).
+# Installing what is missing (Debian 12 and 13). Everything is checked before anything is
+# installed or started: as root the Debian packages are installed in one go; anyone else gets
+# the whole list and exit 1.
+
+# PostgreSQL's programs: ORDERSTREAM_PG_BIN; else those of the cluster's major version when the
+# cluster exists (a newer server cannot open its data); else the newest installed. Debian puts
+# each major version's programs in /usr/lib/postgresql/<major>/bin. Empty when none is installed.
+pg_bin_detect() {
+  if [ -n "${ORDERSTREAM_PG_BIN:-}" ]; then echo "$ORDERSTREAM_PG_BIN"; return; fi
+  local v
+  v=$(cat "$PG_DIR/data/PG_VERSION" 2>/dev/null || true)
+  if [ -n "$v" ] && [ -x "/usr/lib/postgresql/$v/bin/initdb" ]; then
+    echo "/usr/lib/postgresql/$v/bin"
+    return
+  fi
+  find /usr/lib/postgresql -mindepth 3 -maxdepth 3 -path '*/bin/initdb' 2>/dev/null \
+    | sort -V | tail -n 1 | xargs -r dirname
+}
+
+# The Debian packages missing, one per line: the server (the `postgresql` metapackage is the
+# distribution's default major version: 15 on Debian 12, 17 on Debian 13), the build tools,
+# and what dev/python.sh needs for the tests and the demo.
+missing_packages() {
+  if [ -z "$PG_BIN" ] || [ ! -x "$PG_BIN/initdb" ]; then echo postgresql; fi
+  command -v psql >/dev/null || echo postgresql-client
+  command -v gcc >/dev/null || echo gcc
+  command -v g++ >/dev/null || echo g++
+  command -v make >/dev/null || echo make
+  command -v pkg-config >/dev/null || echo pkg-config
+  # Headers the bundled librdkafka and its TLS support build against.
+  [ -f /usr/include/openssl/ssl.h ] || echo libssl-dev
+  [ -f /usr/include/zlib.h ] || echo zlib1g-dev
+  # tests/tls.rs makes its certificates with the openssl command line.
+  command -v openssl >/dev/null || echo openssl
+  "$ROOT/dev/python.sh" --missing
+}
+
+# The package a Debian metapackage stands for here (postgresql → postgresql-15 on Debian 12).
+apt_default() {
+  local p
+  p=$(apt-cache depends "$1" 2>/dev/null | sed -n 's/^ *Depends: \(postgresql-[0-9]*\|openjdk-.*\)$/\1/p' | head -n 1)
+  echo "${p:-unknown until apt-get update}"
+}
 
 apt_install() {
-  as_root || die "missing Debian packages ($*) and not root: install them with apt-get"
   log "installing Debian packages: $*"
   DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
 ensure_packages() {
-  local missing=()
-  [ -x "$PG_BIN/initdb" ] || missing+=(postgresql-15)
-  command -v psql >/dev/null || missing+=(postgresql-client-15)
-  command -v gcc >/dev/null || missing+=(gcc)
-  command -v g++ >/dev/null || missing+=(g++)
-  command -v make >/dev/null || missing+=(make)
-  command -v pkg-config >/dev/null || missing+=(pkg-config)
-  # Headers the bundled librdkafka and its TLS support build against.
-  [ -f /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
-  [ -f /usr/include/zlib.h ] || missing+=(zlib1g-dev)
-  if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
+  local missing rust_min
+  if [ -n "${ORDERSTREAM_PG_BIN:-}" ] && [ ! -x "$PG_BIN/initdb" ]; then
+    die "ORDERSTREAM_PG_BIN=$PG_BIN holds no initdb: name a PostgreSQL bin folder, or unset it"
+  fi
+  mapfile -t missing < <(missing_packages)
+  if command -v cargo >/dev/null; then
+    if [ ${#missing[@]} -eq 0 ]; then return; fi
+    if as_root; then
+      apt_install "${missing[@]}"
+      PG_BIN=$(pg_bin_detect)
+      [ -x "$PG_BIN/initdb" ] || die "PostgreSQL is still missing after installing ${missing[*]}"
+      return
+    fi
+  fi
+  rust_min=$(sed -n 's/^rust-version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml")
+  {
+    echo "stack: missing; install these, then run the command again (nothing was started):"
+    if [ ${#missing[@]} -gt 0 ]; then
+      echo "  as root:    apt-get update && apt-get install -y --no-install-recommends ${missing[*]}"
+      local p meta=()
+      for p in "${missing[@]}"; do
+        case $p in postgresql | default-jre-headless) meta+=("$p = $(apt_default "$p")") ;; esac
+      done
+      if [ ${#meta[@]} -gt 0 ]; then
+        echo "              (the distribution's defaults; here $(printf '%s, ' "${meta[@]}" | sed 's/, $//'))"
+      fi
+    fi
+    if ! command -v cargo >/dev/null; then
+      echo "  as $(id -un):  Rust $rust_min or newer with cargo (rustup: https://rustup.rs), cargo on PATH"
+    fi
+    if ! tansu_installed; then
+      echo "  then \`make up\` builds tansu $TANSU_VERSION with cargo install (about 17 minutes, once per user)"
+    fi
+  } >&2
+  exit 1
 }
 
+tansu_installed() { [ -x "$TANSU" ] && "$TANSU" --version 2>/dev/null | grep -qx "tansu $TANSU_VERSION"; }
+
 ensure_tansu() {
-  if [ -x "$TANSU" ] && "$TANSU" --version 2>/dev/null | grep -qx "tansu $TANSU_VERSION"; then
-    return
-  fi
-  command -v cargo >/dev/null || die "cargo is needed to install tansu"
+  if tansu_installed; then return; fi
   mkdir -p "$STACK/logs"
   log "installing tansu $TANSU_VERSION with cargo (about 17 minutes, once per machine; log: .stack/logs/tansu-install.log)"
   if ! cargo install tansu --locked --version "$TANSU_VERSION" --features dynostore,libsql \
@@ -146,7 +211,14 @@ pg_up() {
   local data="$PG_DIR/data"
   if pid_alive postgres "$data" && pg_ready; then return; fi
   if pg_ready; then die "port $PG_PORT already answers, but not by our cluster: stop it or set ORDERSTREAM_PG_PORT"; fi
-  if [ ! -f "$data/PG_VERSION" ]; then
+  if [ -f "$data/PG_VERSION" ]; then
+    local have want
+    have=$(pg_version)
+    have=${have%%.*}
+    want=$(cat "$data/PG_VERSION")
+    [ "$have" = "$want" ] || die "the cluster in .stack/pg/data is PostgreSQL $want, but $PG_BIN is $have: \
+install postgresql-$want (or set ORDERSTREAM_PG_BIN), or delete .stack/pg to start a new, empty cluster"
+  else
     log "creating the PostgreSQL cluster in .stack/pg/data (OS user $PGUSER)"
     as_pg mkdir -p "$PG_DIR/run" "$PG_DIR/log"
     as_pg "$PG_BIN/initdb" -D "$data" --username=postgres --auth-local=trust --auth-host=scram-sha-256 \
@@ -182,6 +254,8 @@ EOF
   head -n 1 "$data/postmaster.pid" >"$STACK/pids/postgres.pid"
   pg_bootstrap
 }
+
+pg_version() { "$PG_BIN/pg_ctl" --version | sed -n 's/^pg_ctl (PostgreSQL) \([0-9.]*\).*/\1/p'; }
 
 pg_ready() { "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -t 5; }
 
@@ -262,13 +336,14 @@ kafka_down() { stop_pid tansu "$KAFKA_CLUSTER" TERM; }
 
 cmd=${1:-}
 mkdir -p "$STACK/pids" "$STACK/logs"
+PG_BIN=$(pg_bin_detect)
 case "$cmd" in
   up)
     ensure_packages
     ensure_tansu
     pg_up
     kafka_up
-    log "up: PostgreSQL 127.0.0.1:$PG_PORT (food_delivery_db, student), Kafka 127.0.0.1:$KAFKA_PORT"
+    log "up: PostgreSQL $(pg_version) on 127.0.0.1:$PG_PORT (food_delivery_db, student), Kafka 127.0.0.1:$KAFKA_PORT"
     ;;
   down)
     # The demo's pipeline first, so it does not spend its last moments retrying.

@@ -34,9 +34,23 @@ pub struct Cluster {
     pub port: u16,
 }
 
-/// The PostgreSQL binaries' folder.
+/// The PostgreSQL binaries' folder: `ORDERSTREAM_PG_BIN`, else the newest major version
+/// installed under `/usr/lib/postgresql` (where Debian puts each), the one a new stack gets.
 pub fn pg_bin() -> String {
-    std::env::var("ORDERSTREAM_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into())
+    if let Ok(bin) = std::env::var("ORDERSTREAM_PG_BIN")
+        && !bin.is_empty()
+    {
+        return bin;
+    }
+    let newest = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|major| Path::new(&format!("/usr/lib/postgresql/{major}/bin/initdb")).exists())
+        .max()
+        .expect("no PostgreSQL in /usr/lib/postgresql/<major>/bin: run `make up`, or set ORDERSTREAM_PG_BIN");
+    format!("/usr/lib/postgresql/{newest}/bin")
 }
 
 /// The OS user the clusters run as.
