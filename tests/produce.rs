@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::cluster::{Cluster, ClusterOptions};
-use common::proc::wait_for;
+use common::proc::{wait_for, wait_until};
 use common::proxy::Proxy;
 use common::topic::{Record, read_topic};
 use common::{Broker, Rng, TestEnv};
@@ -379,9 +379,22 @@ fn crash_loop_publishes_every_order_exactly_once() {
         assert!(producer.running(), "round {round}: producer exited early:\n{}", producer.log_text());
         if rng.range(0, 3) == 0 {
             // Kill it while a batch waits for the broker, then let the broker take what the dead
-            // process had sent: a batch published but never saved.
+            // process had sent: a batch published but never saved. The kill waits until the
+            // producer says it waits for acknowledgements (a batch is sent), so every such round
+            // leaves a batch to recover, whatever the timing (once past its recovery, which
+            // reads the topic and would just wait for the broker).
+            wait_until(Duration::from_secs(30), "the producer past its recovery", || {
+                producer.log_text().contains("batch published")
+            });
             broker.freeze();
-            std::thread::sleep(Duration::from_millis(rng.range(100, 400)));
+            let waiting = |p: &common::proc::Proc| {
+                p.log_text().matches("waiting for the broker to acknowledge").count()
+            };
+            let before = waiting(&producer);
+            wait_until(Duration::from_secs(30), "a batch waiting for the frozen broker", || {
+                waiting(&producer) > before
+            });
+            std::thread::sleep(Duration::from_millis(rng.range(0, 300)));
             producer.kill();
             std::thread::sleep(Duration::from_millis(rng.range(0, 200)));
             broker.thaw();
