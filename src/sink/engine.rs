@@ -63,6 +63,14 @@ struct Owned {
     resumed_at: Option<i64>,
 }
 
+/// A partition assigned while another live process holds its lock.
+struct Waiting {
+    /// Since when.
+    since: Instant,
+    /// When the next "still waiting" line is due.
+    next_log: Instant,
+}
+
 impl Owned {
     /// Where reading this partition goes on: after the messages already handled.
     fn offset(&self) -> Offset {
@@ -101,10 +109,8 @@ pub struct Engine {
     dlq: DeadLetters,
     metrics: Arc<Metrics>,
     owned: BTreeMap<i32, Owned>,
-    /// Partitions assigned while another live process held their lock, since when.
-    waiting: BTreeMap<i32, Instant>,
-    /// Per waiting partition, the wait after which the next log line is due.
-    waiting_logged: BTreeMap<i32, Duration>,
+    /// Partitions assigned while another live process held their lock.
+    waiting: BTreeMap<i32, Waiting>,
     /// When the waiting partitions' locks are tried next.
     next_lock_try: Instant,
     batch: InFlight,
@@ -136,7 +142,6 @@ impl Engine {
             metrics,
             owned: BTreeMap::new(),
             waiting: BTreeMap::new(),
-            waiting_logged: BTreeMap::new(),
             next_lock_try: Instant::now(),
             batch: InFlight::default(),
             pending: Vec::new(),
@@ -456,23 +461,20 @@ impl Engine {
             Ok(lock) => lock,
             Err(path) => {
                 let now = Instant::now();
-                let since = *self.waiting.entry(partition).or_insert(now);
-                if now.saturating_duration_since(since)
-                    >= self.waiting_logged.get(&partition).copied().unwrap_or_default()
-                {
+                let w = self.waiting.entry(partition).or_insert(Waiting { since: now, next_log: now });
+                if now >= w.next_log {
                     tracing::warn!(
                         "partition {topic}/{partition}: waiting for {} (another live process still owns \
                          the partition; waited {:.0} s); the other partitions are read meanwhile",
                         path.display(),
-                        now.saturating_duration_since(since).as_secs_f64()
+                        now.saturating_duration_since(w.since).as_secs_f64()
                     );
-                    *self.waiting_logged.entry(partition).or_default() += WAIT_LOG_EVERY;
+                    w.next_log += WAIT_LOG_EVERY;
                 }
                 return Ok(None);
             }
         };
         self.waiting.remove(&partition);
-        self.waiting_logged.remove(&partition);
         let mut state = self.checkpoint.read_state(topic, partition)?;
         let mut from_manifest = false;
         for (path, m) in self.checkpoint.manifests()? {
@@ -529,8 +531,13 @@ impl Engine {
         for p in partitions {
             self.owned.remove(p);
             self.waiting.remove(p);
-            self.waiting_logged.remove(p);
         }
+    }
+
+    /// Whether `partition` is assigned to this member but waits for its lock (so librdkafka
+    /// was never told to read it).
+    pub fn is_waiting(&self, partition: i32) -> bool {
+        self.waiting.contains_key(&partition)
     }
 
     /// The partitions assigned to this member: owned, or waiting for their lock.

@@ -117,9 +117,20 @@ impl ConsumerContext for GroupContext {
                     cooperative && other == RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS;
                 let revoked: Vec<i32> =
                     if incremental { listed.iter().map(|(_, p)| *p).collect() } else { engine.owned() };
+                // Only what librdkafka reads: a partition still waiting for its lock never was.
+                let mut reading = TopicPartitionList::new();
+                for (topic, p) in listed.iter().filter(|(_, p)| !engine.is_waiting(*p)) {
+                    let _ = reading.add_partition(topic, *p);
+                }
                 engine.release(&revoked);
                 tracing::info!("partitions revoked: {revoked:?}");
-                if incremental { consumer.incremental_unassign(tpl) } else { consumer.unassign() }
+                if !incremental {
+                    consumer.unassign()
+                } else if reading.count() > 0 {
+                    consumer.incremental_unassign(&reading)
+                } else {
+                    Ok(())
+                }
             }
         };
         if let Err(e) = result {
