@@ -84,6 +84,9 @@ pub struct ConsumerMetrics {
     pub lag_messages: Gauge,
     /// Retries after a failure of the broker or the lake.
     pub retries: Counter,
+    /// Times this member rejoined its group because partitions with messages had no progress
+    /// and no holder it could see.
+    pub rejoins: Counter,
 }
 
 /// The replication slot of logical capture, refreshed every few seconds by the running producer
@@ -211,6 +214,11 @@ impl Metrics {
             );
             c.register("lag_messages", "Messages not yet in the lake", consumer.lag_messages.clone());
             c.register("retries", "Retries after broker or lake failures", consumer.retries.clone());
+            c.register(
+                "rejoins",
+                "Group rejoins because stalled partitions had no holder",
+                consumer.rejoins.clone(),
+            );
         }
         {
             let s = registry.sub_registry_with_prefix("slot");

@@ -1044,3 +1044,80 @@ fn a_frozen_consumer_is_fenced_and_the_other_keeps_reading_its_own_partitions() 
     assert_eq!(a.stop(), 0, "{}", a.log_text());
     assert_exactly_once(&env, N, &positions);
 }
+
+/// A group member that takes its partitions and never commits: a hung process that still
+/// heartbeats, or what a broker that keeps counting a killed member looks like from outside.
+/// Its client id sorts first, so the range assignor gives it partition 0. Leaves when dropped.
+struct Ghost {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Ghost {
+    fn join(brokers: &str, group: &str, topic: &str) -> Ghost {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", group)
+            .set("client.id", "aaa-ghost")
+            .set("enable.auto.commit", "false")
+            .set("session.timeout.ms", "3000")
+            .set("heartbeat.interval.ms", "1000")
+            .create()
+            .unwrap();
+        consumer.subscribe(&[topic]).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let _ = consumer.poll(Duration::from_millis(100));
+                }
+                consumer.unsubscribe();
+                let _ = consumer.poll(Duration::from_millis(500));
+            })
+        };
+        Ghost { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Ghost {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn a_consumer_holding_nothing_while_a_partition_stalls_says_so_rejoins_and_takes_it_over() {
+    let broker = Broker::start_memory();
+    let mut env = TestEnv::with_brokers("consume_orphan", &broker.addr);
+    env.set("ORDERSTREAM__KAFKA__PROPERTIES__SESSION_TIMEOUT_MS", "3000");
+    create_topic(&broker.addr, &env.topic, 1);
+    let positions = produce_paced(&broker.addr, &env.topic, 0..1_000, 1_000, Duration::ZERO).join().unwrap();
+    let ghost = Ghost::join(&broker.addr, &format!("orderstream_{}", env.topic), &env.topic);
+    let (mut c, port) = env.spawn_serving(&["consume"]);
+    // The ghost holds partition 0 and never commits: after the stall window (10 s here) the
+    // consumer says so, and rejoins; the ghost, alive, gets the partition again.
+    wait_until(Duration::from_secs(60), "/health to report the stalled partition", || {
+        let (code, body) = common::http_get(port, "/health");
+        code == 503
+            && body.contains("this member holds no partitions; partitions 0 have 1000 messages beyond their committed offsets")
+    });
+    wait_until(Duration::from_secs(30), "a rejoin", || c.log_text().contains("rejoining the group"));
+    let metrics = common::http_get(port, "/metrics").1;
+    assert!(
+        metrics.lines().any(|l| l.starts_with("orderstream_consumer_rejoins_total ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    drop(ghost);
+    wait_committed(&env, &positions, Duration::from_secs(60));
+    wait_until(Duration::from_secs(30), "/health to pass again", || {
+        common::http_get(port, "/health").0 == 200
+    });
+    assert!(c.log_text().contains("every partition with messages beyond its committed offset is held again"));
+    assert_eq!(c.stop(), 0, "{}", c.log_text());
+    assert_exactly_once(&env, 1_000, &positions);
+}

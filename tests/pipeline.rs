@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use common::TestEnv;
@@ -259,7 +258,7 @@ fn status_and_metrics_show_logical_capture_and_its_slot() {
 
     // The running producer's monitor exports the slot.
     let m = wait_for(Duration::from_secs(30), "orderstream_slot_active 1", || {
-        let (code, body) = get(port, "/metrics");
+        let (code, body) = common::http_get(port, "/metrics");
         assert_eq!(code, 200);
         let m = parse_metrics(&body);
         (m.get("orderstream_slot_active") == Some(&1.0)).then_some(m)
@@ -281,16 +280,6 @@ fn status_and_metrics_show_logical_capture_and_its_slot() {
 }
 
 /// One HTTP/1.0 GET on loopback: (status code, body).
-fn get(port: u16, path: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (code, body.to_string())
-}
-
 /// Parses exposition text with the Prometheus project's own parser (prometheus_client,
 /// OpenMetrics) and returns every sample as name{labels} → value.
 fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
@@ -320,13 +309,13 @@ fn metrics_parse_as_prometheus_text_and_count_what_was_processed() {
     env.insert(5);
     wait_lake_rows(&env, 15);
 
-    let (code, body) = get(port, "/health");
+    let (code, body) = common::http_get(port, "/health");
     assert_eq!(code, 200, "{body}");
     assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["status"], "ok");
 
     // The producer saves its batch after publishing; the counters follow the lake.
     let m = wait_for(Duration::from_secs(30), "counters of 15 orders", || {
-        let (code, body) = get(port, "/metrics");
+        let (code, body) = common::http_get(port, "/metrics");
         assert_eq!(code, 200);
         let m = parse_metrics(&body);
         (m.get("orderstream_consumer_rows_written_total") == Some(&15.0)).then_some(m)

@@ -104,6 +104,7 @@ mod group;
 mod parquet;
 mod replay;
 mod scratch;
+mod watch;
 
 pub use checkpoint::{Manifest, ManifestFile, PartitionState};
 pub use dlq::{
@@ -165,7 +166,9 @@ pub fn consume(cfg: &Config, metrics: Arc<Metrics>, shutdown: Shutdown) -> Resul
     consumer
         .subscribe(&[&cfg.kafka.topic])
         .map_err(|e| Error::Kafka(format!("cannot subscribe to {}: {e}", cfg.kafka.topic)))?;
-    let result = run(&consumer, &metrics, &shutdown);
+    let watch = watch::Watch::start(&cfg.kafka)?;
+    let result = run(&consumer, &metrics, &shutdown, &watch, &cfg.kafka.topic);
+    drop(watch);
     let ctx = consumer.context().clone();
     {
         let mut engine = ctx.engine();
@@ -183,8 +186,16 @@ pub fn consume(cfg: &Config, metrics: Arc<Metrics>, shutdown: Shutdown) -> Resul
 }
 
 /// The poll loop.
-fn run(consumer: &group::GroupConsumer, metrics: &Metrics, shutdown: &Shutdown) -> Result<()> {
+fn run(
+    consumer: &group::GroupConsumer,
+    metrics: &Metrics,
+    shutdown: &Shutdown,
+    watch: &watch::Watch,
+    topic: &str,
+) -> Result<()> {
     let ctx = consumer.context();
+    let mut orphans = watch::Orphans::new(watch.window());
+    let mut next_look = Instant::now();
     let mut backoff = Backoff::between(Duration::from_secs(1), Duration::from_secs(30));
     let mut kafka_errors = Backoff::between(Duration::from_secs(1), Duration::from_secs(60));
     let mut report_after = Instant::now();
@@ -208,6 +219,11 @@ fn run(consumer: &group::GroupConsumer, metrics: &Metrics, shutdown: &Shutdown) 
         if unclocked >= CLOCK_EVERY {
             now = Instant::now();
             unclocked = 0;
+        }
+        if now >= next_look {
+            next_look = now + Duration::from_secs(1);
+            let held = ctx.engine().owned();
+            rejoin_if_orphaned(consumer, metrics, &mut orphans, watch, &held, topic, now)?;
         }
         // One lock per message: handle it and check the batch under the same guard.
         let mut engine = ctx.engine();
@@ -262,6 +278,41 @@ fn run(consumer: &group::GroupConsumer, metrics: &Metrics, shutdown: &Shutdown) 
                 drop(engine);
                 sleep_unless(shutdown, delay);
             }
+        }
+    }
+    Ok(())
+}
+
+/// The `/health` stage of partitions nobody holds (see [`watch`]).
+const GROUP_STAGE: &str = "consumer group";
+
+/// Reports partitions that have messages and no progress while this member does not hold them,
+/// and rejoins the group when the back-off allows. Called without the engine's lock: the
+/// revoke that leaving the group causes runs the rebalance callback, which takes it.
+fn rejoin_if_orphaned(
+    consumer: &group::GroupConsumer,
+    metrics: &Metrics,
+    orphans: &mut watch::Orphans,
+    watch: &watch::Watch,
+    held: &[i32],
+    topic: &str,
+    now: Instant,
+) -> Result<()> {
+    match orphans.judge(watch, held, now) {
+        watch::Verdict::Nothing => {}
+        watch::Verdict::Clear => {
+            metrics.health.ok(GROUP_STAGE);
+            tracing::info!("every partition with messages beyond its committed offset is held again");
+        }
+        watch::Verdict::Report(m) => metrics.health.fail(GROUP_STAGE, &m),
+        watch::Verdict::Rejoin(m) => {
+            metrics.health.fail(GROUP_STAGE, &m);
+            tracing::warn!("{m}: rejoining the group");
+            metrics.consumer.rejoins.inc();
+            consumer.unsubscribe();
+            consumer
+                .subscribe(&[topic])
+                .map_err(|e| Error::Kafka(format!("cannot subscribe to {topic} again: {e}")))?;
         }
     }
     Ok(())

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::TestEnv;
 use super::lake::{LakeRow, Msg, Writer, assert_clean_lake, files, order_json, read_duckdb, states};
-use super::proc::{Proc, wait_until};
+use super::proc::Proc;
 use super::topic::read_topic;
 
 /// Message `i` of a volume test: valid orders over three dates, every 997th a reject
@@ -93,11 +93,20 @@ pub fn produce_until(
 
 /// Waits until the consumer logs an assignment with at least one partition.
 pub fn wait_assigned(c: &Proc, timeout: Duration) {
-    wait_until(timeout, "a partition assignment", || {
+    let assigned = || {
         c.log_text()
             .lines()
             .any(|l| l.contains("partitions assigned: ") && !l.ends_with("partitions assigned: none"))
-    });
+    };
+    let deadline = std::time::Instant::now() + timeout;
+    while !assigned() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no partition assigned after {timeout:?}; the consumer logged:\n{}",
+            c.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The lake holds exactly the valid messages of `0..n`, each once; the dead-letter topic holds

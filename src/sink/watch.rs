@@ -1,0 +1,217 @@
+//! Partitions nobody consumes. A group member that crashed is counted by the coordinator until
+//! its session expires, and some brokers keep counting it longer (tansu 0.6 was seen assigning
+//! partitions to killed members, leaving the restarted consumer with none for minutes). Kafka
+//! then reports nothing wrong: the live member has a valid, empty, assignment.
+//!
+//! A thread of this module reads, every few seconds, the group's committed offset and the end
+//! of every partition of the topic (the same requests as `orderstream status`). A partition is
+//! *stalled* when it has messages beyond its committed offset and that offset has not moved for
+//! the stall window: twice `session.timeout.ms`, at least 10 s, so a member that died cleanly
+//! has lost its partitions long before. The poll loop compares the stalled partitions with its
+//! own assignment: a stalled partition this member does not hold is nobody's, as far as it can
+//! tell; it reports them on `/health` (stage `consumer group`, 503) and rejoins the group, which
+//! makes the coordinator drop expired members and assign again. Rejoins back off (the window,
+//! doubling up to 5 minutes) so a live member that is merely slow is not rebalanced in a loop.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rdkafka::Offset;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::topic_partition_list::TopicPartitionList;
+
+use crate::config::KafkaConfig;
+use crate::error::{Error, Result};
+use crate::kafka;
+
+/// librdkafka's default `session.timeout.ms`.
+const DEFAULT_SESSION_MS: u64 = 45_000;
+
+/// A partition with messages beyond its committed offset, which has not moved for `for_`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stalled {
+    pub partition: i32,
+    /// Messages beyond the committed offset.
+    pub lag: i64,
+    pub for_: Duration,
+}
+
+/// What the watch thread last saw of one partition.
+struct Seen {
+    committed: Option<i64>,
+    lag: i64,
+    since: Instant,
+}
+
+/// The watch thread and what it found.
+pub struct Watch {
+    window: Duration,
+    seen: Arc<Mutex<BTreeMap<i32, Seen>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Watch {
+    /// Starts watching `cfg.topic` for the group `cfg.group_id`.
+    pub fn start(cfg: &KafkaConfig) -> Result<Watch> {
+        let session = cfg
+            .properties
+            .get("session.timeout.ms")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(DEFAULT_SESSION_MS);
+        let window = Duration::from_millis(session * 2).max(Duration::from_secs(10));
+        let client: BaseConsumer = kafka::Client::Status
+            .config(cfg)
+            .create()
+            .map_err(|e| Error::Kafka(format!("cannot create the group watch for {}: {e}", cfg.brokers)))?;
+        let seen = Arc::new(Mutex::new(BTreeMap::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let every = (window / 4).clamp(Duration::from_secs(1), Duration::from_secs(5));
+        let thread = {
+            let (seen, stop, topic) = (seen.clone(), stop.clone(), cfg.topic.clone());
+            std::thread::Builder::new()
+                .name("group-watch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        look(&client, &topic, &seen);
+                        let end = Instant::now() + every;
+                        while !stop.load(Ordering::SeqCst) && Instant::now() < end {
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                    }
+                })
+                .map_err(|e| Error::Kafka(format!("cannot start the group watch: {e}")))?
+        };
+        Ok(Watch { window, seen, stop, thread: Some(thread) })
+    }
+
+    /// How long a partition's committed offset must stand still, with messages beyond it.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// The partitions stalled for the window or longer.
+    pub fn stalled(&self) -> Vec<Stalled> {
+        let Ok(seen) = self.seen.lock() else { return Vec::new() };
+        seen.iter()
+            .filter(|(_, s)| s.lag > 0 && s.since.elapsed() >= self.window)
+            .map(|(p, s)| Stalled { partition: *p, lag: s.lag, for_: s.since.elapsed() })
+            .collect()
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One look at the topic's partitions: a partition whose committed offset moved, or that has
+/// nothing beyond it, starts a new stall clock. When the broker does not answer, every clock
+/// starts again: nobody could make progress, and rejoining would not help.
+fn look(client: &BaseConsumer, topic: &str, seen: &Mutex<BTreeMap<i32, Seen>>) {
+    let timeout = Duration::from_secs(5);
+    let now = Instant::now();
+    let observed = (|| -> std::result::Result<Vec<(i32, Option<i64>, i64)>, ()> {
+        let md = client.fetch_metadata(Some(topic), timeout).map_err(|_| ())?;
+        let ids: Vec<i32> = md
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic)
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        let mut tpl = TopicPartitionList::new();
+        for p in &ids {
+            tpl.add_partition(topic, *p);
+        }
+        let committed = client.committed_offsets(tpl, timeout).map_err(|_| ())?;
+        let mut out = Vec::new();
+        for p in ids {
+            let (low, high) = client.fetch_watermarks(topic, p, timeout).map_err(|_| ())?;
+            let c = committed.find_partition(topic, p).and_then(|e| match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            });
+            out.push((p, c, (high - c.unwrap_or(low)).max(0)));
+        }
+        Ok(out)
+    })();
+    let Ok(mut seen) = seen.lock() else { return };
+    match observed {
+        Err(()) => {
+            for s in seen.values_mut() {
+                s.since = now;
+            }
+        }
+        Ok(parts) => {
+            seen.retain(|p, _| parts.iter().any(|(q, _, _)| q == p));
+            for (p, committed, lag) in parts {
+                let s = seen.entry(p).or_insert(Seen { committed, lag, since: now });
+                if s.committed != committed || lag == 0 {
+                    s.since = now;
+                }
+                s.committed = committed;
+                s.lag = lag;
+            }
+        }
+    }
+}
+
+/// Decides, in the poll loop, when this member must rejoin the group.
+pub struct Orphans {
+    next_rejoin: Instant,
+    delay: Duration,
+    reported: bool,
+}
+
+/// What the poll loop should do about partitions nobody holds.
+pub enum Verdict {
+    /// Nothing stalled outside this member (again): clear the health entry.
+    Clear,
+    /// Still stalled: keep the health entry (the message).
+    Report(String),
+    /// Stalled and the back-off has passed: report, and rejoin the group.
+    Rejoin(String),
+    Nothing,
+}
+
+impl Orphans {
+    pub fn new(window: Duration) -> Orphans {
+        Orphans { next_rejoin: Instant::now(), delay: window, reported: false }
+    }
+
+    /// `held` is this member's assignment (owned or waiting for a lock).
+    pub fn judge(&mut self, watch: &Watch, held: &[i32], now: Instant) -> Verdict {
+        let orphans: Vec<Stalled> =
+            watch.stalled().into_iter().filter(|s| !held.contains(&s.partition)).collect();
+        if orphans.is_empty() {
+            self.delay = watch.window();
+            return if std::mem::take(&mut self.reported) { Verdict::Clear } else { Verdict::Nothing };
+        }
+        self.reported = true;
+        let holds = if held.is_empty() {
+            "holds no partitions".to_string()
+        } else {
+            format!("holds {}", held.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(" "))
+        };
+        let lag: i64 = orphans.iter().map(|s| s.lag).sum();
+        let oldest = orphans.iter().map(|s| s.for_).max().unwrap_or_default();
+        let message = format!(
+            "this member {holds}; partitions {} have {lag} messages beyond their committed offsets, which have not moved for {} s",
+            orphans.iter().map(|s| s.partition.to_string()).collect::<Vec<_>>().join(" "),
+            oldest.as_secs()
+        );
+        if now < self.next_rejoin {
+            return Verdict::Report(message);
+        }
+        self.next_rejoin = now + self.delay;
+        self.delay = (self.delay * 2).min(Duration::from_secs(300));
+        Verdict::Rejoin(message)
+    }
+}
