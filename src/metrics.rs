@@ -59,6 +59,8 @@ pub struct ProducerMetrics {
     pub lag_seconds: FloatGauge,
     /// Retries after a failure of PostgreSQL or the broker.
     pub retries: Counter,
+    /// Changes sent to the dead-letter topic instead (too large for the broker).
+    pub dead_letters: Counter,
 }
 
 /// The consumer's counters.
@@ -197,6 +199,11 @@ impl Metrics {
                 producer.lag_seconds.clone(),
             );
             p.register("retries", "Retries after PostgreSQL or broker failures", producer.retries.clone());
+            p.register(
+                "dead_letters",
+                "Changes sent to the dead-letter topic instead (too large)",
+                producer.dead_letters.clone(),
+            );
         }
         {
             let c = registry.sub_registry_with_prefix("consumer");

@@ -60,6 +60,8 @@ pub const TOMBSTONE_HEADER: &str = "orderstream.tombstone";
 pub const REASON_HEADER: &str = "orderstream.reject.reason";
 /// Dead-letter header with the one-line detail of the reject.
 pub const DETAIL_HEADER: &str = "orderstream.reject.detail";
+/// Dead letters of the producer: the size in bytes of the message the change would have been.
+pub const SIZE_HEADER: &str = "orderstream.reject.size";
 /// Dead-letter header with the topic the message was read from.
 pub const SOURCE_TOPIC_HEADER: &str = "orderstream.source.topic";
 /// Dead-letter header with the partition the message was read from.

@@ -745,3 +745,55 @@ fn a_dead_producers_request_delivered_after_the_restart_lands_in_the_lake_once()
     assert!(ids.iter().all(|id| lake.iter().any(|r| r.order_id == *id)));
     assert_eq!(lake_state(&lake), table_state(&env));
 }
+
+#[test]
+fn a_change_too_large_for_the_broker_is_dead_lettered_and_later_changes_flow() {
+    let env = TestEnv::logical("lg_large");
+    env.init();
+    let t = env.t();
+    // The seed's item is VARCHAR(255); a user's table may hold more.
+    env.pg().batch_execute(&format!("ALTER TABLE {t} ALTER COLUMN item TYPE text")).unwrap();
+    let mut producer = env.spawn(&["produce"]);
+    wait_changes(&env, 10, Duration::from_secs(60));
+    // 1.2 MB of two-byte characters: beyond librdkafka's message.max.bytes (1,000,000).
+    env.pg()
+        .batch_execute(&format!(
+            "INSERT INTO {t} (order_id, customer_name, restaurant_name, item, amount, order_status) \
+             VALUES (500, 'Big', 'Bistro', repeat('é', 600000), 10, 'PLACED'); \
+             INSERT INTO {t} (order_id, customer_name, restaurant_name, item, amount, order_status) \
+             VALUES (501, 'After', 'Bistro', 'Soup', 5, 'PLACED'); \
+             UPDATE {t} SET item = 'Small' WHERE order_id = 500;"
+        ))
+        .unwrap();
+    let msgs = wait_changes(&env, 12, Duration::from_secs(60));
+    let ops: Vec<(String, String)> =
+        msgs[10..].iter().map(|m| (m.key_str().unwrap(), m.header("orderstream.op").unwrap())).collect();
+    assert_eq!(ops, [("501".to_string(), "c".to_string()), ("500".to_string(), "u".to_string())]);
+    assert!(msgs[11].value_str().unwrap().contains(r#""item": "Small""#));
+    let dlq = read_topic(&env.brokers, &format!("{}_dlq", env.topic));
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    let d = &dlq[0];
+    assert_eq!(d.key_str().as_deref(), Some("500"));
+    assert_eq!(d.header("orderstream.reject.reason").as_deref(), Some("too_large"));
+    assert_eq!(d.header("orderstream.op").as_deref(), Some("c"));
+    let size: usize = d.header("orderstream.reject.size").unwrap().parse().unwrap();
+    assert!(size > 1_200_000, "{size}");
+    let detail = d.header("orderstream.reject.detail").unwrap();
+    assert_eq!(detail, format!("order 500: its message of {size} bytes exceeds message.max.bytes 1000000"));
+    // As much of the row as fits, cut on a character boundary.
+    let value = String::from_utf8(d.value.clone().unwrap()).expect("the cut keeps UTF-8 whole");
+    assert!(value.starts_with(
+        r#"{"order_id": 500, "customer_name": "Big", "restaurant_name": "Bistro", "item": "éé"#
+    ));
+    assert!(value.len() > 990_000 && value.len() < 1_000_000, "{}", value.len());
+    assert!(producer.running(), "{}", producer.log_text());
+    assert!(
+        producer.log_text().contains(&format!(
+            "order 500: its message of {size} bytes exceeds message.max.bytes 1000000: sent to the dead-letter topic {}_dlq instead",
+            env.topic
+        )),
+        "{}",
+        producer.log_text()
+    );
+    assert_eq!(producer.terminate(Duration::from_secs(30)), 0, "{}", producer.log_text());
+}

@@ -166,10 +166,26 @@ async fn session<S: Source>(
             } else {
                 value.clear();
                 change.order.write_json(&mut value);
-                seq += 1;
-                publisher.send(key.as_bytes(), Some(&value), seq, &change.meta(false)).await?;
-                published += 1;
-                bytes += value.len() as u64;
+                if let Some(limit) = publisher.too_large(key.as_bytes(), &value) {
+                    // The broker cannot take it, and every later change would wait behind it.
+                    let detail = format!(
+                        "order {key}: its message of {} bytes exceeds message.max.bytes {limit}",
+                        key.len() + value.len()
+                    );
+                    publisher
+                        .dead_letter(key.as_bytes(), &value, "too_large", &detail, &change.meta(false))
+                        .await?;
+                    tracing::warn!(
+                        "{detail}: sent to the dead-letter topic {} instead (reason too_large, the row cut to fit)",
+                        cfg.kafka.dlq_topic
+                    );
+                    metrics.producer.dead_letters.inc();
+                } else {
+                    seq += 1;
+                    publisher.send(key.as_bytes(), Some(&value), seq, &change.meta(false)).await?;
+                    published += 1;
+                    bytes += value.len() as u64;
+                }
             }
             // A delete is followed by a tombstone, so a compacted topic forgets the order.
             if change.has_tombstone() && !uncovered.contains(&S::key(change, true)) {

@@ -17,9 +17,16 @@ use crate::error::{Error, Result};
 use crate::kafka;
 use crate::shutdown::Shutdown;
 use crate::wire::{
-    CHANGE_INDEX_HEADER, COMMIT_TS_HEADER, ChangeMeta, EPOCH_HEADER, LSN_HEADER, Lsn, OP_HEADER, SEQ_HEADER,
-    SOURCE_HEADER, TOMBSTONE_HEADER, format_commit_ts,
+    CHANGE_INDEX_HEADER, COMMIT_TS_HEADER, ChangeMeta, DETAIL_HEADER, EPOCH_HEADER, LSN_HEADER, Lsn,
+    OP_HEADER, REASON_HEADER, SEQ_HEADER, SIZE_HEADER, SOURCE_HEADER, TOMBSTONE_HEADER, format_commit_ts,
+    original_name,
 };
+
+/// librdkafka's default `message.max.bytes`.
+const DEFAULT_MAX_MESSAGE: usize = 1_000_000;
+
+/// Room left in a message for its headers and librdkafka's framing.
+const MESSAGE_OVERHEAD: usize = 2_048;
 
 /// How long a stop request waits for outstanding acknowledgements before abandoning the batch.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -36,6 +43,8 @@ struct Acks {
 /// The producer's librdkafka callbacks.
 pub struct Context {
     acks: Mutex<Acks>,
+    /// The orders topic: only its acknowledgements move the saved offsets.
+    topic: String,
     done: Notify,
     brokers: String,
     /// librdkafka reports every failed reconnect; we report them at growing intervals.
@@ -82,8 +91,10 @@ impl ProducerContext for Context {
         acks.outstanding = acks.outstanding.saturating_sub(1);
         match result {
             Ok(m) => {
-                let end = acks.ends.entry(m.partition()).or_insert(0);
-                *end = (*end).max(m.offset() + 1);
+                if m.topic() == self.topic {
+                    let end = acks.ends.entry(m.partition()).or_insert(0);
+                    *end = (*end).max(m.offset() + 1);
+                }
                 // The broker answers again: the next error is news.
                 if let Ok(mut r) = self.errors.try_lock()
                     && r.interval > Duration::from_secs(1)
@@ -94,7 +105,7 @@ impl ProducerContext for Context {
             }
             Err((e, m)) => {
                 if acks.error.is_none() {
-                    acks.error = Some(format!("partition {}: {e}", m.partition()));
+                    acks.error = Some(format!("{}/{}: {e}", m.topic(), m.partition()));
                 }
             }
         }
@@ -108,6 +119,9 @@ impl ProducerContext for Context {
 pub struct Publisher {
     producer: ThreadedProducer<Context>,
     topic: String,
+    dlq_topic: String,
+    /// `message.max.bytes`: librdkafka refuses a larger message at once.
+    max_message: usize,
     source: String,
     epoch: String,
     /// The LSN and commit time headers of the last transaction, formatted once per transaction
@@ -121,6 +135,7 @@ impl Publisher {
     pub fn new(cfg: &KafkaConfig, source: &str, epoch: &str) -> Result<Publisher> {
         let context = Context {
             acks: Mutex::new(Acks::default()),
+            topic: cfg.topic.clone(),
             done: Notify::new(),
             brokers: cfg.brokers.clone(),
             errors: Mutex::new(ErrorReports {
@@ -133,9 +148,16 @@ impl Publisher {
             .config(cfg)
             .create_with_context(context)
             .map_err(|e| Error::Kafka(format!("cannot create producer for {}: {e}", cfg.brokers)))?;
+        let max_message = cfg
+            .properties
+            .get("message.max.bytes")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_MAX_MESSAGE);
         Ok(Publisher {
             producer,
             topic: cfg.topic.clone(),
+            dlq_topic: cfg.dlq_topic.clone(),
+            max_message,
             source: source.to_string(),
             epoch: epoch.to_string(),
             txn_headers: Mutex::new(None),
@@ -189,6 +211,63 @@ impl Publisher {
         if let Some(value) = value {
             record = record.payload(value);
         }
+        self.queue(record).await
+    }
+
+    /// Whether a message with this key and value would exceed `message.max.bytes`.
+    pub fn too_large(&self, key: &[u8], value: &[u8]) -> Option<usize> {
+        let size = key.len() + value.len();
+        (size + MESSAGE_OVERHEAD > self.max_message).then_some(self.max_message)
+    }
+
+    /// Queues a dead letter for a change that cannot be published: to the dead-letter topic,
+    /// with the change's key, `reason` and `detail` (the consumer's reject headers), the size
+    /// of the message it would have been (`orderstream.reject.size`), the change's headers
+    /// (its lineage under the `orderstream.original.*` names) and as much of `value` as fits.
+    /// Acknowledged with the batch, like its messages.
+    pub async fn dead_letter(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        reason: &str,
+        detail: &str,
+        meta: &ChangeMeta,
+    ) -> Result<()> {
+        let size = (key.len() + value.len()).to_string();
+        let mut cut =
+            self.max_message.saturating_sub(MESSAGE_OVERHEAD + key.len() + detail.len()).min(value.len());
+        // A cut inside a UTF-8 sequence would leave invalid text: back up to a boundary.
+        while cut > 0 && cut < value.len() && (value[cut] & 0xC0) == 0x80 {
+            cut -= 1;
+        }
+        let original_source = original_name(SOURCE_HEADER).unwrap_or(SOURCE_HEADER);
+        let original_epoch = original_name(EPOCH_HEADER).unwrap_or(EPOCH_HEADER);
+        let mut headers = OwnedHeaders::new_with_capacity(8)
+            .insert(Header { key: REASON_HEADER, value: Some(reason) })
+            .insert(Header { key: DETAIL_HEADER, value: Some(detail) })
+            .insert(Header { key: SIZE_HEADER, value: Some(&size) })
+            .insert(Header { key: original_source, value: Some(self.source.as_bytes()) })
+            .insert(Header { key: original_epoch, value: Some(self.epoch.as_bytes()) })
+            .insert(Header { key: OP_HEADER, value: Some(meta.op.as_str()) });
+        let lsn = meta.lsn.map(|l| l.to_string());
+        if let Some(lsn) = &lsn {
+            headers = headers.insert(Header { key: LSN_HEADER, value: Some(lsn) });
+        }
+        if let Some(ts) = &meta.commit_ts {
+            headers = headers.insert(Header { key: COMMIT_TS_HEADER, value: Some(&format_commit_ts(ts)) });
+        }
+        if let Some(i) = meta.change_index {
+            headers = headers.insert(Header { key: CHANGE_INDEX_HEADER, value: Some(&i.to_string()) });
+        }
+        let record: BaseRecord<'_, [u8], [u8]> =
+            BaseRecord::to(&self.dlq_topic).key(key).headers(headers).payload(&value[..cut]);
+        self.queue(record).await
+    }
+
+    /// Queues `record`, counted as outstanding until acknowledged; waits while librdkafka's
+    /// queue is full.
+    async fn queue(&self, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<()> {
+        let topic = record.topic.to_string();
         self.acks().outstanding += 1;
         loop {
             match self.producer.send(record) {
@@ -199,7 +278,7 @@ impl Publisher {
                 }
                 Err((e, _)) => {
                     self.acks().outstanding -= 1;
-                    return Err(Error::Kafka(format!("cannot queue a message for {}: {e}", self.topic)));
+                    return Err(Error::Kafka(format!("cannot queue a message for {topic}: {e}")));
                 }
             }
         }
