@@ -59,7 +59,8 @@ pub struct ProducerMetrics {
     pub lag_seconds: FloatGauge,
     /// Retries after a failure of PostgreSQL or the broker.
     pub retries: Counter,
-    /// Changes sent to the dead-letter topic instead (too large for the broker).
+    /// Changes sent to the dead-letter topic instead (too large for the broker, or a
+    /// `created_at` no message can carry).
     pub dead_letters: Counter,
 }
 
@@ -201,7 +202,7 @@ impl Metrics {
             p.register("retries", "Retries after PostgreSQL or broker failures", producer.retries.clone());
             p.register(
                 "dead_letters",
-                "Changes sent to the dead-letter topic instead (too large)",
+                "Changes sent to the dead-letter topic instead (too large or unencodable)",
                 producer.dead_letters.clone(),
             );
         }

@@ -797,3 +797,75 @@ fn a_change_too_large_for_the_broker_is_dead_lettered_and_later_changes_flow() {
     );
     assert_eq!(producer.terminate(Duration::from_secs(30)), 0, "{}", producer.log_text());
 }
+
+#[test]
+fn a_created_at_no_message_can_carry_is_dead_lettered_from_the_snapshot_and_the_stream() {
+    let env = TestEnv::logical("lg_infinite");
+    env.init();
+    let t = env.t();
+    let insert = |id: i64, ts: &str| {
+        format!(
+            "INSERT INTO {t} (order_id, customer_name, restaurant_name, item, amount, order_status, created_at) \
+             VALUES ({id}, 'Cust {id}', 'Bistro', 'Soup', 5, 'PLACED', '{ts}');"
+        )
+    };
+    // Read by the snapshot.
+    env.pg().batch_execute(&insert(600, "infinity")).unwrap();
+    let mut producer = env.spawn(&["produce"]);
+    wait_changes(&env, 10, Duration::from_secs(60));
+    // Read from the log; the update gives order 600 a real time, and it is published.
+    env.pg()
+        .batch_execute(&format!(
+            "{}{}UPDATE {t} SET created_at = '2025-02-01 10:00:00' WHERE order_id = 600;",
+            insert(601, "-infinity"),
+            insert(602, "2025-02-01 09:00:00")
+        ))
+        .unwrap();
+    let msgs = wait_changes(&env, 12, Duration::from_secs(60));
+    let ops: Vec<(String, String)> = msgs
+        .iter()
+        .map(|m| (m.key_str().unwrap(), m.header("orderstream.op").unwrap()))
+        .filter(|(k, _)| k.starts_with("60"))
+        .collect();
+    assert_eq!(ops, [("602".to_string(), "c".to_string()), ("600".to_string(), "u".to_string())]);
+    let dlq = wait_for(Duration::from_secs(30), "two dead letters", || {
+        let d = read_topic(&env.brokers, &format!("{}_dlq", env.topic));
+        (d.len() >= 2).then_some(d)
+    });
+    let mut got: Vec<(String, String, String, serde_json::Value)> = dlq
+        .iter()
+        .map(|d| {
+            (
+                d.key_str().unwrap(),
+                d.header("orderstream.op").unwrap(),
+                d.header("orderstream.reject.detail").unwrap(),
+                d.json(),
+            )
+        })
+        .collect();
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(
+        (&got[0].0, &got[0].1, &got[0].2),
+        (
+            &"600".to_string(),
+            &"r".to_string(),
+            &"order 600: created_at `infinity` is not a time a message can carry".to_string()
+        )
+    );
+    assert_eq!(
+        (&got[1].0, &got[1].1, &got[1].2),
+        (
+            &"601".to_string(),
+            &"c".to_string(),
+            &"order 601: created_at `-infinity` is not a time a message can carry".to_string()
+        )
+    );
+    assert_eq!(
+        (got[0].3["customer_name"].as_str(), got[0].3["created_at"].as_str()),
+        (Some("Cust 600"), Some("infinity"))
+    );
+    assert!(dlq.iter().all(|d| d.header("orderstream.reject.reason").as_deref() == Some("unencodable")));
+    assert!(producer.running(), "{}", producer.log_text());
+    assert_eq!(producer.terminate(Duration::from_secs(30)), 0, "{}", producer.log_text());
+}

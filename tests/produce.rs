@@ -625,3 +625,36 @@ fn a_second_producer_on_the_same_table_and_topic_is_refused_naming_the_holder() 
     assert_eq!(first.terminate(Duration::from_secs(30)), 0);
     assert_eq!(messages(&env).len(), 11, "nothing published twice");
 }
+
+#[test]
+fn orders_with_an_infinite_created_at_are_skipped_with_a_warning_and_the_rest_flows() {
+    let env = TestEnv::new("prod_infinite");
+    env.init();
+    env.pg()
+        .batch_execute(&format!(
+            "INSERT INTO {t} (order_id, customer_name, amount, created_at) VALUES (700, 'later', 5, 'infinity'), \
+             (701, 'earlier', 6, '-infinity')",
+            t = env.t()
+        ))
+        .unwrap();
+    let mut producer = env.spawn(&["produce"]);
+    wait_messages(&env, 10, Duration::from_secs(60));
+    let ids = env.insert(2);
+    let msgs = wait_messages(&env, 12, Duration::from_secs(60));
+    let keys: Vec<String> = msgs.iter().filter_map(|m| m.key_str()).collect();
+    assert!(ids.iter().all(|i| keys.contains(&i.to_string())), "{keys:?}");
+    assert!(!keys.iter().any(|k| k == "700" || k == "701"), "{keys:?}");
+    assert!(
+        producer.log_text().contains(
+            "orders 700, 701 have a created_at of infinity or -infinity, which has no place in watermark order: \
+             polling does not publish them"
+        ),
+        "{}",
+        producer.log_text()
+    );
+    let counts = counts(&msgs);
+    assert!(counts.values().all(|n| *n == 1), "{counts:?}");
+    let expected: Vec<i64> = env.table_ids().into_iter().filter(|i| *i != 700 && *i != 701).collect();
+    assert_eq!(counts.keys().copied().collect::<Vec<_>>(), expected);
+    assert_eq!(producer.terminate(Duration::from_secs(30)), 0, "{}", producer.log_text());
+}

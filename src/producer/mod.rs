@@ -163,6 +163,18 @@ async fn session<S: Source>(
             let key = change.order.order_id.to_string();
             if uncovered.contains(&S::key(change, false)) {
                 skipped += 1;
+            } else if let Some(reject) = &change.reject {
+                // No message can carry it, and the consumer would reject it: a dead letter.
+                let meta = change.meta(false);
+                publisher
+                    .dead_letter(key.as_bytes(), reject.row.as_bytes(), "unencodable", &reject.detail, &meta)
+                    .await?;
+                tracing::warn!(
+                    "{}: sent to the dead-letter topic {} instead (reason unencodable)",
+                    reject.detail,
+                    cfg.kafka.dlq_topic
+                );
+                metrics.producer.dead_letters.inc();
             } else {
                 value.clear();
                 change.order.write_json(&mut value);
@@ -222,8 +234,12 @@ async fn session<S: Source>(
         prefetched = next;
         backoff.reset();
 
-        let newest =
-            batch.changes.iter().map(|c| c.commit_ts.map_or(c.order.created_at, |t| t.naive_utc())).max();
+        let newest = batch
+            .changes
+            .iter()
+            .filter(|c| c.reject.is_none() || c.commit_ts.is_some())
+            .map(|c| c.commit_ts.map_or(c.order.created_at, |t| t.naive_utc()))
+            .max();
         if published + skipped > 0 {
             report(metrics, published, skipped, bytes, newest, started.elapsed());
             let lag = newest.map(|t| (chrono::Utc::now().naive_utc() - t).as_seconds_f64()).unwrap_or(0.0);

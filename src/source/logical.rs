@@ -287,11 +287,11 @@ impl LogicalSource {
         let ts: DateTime<Utc> = Utc::now();
         let mut changes = Vec::with_capacity(rows.len());
         for (i, row) in rows.iter().enumerate() {
-            let order = to_order(row, &table)?;
+            let (order, reject) = to_order(row, &table)?;
             let index = next
                 .checked_add(i as i32)
                 .ok_or_else(|| Error::Setup(format!("snapshot of {table}: more than 2^31 rows")))?;
-            changes.push(Change { order, op: Op::Read, at: Some((at, index)), commit_ts: Some(ts) });
+            changes.push(Change { order, op: Op::Read, at: Some((at, index)), commit_ts: Some(ts), reject });
         }
         let n = changes.len();
         let last_id = changes.last().map(|c| c.order.order_id).or(after);
@@ -527,11 +527,11 @@ impl Stream {
         if self.cursor.last.is_some_and(|last| at <= last) {
             return Ok(());
         }
-        let order: Order<'static> = layout
+        let (order, reject) = layout
             .order(tuple, old.as_ref())
             .map_err(|e| Error::Setup(format!("PostgreSQL: table {table}: change at {}: {e}", at.0)))?;
         self.cursor.last = Some(at);
-        out.push(Change { order, op, at: Some(at), commit_ts: Some(*ts) });
+        out.push(Change { order, op, at: Some(at), commit_ts: Some(*ts), reject });
         Ok(())
     }
 }

@@ -29,12 +29,47 @@ pub struct Change {
     pub at: Option<(Lsn, i32)>,
     /// Commit time of the transaction (logical mode).
     pub commit_ts: Option<DateTime<Utc>>,
+    /// Why the row cannot become an order message; it is published as a dead letter instead,
+    /// and `order` holds its key and what could be read (`created_at` a placeholder).
+    pub reject: Option<Box<Unencodable>>,
+}
+
+/// A row no order message can carry: a `created_at` that is NULL, `infinity` or `-infinity`
+/// (RFC 3339 has no such time, and the consumer would reject the message).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unencodable {
+    /// One line: the order and what is wrong with it.
+    pub detail: String,
+    /// The row as JSON, every column as read (`created_at` as PostgreSQL writes it).
+    pub row: String,
+}
+
+impl Unencodable {
+    /// The reject of `order`, whose `created_at` was `raw` (`None`: NULL).
+    pub fn created_at(order: &Order<'_>, raw: Option<&str>) -> Box<Unencodable> {
+        let detail = match raw {
+            None => format!("order {}: created_at is NULL", order.order_id),
+            Some(r) => {
+                format!("order {}: created_at `{r}` is not a time a message can carry", order.order_id)
+            }
+        };
+        let row = serde_json::json!({
+            "order_id": order.order_id,
+            "customer_name": order.customer_name,
+            "restaurant_name": order.restaurant_name,
+            "item": order.item,
+            "amount": order.amount.map(|a| a.to_string()),
+            "order_status": order.order_status,
+            "created_at": raw,
+        });
+        Box::new(Unencodable { detail, row: row.to_string() })
+    }
 }
 
 impl Change {
     /// An insert seen by polling: no log position.
     pub fn polled(order: Order<'static>) -> Change {
-        Change { order, op: Op::Insert, at: None, commit_ts: None }
+        Change { order, op: Op::Insert, at: None, commit_ts: None, reject: None }
     }
 
     /// The headers the change's message carries (`tombstone`: the tombstone after a delete).

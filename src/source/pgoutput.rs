@@ -13,6 +13,7 @@ use std::str::FromStr;
 use chrono::NaiveDateTime;
 use rust_decimal::Decimal;
 
+use super::Unencodable;
 use crate::order::{AMOUNT_SCALE, COLUMNS, Order};
 
 /// PostgreSQL type OIDs the orders table may use.
@@ -229,9 +230,14 @@ impl Layout {
         Ok(Layout { index })
     }
 
-    /// The order in `tuple`; `fallback` supplies values the tuple marks unchanged (the old row
-    /// of an update).
-    pub fn order(&self, mut tuple: Tuple, fallback: Option<&Tuple>) -> Result<Order<'static>, String> {
+    /// The order in `tuple`, and its reject when no message can carry it (see
+    /// [`Unencodable`]); `fallback` supplies values the tuple marks unchanged (the old row of an
+    /// update).
+    pub fn order(
+        &self,
+        mut tuple: Tuple,
+        fallback: Option<&Tuple>,
+    ) -> Result<(Order<'static>, Option<Box<Unencodable>>), String> {
         // Unchanged (TOASTed) values come from the old row.
         for &i in &self.index {
             if matches!(tuple.get(i), Some(Value::Unchanged))
@@ -261,12 +267,14 @@ impl Layout {
                 Some(d)
             }
         };
-        let created_at = match value(6)? {
-            None => return Err(format!("order {order_id}: created_at is NULL")),
-            Some(s) => {
-                parse_timestamp(s).ok_or_else(|| format!("order {order_id}: created_at `{s}` unreadable"))?
-            }
-        };
+        // NULL, `infinity`, `-infinity`: no message can carry it; the change becomes a reject.
+        let raw_created_at = value(6)?.map(str::to_string);
+        let created_at = raw_created_at.as_deref().and_then(parse_timestamp);
+        if let (Some(raw), None) = (&raw_created_at, created_at)
+            && !raw.ends_with("infinity")
+        {
+            return Err(format!("order {order_id}: created_at `{raw}` unreadable"));
+        }
         // The texts move out of the tuple: no copy per column.
         let mut text = |slot: usize| -> Result<Option<Cow<'static, str>>, String> {
             match tuple.get_mut(self.index[slot]).map(|v| std::mem::replace(v, Value::Null)) {
@@ -276,15 +284,17 @@ impl Layout {
                 None => Err(format!("row has no column {}", COLUMNS[slot])),
             }
         };
-        Ok(Order {
+        let order = Order {
             order_id,
             customer_name: text(1)?,
             restaurant_name: text(2)?,
             item: text(3)?,
             amount,
             order_status: text(5)?,
-            created_at,
-        })
+            created_at: created_at.unwrap_or_default(),
+        };
+        let reject = created_at.is_none().then(|| Unencodable::created_at(&order, raw_created_at.as_deref()));
+        Ok((order, reject))
     }
 }
 
@@ -366,7 +376,8 @@ mod tests {
         ins.push(b'N');
         tuple(&mut ins, &ROW);
         let Message::Insert { rel: 16384, new } = decode(&ins).unwrap() else { panic!() };
-        let order = layout.order(new, None).unwrap();
+        let (order, reject) = layout.order(new, None).unwrap();
+        assert_eq!(reject, None);
         assert_eq!(
             order.to_json(),
             r#"{"order_id": 101, "customer_name": "John Doe", "restaurant_name": "Burger Junction", "item": "Veg Burger", "amount": 220.00, "order_status": "PLACED", "created_at": "2025-01-18T12:24:00Z"}"#
@@ -382,7 +393,7 @@ mod tests {
         new_row[5] = Some("DELIVERED");
         tuple(&mut upd, &new_row);
         let Message::Update { old: Some(old), new, .. } = decode(&upd).unwrap() else { panic!() };
-        let order = layout.order(new.clone(), Some(&old)).unwrap();
+        let (order, _) = layout.order(new.clone(), Some(&old)).unwrap();
         assert_eq!(order.order_status.as_deref(), Some("DELIVERED"));
         assert_eq!(order.item.as_deref(), Some("Veg Burger"));
         assert!(layout.order(new, None).unwrap_err().contains("item unchanged"));
@@ -395,8 +406,28 @@ mod tests {
         old_row[4] = Some("NaN");
         tuple(&mut del, &old_row);
         let Message::Delete { old, .. } = decode(&del).unwrap() else { panic!() };
-        let order = layout.order(old, None).unwrap();
+        let (order, _) = layout.order(old, None).unwrap();
         assert_eq!((order.customer_name, order.amount), (None, None));
+
+        // A created_at no message can carry makes the change a reject, with the row as read.
+        for (raw, detail) in [
+            (Some("infinity"), "order 101: created_at `infinity` is not a time a message can carry"),
+            (Some("-infinity"), "order 101: created_at `-infinity` is not a time a message can carry"),
+            (None, "order 101: created_at is NULL"),
+        ] {
+            let mut row = ROW;
+            row[6] = raw;
+            let mut ins = vec![b'I'];
+            ins.extend_from_slice(&16384u32.to_be_bytes());
+            ins.push(b'N');
+            tuple(&mut ins, &row);
+            let Message::Insert { new, .. } = decode(&ins).unwrap() else { panic!() };
+            let (order, reject) = layout.order(new, None).unwrap();
+            let reject = reject.expect("a reject");
+            assert_eq!((order.order_id, reject.detail.as_str()), (101, detail));
+            let row: serde_json::Value = serde_json::from_str(&reject.row).unwrap();
+            assert_eq!((row["item"].as_str(), row["created_at"].as_str()), (Some("Veg Burger"), raw));
+        }
 
         let mut tr = vec![b'T'];
         tr.extend_from_slice(&1i32.to_be_bytes());
@@ -415,7 +446,7 @@ mod tests {
         let layout = Layout::of(&rel).unwrap();
         let mut row: Tuple = ROW.iter().map(|v| Value::Text(v.unwrap_or_default().to_string())).collect();
         row.insert(2, Value::Text("5.00".into()));
-        assert_eq!(layout.order(row, None).unwrap().order_id, 101);
+        assert_eq!(layout.order(row, None).unwrap().0.order_id, 101);
 
         let Message::Relation(rel) = decode(&relation(None, oid::TEXT)).unwrap() else { panic!() };
         assert!(

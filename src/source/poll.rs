@@ -34,7 +34,7 @@ use chrono::NaiveDateTime;
 use rust_decimal::Decimal;
 use tokio_postgres::{Client, IsolationLevel, Row, Statement};
 
-use super::{Batch, Change, Source};
+use super::{Batch, Change, Source, Unencodable};
 use crate::config::{PostgresConfig, TableName};
 use crate::db;
 use crate::error::{Error, Result};
@@ -76,8 +76,12 @@ struct Connection {
 }
 
 // `id`, not `order_id`: ORDER BY order_id must name the column (and its index), not this cast.
+// `created_at` comes twice: as a timestamp when finite (aliased, so ORDER BY created_at still
+// names the column), and as text only when it is not (`infinity`, `-infinity`), for the reject.
 pub(crate) const COLUMNS: &str = "order_id::int8 AS id, customer_name, restaurant_name, item, \
-                       NULLIF(amount, 'NaN'::numeric), order_status, created_at";
+                       NULLIF(amount, 'NaN'::numeric), order_status, \
+                       CASE WHEN isfinite(created_at) THEN created_at END AS created_ts, \
+                       CASE WHEN NOT isfinite(created_at) THEN created_at::text END AS created_raw";
 
 impl PollSource {
     /// A source on the configured table, publishing to `topic`; connects on first use.
@@ -96,6 +100,7 @@ impl PollSource {
         check_polling_can_see(&client, &self.pg.table).await?;
         check_table(&client, &self.pg.table).await?;
         check_created_at_not_null(&client, &self.pg.table).await?;
+        warn_of_unplaceable(&client, &self.pg.table).await?;
         check_visibility(&client).await;
         // One producer per table and topic: a second would publish every order again.
         if let Err(pid) = db::lock_writer(&client, &self.lock, WRITER_WAIT).await? {
@@ -124,7 +129,8 @@ impl PollSource {
         ))
         .await?;
         let first = prepare(format!(
-            "SELECT {COLUMNS} FROM {t} WHERE created_at < $1::timestamp ORDER BY created_at, order_id LIMIT $2::int8"
+            "SELECT {COLUMNS} FROM {t} WHERE created_at < $1::timestamp AND created_at > '-infinity'::timestamp \
+             ORDER BY created_at, order_id LIMIT $2::int8"
         ))
         .await?;
         let after = prepare(format!(
@@ -167,11 +173,11 @@ impl PollSource {
             let tracked: Vec<NaiveDateTime> = position.open.keys().filter(|t| **t <= wts).copied().collect();
             if !tracked.is_empty() {
                 for row in tx.query(&conn.late, &[&tracked, &wts, &wid]).await.map_err(err)? {
-                    let order = to_order(&row, &table)?;
+                    let (order, reject) = to_order(&row, &table)?;
                     let published =
                         position.open.get(&order.created_at).is_some_and(|ids| ids.contains(&order.order_id));
                     if !published {
-                        changes.push(Change::polled(order));
+                        changes.push(Change { reject, ..Change::polled(order) });
                     }
                 }
             }
@@ -184,7 +190,8 @@ impl PollSource {
         }
         .map_err(err)?;
         for row in rows {
-            changes.push(Change::polled(to_order(&row, &table)?));
+            let (order, reject) = to_order(&row, &table)?;
+            changes.push(Change { reject, ..Change::polled(order) });
         }
         tx.commit().await.map_err(err)?;
 
@@ -327,13 +334,16 @@ fn parse_ts(s: &str) -> Option<NaiveDateTime> {
     NaiveDateTime::parse_from_str(s.trim(), "%Y-%m-%d %H:%M:%S%.f").ok()
 }
 
-pub(crate) fn to_order(row: &Row, table: &TableName) -> Result<Order<'static>> {
+/// The order of a row read with [`COLUMNS`], and its reject when no message can carry it (its
+/// `created_at` then a placeholder).
+pub(crate) fn to_order(row: &Row, table: &TableName) -> Result<(Order<'static>, Option<Box<Unencodable>>)> {
     let bad = |e: tokio_postgres::Error| {
         Error::Setup(format!("PostgreSQL: table {table}: unreadable row: {}", db::error_text(&e)))
     };
     let text = |i: usize| -> Result<Option<Cow<'static, str>>> {
         Ok(row.try_get::<_, Option<String>>(i).map_err(bad)?.map(Cow::Owned))
     };
+    let created_at = row.try_get::<_, Option<NaiveDateTime>>(6).map_err(bad)?;
     let order = Order {
         order_id: row.try_get(0).map_err(bad)?,
         customer_name: text(1)?,
@@ -341,15 +351,20 @@ pub(crate) fn to_order(row: &Row, table: &TableName) -> Result<Order<'static>> {
         item: text(3)?,
         amount: row.try_get::<_, Option<Decimal>>(4).map_err(bad)?,
         order_status: text(5)?,
-        created_at: row.try_get(6).map_err(bad)?,
+        created_at: created_at.unwrap_or_default(),
     };
+    if created_at.is_none() {
+        let raw = row.try_get::<_, Option<String>>(7).map_err(bad)?;
+        let reject = Unencodable::created_at(&order, raw.as_deref());
+        return Ok((order, Some(reject)));
+    }
     if order.amount.is_none() {
         tracing::warn!(
             order_id = order.order_id,
             "order has no amount (NULL or NaN): published with amount null"
         );
     }
-    Ok(order)
+    Ok((order, None))
 }
 
 /// A PostgreSQL error: connection trouble is transient ([`Error::Postgres`], retried), a
@@ -382,6 +397,30 @@ async fn check_polling_can_see(client: &Client, table: &TableName) -> Result<()>
              postgres.capture: logical"
                 .into(),
         ));
+    }
+    Ok(())
+}
+
+/// Rows whose `created_at` is `infinity` or `-infinity` have no place in watermark order (the
+/// first would end it): polling skips them, and says so at every connection.
+async fn warn_of_unplaceable(client: &Client, table: &TableName) -> Result<()> {
+    let sql = format!(
+        "SELECT count(*), array_agg(order_id::int8 ORDER BY order_id) \
+         FROM (SELECT order_id FROM {} WHERE created_at IN ('infinity', '-infinity') ORDER BY order_id LIMIT 11) s",
+        table.quoted()
+    );
+    let row = client.query_one(&sql, &[]).await.map_err(|e| pg_error(table, &e))?;
+    let n: i64 = row.try_get(0).map_err(|e| pg_error(table, &e))?;
+    if n > 0 {
+        let ids: Vec<i64> =
+            row.try_get::<_, Option<Vec<i64>>>(1).map_err(|e| pg_error(table, &e))?.unwrap_or_default();
+        let shown: Vec<String> = ids.iter().take(10).map(|i| i.to_string()).collect();
+        let more = if n > 10 { " and more" } else { "" };
+        tracing::warn!(
+            "table {table}: orders {}{more} have a created_at of infinity or -infinity, which has no place in \
+             watermark order: polling does not publish them (logical capture sends them to the dead-letter topic)",
+            shown.join(", ")
+        );
     }
     Ok(())
 }
