@@ -1121,3 +1121,48 @@ fn a_consumer_holding_nothing_while_a_partition_stalls_says_so_rejoins_and_takes
     assert_eq!(c.stop(), 0, "{}", c.log_text());
     assert_exactly_once(&env, 1_000, &positions);
 }
+
+#[test]
+fn a_temp_folder_or_lake_deleted_while_running_stops_with_exit_1_naming_it_and_commits_nothing() {
+    let env = TestEnv::new("consume_deleted");
+    create_topic(&env.brokers, &env.topic, 1);
+    let batch = |from: i64| -> Vec<Msg> {
+        (from..from + 10).map(|i| Msg::value(order_json(i, "3.50", "2025-01-18T08:00:00Z"))).collect()
+    };
+    let mut positions = produce(&env.brokers, &env.topic, &batch(0));
+    let mut c = env.spawn(&["consume"]);
+    wait_committed(&env, &positions, Duration::from_secs(60));
+
+    // Only the temp area: a restart makes a new temp folder and goes on.
+    std::fs::remove_dir_all(env.lake().join("_temporary")).unwrap();
+    let more = produce(&env.brokers, &env.topic, &batch(10));
+    assert_eq!(c.wait(Duration::from_secs(60)), 1, "{}", c.log_text());
+    let log = c.log_text();
+    assert!(
+        log.contains("temp folder")
+            && log.contains("is gone (deleted while the consumer ran?): stopping without committing"),
+        "{log}"
+    );
+    assert_eq!(committed_total(&env), 10, "nothing committed after the deletion");
+    let mut c = env.spawn(&["consume"]);
+    positions.extend(more);
+    wait_committed(&env, &positions, Duration::from_secs(60));
+    let ids: Vec<i64> = read_duckdb(&env.lake()).rows.iter().map(|r| r.order_id).collect();
+    assert_eq!(ids, (0..20).collect::<Vec<_>>());
+
+    // The whole lake: the consumer stops, names the lake and the checkpoint, and recreates
+    // nothing (a lake rebuilt from here would lack orders 0-19 behind a checkpoint past them).
+    std::fs::remove_dir_all(env.lake()).unwrap();
+    produce(&env.brokers, &env.topic, &batch(20));
+    assert_eq!(c.wait(Duration::from_secs(60)), 1, "{}", c.log_text());
+    let log = c.log_text();
+    let line = log.lines().find(|l| l.contains("is gone")).unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        line.contains(&format!("the lake folder {} is gone", env.lake().display()))
+            && line.contains(&format!("The checkpoint {}", env.checkpoints().display()))
+            && line.contains("delete the checkpoint folder too"),
+        "{line}"
+    );
+    assert_eq!(committed_total(&env), 20, "nothing committed after the deletion");
+    assert!(!env.lake().join("date=2025-01-18").exists(), "no lake folder was recreated");
+}

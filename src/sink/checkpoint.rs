@@ -149,6 +149,11 @@ impl Checkpoint {
         &self.lake
     }
 
+    /// The checkpoint folder.
+    pub fn dir(&self) -> &Path {
+        self.state.parent().unwrap_or(&self.state)
+    }
+
     /// Where the state of a partition lives.
     pub fn state_path(&self, topic: &str, partition: i32) -> PathBuf {
         self.state.join(format!("{topic}-{partition}.json"))

@@ -258,6 +258,34 @@ impl Engine {
         }
     }
 
+    /// Whether the lake and this process's temp folder still exist. Someone deleted them while
+    /// the consumer ran: retrying would only fail again, and recreating the lake would leave a
+    /// lake without its history behind a checkpoint that says it is complete. So the consumer
+    /// stops, naming what is gone; the in-flight batch is not committed.
+    pub fn lake_still_there(&self) -> Result<()> {
+        let lake = self.checkpoint.lake();
+        if !lake.is_dir() {
+            return Err(Error::Storage(format!(
+                "the lake folder {} is gone (deleted while the consumer ran?): stopping without committing the \
+                 batch in flight. The checkpoint {} still holds the positions of what the lake held, so a restart \
+                 would write only what comes after them; to rebuild the lake from the topic, delete the checkpoint \
+                 folder too",
+                lake.display(),
+                self.checkpoint.dir().display()
+            )));
+        }
+        if let Some(scratch) = &self.scratch
+            && !scratch.dir().is_dir()
+        {
+            return Err(Error::Storage(format!(
+                "the consumer's temp folder {} is gone (deleted while the consumer ran?): stopping without \
+                 committing the batch in flight; a restart makes a new one and continues from the checkpoint",
+                scratch.dir().display()
+            )));
+        }
+        Ok(())
+    }
+
     /// Commits the in-flight batch (steps 1-7 of the protocol in [`crate::sink`]). On an error
     /// nothing was committed; the caller abandons the batch.
     pub fn commit<C: ConsumerContext>(&mut self, consumer: &impl Consumer<C>) -> Result<()> {

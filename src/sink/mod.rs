@@ -260,6 +260,7 @@ fn run(
         if !engine.batch_due(now) {
             continue;
         }
+        engine.lake_still_there()?;
         match engine.commit(consumer) {
             Ok(()) => {
                 backoff.reset();
