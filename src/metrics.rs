@@ -87,6 +87,8 @@ pub struct ConsumerMetrics {
     pub lag_messages: Gauge,
     /// Retries after a failure of the broker or the lake.
     pub retries: Counter,
+    /// Rejects whose dead letter could never be sent, written under the checkpoint instead.
+    pub quarantined: Counter,
     /// Times this member rejoined its group because partitions with messages had no progress
     /// and no holder it could see.
     pub rejoins: Counter,
@@ -222,6 +224,11 @@ impl Metrics {
             );
             c.register("lag_messages", "Messages not yet in the lake", consumer.lag_messages.clone());
             c.register("retries", "Retries after broker or lake failures", consumer.retries.clone());
+            c.register(
+                "quarantined",
+                "Rejects written under the checkpoint because no dead letter could carry them",
+                consumer.quarantined.clone(),
+            );
             c.register(
                 "rejoins",
                 "Group rejoins because stalled partitions had no holder",

@@ -135,6 +135,8 @@ pub struct ConsumerStatus {
     pub batches: u64,
     /// Rows per second over the last minute (from the lake files' times).
     pub rate_per_second: f64,
+    /// Rejects no dead letter could carry, written under `<checkpoint>/quarantine`.
+    pub quarantined: u64,
 }
 
 /// One date partition of the lake.
@@ -348,6 +350,11 @@ fn consumer(cfg: &Config, lake: Option<&(LakeStatus, Vec<LakeFile>)>) -> Result<
         duplicates: states.iter().map(|s| s.duplicates).sum(),
         batches: states.iter().map(|s| s.batches).sum(),
         rate_per_second: recent as f64 / 60.0,
+        quarantined: std::fs::read_dir(cfg.streaming.checkpoint_location.join("quarantine"))
+            .map(|d| {
+                d.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".json")).count() as u64
+            })
+            .unwrap_or(0),
     })
 }
 
@@ -481,6 +488,13 @@ impl Status {
                     c.tombstones,
                     c.duplicates
                 );
+                if c.quarantined > 0 {
+                    let _ = writeln!(
+                        o,
+                        "{:<11} quarantined {} (rejects no dead letter could carry: {}/quarantine)",
+                        "", c.quarantined, c.checkpoint
+                    );
+                }
             }
             Part::Unreachable { error } => unreachable(&mut o, "Consumer", error),
         }

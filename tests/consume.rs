@@ -1166,3 +1166,48 @@ fn a_temp_folder_or_lake_deleted_while_running_stops_with_exit_1_naming_it_and_c
     assert_eq!(committed_total(&env), 20, "nothing committed after the deletion");
     assert!(!env.lake().join("date=2025-01-18").exists(), "no lake folder was recreated");
 }
+
+#[test]
+fn a_reject_no_dead_letter_can_carry_is_quarantined_under_the_checkpoint_and_the_rest_lands() {
+    let mut env = TestEnv::new("consume_quarantine");
+    // Dead letters above 3,000 bytes can never be sent.
+    env.set("ORDERSTREAM__KAFKA__PROPERTIES__MESSAGE_MAX_BYTES", "3000");
+    create_topic(&env.brokers, &env.topic, 1);
+    let big = format!("not an order {}", "x".repeat(5_000));
+    let mut msgs: Vec<Msg> =
+        (0..5).map(|i| Msg::value(order_json(i, "4.00", "2025-01-18T08:00:00Z")).to(0)).collect();
+    msgs.push(Msg::value(big.as_str()).key("k-big").to(0).header("trace", "t-9"));
+    msgs.extend((5..10).map(|i| Msg::value(order_json(i, "4.00", "2025-01-18T08:00:00Z")).to(0)));
+    msgs.push(Msg::value("{\"order_id\": 1,").key("k-small").to(0));
+    let positions = produce(&env.brokers, &env.topic, &msgs);
+    let mut c = env.spawn(&["consume"]);
+    wait_committed(&env, &positions, Duration::from_secs(60));
+    assert_eq!(c.stop(), 0, "{}", c.log_text());
+    let ids: Vec<i64> = read_duckdb(&env.lake()).rows.iter().map(|r| r.order_id).collect();
+    assert_eq!(ids, (0..10).collect::<Vec<_>>());
+    // The small reject is a dead letter; the big one is in the quarantine, once.
+    let dlq = read_topic(&env.brokers, &format!("{}_dlq", env.topic));
+    assert_eq!(dlq.iter().map(|d| d.key_str().unwrap()).collect::<Vec<_>>(), ["k-small"]);
+    let dir = env.checkpoints().join("quarantine");
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, [format!("{}-0-5.json", env.topic)]);
+    let q: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join(&names[0])).unwrap()).unwrap();
+    assert_eq!(
+        (q["offset"].as_i64(), q["reason"].as_str(), q["key"].as_str()),
+        (Some(5), Some("invalid_json"), Some("k-big"))
+    );
+    assert_eq!(q["value"].as_str(), Some(big.as_str()));
+    assert_eq!(q["headers"][0], serde_json::json!(["trace", "t-9"]));
+    assert!(q["dead_letter_error"].as_str().unwrap().contains("too large"), "{q}");
+    assert!(
+        c.log_text().contains(&format!("was written to {} instead", dir.join(&names[0]).display())),
+        "{}",
+        c.log_text()
+    );
+    let (code, out, err) = env.run(&["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("quarantined 1 (rejects no dead letter could carry:"), "{out}");
+}

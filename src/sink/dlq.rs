@@ -19,6 +19,7 @@
 //! lake write) between the acknowledgement and the batch's commit sends the batch's rejects
 //! again when it is re-read; the source topic/partition/offset headers identify such repeats.
 
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -90,8 +91,10 @@ impl DeadLetters {
     }
 
     /// Queues a copy of `msg` (its lineage headers renamed) with the reject headers; waits
-    /// while the local queue is full.
-    pub fn send(&self, msg: &BorrowedMessage<'_>, reject: &Reject) -> Result<()> {
+    /// while the local queue is full. `Ok(Some(why))`: the dead letter can never be sent
+    /// (larger than the producer's `message.max.bytes`, or refused as invalid), so retrying the
+    /// batch would fail again; the caller quarantines the reject instead.
+    pub fn send(&self, msg: &BorrowedMessage<'_>, reject: &Reject) -> Result<Option<String>> {
         let mut headers = OwnedHeaders::new_with_capacity(msg.headers().map_or(0, |h| h.count()) + 5);
         if let Some(original) = msg.headers() {
             for h in original.iter() {
@@ -120,13 +123,19 @@ impl DeadLetters {
         let start = Instant::now();
         loop {
             match self.producer.send(record) {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(None),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
                     if start.elapsed() < FLUSH_TIMEOUT =>
                 {
                     record = back;
                     std::thread::sleep(Duration::from_millis(5));
                 }
+                Err((
+                    e @ KafkaError::MessageProduction(
+                        RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidArgument,
+                    ),
+                    _,
+                )) => return Ok(Some(e.to_string())),
                 Err((e, _)) => {
                     return Err(Error::Kafka(format!(
                         "cannot queue the dead letter of {}/{} offset {} for {}: {e}",
@@ -163,5 +172,72 @@ fn block_on<F: Future>(f: F) -> Result<F::Output> {
             .build()
             .map(|rt| rt.block_on(f))
             .map_err(|e| Error::Storage(format!("cannot start a runtime for the Kafka admin client: {e}"))),
+    }
+}
+
+/// A reject whose dead letter can never be sent, kept in the batch until its commit.
+pub struct Quarantined {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    text: String,
+}
+
+impl Quarantined {
+    /// Everything the dead letter would have carried, as one JSON document: where the message
+    /// was read, the reject, why the dead letter failed, the key, value and headers (text
+    /// when they are UTF-8, else hexadecimal under `*_hex`).
+    pub fn new(msg: &BorrowedMessage<'_>, reject: &Reject, failure: &str) -> Quarantined {
+        fn bytes(doc: &mut serde_json::Map<String, serde_json::Value>, name: &str, b: Option<&[u8]>) {
+            let v = match b.map(std::str::from_utf8) {
+                None => serde_json::Value::Null,
+                Some(Ok(t)) => t.into(),
+                Some(Err(_)) => {
+                    let hex: String = b.unwrap_or_default().iter().map(|x| format!("{x:02x}")).collect();
+                    doc.insert(format!("{name}_hex"), hex.into());
+                    return;
+                }
+            };
+            doc.insert(name.to_string(), v);
+        }
+        let mut doc = serde_json::Map::new();
+        doc.insert("topic".into(), msg.topic().into());
+        doc.insert("partition".into(), msg.partition().into());
+        doc.insert("offset".into(), msg.offset().into());
+        doc.insert("reason".into(), reject.reason.as_str().into());
+        doc.insert("detail".into(), reject.detail.clone().into());
+        doc.insert("dead_letter_error".into(), failure.into());
+        bytes(&mut doc, "key", msg.key());
+        bytes(&mut doc, "value", msg.payload());
+        let headers: Vec<serde_json::Value> = msg
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        serde_json::json!([h.key, h.value.map(|v| String::from_utf8_lossy(v).into_owned())])
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        doc.insert("headers".into(), headers.into());
+        Quarantined {
+            topic: msg.topic().to_string(),
+            partition: msg.partition(),
+            offset: msg.offset(),
+            text: serde_json::Value::Object(doc).to_string(),
+        }
+    }
+
+    /// Writes it durably to `<checkpoint>/quarantine/<topic>-<partition>-<offset>.json`. The
+    /// name is the message's position: a batch read again after a crash writes the same file
+    /// again, so each reject is there once.
+    pub fn write(&self, checkpoint: &Path) -> Result<PathBuf> {
+        let dir = checkpoint.join("quarantine");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| crate::durable::io_error("cannot create directory", &dir, e))?;
+        let name = format!("{}-{}-{}.json", self.topic, self.partition, self.offset);
+        let path = dir.join(&name);
+        crate::durable::write_atomic(&path, &dir.join(format!("{name}.tmp")), self.text.as_bytes())?;
+        Ok(path)
     }
 }

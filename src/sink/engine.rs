@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::batch::{MAX_DATES, Rows};
 use super::checkpoint::{Checkpoint, Manifest, ManifestFile, PartitionLock, PartitionState};
-use super::dlq::DeadLetters;
+use super::dlq::{DeadLetters, Quarantined};
 use super::parquet;
 use super::replay::{self, Notes};
 use super::scratch::{self, Scratch};
@@ -89,6 +89,8 @@ struct InFlight {
     error: Option<Error>,
     /// Replays dropped and seq leaps, logged when the batch commits.
     notes: Notes,
+    /// Rejects whose dead letter can never be sent, written before the commit point.
+    quarantine: Vec<Quarantined>,
 }
 
 /// Totals since the last progress line.
@@ -249,10 +251,12 @@ impl Engine {
             Err(reject) => {
                 *state.rejected.entry(reject.reason.as_str().to_string()).or_default() += 1;
                 batch.rejects += 1;
-                if batch.error.is_none()
-                    && let Err(e) = self.dlq.send(msg, &reject)
-                {
-                    batch.error = Some(e);
+                if batch.error.is_none() {
+                    match self.dlq.send(msg, &reject) {
+                        Ok(None) => {}
+                        Ok(Some(failure)) => batch.quarantine.push(Quarantined::new(msg, &reject, &failure)),
+                        Err(e) => batch.error = Some(e),
+                    }
                 }
             }
         }
@@ -303,7 +307,8 @@ impl Engine {
         let process = scratch.id().to_string();
         let mut files = Vec::new();
         let written = self.write_files(&mut files).inspect(|()| super::failpoint("files"));
-        let committed = written.and_then(|()| self.dlq.flush()).and_then(|()| {
+        let quarantined = written.and_then(|()| self.dlq.flush()).and_then(|()| self.write_quarantine());
+        let committed = quarantined.and_then(|()| {
             let partitions = self
                 .owned
                 .values()
@@ -378,6 +383,21 @@ impl Engine {
         }
         c.batch_duration.observe(start.elapsed().as_secs_f64());
         self.log_progress();
+        Ok(())
+    }
+
+    /// The rejects no dead letter can carry, each to its file under the checkpoint, before the
+    /// commit point (so a committed batch has all of them).
+    fn write_quarantine(&self) -> Result<()> {
+        for q in &self.batch.quarantine {
+            let path = q.write(self.checkpoint.dir())?;
+            self.metrics.consumer.quarantined.inc();
+            tracing::warn!(
+                "a reject whose dead letter cannot be sent to {} was written to {} instead",
+                self.dlq.topic(),
+                path.display()
+            );
+        }
         Ok(())
     }
 
