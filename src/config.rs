@@ -298,6 +298,10 @@ pub struct StreamingConfig {
     pub batch_interval: Duration,
     /// At most this many orders in one producer batch or one lake batch (bounds memory).
     pub max_batch_rows: usize,
+    /// Not a configuration key: `consume --from-beginning` (and `run --from-beginning`) reads
+    /// a partition without a usable checkpoint from its first offset even where that writes
+    /// rows the lake may already hold, or skips messages retention deleted.
+    pub from_beginning: bool,
 }
 
 /// `metrics.*`
@@ -566,6 +570,7 @@ impl Config {
                 last_processed_timestamp_location: last_ts,
                 batch_interval: Duration::from_secs_f64(secs),
                 max_batch_rows,
+                from_beginning: false,
             },
             metrics: MetricsConfig { port: raw.metrics.port.unwrap_or(DEFAULT_METRICS_PORT) },
         })

@@ -30,9 +30,18 @@ enum Command {
     /// Capture new orders from PostgreSQL and publish them to Kafka.
     Produce,
     /// Read the topic and write the date-partitioned Parquet lake.
-    Consume,
+    Consume {
+        /// Read a partition from its first offset where the checkpoint cannot be used: none
+        /// while the lake already holds files, or one below the partition's start.
+        #[arg(long)]
+        from_beginning: bool,
+    },
     /// Producer and consumer together in one process.
-    Run,
+    Run {
+        /// As `consume --from-beginning`.
+        #[arg(long)]
+        from_beginning: bool,
+    },
     /// Show the monitoring points of every stage.
     Status {
         /// Print one JSON object instead of a table.
@@ -72,7 +81,10 @@ async fn serve(cfg: &Config) -> Result<(Arc<Metrics>, Shutdown), Error> {
 }
 
 fn run(cli: Cli) -> Result<(), Error> {
-    let cfg = Config::load(&cli.config)?;
+    let mut cfg = Config::load(&cli.config)?;
+    if let Command::Consume { from_beginning: true } | Command::Run { from_beginning: true } = cli.command {
+        cfg.streaming.from_beginning = true;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -88,14 +100,14 @@ fn run(cli: Cli) -> Result<(), Error> {
                 let (metrics, shutdown) = serve(&cfg).await?;
                 orderstream::producer::produce(&cfg, metrics, shutdown).await
             }
-            Command::Consume => {
+            Command::Consume { .. } => {
                 let (metrics, shutdown) = serve(&cfg).await?;
                 let cfg = cfg.clone();
                 tokio::task::spawn_blocking(move || orderstream::sink::consume(&cfg, metrics, shutdown))
                     .await
                     .map_err(|e| Error::Storage(format!("the consumer thread failed: {e}")))?
             }
-            Command::Run => {
+            Command::Run { .. } => {
                 let (metrics, shutdown) = serve(&cfg).await?;
                 orderstream::pipeline::run(&cfg, metrics, shutdown).await
             }

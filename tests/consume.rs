@@ -1211,3 +1211,66 @@ fn a_reject_no_dead_letter_can_carry_is_quarantined_under_the_checkpoint_and_the
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("quarantined 1 (rejects no dead letter could carry:"), "{out}");
 }
+
+#[test]
+fn a_checkpoint_that_does_not_fit_the_topic_stops_the_consumer_instead_of_skipping_or_rereading() {
+    let env = TestEnv::new("consume_misfit");
+    create_topic(&env.brokers, &env.topic, 1);
+    let batch = |from: i64, n: i64| -> Vec<Msg> {
+        (from..from + n).map(|i| Msg::value(order_json(i, "2.00", "2025-01-18T08:00:00Z")).to(0)).collect()
+    };
+    let mut positions = produce(&env.brokers, &env.topic, &batch(0, 10));
+    let mut c = env.spawn(&["consume"]);
+    wait_committed(&env, &positions, Duration::from_secs(60));
+    assert_eq!(c.stop(), 0, "{}", c.log_text());
+
+    // A checkpoint ahead of the topic (another topic's, or the topic was recreated).
+    let state = env.checkpoints().join("state").join(format!("{}-0.json", env.topic));
+    let saved = std::fs::read_to_string(&state).unwrap();
+    assert!(saved.contains("\"next_offset\": 10"), "{saved}");
+    std::fs::write(&state, saved.replace("\"next_offset\": 10", "\"next_offset\": 1000")).unwrap();
+    let (code, _, err) = env.run(&["consume"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "partition {}/0: the checkpoint's next offset 1000 is beyond the partition's end 10: the topic was \
+             deleted and recreated",
+            env.topic
+        )),
+        "{err}"
+    );
+    std::fs::write(&state, &saved).unwrap();
+
+    // A lost checkpoint folder while the lake holds files: not the whole topic again.
+    let lost = env.dir.join("checkpoints-lost");
+    std::fs::rename(env.checkpoints(), &lost).unwrap();
+    let (code, _, err) = env.run(&["consume"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "partition {}/0 has no checkpoint in {}",
+            env.topic,
+            env.checkpoints().display()
+        )) && err.contains("already holds files and the group has committed offset 10 for it")
+            && err.contains("--from-beginning"),
+        "{err}"
+    );
+    assert_eq!(read_duckdb(&env.lake()).rows.len(), 10, "nothing written twice");
+    std::fs::remove_dir_all(env.checkpoints()).unwrap();
+    std::fs::rename(&lost, env.checkpoints()).unwrap();
+
+    // With the checkpoint back, the consumer goes on exactly once.
+    positions.extend(produce(&env.brokers, &env.topic, &batch(10, 5)));
+    let mut c = env.spawn(&["consume"]);
+    wait_committed(&env, &positions, Duration::from_secs(60));
+    assert_eq!(c.stop(), 0, "{}", c.log_text());
+    let ids: Vec<i64> = read_duckdb(&env.lake()).rows.iter().map(|r| r.order_id).collect();
+    assert_eq!(ids, (0..15).collect::<Vec<_>>());
+
+    // --from-beginning does what it says, deliberately: every message once more.
+    std::fs::remove_dir_all(env.checkpoints()).unwrap();
+    let mut c = env.spawn(&["consume", "--from-beginning"]);
+    wait_committed(&env, &positions, Duration::from_secs(60));
+    assert_eq!(c.stop(), 0, "{}", c.log_text());
+    assert_eq!(read_duckdb(&env.lake()).rows.len(), 30);
+}

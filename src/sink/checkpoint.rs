@@ -149,6 +149,28 @@ impl Checkpoint {
         &self.lake
     }
 
+    /// Whether a state file of any partition of `topic` exists.
+    pub fn has_any_state(&self, topic: &str) -> bool {
+        let prefix = format!("{topic}-");
+        fs::read_dir(&self.state).is_ok_and(|d| {
+            d.flatten().any(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.strip_prefix(&prefix)
+                    .is_some_and(|rest| rest.strip_suffix(".json").is_some_and(|p| p.parse::<i32>().is_ok()))
+            })
+        })
+    }
+
+    /// Whether the lake holds a committed Parquet file (`date=*/*.parquet`).
+    pub fn lake_has_files(&self) -> bool {
+        let Ok(dates) = fs::read_dir(&self.lake) else { return false };
+        dates.flatten().filter(|d| d.file_name().to_string_lossy().starts_with("date=")).any(|d| {
+            fs::read_dir(d.path()).is_ok_and(|files| {
+                files.flatten().any(|f| f.file_name().to_string_lossy().ends_with(".parquet"))
+            })
+        })
+    }
+
     /// The checkpoint folder.
     pub fn dir(&self) -> &Path {
         self.state.parent().unwrap_or(&self.state)

@@ -46,6 +46,8 @@ pub struct Limits {
     pub interval: Duration,
     /// `streaming.max_batch_rows`: valid rows (and, separately, dead letters) per batch.
     pub max_rows: usize,
+    /// `--from-beginning`: a partition without a usable checkpoint is read from its start.
+    pub from_beginning: bool,
 }
 
 /// A partition this process owns.
@@ -562,6 +564,84 @@ impl Engine {
         } else {
             Offset::Beginning
         }))
+    }
+
+    /// Where a newly acquired partition may start, checked against the topic, so that a
+    /// checkpoint that does not fit the topic stops the consumer instead of skipping messages
+    /// or writing the topic into the lake a second time (`--from-beginning` overrides the
+    /// last two). `served_end(h)`: the partition's end as the broker serves it, read from its
+    /// reported end `h` (`None` when that cannot be told).
+    pub fn check_start<C: ConsumerContext>(
+        &self,
+        consumer: &impl Consumer<C>,
+        topic: &str,
+        partition: i32,
+        offset: Offset,
+        served_end: impl Fn(i64) -> Option<i64>,
+    ) -> Result<Offset> {
+        let timeout = Duration::from_secs(10);
+        let cp = self.checkpoint.dir().display();
+        let lake = self.checkpoint.lake().display();
+        let again = "--from-beginning (`orderstream consume --from-beginning`)";
+        match offset {
+            Offset::Offset(n) => {
+                let Ok((low, high)) = consumer.fetch_watermarks(topic, partition, timeout) else {
+                    return Ok(offset);
+                };
+                if n < low {
+                    if self.limits.from_beginning {
+                        tracing::warn!(
+                            "partition {topic}/{partition}: reading on from offset {low}: messages {n} to {} were \
+                             deleted before the lake got them (--from-beginning)",
+                            low - 1
+                        );
+                        return Ok(Offset::Offset(low));
+                    }
+                    return Err(Error::Storage(format!(
+                        "partition {topic}/{partition}: the checkpoint's next offset {n} is below the partition's \
+                         first offset {low}: messages {n} to {} were deleted (retention?) before the lake got them. \
+                         To accept the loss and read on from {low}, start once with {again}",
+                        low - 1
+                    )));
+                }
+                // A broker may report an end below the last message (tansu does after a
+                // producer retry): only the end it serves counts.
+                if n > high && served_end(high).is_some_and(|end| n > end) {
+                    return Err(Error::Storage(format!(
+                        "partition {topic}/{partition}: the checkpoint's next offset {n} is beyond the partition's \
+                         end {high}: the topic was deleted and recreated, or the checkpoint {cp} belongs to another \
+                         topic or broker. To start over deliberately, delete the checkpoint folder {cp} and the lake \
+                         {lake} (its rows came from the old topic)"
+                    )));
+                }
+                Ok(offset)
+            }
+            _ if self.limits.from_beginning || !self.checkpoint.lake_has_files() => Ok(offset),
+            _ => {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(topic, partition);
+                let group = consumer.committed_offsets(tpl, timeout).ok().and_then(|c| {
+                    match c.find_partition(topic, partition).map(|e| e.offset()) {
+                        Some(Offset::Offset(o)) if o > 0 => Some(o),
+                        _ => None,
+                    }
+                });
+                let why = match group {
+                    Some(o) => format!("the group has committed offset {o} for it"),
+                    None if !self.checkpoint.has_any_state(topic) => {
+                        format!("the checkpoint holds no state of any partition of {topic}")
+                    }
+                    None => return Ok(offset),
+                };
+                Err(Error::Storage(format!(
+                    "partition {topic}/{partition} has no checkpoint in {cp}, but the lake {lake} already holds \
+                     files and {why}: the checkpoint folder was lost or the configuration points at another one, and \
+                     reading from the beginning would write the topic into the lake again. Point \
+                     streaming.checkpoint_location at the lake's checkpoint, or start once with {again} to do it \
+                     deliberately"
+                )))
+            }
+        }
     }
 
     /// Deletes what dead processes left in the temp area (see [`scratch::clean_dead`]).

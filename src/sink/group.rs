@@ -29,6 +29,7 @@ pub fn consumer(cfg: &Config, engine: Engine, metrics: Arc<Metrics>) -> Result<G
             engine: Mutex::new(engine),
             metrics,
             topic: cfg.kafka.topic.clone(),
+            kafka: cfg.kafka.clone(),
         })
         .map_err(|e| Error::Kafka(format!("cannot create the consumer for {}: {e}", cfg.kafka.brokers)))
 }
@@ -38,9 +39,31 @@ pub struct GroupContext {
     engine: Mutex<Engine>,
     metrics: Arc<Metrics>,
     topic: String,
+    /// For the reader that checks a checkpoint against the topic.
+    kafka: crate::config::KafkaConfig,
 }
 
 impl GroupContext {
+    /// The end of `topic`/`partition` as the broker serves it: read from `from` (its reported
+    /// end) until the partition's end; `None` when that cannot be told within 5 s.
+    fn served_end(&self, topic: &str, partition: i32, from: i64) -> Option<i64> {
+        use rdkafka::message::Message;
+        let reader: BaseConsumer = kafka::Client::Reader.config(&self.kafka).create().ok()?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Offset(from)).ok()?;
+        reader.assign(&tpl).ok()?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut end = from;
+        while std::time::Instant::now() < deadline {
+            match reader.poll(std::time::Duration::from_millis(100)) {
+                Some(Ok(m)) => end = end.max(m.offset() + 1),
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => return Some(end),
+                _ => {}
+            }
+        }
+        None
+    }
+
     /// The engine; never held across `poll`, which may run the rebalance callback.
     pub fn engine(&self) -> MutexGuard<'_, Engine> {
         // A panic while holding it cannot leave a half-committed batch on disk (the commit
@@ -79,7 +102,11 @@ impl ConsumerContext for GroupContext {
                 let mut from = Vec::new();
                 let mut waiting = Vec::new();
                 for (topic, partition) in &listed {
-                    match engine.acquire(topic, *partition) {
+                    let served_end = |from: i64| self.served_end(topic, *partition, from);
+                    let acquired = engine.acquire(topic, *partition).and_then(|a| {
+                        a.map(|o| engine.check_start(consumer, topic, *partition, o, served_end)).transpose()
+                    });
+                    match acquired {
                         Ok(Some(offset)) => {
                             let at = match offset {
                                 Offset::Offset(n) => n.to_string(),

@@ -160,7 +160,11 @@ pub fn consume(cfg: &Config, metrics: Arc<Metrics>, shutdown: Shutdown) -> Resul
         dlq.topic(),
         scratch.id()
     );
-    let limits = Limits { interval: cfg.streaming.batch_interval, max_rows: cfg.streaming.max_batch_rows };
+    let limits = Limits {
+        interval: cfg.streaming.batch_interval,
+        max_rows: cfg.streaming.max_batch_rows,
+        from_beginning: cfg.streaming.from_beginning,
+    };
     let engine = Engine::new(&cfg.kafka.topic, limits, checkpoint, scratch, dlq, metrics.clone());
     let consumer = group::consumer(cfg, engine, metrics.clone())?;
     consumer
