@@ -658,3 +658,39 @@ fn orders_with_an_infinite_created_at_are_skipped_with_a_warning_and_the_rest_fl
     assert_eq!(counts.keys().copied().collect::<Vec<_>>(), expected);
     assert_eq!(producer.terminate(Duration::from_secs(30)), 0, "{}", producer.log_text());
 }
+
+#[test]
+fn a_state_file_of_another_table_topic_or_cluster_is_refused_naming_both() {
+    let mut env = TestEnv::new("prod_owner");
+    env.init();
+    let mut producer = env.spawn(&["produce"]);
+    wait_messages(&env, 10, Duration::from_secs(60));
+    assert_eq!(producer.terminate(Duration::from_secs(30)), 0, "{}", producer.log_text());
+    let state = std::fs::read_to_string(env.lastprocess().join("last_timestamp.txt")).unwrap();
+    let owner = format!("poll:food_delivery_db.{} -> {}", env.table, env.topic);
+    assert!(state.contains(&format!("for={owner} @ ")), "{state}");
+
+    // The same state, another topic: refused, nothing published there.
+    env.set("ORDERSTREAM__KAFKA__TOPIC", &format!("{}_other", env.topic));
+    let (code, _, err) = env.run(&["produce"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("this state belongs to {owner} @ "))
+            && err.contains(&format!(
+                "but this configuration is poll:food_delivery_db.{} -> {}_other",
+                env.table, env.topic
+            ))
+            && err.contains("remove the file to start over"),
+        "{err}"
+    );
+
+    // The same state and topic name on another cluster: refused too.
+    let broker = Broker::start_memory();
+    env.set("ORDERSTREAM__KAFKA__TOPIC", &env.topic.clone());
+    env.set("ORDERSTREAM__KAFKA__BROKERS", &broker.addr);
+    common::lake::create_topic(&broker.addr, &env.topic, 3);
+    let (code, _, err) = env.run(&["produce"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&format!("but this configuration is {owner} @ ")), "{err}");
+    assert!(read_topic(&broker.addr, &env.topic).is_empty(), "nothing published on the other cluster");
+}

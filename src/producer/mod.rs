@@ -122,6 +122,26 @@ async fn session<S: Source>(
     // Created first so that its connection and producer id are ready when recovery ends; it
     // sends nothing before that.
     let publisher = Publisher::new(&cfg.kafka, &name, &committed.epoch)?;
+    let mut owner = state::Owner {
+        source: name.clone(),
+        topic: cfg.kafka.topic.clone(),
+        cluster: tokio::task::block_in_place(|| publisher.cluster_id()),
+    };
+    if let Some(previous) = &committed.owner
+        && !previous.fits(&owner)
+    {
+        return Err(Error::Setup(format!(
+            "{}: this state belongs to {previous}, but this configuration is {owner}; point \
+             streaming.last_processed_timestamp_location at a folder of this pipeline's own, or remove the file to \
+             start over (the producer then publishes the table again from the beginning)",
+            path.display()
+        )));
+    }
+    // A broker that did not say its id this time keeps the one it said before.
+    if owner.cluster.is_none() {
+        owner.cluster = committed.owner.as_ref().and_then(|o| o.cluster.clone());
+    }
+    committed.owner = Some(owner);
     let (mut uncovered, tail_ends, tail_seq, highest) = recover::<S>(cfg, &name, committed).await?;
     source.recovered(highest);
     let mut seq = committed.seq.max(tail_seq);
@@ -227,7 +247,13 @@ async fn session<S: Source>(
         } else {
             committed.offsets.clone()
         };
-        let next_state = State { position: batch.position, seq, epoch: committed.epoch.clone(), offsets };
+        let next_state = State {
+            position: batch.position,
+            seq,
+            epoch: committed.epoch.clone(),
+            offsets,
+            owner: committed.owner.clone(),
+        };
         state::save::<S>(path, &next_state)?;
         source.saved(&next_state.position);
         *committed = next_state;

@@ -164,6 +164,11 @@ impl Publisher {
         })
     }
 
+    /// The cluster id the broker reports (`None` if it reports none, or does not answer in 5 s).
+    pub fn cluster_id(&self) -> Option<String> {
+        self.producer.client().fetch_cluster_id(Duration::from_secs(5))
+    }
+
     fn acks(&self) -> std::sync::MutexGuard<'_, Acks> {
         match self.producer.context().acks.lock() {
             Ok(g) => g,

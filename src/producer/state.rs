@@ -37,12 +37,54 @@ pub struct State<P> {
     /// Per partition, the offset after the last message of the last saved batch. `None` when
     /// unknown (no state file, or the seed's one-line file): recovery then reads the whole topic.
     pub offsets: Option<BTreeMap<i32, i64>>,
+    /// What the state belongs to (`for=` line): the capture (mode, database, table), the topic
+    /// and the broker's cluster id. `None` in a file from before it existed.
+    pub owner: Option<Owner>,
+}
+
+/// The pipeline a state file belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// `poll:<database>.<table>` or `logical:<database>.<table>`.
+    pub source: String,
+    pub topic: String,
+    /// The cluster id the broker reports, if it reports one.
+    pub cluster: Option<String>,
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} -> {}", self.source, self.topic)?;
+        if let Some(c) = &self.cluster {
+            write!(f, " @ {c}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Owner {
+    fn parse(v: &str) -> Option<Owner> {
+        let (source, rest) = v.split_once(" -> ")?;
+        let (topic, cluster) = match rest.split_once(" @ ") {
+            Some((t, c)) => (t, Some(c.to_string())),
+            None => (rest, None),
+        };
+        Some(Owner { source: source.into(), topic: topic.into(), cluster })
+    }
+
+    /// Whether a state written for `self` may be used by `other` (a cluster id only one side
+    /// knows does not count).
+    pub fn fits(&self, other: &Owner) -> bool {
+        self.source == other.source
+            && self.topic == other.topic
+            && (self.cluster.is_none() || other.cluster.is_none() || self.cluster == other.cluster)
+    }
 }
 
 impl<P> State<P> {
     /// The state before anything was published.
     pub fn beginning<S: Source<Position = P>>() -> State<P> {
-        State { position: S::beginning(), seq: 0, epoch: new_epoch(), offsets: None }
+        State { position: S::beginning(), seq: 0, epoch: new_epoch(), offsets: None, owner: None }
     }
 }
 
@@ -75,6 +117,7 @@ fn parse<S: Source>(text: &str) -> std::result::Result<State<S::Position>, Strin
     let mut seq = 0;
     let mut epoch = None;
     let mut offsets = None;
+    let mut owner = None;
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -87,6 +130,10 @@ fn parse<S: Source>(text: &str) -> std::result::Result<State<S::Position>, Strin
                 return Err(format!("line {}: epoch `{v}` is not an id", i + 1));
             }
             epoch = Some(v.to_string());
+        } else if let Some(v) = line.strip_prefix("for=") {
+            owner = Some(
+                Owner::parse(v).ok_or_else(|| format!("line {}: `{v}` is not `source -> topic`", i + 1))?,
+            );
         } else if let Some(v) = line.strip_prefix("offsets=") {
             let mut map = BTreeMap::new();
             for pair in v.split(',').filter(|s| !s.is_empty()) {
@@ -104,7 +151,7 @@ fn parse<S: Source>(text: &str) -> std::result::Result<State<S::Position>, Strin
         return Err("the file is empty".into());
     }
     let position = S::decode(&source_lines)?;
-    Ok(State { position, seq, epoch: epoch.unwrap_or_else(new_epoch), offsets })
+    Ok(State { position, seq, epoch: epoch.unwrap_or_else(new_epoch), offsets, owner })
 }
 
 /// Writes the state file atomically.
@@ -114,6 +161,9 @@ pub fn save<S: Source>(path: &Path, state: &State<S::Position>) -> Result<()> {
     if let Some(offsets) = &state.offsets {
         let list: Vec<String> = offsets.iter().map(|(p, o)| format!("{p}:{o}")).collect();
         text.push_str(&format!("offsets={}\n", list.join(",")));
+    }
+    if let Some(owner) = &state.owner {
+        text.push_str(&format!("for={owner}\n"));
     }
     // A temp name of this process's own: a second writer (which the capture's writer lock
     // refuses) could never rename another's half-written file.
@@ -131,12 +181,23 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let p = path(&dir);
         let text = "2025-01-18 12:33:00\norder_id=110\nseq=10\nepoch=0190f1d2-7c4e-7000-8000-00000000000a\n\
-                    offsets=0:4,1:3,2:3\n";
+                    offsets=0:4,1:3,2:3\nfor=poll:food_delivery_db.roll001_orders -> orders @ cluster-1\n";
         std::fs::write(&p, text).unwrap();
         let state = load::<PollSource>(&p).unwrap().unwrap();
         assert_eq!(state.seq, 10);
         assert_eq!(state.epoch, "0190f1d2-7c4e-7000-8000-00000000000a");
         assert_eq!(state.offsets, Some([(0, 4), (1, 3), (2, 3)].into()));
+        let owner = state.owner.clone().unwrap();
+        assert_eq!(owner.to_string(), "poll:food_delivery_db.roll001_orders -> orders @ cluster-1");
+        let elsewhere = |source: &str, topic: &str, cluster: Option<&str>| Owner {
+            source: source.into(),
+            topic: topic.into(),
+            cluster: cluster.map(Into::into),
+        };
+        assert!(owner.fits(&elsewhere("poll:food_delivery_db.roll001_orders", "orders", None)));
+        assert!(!owner.fits(&elsewhere("poll:food_delivery_db.roll001_orders", "orders", Some("cluster-2"))));
+        assert!(!owner.fits(&elsewhere("poll:food_delivery_db.other", "orders", Some("cluster-1"))));
+        assert!(!owner.fits(&elsewhere("poll:food_delivery_db.roll001_orders", "other", Some("cluster-1"))));
         save::<PollSource>(&p, &state).unwrap();
         assert_eq!(std::fs::read_to_string(&p).unwrap(), text);
     }
