@@ -416,6 +416,16 @@ fn show(v: &Value) -> String {
 impl Config {
     /// Reads `path`, applies the process environment's overrides and validates everything.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with(path, true)
+    }
+
+    /// As [`Config::load`], for a command that only reads (`status`): the lake, checkpoint and
+    /// state folders are not created.
+    pub fn load_to_read(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with(path, false)
+    }
+
+    fn load_with(path: &Path, create: bool) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("{}: cannot read config file: {e}", path.display())))?;
         let env: Vec<(String, String)> = std::env::vars_os()
@@ -424,12 +434,23 @@ impl Config {
                 k.starts_with(ENV_PREFIX).then(|| (k, v.to_string_lossy().into_owned()))
             })
             .collect();
-        Self::from_parts(&path.display().to_string(), &text, &env)
+        Self::from_parts_with(&path.display().to_string(), &text, &env, create)
     }
 
     /// Builds the configuration from the file's text and `ORDERSTREAM__*` variables.
     /// `origin` names the file in error messages.
     pub fn from_parts(origin: &str, text: &str, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        Self::from_parts_with(origin, text, env, true)
+    }
+
+    /// As [`Config::from_parts`]; `create`: whether to create the lake, checkpoint and state
+    /// folders.
+    pub fn from_parts_with(
+        origin: &str,
+        text: &str,
+        env: &[(String, String)],
+        create: bool,
+    ) -> Result<Config, ConfigError> {
         let mut root: Value = serde_norway::from_str(text)
             .map_err(|e| ConfigError(format!("{origin}: not valid YAML: {e}")))?;
         if root.is_null() {
@@ -538,12 +559,12 @@ impl Config {
                 format!("only `parquet` is supported, got `{}`", raw.datalake.format),
             ));
         }
-        let lake = ensure_dir(&raw.datalake.path).map_err(|m| bad("datalake.path", m))?;
+        let lake = ensure_dir(&raw.datalake.path, create).map_err(|m| bad("datalake.path", m))?;
 
         // streaming
-        let checkpoint = ensure_dir(&raw.streaming.checkpoint_location)
+        let checkpoint = ensure_dir(&raw.streaming.checkpoint_location, create)
             .map_err(|m| bad("streaming.checkpoint_location", m))?;
-        let last_ts = ensure_dir(&raw.streaming.last_processed_timestamp_location)
+        let last_ts = ensure_dir(&raw.streaming.last_processed_timestamp_location, create)
             .map_err(|m| bad("streaming.last_processed_timestamp_location", m))?;
         let secs = raw.streaming.batch_interval.unwrap_or(DEFAULT_BATCH_INTERVAL_SECS);
         if !secs.is_finite() || !(0.01..=3600.0).contains(&secs) {
@@ -805,10 +826,13 @@ fn validate_topic(topic: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Creates the directory if needed and returns it.
-fn ensure_dir(path: &Path) -> Result<PathBuf, String> {
+/// Creates the directory if needed (and `create`) and returns it.
+fn ensure_dir(path: &Path, create: bool) -> Result<PathBuf, String> {
     if path.as_os_str().is_empty() {
         return Err("must not be empty".into());
+    }
+    if !create {
+        return Ok(path.to_path_buf());
     }
     std::fs::create_dir_all(path).map_err(|e| format!("cannot create directory {}: {e}", path.display()))?;
     Ok(path.to_path_buf())

@@ -81,7 +81,10 @@ async fn serve(cfg: &Config) -> Result<(Arc<Metrics>, Shutdown), Error> {
 }
 
 fn run(cli: Cli) -> Result<(), Error> {
-    let mut cfg = Config::load(&cli.config)?;
+    let mut cfg = match cli.command {
+        Command::Status { .. } => Config::load_to_read(&cli.config)?,
+        _ => Config::load(&cli.config)?,
+    };
     if let Command::Consume { from_beginning: true } | Command::Run { from_beginning: true } = cli.command {
         cfg.streaming.from_beginning = true;
     }

@@ -381,7 +381,12 @@ fn lake(root: &Path) -> Result<(LakeStatus, Vec<LakeFile>), Error> {
     let io = |p: &Path, e: std::io::Error| Error::Storage(format!("lake {}: {e}", p.display()));
     let mut partitions = Vec::new();
     let mut files = Vec::new();
-    let mut dirs: Vec<_> = std::fs::read_dir(root).map_err(|e| io(root, e))?.filter_map(|e| e.ok()).collect();
+    // No folder yet: nothing was written (status does not create it).
+    let listing = match std::fs::read_dir(root) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        other => Some(other.map_err(|e| io(root, e))?),
+    };
+    let mut dirs: Vec<_> = listing.into_iter().flatten().filter_map(|e| e.ok()).collect();
     dirs.sort_by_key(|e| e.file_name());
     for dir in dirs {
         let name = dir.file_name().to_string_lossy().into_owned();

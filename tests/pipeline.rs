@@ -332,3 +332,18 @@ fn metrics_parse_as_prometheus_text_and_count_what_was_processed() {
     assert!(m["orderstream_producer_watermark_timestamp_seconds"] > 1.7e9);
     assert_eq!(run.terminate(Duration::from_secs(60)), 0, "{}", run.log_text());
 }
+
+#[test]
+fn status_creates_no_folder() {
+    let env = TestEnv::new("pipe_status_ro");
+    let (code, out, err) = env.run(&["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    for dir in [env.lake(), env.checkpoints(), env.lastprocess()] {
+        assert!(!dir.exists(), "status created {}:\n{out}", dir.display());
+    }
+    assert!(out.contains(&format!("Lake        {} (0 files, 0 rows", env.lake().display())), "{out}");
+    // The commands that write them still create them.
+    env.init();
+    assert!(env.lake().is_dir() && env.checkpoints().is_dir() && env.lastprocess().is_dir());
+}
