@@ -424,3 +424,57 @@ pub async fn ensure_topic(cfg: &KafkaConfig, topic: &str, partitions: i32) -> Re
     }
     Ok(TopicOutcome::Created(partitions))
 }
+
+/// One partition of a topic as the group sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionProgress {
+    pub partition: i32,
+    /// The first offset the broker still has.
+    pub low: i64,
+    /// The reported end.
+    pub high: i64,
+    /// The offset the client's group committed, if any.
+    pub committed: Option<i64>,
+}
+
+/// Every partition of `topic` with its offsets and the committed offset of `client`'s group
+/// (`None` for all when the group's offsets cannot be read). An error when the broker does not
+/// answer or the topic does not exist.
+pub fn partition_progress(
+    client: &rdkafka::consumer::BaseConsumer,
+    brokers: &str,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<PartitionProgress>> {
+    use rdkafka::consumer::Consumer;
+    let md = client
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| Error::Kafka(format!("broker {brokers} unreachable: {e}")))?;
+    let ids: Vec<i32> = md
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if ids.is_empty() {
+        return Err(Error::Kafka(format!("topic {topic} does not exist (run `orderstream init`)")));
+    }
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in &ids {
+        tpl.add_partition(topic, *p);
+    }
+    let committed = client.committed_offsets(tpl, timeout).ok();
+    ids.into_iter()
+        .map(|p| {
+            let (low, high) = client
+                .fetch_watermarks(topic, p, timeout)
+                .map_err(|e| Error::Kafka(format!("{topic}/{p}: {e}")))?;
+            let committed =
+                committed.as_ref().and_then(|c| c.find_partition(topic, p)).and_then(|e| match e.offset() {
+                    rdkafka::Offset::Offset(o) => Some(o),
+                    _ => None,
+                });
+            Ok(PartitionProgress { partition: p, low, high, committed })
+        })
+        .collect()
+}

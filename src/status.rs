@@ -12,7 +12,6 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
 use crate::config::{Capture, Config};
@@ -246,34 +245,16 @@ fn kafka_status(cfg: &crate::config::KafkaConfig) -> Result<KafkaStatus, Error> 
     let ids = |name: &str| -> Option<Vec<i32>> {
         md.topics().iter().find(|t| t.name() == name).map(|t| t.partitions().iter().map(|p| p.id()).collect())
     };
-    let Some(partitions) = ids(&cfg.topic) else {
-        return Err(Error::Kafka(format!("topic {} does not exist (run `orderstream init`)", cfg.topic)));
-    };
-    let mut tpl = TopicPartitionList::new();
-    for p in &partitions {
-        tpl.add_partition(&cfg.topic, *p);
-    }
-    let committed = consumer.committed_offsets(tpl, timeout).ok();
-    let mut out = Vec::new();
-    for p in &partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(&cfg.topic, *p, timeout)
-            .map_err(|e| Error::Kafka(format!("{}/{p}: {e}", cfg.topic)))?;
-        let committed =
-            committed.as_ref().and_then(|c| c.find_partition(&cfg.topic, *p)).and_then(|e| {
-                match e.offset() {
-                    Offset::Offset(o) => Some(o),
-                    _ => None,
-                }
-            });
-        out.push(PartitionStatus {
-            partition: *p,
-            messages: high - low,
-            end_offset: high,
-            committed,
-            lag: Some((high - committed.unwrap_or(low)).max(0)),
-        });
-    }
+    let out: Vec<PartitionStatus> = kafka::partition_progress(&consumer, &cfg.brokers, &cfg.topic, timeout)?
+        .into_iter()
+        .map(|p| PartitionStatus {
+            partition: p.partition,
+            messages: p.high - p.low,
+            end_offset: p.high,
+            committed: p.committed,
+            lag: Some((p.high - p.committed.unwrap_or(p.low)).max(0)),
+        })
+        .collect();
     let dlq_messages = match ids(&cfg.dlq_topic) {
         None => None,
         Some(ps) => Some(ps.iter().try_fold(0i64, |sum, p| {

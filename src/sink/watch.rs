@@ -19,9 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rdkafka::Offset;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::topic_partition_list::TopicPartitionList;
+use rdkafka::consumer::BaseConsumer;
 
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
@@ -71,12 +69,13 @@ impl Watch {
         let stop = Arc::new(AtomicBool::new(false));
         let every = (window / 4).clamp(Duration::from_secs(1), Duration::from_secs(5));
         let thread = {
-            let (seen, stop, topic) = (seen.clone(), stop.clone(), cfg.topic.clone());
+            let (seen, stop, topic, brokers) =
+                (seen.clone(), stop.clone(), cfg.topic.clone(), cfg.brokers.clone());
             std::thread::Builder::new()
                 .name("group-watch".into())
                 .spawn(move || {
                     while !stop.load(Ordering::SeqCst) {
-                        look(&client, &topic, &seen);
+                        look(&client, &brokers, &topic, &seen);
                         let end = Instant::now() + every;
                         while !stop.load(Ordering::SeqCst) && Instant::now() < end {
                             std::thread::sleep(Duration::from_millis(100));
@@ -115,36 +114,18 @@ impl Drop for Watch {
 /// One look at the topic's partitions: a partition whose committed offset moved, or that has
 /// nothing beyond it, starts a new stall clock. When the broker does not answer, every clock
 /// starts again: nobody could make progress, and rejoining would not help.
-fn look(client: &BaseConsumer, topic: &str, seen: &Mutex<BTreeMap<i32, Seen>>) {
+fn look(client: &BaseConsumer, brokers: &str, topic: &str, seen: &Mutex<BTreeMap<i32, Seen>>) {
     let timeout = Duration::from_secs(5);
     let now = Instant::now();
-    let observed = (|| -> std::result::Result<Vec<(i32, Option<i64>, i64)>, ()> {
-        let md = client.fetch_metadata(Some(topic), timeout).map_err(|_| ())?;
-        let ids: Vec<i32> = md
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic)
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        let mut tpl = TopicPartitionList::new();
-        for p in &ids {
-            tpl.add_partition(topic, *p);
-        }
-        let committed = client.committed_offsets(tpl, timeout).map_err(|_| ())?;
-        let mut out = Vec::new();
-        for p in ids {
-            let (low, high) = client.fetch_watermarks(topic, p, timeout).map_err(|_| ())?;
-            let c = committed.find_partition(topic, p).and_then(|e| match e.offset() {
-                Offset::Offset(o) => Some(o),
-                _ => None,
-            });
-            out.push((p, c, (high - c.unwrap_or(low)).max(0)));
-        }
-        Ok(out)
-    })();
+    let observed = kafka::partition_progress(client, brokers, topic, timeout).map(|parts| {
+        parts
+            .into_iter()
+            .map(|p| (p.partition, p.committed, (p.high - p.committed.unwrap_or(p.low)).max(0)))
+            .collect::<Vec<_>>()
+    });
     let Ok(mut seen) = seen.lock() else { return };
     match observed {
-        Err(()) => {
+        Err(_) => {
             for s in seen.values_mut() {
                 s.since = now;
             }
