@@ -437,6 +437,13 @@ pub struct PartitionProgress {
     pub committed: Option<i64>,
 }
 
+impl PartitionProgress {
+    /// Messages beyond the committed offset (all of them when the group committed none).
+    pub fn lag(&self) -> i64 {
+        (self.high - self.committed.unwrap_or(self.low)).max(0)
+    }
+}
+
 /// Every partition of `topic` with its offsets and the committed offset of `client`'s group
 /// (`None` for all when the group's offsets cannot be read). An error when the broker does not
 /// answer or the topic does not exist.

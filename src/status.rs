@@ -252,7 +252,7 @@ fn kafka_status(cfg: &crate::config::KafkaConfig) -> Result<KafkaStatus, Error> 
             messages: p.high - p.low,
             end_offset: p.high,
             committed: p.committed,
-            lag: Some((p.high - p.committed.unwrap_or(p.low)).max(0)),
+            lag: Some(p.lag()),
         })
         .collect();
     let dlq_messages = match ids(&cfg.dlq_topic) {

@@ -183,32 +183,29 @@ async fn session<S: Source>(
             let key = change.order.order_id.to_string();
             if uncovered.contains(&S::key(change, false)) {
                 skipped += 1;
-            } else if let Some(reject) = &change.reject {
-                // No message can carry it, and the consumer would reject it: a dead letter.
-                let meta = change.meta(false);
-                publisher
-                    .dead_letter(key.as_bytes(), reject.row.as_bytes(), "unencodable", &reject.detail, &meta)
-                    .await?;
-                tracing::warn!(
-                    "{}: sent to the dead-letter topic {} instead (reason unencodable)",
-                    reject.detail,
-                    cfg.kafka.dlq_topic
-                );
-                metrics.producer.dead_letters.inc();
             } else {
                 value.clear();
-                change.order.write_json(&mut value);
-                if let Some(limit) = publisher.too_large(key.as_bytes(), &value) {
+                let rejected = match &change.reject {
+                    // No message can carry it, and the consumer would reject it.
+                    Some(r) => {
+                        value.extend_from_slice(r.row.as_bytes());
+                        Some(("unencodable", r.detail.clone()))
+                    }
                     // The broker cannot take it, and every later change would wait behind it.
-                    let detail = format!(
-                        "order {key}: its message of {} bytes exceeds message.max.bytes {limit}",
-                        key.len() + value.len()
-                    );
+                    None => {
+                        change.order.write_json(&mut value);
+                        publisher.too_large(key.as_bytes(), &value).map(|limit| {
+                            let size = key.len() + value.len();
+                            ("too_large", format!("order {key}: its message of {size} bytes exceeds message.max.bytes {limit}"))
+                        })
+                    }
+                };
+                if let Some((reason, detail)) = rejected {
                     publisher
-                        .dead_letter(key.as_bytes(), &value, "too_large", &detail, &change.meta(false))
+                        .dead_letter(key.as_bytes(), &value, reason, &detail, &change.meta(false))
                         .await?;
                     tracing::warn!(
-                        "{detail}: sent to the dead-letter topic {} instead (reason too_large, the row cut to fit)",
+                        "{detail}: sent to the dead-letter topic {} instead (reason {reason})",
                         cfg.kafka.dlq_topic
                     );
                     metrics.producer.dead_letters.inc();

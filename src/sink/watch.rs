@@ -117,12 +117,8 @@ impl Drop for Watch {
 fn look(client: &BaseConsumer, brokers: &str, topic: &str, seen: &Mutex<BTreeMap<i32, Seen>>) {
     let timeout = Duration::from_secs(5);
     let now = Instant::now();
-    let observed = kafka::partition_progress(client, brokers, topic, timeout).map(|parts| {
-        parts
-            .into_iter()
-            .map(|p| (p.partition, p.committed, (p.high - p.committed.unwrap_or(p.low)).max(0)))
-            .collect::<Vec<_>>()
-    });
+    let observed = kafka::partition_progress(client, brokers, topic, timeout)
+        .map(|parts| parts.into_iter().map(|p| (p.partition, p.committed, p.lag())).collect::<Vec<_>>());
     let Ok(mut seen) = seen.lock() else { return };
     match observed {
         Err(_) => {
