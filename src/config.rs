@@ -53,6 +53,9 @@ pub struct PostgresConfig {
     pub publication: String,
     /// TLS to the server, from the URL's `sslmode`, `sslrootcert`, `sslcert` and `sslkey`.
     pub tls: PgTls,
+    /// Poll mode: how often unpublished orders at or below the watermark are counted
+    /// (`postgres.reconcile_interval`); `None`: never.
+    pub reconcile_interval: Option<Duration>,
 }
 
 /// `sslmode` as libpq spells it (`allow` is not offered: it tries plain text first).
@@ -334,6 +337,8 @@ struct RawPostgres {
     capture: Option<String>,
     slot: Option<String>,
     publication: Option<String>,
+    #[serde(default, deserialize_with = "number")]
+    reconcile_interval: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -381,6 +386,10 @@ fn default_format() -> String {
 
 /// Default `kafka.partitions`.
 pub const DEFAULT_PARTITIONS: i32 = 3;
+/// Default `postgres.reconcile_interval` in seconds: a count over the rows at or below the
+/// watermark once a minute.
+const DEFAULT_RECONCILE_INTERVAL_SECS: f64 = 60.0;
+
 /// Default `streaming.batch_interval` in seconds. The seed polls every 5 s; 1 s keeps the
 /// end-to-end p99 near 2 s while a consumer writes at most one file per date per second (see
 /// the README's benchmark section for the trade-off).
@@ -521,6 +530,14 @@ impl Config {
         validate_replication_name(&slot).map_err(|m| bad("postgres.slot", m))?;
         let publication = raw.postgres.publication.unwrap_or_else(|| default_replication_name(&table));
         validate_replication_name(&publication).map_err(|m| bad("postgres.publication", m))?;
+        let reconcile = raw.postgres.reconcile_interval.unwrap_or(DEFAULT_RECONCILE_INTERVAL_SECS);
+        if !reconcile.is_finite() || !(reconcile == 0.0 || (0.1..=86_400.0).contains(&reconcile)) {
+            return Err(bad(
+                "postgres.reconcile_interval",
+                format!("must be 0 (off) or between 0.1 and 86400 seconds, got {reconcile}"),
+            ));
+        }
+        let reconcile_interval = (reconcile > 0.0).then(|| Duration::from_secs_f64(reconcile));
 
         // kafka
         let brokers = raw.kafka.brokers.trim().to_string();
@@ -583,7 +600,7 @@ impl Config {
         }
 
         Ok(Config {
-            postgres: PostgresConfig { connect, table, capture, slot, publication, tls },
+            postgres: PostgresConfig { connect, table, capture, slot, publication, tls, reconcile_interval },
             kafka,
             datalake: DatalakeConfig { path: lake },
             streaming: StreamingConfig {

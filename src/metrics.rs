@@ -62,6 +62,9 @@ pub struct ProducerMetrics {
     /// Changes sent to the dead-letter topic instead (too large for the broker, or a
     /// `created_at` no message can carry).
     pub dead_letters: Counter,
+    /// Poll mode: orders at or below the watermark that were never published (the last
+    /// reconciliation's count; see `source::poll`).
+    pub unpublished_below_watermark: Gauge,
 }
 
 /// The consumer's counters.
@@ -206,6 +209,11 @@ impl Metrics {
                 "dead_letters",
                 "Changes sent to the dead-letter topic instead (too large or unencodable)",
                 producer.dead_letters.clone(),
+            );
+            p.register(
+                "unpublished_below_watermark",
+                "Poll mode: orders at or below the watermark never published (lost to polling)",
+                producer.unpublished_below_watermark.clone(),
             );
         }
         {

@@ -694,3 +694,108 @@ fn a_state_file_of_another_table_topic_or_cluster_is_refused_naming_both() {
     assert!(err.contains(&format!("but this configuration is {owner} @ ")), "{err}");
     assert!(read_topic(&broker.addr, &env.topic).is_empty(), "nothing published on the other cluster");
 }
+
+/// The value of one metric on `/metrics`.
+fn metric(port: u16, name: &str) -> Option<f64> {
+    let (code, body) = common::http_get(port, "/metrics");
+    assert_eq!(code, 200, "{body}");
+    body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Issue 9 item 6: rows committed below the watermark after it passed them are lost to polling
+/// by design; a reconciliation counts and names them (`/metrics`, a warning, `status`), keeps
+/// counting them after a restart, and does not count a late transaction's rows, which polling
+/// still picks up.
+#[test]
+fn orders_committed_below_the_watermark_are_counted_and_named_as_unpublished() {
+    const GAUGE: &str = "orderstream_producer_unpublished_below_watermark";
+    let mut env = TestEnv::new("prod_reconcile");
+    env.set("ORDERSTREAM__POSTGRES__RECONCILE_INTERVAL", "0.3");
+    env.init();
+    let (mut producer, port) = env.spawn_serving(&["produce"]);
+    env.insert(2);
+    wait_messages(&env, 12, Duration::from_secs(60));
+    wait_until(Duration::from_secs(30), "the gauge at 0", || metric(port, GAUGE) == Some(0.0));
+
+    // A late transaction: open while later orders pass the watermark, then committed. Polling
+    // publishes it; it is never counted as lost.
+    let (mut slow, late_id) = insert_and_stay_open(&env);
+    env.insert(1);
+    wait_messages(&env, 13, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(800));
+    slow.batch_execute("COMMIT").unwrap();
+    wait_messages(&env, 14, Duration::from_secs(30));
+
+    // Two orders committed below the watermark: an explicit past created_at, and the seed's
+    // insert path (CURRENT_TIMESTAMP) from a session in New York, five hours behind UTC.
+    // One transaction, so that no reconciliation sees one without the other.
+    let mut pg = env.pg();
+    let mut tx = pg.transaction().unwrap();
+    tx.batch_execute("SET LOCAL TIME ZONE 'America/New_York'").unwrap();
+    let mut insert = |name: &str, created_at: &str| -> i64 {
+        let sql = format!(
+            "INSERT INTO {} (customer_name, amount, created_at) VALUES ('{name}', 5, {created_at}) RETURNING order_id::int8",
+            env.t()
+        );
+        tx.query_one(&sql, &[]).unwrap().get(0)
+    };
+    let past = insert("backfill", "'2025-01-01 10:00:00'");
+    let ny = insert("new york", "CURRENT_TIMESTAMP");
+    tx.commit().unwrap();
+    let (first, second) = (past.min(ny), past.max(ny));
+    wait_until(Duration::from_secs(30), "the gauge at 2", || metric(port, GAUGE) == Some(2.0));
+    let warning = format!(
+        "2 orders at or below the watermark were never published (order_id {first}, {second}): each committed \
+         with a created_at the watermark had already passed"
+    );
+    assert!(producer.log_text().contains(&warning), "{}", producer.log_text());
+    // Each count was reported once, as it changed: only the two lost orders were ever named.
+    let named: Vec<String> = producer
+        .log_text()
+        .lines()
+        .filter_map(|l| {
+            l.split_once("never published (order_id ")?.1.split_once(')').map(|(ids, _)| ids.to_string())
+        })
+        .collect();
+    assert_eq!(named, [format!("{first}, {second}")], "late order {late_id}: {}", producer.log_text());
+    assert!(!counts(&messages(&env)).contains_key(&past));
+
+    // `status` counts them itself, from the state file and the table.
+    let (code, out, err) = env.run(&["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("unpublished below watermark 2 (order_id {first}, {second}): lost to polling")),
+        "{out}"
+    );
+    let (code, json, err) = env.run(&["status", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["producer"]["unpublished_below_watermark"], 2, "{json}");
+    assert_eq!(v["producer"]["unpublished_order_ids"], serde_json::json!([first, second]), "{json}");
+
+    // The published ids are saved: a restarted producer counts the same two.
+    assert_eq!(producer.terminate(Duration::from_secs(30)), 0, "{}", producer.log_text());
+    let (mut producer, port) = env.spawn_serving(&["produce"]);
+    wait_until(Duration::from_secs(30), "the gauge at 2 again", || metric(port, GAUGE) == Some(2.0));
+    assert!(producer.log_text().contains(&warning), "{}", producer.log_text());
+    assert_eq!(producer.terminate(Duration::from_secs(30)), 0, "{}", producer.log_text());
+
+    // A state without the published ids (the seed's one-line file) adopts the rows then at or
+    // below its watermark as published.
+    let state = env.lastprocess().join("last_timestamp.txt");
+    let text = std::fs::read_to_string(&state).unwrap();
+    assert!(text.lines().any(|l| l.starts_with("published=")), "{text}");
+    let kept: Vec<&str> = text.lines().filter(|l| !l.starts_with("published=")).collect();
+    std::fs::write(&state, kept.join("\n") + "\n").unwrap();
+    let (mut producer, port) = env.spawn_serving(&["produce"]);
+    wait_until(Duration::from_secs(30), "the adoption", || {
+        producer.log_text().contains("count as published")
+    });
+    // Reconciliations from then on count none (all of them, the lost two too, were adopted).
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(metric(port, GAUGE), Some(0.0));
+    assert!(!producer.log_text().contains("never published"), "{}", producer.log_text());
+    let text = std::fs::read_to_string(&state).unwrap();
+    assert!(text.lines().any(|l| l.starts_with("published=")), "{text}");
+    assert_eq!(producer.terminate(Duration::from_secs(30)), 0, "{}", producer.log_text());
+}

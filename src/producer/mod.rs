@@ -75,7 +75,8 @@ pub async fn produce(cfg: &Config, metrics: Arc<Metrics>, shutdown: Shutdown) ->
             result
         }
         Capture::Poll => {
-            run(PollSource::new(&cfg.postgres, &cfg.kafka.topic), cfg, &metrics, &shutdown).await
+            let gauge = metrics.producer.unpublished_below_watermark.clone();
+            run(PollSource::new(&cfg.postgres, &cfg.kafka.topic, gauge), cfg, &metrics, &shutdown).await
         }
     }
 }

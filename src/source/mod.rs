@@ -3,6 +3,7 @@
 //! not care how. [`logical`] reads the write-ahead log through logical replication (inserts,
 //! updates and deletes; the default); [`poll`] is the seed's timestamp polling, made lossless.
 
+pub mod ids;
 pub mod logical;
 pub mod pgoutput;
 pub mod poll;

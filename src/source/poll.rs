@@ -25,15 +25,24 @@
 //! as inserted), and rows inserted with an explicit `created_at` at or below the watermark (or
 //! set from `clock_timestamp()` inside a transaction that stays open across polls). The
 //! log-based source covers those.
+//!
+//! Such a loss is made visible: the position keeps the ids of every order published, as ranges
+//! ([`IdRanges`]: ids come from a sequence, so a few ranges), and every
+//! `postgres.reconcile_interval` a poll also counts, in its snapshot, the rows at or below the
+//! watermark whose id is not among them and whose `created_at` is no tracked start time (those
+//! are still picked up). That count is `unpublished_below_watermark` in `/metrics` and
+//! `status`, and a warning names up to ten of the orders.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::NaiveDateTime;
+use prometheus_client::metrics::gauge::Gauge;
 use rust_decimal::Decimal;
-use tokio_postgres::{Client, IsolationLevel, Row, Statement};
+use tokio_postgres::{Client, GenericClient, IsolationLevel, Row, Statement};
 
+use super::ids::IdRanges;
 use super::{Batch, Change, Source, Unencodable};
 use crate::config::{PostgresConfig, TableName};
 use crate::db;
@@ -56,6 +65,27 @@ pub struct PollPosition {
     /// Start times of transactions that were open at a poll, each with the ids already
     /// published at exactly that `created_at`.
     pub open: BTreeMap<NaiveDateTime, BTreeSet<i64>>,
+    /// The ids of every order published; `None` in a state written before they were kept
+    /// (adopted at the next poll from the rows then at or below the watermark).
+    pub published: Option<IdRanges>,
+}
+
+/// Orders at or below the watermark that were never published, as one reconciliation found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unpublished {
+    /// How many.
+    pub count: i64,
+    /// The lowest ten ids.
+    pub ids: Vec<i64>,
+}
+
+impl Unpublished {
+    /// `5, 7, 9` or `5, 7, … and 12 more`.
+    pub fn ids_text(&self) -> String {
+        let shown: Vec<String> = self.ids.iter().map(i64::to_string).collect();
+        let more = self.count - self.ids.len() as i64;
+        if more > 0 { format!("{} and {more} more", shown.join(", ")) } else { shown.join(", ") }
+    }
 }
 
 /// The polling source on one table.
@@ -65,6 +95,14 @@ pub struct PollSource {
     /// The name of the advisory lock that makes this the one writer of (table → topic).
     lock: String,
     conn: Option<Connection>,
+    /// `postgres.reconcile_interval`; `None`: off.
+    reconcile_every: Option<Duration>,
+    /// When the last reconciliation ran.
+    reconciled: Option<Instant>,
+    /// The count it last reported.
+    reported: Option<i64>,
+    /// `unpublished_below_watermark` in `/metrics`.
+    gauge: Gauge,
 }
 
 struct Connection {
@@ -85,10 +123,20 @@ pub(crate) const COLUMNS: &str = "order_id::int8 AS id, customer_name, restauran
 
 impl PollSource {
     /// A source on the configured table, publishing to `topic`; connects on first use.
-    pub fn new(pg: &PostgresConfig, topic: &str) -> PollSource {
+    /// `gauge` gets the count of each reconciliation.
+    pub fn new(pg: &PostgresConfig, topic: &str, gauge: Gauge) -> PollSource {
         let db = pg.connect.get_dbname().unwrap_or("?");
         let name = format!("poll:{db}.{}", pg.table);
-        PollSource { lock: format!("orderstream:{name}->{topic}"), pg: pg.clone(), name, conn: None }
+        PollSource {
+            lock: format!("orderstream:{name}->{topic}"),
+            pg: pg.clone(),
+            name,
+            conn: None,
+            reconcile_every: pg.reconcile_interval,
+            reconciled: None,
+            reported: None,
+            gauge,
+        }
     }
 
     /// Connects (if not connected) and checks the table; a wrong table is a fatal error.
@@ -193,10 +241,30 @@ impl PollSource {
             let (order, reject) = to_order(&row, &table)?;
             changes.push(Change { reject, ..Change::polled(order) });
         }
+        let adopted = match (&position.published, position.watermark) {
+            (None, Some(_)) => Some(adopt(&tx, &table, position).await?),
+            _ => None,
+        };
+        let due =
+            self.reconcile_every.is_some_and(|every| self.reconciled.is_none_or(|t| t.elapsed() >= every));
+        let found =
+            if due && adopted.is_none() { Some(unpublished(&tx, &table, position).await?) } else { None };
         tx.commit().await.map_err(err)?;
+        if let Some(found) = found {
+            self.reconciled = Some(Instant::now());
+            self.report(found.as_ref());
+        }
 
         // 3. The position after this batch.
         let mut next = position.clone();
+        if let Some(ids) = adopted {
+            next.published = Some(ids);
+        }
+        if let Some(published) = next.published.as_mut() {
+            for c in &changes {
+                published.insert(c.order.order_id);
+            }
+        }
         if let Some(last) = changes[late..].last() {
             next.watermark = Some((last.order.created_at, last.order.order_id));
         }
@@ -213,6 +281,109 @@ impl PollSource {
         next.open.retain(|t, _| open_now.contains(t));
         Ok(Batch { changes, position: next })
     }
+}
+
+impl PollSource {
+    /// Publishes one reconciliation: the gauge, and a line whenever the count changes.
+    fn report(&mut self, found: Option<&Unpublished>) {
+        let count = found.map_or(0, |u| u.count);
+        self.gauge.set(count);
+        if self.reported == Some(count) {
+            return;
+        }
+        match found {
+            Some(u) if u.count > 0 => tracing::warn!(
+                "table {}: {} orders at or below the watermark were never published (order_id {}): each \
+                 committed with a created_at the watermark had already passed (an explicit or application-clock \
+                 created_at, CURRENT_TIMESTAMP from a session not in UTC, a prepared transaction), which polling \
+                 cannot see; postgres.capture: logical captures every change",
+                self.pg.table,
+                u.count,
+                u.ids_text()
+            ),
+            _ if self.reported.is_some_and(|n| n > 0) => {
+                tracing::info!(
+                    "table {}: no unpublished order at or below the watermark any more",
+                    self.pg.table
+                )
+            }
+            _ => {}
+        }
+        self.reported = Some(count);
+    }
+}
+
+/// The rows at or below `position`'s watermark that it does not record as published, leaving
+/// out those at a tracked start time (the late read still picks them up). `None` when nothing
+/// can be said: no watermark yet, published ids not recorded, or a server before PostgreSQL 14
+/// (the query needs `int8multirange`).
+pub async fn unpublished(
+    client: &impl GenericClient,
+    table: &TableName,
+    position: &PollPosition,
+) -> Result<Option<Unpublished>> {
+    let err = |e: tokio_postgres::Error| pg_error(table, &e);
+    let (Some((wts, wid)), Some(published)) = (position.watermark, position.published.as_ref()) else {
+        return Ok(None);
+    };
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int4", &[])
+        .await
+        .map_err(err)?
+        .try_get(0)
+        .map_err(err)?;
+    if version < 140000 {
+        return Ok(None);
+    }
+    let tracked: Vec<NaiveDateTime> = position.open.keys().copied().collect();
+    // The set is parsed once, in a subquery: as a plain cast PostgreSQL parses it again for
+    // every row (measured: 7.5 minutes instead of 65 ms for 200,000 rows and 5,000 ranges).
+    let sql = format!(
+        "SELECT count(*), (array_agg(id ORDER BY id))[1:10] FROM ( \
+           SELECT order_id::int8 AS id FROM {} \
+           WHERE (created_at, order_id) <= ($1::timestamp, $2::int8) \
+             AND NOT (created_at = ANY($3::timestamp[])) \
+             AND NOT ((SELECT $4::text::int8multirange) @> order_id::int8)) s",
+        table.quoted()
+    );
+    let row =
+        client.query_one(&sql, &[&wts, &wid, &tracked, &published.to_multirange()]).await.map_err(err)?;
+    let count: i64 = row.try_get(0).map_err(err)?;
+    let ids: Vec<i64> = row.try_get::<_, Option<Vec<i64>>>(1).map_err(err)?.unwrap_or_default();
+    Ok(Some(Unpublished { count, ids }))
+}
+
+/// The published ids of a state that does not record them (written by an older version, or
+/// the seed's one-line file): every row at or below the watermark counts as published, plus
+/// the ids recorded at tracked start times.
+async fn adopt(client: &impl GenericClient, table: &TableName, position: &PollPosition) -> Result<IdRanges> {
+    let err = |e: tokio_postgres::Error| pg_error(table, &e);
+    let mut ids = IdRanges::default();
+    let Some((wts, wid)) = position.watermark else { return Ok(ids) };
+    let tracked: Vec<NaiveDateTime> = position.open.keys().copied().collect();
+    // Runs of consecutive ids, one row each.
+    let sql = format!(
+        "SELECT min(id), max(id) FROM ( \
+           SELECT order_id::int8 AS id, order_id::int8 - row_number() OVER (ORDER BY order_id) AS run FROM {} \
+           WHERE (created_at, order_id) <= ($1::timestamp, $2::int8) AND NOT (created_at = ANY($3::timestamp[]))) s \
+         GROUP BY run ORDER BY 1",
+        table.quoted()
+    );
+    let rows = client.query(&sql, &[&wts, &wid, &tracked]).await.map_err(err)?;
+    let mut n = 0i64;
+    for row in &rows {
+        let (first, last): (i64, i64) = (row.try_get(0).map_err(err)?, row.try_get(1).map_err(err)?);
+        n += last - first + 1;
+        ids.insert_range(first, last);
+    }
+    for id in position.open.values().flatten() {
+        ids.insert(*id);
+    }
+    tracing::info!(
+        "table {table}: the state file does not record which orders were published (written by an older \
+         version or the seed): the {n} orders now at or below the watermark count as published"
+    );
+    Ok(ids)
 }
 
 impl Source for PollSource {
@@ -271,6 +442,9 @@ impl Source for PollSource {
             let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
             lines.push(format!("open={} ids={}", format_ts(ts), ids.join(",")));
         }
+        if let Some(published) = &position.published {
+            lines.push(format!("published={published}"));
+        }
         lines
     }
 
@@ -307,17 +481,24 @@ impl Source for PollSource {
                     .map(|s| s.parse::<i64>().map_err(|_| format!("line {n}: id `{s}` is not an integer")))
                     .collect::<std::result::Result<BTreeSet<i64>, String>>()?;
                 pos.open.insert(t, ids);
+            } else if let Some(v) = line.strip_prefix("published=") {
+                pos.published =
+                    Some(IdRanges::parse(v).map_err(|m| format!("line {n}: published ids: {m}"))?);
             } else {
                 return Err(format!("line {n}: unexpected `{line}`"));
             }
         }
         // The seed's file holds only the timestamp and means "everything at or before it".
         pos.watermark = ts.map(|ts| (ts, order_id.unwrap_or(i64::MAX)));
+        if pos.watermark.is_none() && pos.published.is_none() {
+            // Nothing published yet: nothing to adopt.
+            pos.published = Some(IdRanges::default());
+        }
         Ok(pos)
     }
 
     fn beginning() -> PollPosition {
-        PollPosition::default()
+        PollPosition { published: Some(IdRanges::default()), ..PollPosition::default() }
     }
 }
 
@@ -520,7 +701,7 @@ mod tests {
     #[test]
     fn position_round_trips_through_the_state_lines() {
         let mut pos =
-            PollPosition { watermark: Some((ts("2025-01-18 12:33:00"), 110)), open: BTreeMap::new() };
+            PollPosition { watermark: Some((ts("2025-01-18 12:33:00"), 110)), ..PollPosition::default() };
         pos.open.insert(ts("2025-01-18 12:30:00.250000"), [107, 111].into());
         pos.open.insert(ts("2025-01-18 12:40:00"), BTreeSet::new());
         let lines = PollSource::encode(&pos);
@@ -555,7 +736,7 @@ mod tests {
     #[test]
     fn covers_the_watermark_and_tracked_ids() {
         let mut pos =
-            PollPosition { watermark: Some((ts("2025-01-18 12:33:00"), 110)), open: BTreeMap::new() };
+            PollPosition { watermark: Some((ts("2025-01-18 12:33:00"), 110)), ..PollPosition::default() };
         pos.open.insert(ts("2025-01-18 12:40:00"), [120].into());
         let order = |id: i64, at: &str| (ts(at), id);
         assert!(PollSource::covers(&pos, &order(110, "2025-01-18 12:33:00")));

@@ -10,7 +10,7 @@ use crate::config::{Capture, Config};
 use crate::error::{Error, Result};
 use crate::producer::state::{self, State};
 use crate::source::logical::{LogicalPosition, LogicalSource, Snapshot};
-use crate::source::poll::{PollSource, format_ts};
+use crate::source::poll::{PollPosition, PollSource, Unpublished, format_ts, unpublished};
 
 /// The producer, from its state file.
 #[derive(Debug, Serialize)]
@@ -45,6 +45,11 @@ pub struct PollStatus {
     pub orders_behind: Option<i64>,
     /// Newest created_at in the table minus the watermark's, in seconds.
     pub lag_seconds: Option<f64>,
+    /// Orders at or below the watermark never published (lost to polling); `None` when it
+    /// cannot be counted (PostgreSQL unreachable or before 14, no watermark yet).
+    pub unpublished_below_watermark: Option<i64>,
+    /// The lowest ten of them.
+    pub unpublished_order_ids: Vec<i64>,
 }
 
 /// Log-based capture.
@@ -96,7 +101,7 @@ pub async fn read(cfg: &Config, client: Option<&Client>) -> Result<ProducerStatu
         }
         Capture::Poll => {
             let saved = state::load::<PollSource>(&path)?.unwrap_or_else(State::beginning::<PollSource>);
-            let poll = poll(cfg, client, saved.position.watermark).await?;
+            let poll = poll(cfg, client, &saved.position).await?;
             Ok(ProducerStatus { state_file, published: saved.seq, capture: CaptureStatus::Poll(poll) })
         }
     }
@@ -118,12 +123,9 @@ fn logical(p: &LogicalPosition) -> LogicalStatus {
     }
 }
 
-async fn poll(
-    cfg: &Config,
-    client: Option<&Client>,
-    watermark: Option<(chrono::NaiveDateTime, i64)>,
-) -> Result<PollStatus> {
-    let (mut behind, mut lag) = (None, None);
+async fn poll(cfg: &Config, client: Option<&Client>, position: &PollPosition) -> Result<PollStatus> {
+    let watermark = position.watermark;
+    let (mut behind, mut lag, mut lost) = (None, None, None);
     if let Some(client) = client {
         let t = cfg.postgres.table.quoted();
         // No watermark yet: every row is behind (NULL parameters).
@@ -146,12 +148,19 @@ async fn poll(
         };
         behind = Some(row.try_get::<_, i64>(0).map_err(unreadable)?);
         lag = watermark.and(row.try_get::<_, Option<f64>>(1).map_err(unreadable)?).map(|l| l.max(0.0));
+        lost = unpublished(client, &cfg.postgres.table, position).await?;
     }
+    let (unpublished_below_watermark, unpublished_order_ids) = match lost {
+        Some(Unpublished { count, ids }) => (Some(count), ids),
+        None => (None, Vec::new()),
+    };
     Ok(PollStatus {
         watermark: watermark.map(|(t, _)| format_ts(&t)),
         watermark_order_id: watermark.map(|(_, id)| id).filter(|id| *id != i64::MAX),
         orders_behind: behind,
         lag_seconds: lag,
+        unpublished_below_watermark,
+        unpublished_order_ids,
     })
 }
 
@@ -176,7 +185,20 @@ impl fmt::Display for ProducerStatus {
                     f,
                     "{:<11} published {}   watermark {wm}   behind {behind} orders, {lag}",
                     "", self.published
-                )
+                )?;
+                match p.unpublished_below_watermark {
+                    Some(n) if n > 0 => {
+                        let found = Unpublished { count: n, ids: p.unpublished_order_ids.clone() };
+                        writeln!(
+                            f,
+                            "{:<11} unpublished below watermark {n} (order_id {}): lost to polling",
+                            "",
+                            found.ids_text()
+                        )
+                    }
+                    Some(_) => writeln!(f, "{:<11} unpublished below watermark 0", ""),
+                    None => Ok(()),
+                }
             }
             CaptureStatus::Logical(l) => {
                 let last = match (&l.last_lsn, l.last_change_index) {
