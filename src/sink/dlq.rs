@@ -42,11 +42,13 @@ pub use crate::wire::{
 /// How long a batch waits for its dead letters to be acknowledged.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Counts failed deliveries, so the batch that sent them does not commit.
+/// Counts failed deliveries, so the batch that sent them does not commit, and keeps the dead
+/// letters the broker refused for good, to be quarantined instead.
 #[derive(Default)]
 struct DeliveryTracker {
     failures: AtomicU64,
-    first_error: Mutex<Option<String>>,
+    first_error: Mutex<Option<(String, bool)>>,
+    refused: Mutex<Vec<Quarantined>>,
 }
 
 impl ClientContext for DeliveryTracker {}
@@ -54,19 +56,49 @@ impl ClientContext for DeliveryTracker {}
 impl ProducerContext for DeliveryTracker {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = result {
-            self.failures.fetch_add(1, Ordering::SeqCst);
-            if let Ok(mut first) = self.first_error.lock() {
-                first.get_or_insert_with(|| e.to_string());
-            }
+        let Err((e, letter)) = result else { return };
+        if let Some(code) = e.rdkafka_error_code()
+            && refused_for_good(code)
+            && let Some(q) = Quarantined::refused(letter, &e.to_string())
+            && let Ok(mut refused) = self.refused.lock()
+        {
+            refused.push(q);
+            return;
+        }
+        self.failures.fetch_add(1, Ordering::SeqCst);
+        if let Ok(mut first) = self.first_error.lock() {
+            let missing = matches!(
+                e.rdkafka_error_code(),
+                Some(RDKafkaErrorCode::UnknownTopic | RDKafkaErrorCode::UnknownTopicOrPartition)
+            );
+            first.get_or_insert_with(|| (e.to_string(), missing));
         }
     }
+}
+
+/// Broker answers that sending the same dead letter again cannot change: it is too large for
+/// the broker or the topic, invalid, or the topic is not writable for this principal. Anything
+/// else (timeouts, leader changes, a missing topic, which is created again) is retried.
+fn refused_for_good(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::MessageBatchTooLarge
+            | RDKafkaErrorCode::InvalidRecord
+            | RDKafkaErrorCode::InvalidTopic
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed
+            | RDKafkaErrorCode::PolicyViolation
+            | RDKafkaErrorCode::UnsupportedForMessageFormat
+    )
 }
 
 /// The dead-letter producer.
 pub struct DeadLetters {
     producer: ThreadedProducer<DeliveryTracker>,
     topic: String,
+    cfg: KafkaConfig,
 }
 
 impl DeadLetters {
@@ -82,7 +114,7 @@ impl DeadLetters {
             .config(cfg)
             .create_with_context(DeliveryTracker::default())
             .map_err(|e| Error::Kafka(format!("cannot create the dead-letter producer for {topic}: {e}")))?;
-        Ok(DeadLetters { producer, topic })
+        Ok(DeadLetters { producer, topic, cfg: cfg.clone() })
     }
 
     /// The topic.
@@ -149,17 +181,32 @@ impl DeadLetters {
         }
     }
 
-    /// Waits until every queued dead letter is acknowledged; an error if one failed.
-    pub fn flush(&self) -> Result<()> {
-        self.producer
-            .flush(FLUSH_TIMEOUT)
-            .map_err(|e| Error::Kafka(format!("dead letters to {} not acknowledged: {e}", self.topic)))?;
+    /// Waits until every queued dead letter is acknowledged. An error if one failed in a way
+    /// a retry can fix (the batch is then read again); a topic found missing is created again
+    /// first. The dead letters the broker refused for good come back, to be quarantined.
+    pub fn flush(&self) -> Result<Vec<Quarantined>> {
         let ctx = self.producer.context();
-        if ctx.failures.swap(0, Ordering::SeqCst) > 0 {
-            let first = ctx.first_error.lock().ok().and_then(|mut f| f.take()).unwrap_or_default();
+        let flushed = self.producer.flush(FLUSH_TIMEOUT);
+        let refused = ctx.refused.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default();
+        let failed = ctx.failures.swap(0, Ordering::SeqCst);
+        let first = ctx.first_error.lock().ok().and_then(|mut f| f.take());
+        flushed.map_err(|e| Error::Kafka(format!("dead letters to {} not acknowledged: {e}", self.topic)))?;
+        if failed > 0 {
+            let (first, missing) = first.unwrap_or_default();
+            if missing {
+                match block_on(kafka::ensure_topic(&self.cfg, &self.topic, self.cfg.partitions)) {
+                    Ok(Ok(kafka::TopicOutcome::Created(n))) => tracing::warn!(
+                        "the dead-letter topic {} was missing (deleted while the consumer ran?): created it again \
+                         with {n} partitions",
+                        self.topic
+                    ),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) | Err(e) => tracing::warn!("{e}"),
+                }
+            }
             return Err(Error::Kafka(format!("dead letters to {} failed: {first}", self.topic)));
         }
-        Ok(())
+        Ok(refused)
     }
 }
 
@@ -188,6 +235,35 @@ impl Quarantined {
     /// was read, the reject, why the dead letter failed, the key, value and headers (text
     /// when they are UTF-8, else hexadecimal under `*_hex`).
     pub fn new(msg: &BorrowedMessage<'_>, reject: &Reject, failure: &str) -> Quarantined {
+        let source = (msg.topic().to_string(), msg.partition(), msg.offset());
+        Quarantined::document(source, reject.reason.as_str(), &reject.detail, failure, msg)
+    }
+
+    /// A dead letter the broker refused for good (`letter`, as sent: the original key, value
+    /// and headers, lineage renamed, plus the reject and source headers); `None` if it lacks
+    /// the source headers, which every dead letter of ours carries.
+    fn refused(letter: &BorrowedMessage<'_>, failure: &str) -> Option<Quarantined> {
+        let header = |name: &str| -> Option<String> {
+            let h = letter.headers()?.iter().find(|h| h.key == name)?;
+            Some(String::from_utf8_lossy(h.value?).into_owned())
+        };
+        let source = (
+            header(SOURCE_TOPIC_HEADER)?,
+            header(SOURCE_PARTITION_HEADER)?.parse().ok()?,
+            header(SOURCE_OFFSET_HEADER)?.parse().ok()?,
+        );
+        let (reason, detail) =
+            (header(REASON_HEADER).unwrap_or_default(), header(DETAIL_HEADER).unwrap_or_default());
+        Some(Quarantined::document(source, &reason, &detail, failure, letter))
+    }
+
+    fn document(
+        (topic, partition, offset): (String, i32, i64),
+        reason: &str,
+        detail: &str,
+        failure: &str,
+        msg: &BorrowedMessage<'_>,
+    ) -> Quarantined {
         fn bytes(doc: &mut serde_json::Map<String, serde_json::Value>, name: &str, b: Option<&[u8]>) {
             let v = match b.map(std::str::from_utf8) {
                 None => serde_json::Value::Null,
@@ -201,11 +277,11 @@ impl Quarantined {
             doc.insert(name.to_string(), v);
         }
         let mut doc = serde_json::Map::new();
-        doc.insert("topic".into(), msg.topic().into());
-        doc.insert("partition".into(), msg.partition().into());
-        doc.insert("offset".into(), msg.offset().into());
-        doc.insert("reason".into(), reject.reason.as_str().into());
-        doc.insert("detail".into(), reject.detail.clone().into());
+        doc.insert("topic".into(), topic.clone().into());
+        doc.insert("partition".into(), partition.into());
+        doc.insert("offset".into(), offset.into());
+        doc.insert("reason".into(), reason.into());
+        doc.insert("detail".into(), detail.into());
         doc.insert("dead_letter_error".into(), failure.into());
         bytes(&mut doc, "key", msg.key());
         bytes(&mut doc, "value", msg.payload());
@@ -220,12 +296,7 @@ impl Quarantined {
             })
             .unwrap_or_default();
         doc.insert("headers".into(), headers.into());
-        Quarantined {
-            topic: msg.topic().to_string(),
-            partition: msg.partition(),
-            offset: msg.offset(),
-            text: serde_json::Value::Object(doc).to_string(),
-        }
+        Quarantined { topic, partition, offset, text: serde_json::Value::Object(doc).to_string() }
     }
 
     /// Writes it durably to `<checkpoint>/quarantine/<topic>-<partition>-<offset>.json`. The

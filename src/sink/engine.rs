@@ -309,7 +309,11 @@ impl Engine {
         let process = scratch.id().to_string();
         let mut files = Vec::new();
         let written = self.write_files(&mut files).inspect(|()| super::failpoint("files"));
-        let quarantined = written.and_then(|()| self.dlq.flush()).and_then(|()| self.write_quarantine());
+        let refused = written.and_then(|()| self.dlq.flush());
+        let quarantined = refused.and_then(|refused| {
+            self.batch.quarantine.extend(refused);
+            self.write_quarantine()
+        });
         let committed = quarantined.and_then(|()| {
             let partitions = self
                 .owned
@@ -719,6 +723,7 @@ impl Engine {
     /// Releases everything and removes this process's temp folder (a clean stop).
     pub fn close(&mut self) {
         self.owned.clear();
+        // Dead letters of a batch that did not commit: it is read again, and they are resent.
         if let Err(e) = self.dlq.flush() {
             tracing::warn!("{e}");
         }
