@@ -490,6 +490,79 @@ fn only_valid_orders_advance_the_replay_filter_and_a_dead_letter_fixed_and_repub
     assert_eq!((st[0].rows_written, st[0].tombstones, st[0].duplicates), (4, 1, 0));
 }
 
+/// Issue 9 item 8, the partial case: recovery found the dead producer's share of its last
+/// batch in partition 0 only, numbered the changes missing from partition 1 after the highest
+/// seq it found, and the dead producer's request for partition 1 arrived late, *before* the
+/// new copies. The seq rule lets the second new copy through (its number is above the late
+/// ones); its log position, at or below the lineage's last one, marks it as a replay.
+#[test]
+fn a_late_partial_batch_and_its_renumbered_copies_land_once_by_log_position() {
+    let env = TestEnv::new("consume_partial");
+    create_topic(&env.brokers, &env.topic, 2);
+    let src = "logical:food_delivery_db.orders";
+    let change = |id: i64, p: i32, seq: u64, lsn: &str, index: i32, op: &str| -> Msg {
+        Msg::value(order_json(id, "5.00", "2025-01-18T10:00:00Z"))
+            .key(id.to_string())
+            .to(p)
+            .header("orderstream.source", src)
+            .header("orderstream.epoch", "01a21800-0000-7000-8000-000000000001")
+            .header("orderstream.seq", seq.to_string())
+            .header("orderstream.op", op)
+            .header("orderstream.lsn", lsn)
+            .header("orderstream.change_index", index.to_string())
+            .header("orderstream.commit_ts", "2025-01-18T10:00:01Z")
+    };
+    let msgs = vec![
+        // Saved before the crash.
+        change(1, 0, 1, "0/100", 0, "r"),
+        change(2, 1, 2, "0/100", 1, "r"),
+        // The dead producer's last batch: partition 0's share was acknowledged and found.
+        change(10, 0, 3, "0/200", 0, "c"),
+        change(12, 0, 5, "0/200", 2, "c"),
+        // Partition 1's share, late: seq 4 and 6 as the dead producer numbered them.
+        change(11, 1, 4, "0/200", 1, "c"),
+        change(13, 1, 6, "0/200", 3, "c"),
+        // The new producer's copies of what it did not find, numbered after seq 5.
+        change(11, 1, 6, "0/200", 1, "c"),
+        change(13, 1, 7, "0/200", 3, "c"),
+        // Then new changes, a delete and its tombstone (same position, not a replay).
+        change(14, 1, 8, "0/300", 0, "c"),
+        change(10, 0, 9, "0/400", 0, "d"),
+        Msg { key: Some(b"10".to_vec()), ..Msg::default() }
+            .to(0)
+            .header("orderstream.source", src)
+            .header("orderstream.epoch", "01a21800-0000-7000-8000-000000000001")
+            .header("orderstream.seq", "10")
+            .header("orderstream.op", "d")
+            .header("orderstream.lsn", "0/400")
+            .header("orderstream.change_index", "0")
+            .header("orderstream.tombstone", "true"),
+    ];
+    let positions = produce(&env.brokers, &env.topic, &msgs);
+    let mut c = env.spawn(&["consume"]);
+    wait_committed(&env, &positions, Duration::from_secs(60));
+    assert_eq!(c.stop(), 0, "{}", c.log_text());
+    let mut rows: Vec<(i64, String)> =
+        read_duckdb(&env.lake()).rows.iter().map(|r| (r.order_id, r.op.clone())).collect();
+    rows.sort();
+    let want: Vec<(i64, String)> =
+        [(1, "r"), (2, "r"), (10, "c"), (10, "d"), (11, "c"), (12, "c"), (13, "c"), (14, "c")]
+            .iter()
+            .map(|(i, o)| (*i, o.to_string()))
+            .collect();
+    assert_eq!(rows, want);
+    let st = states(&env);
+    let by_partition: Vec<(u64, u64, u64)> =
+        st.iter().map(|s| (s.rows_written, s.duplicates, s.tombstones)).collect();
+    assert_eq!(by_partition, [(4, 0, 1), (4, 2, 0)]);
+    assert!(
+        c.log_text().contains("1 message(s) of source logical:food_delivery_db.orders epoch 01a21800-0000-7000-8000-000000000001 dropped as replays by their log position")
+            && c.log_text().contains("with seq 7 and position 0/200:3, at or below the last position 0/200:3"),
+        "{}",
+        c.log_text()
+    );
+}
+
 #[test]
 fn crash_loop_sigkill_at_random_moments_keeps_every_valid_message_exactly_once() {
     let mut rng = Rng::from_env("crash_loop");

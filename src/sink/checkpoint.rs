@@ -38,6 +38,10 @@ pub struct PartitionState {
     /// `sink::replay`).
     #[serde(default)]
     pub sources: BTreeMap<String, u64>,
+    /// The second half of the replay filter, for log-based capture: per lineage, the log
+    /// position of the last message that became a row (see `sink::replay`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub positions: BTreeMap<String, crate::sink::replay::LastPosition>,
     /// Rows written to the lake.
     #[serde(default)]
     pub rows_written: u64,

@@ -242,6 +242,17 @@ impl Engine {
         };
         match change.and_then(|c| Order::parse(value).map(|o| (o, c))) {
             Ok((order, change)) => {
+                // The position half of the replay filter (log-based capture).
+                if let Some(l) = &lineage
+                    && let Some(at) = replay::Position::of(&change, order.order_id)
+                {
+                    if let Some(last) = replay::position_replay(&state.positions, &self.key, at) {
+                        state.duplicates += 1;
+                        batch.notes.position_replay(msg.partition(), &self.key, l, offset, (at, last));
+                        return;
+                    }
+                    replay::advance_position(&mut state.positions, &self.key, at);
+                }
                 batch.rows.push(&order, &change);
                 state.rows_written += 1;
                 if let Some(l) = &lineage

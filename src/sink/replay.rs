@@ -26,6 +26,17 @@
 //!   either and brings the last back. So one forged seq costs nothing, where comparing with
 //!   the maximum would drop every later order of the partition forever.
 //!
+//! **Positions, for log-based capture.** A seq says which message of a numbering a copy is,
+//! but a crashed producer's request that arrives late can carry changes its successor
+//! numbered again: recovery found *part* of the dead producer's last batch (one partition's
+//! share), numbered the missing changes after the highest seq it found, and the late request
+//! with the original (lower) numbers reached the other partition first. Both copies then pass
+//! the seq rule. The change's log position tells them apart: within one lineage, a partition
+//! receives snapshot reads in `order_id` order and then changes in `(commit LSN, index)` order,
+//! each position once. So a row whose position is at or below the last one its lineage
+//! delivered to the partition ([`LastPosition`]) is a replay too. Polled orders carry no
+//! position and are left to the seq rule.
+//!
 //! What this cannot do: tell a forged message from a real one. A copy of a real message's
 //! headers (epoch included) with a seq slightly above the real ones still makes the real
 //! messages up to that seq look like replays; a copied epoch with a far seq, placed between an
@@ -34,7 +45,75 @@
 
 use std::collections::BTreeMap;
 
-use crate::wire::{Lineage, REPLAY_WINDOW};
+use serde::{Deserialize, Serialize};
+
+use crate::order::Change;
+use crate::wire::{Lineage, Lsn, Op, REPLAY_WINDOW};
+
+/// Where a lineage stands in one partition, by log position: the last snapshot read's
+/// `order_id`, and the last change's `(commit LSN, index)`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastPosition {
+    /// The last snapshot read (`op` `r`): its `order_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read: Option<i64>,
+    /// The last change from the log: its commit LSN and index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<(u64, i32)>,
+}
+
+/// A row's log position: a snapshot read by `order_id`, a change by `(LSN, index)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    /// A snapshot read.
+    Read(i64),
+    /// A change from the log.
+    Change(u64, i32),
+}
+
+impl Position {
+    /// The position of a row with these change headers; `None` for a polled order.
+    pub fn of(change: &Change, order_id: i64) -> Option<Position> {
+        match (change.op, change.lsn, change.change_index) {
+            (Op::Read, _, _) => Some(Position::Read(order_id)),
+            (_, Some(lsn), Some(i)) => Some(Position::Change(lsn.cast_unsigned(), i)),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Position::Read(id) => write!(f, "snapshot order_id {id}"),
+            Position::Change(lsn, i) => write!(f, "{}:{i}", Lsn(*lsn)),
+        }
+    }
+}
+
+/// The last position of `key` if a row at `p` is a replay of one already delivered.
+pub fn position_replay(
+    positions: &BTreeMap<String, LastPosition>,
+    key: &str,
+    p: Position,
+) -> Option<Position> {
+    let last = positions.get(key)?;
+    match p {
+        Position::Read(id) => last.read.filter(|l| id <= *l).map(Position::Read),
+        Position::Change(lsn, i) => {
+            last.change.filter(|l| (lsn, i) <= *l).map(|(l, li)| Position::Change(l, li))
+        }
+    }
+}
+
+/// Records that a row at `p` of lineage `key` was delivered.
+pub fn advance_position(positions: &mut BTreeMap<String, LastPosition>, key: &str, p: Position) {
+    let last = positions.entry(key.to_string()).or_default();
+    match p {
+        Position::Read(id) => last.read = Some(id),
+        Position::Change(lsn, i) => last.change = Some((lsn, i)),
+    }
+}
 
 /// The last seq of `key` if the message numbered `seq` is a replay of one already handled.
 pub fn replay_of(sources: &BTreeMap<String, u64>, key: &str, seq: u64) -> Option<u64> {
@@ -69,6 +148,9 @@ struct Note {
     replays: u64,
     /// Offset, seq and the lineage's last seq of the first replay.
     first_replay: (i64, u64, u64),
+    /// Rows dropped by their log position, and the first: offset, seq, position, last position.
+    positions: u64,
+    first_position: Option<(i64, u64, Position, Position)>,
     leaps: u64,
     /// Offset, previous last and new seq of the first leap, and of the last.
     first_leap: (i64, u64, u64),
@@ -92,6 +174,21 @@ impl Notes {
         n.replays += 1;
     }
 
+    /// A row of `lineage` at `offset` dropped because its position `at` is at or below the
+    /// lineage's `last`.
+    pub fn position_replay(
+        &mut self,
+        partition: i32,
+        key: &str,
+        lineage: &Lineage<'_>,
+        offset: i64,
+        (at, last): (Position, Position),
+    ) {
+        let n = self.note(partition, key, lineage);
+        n.first_position.get_or_insert((offset, lineage.seq, at, last));
+        n.positions += 1;
+    }
+
     /// A leap of `lineage` from `from` to its seq at `offset`.
     pub fn leap(&mut self, partition: i32, key: &str, lineage: &Lineage<'_>, offset: i64, from: u64) {
         let n = self.note(partition, key, lineage);
@@ -113,6 +210,16 @@ impl Notes {
                      lineage: its producer sent them again after a crash, or its messages were published \
                      again with their headers",
                     n.replays,
+                    n.lineage
+                );
+            }
+            if let Some((offset, seq, at, last)) = n.first_position {
+                tracing::warn!(
+                    "{topic}/{p}: {} message(s) of {} dropped as replays by their log position (counted in \
+                     consumer_duplicates_total), the first at offset {offset} with seq {seq} and position {at}, at or \
+                     below the last position {last} of that lineage: a crashed producer's request that arrived late, \
+                     whose changes its successor had sent again under new numbers",
+                    n.positions,
                     n.lineage
                 );
             }
@@ -174,6 +281,31 @@ mod tests {
         assert_eq!(advance(&mut f, "k", 12), None);
         assert_eq!(replay_of(&f, "k", 11), Some(12));
         assert_eq!(replay_of(&f, "k", u64::MAX), None);
+    }
+
+    #[test]
+    fn rows_at_or_below_the_last_position_are_replays() {
+        let mut f = BTreeMap::new();
+        let change = |lsn, i| Position::Change(lsn, i);
+        assert_eq!(position_replay(&f, "k", Position::Read(5)), None);
+        advance_position(&mut f, "k", Position::Read(5));
+        assert_eq!(position_replay(&f, "k", Position::Read(5)), Some(Position::Read(5)));
+        assert_eq!(position_replay(&f, "k", Position::Read(6)), None);
+        // Changes follow the snapshot; reads and changes are compared each with their kind.
+        assert_eq!(position_replay(&f, "k", change(100, 0)), None);
+        advance_position(&mut f, "k", change(100, 1));
+        assert_eq!(position_replay(&f, "k", change(100, 1)), Some(change(100, 1)));
+        assert_eq!(position_replay(&f, "k", change(90, 7)), Some(change(100, 1)));
+        assert_eq!(position_replay(&f, "k", change(100, 2)), None);
+        assert_eq!(position_replay(&f, "k", change(101, 0)), None);
+        assert_eq!(position_replay(&f, "other", change(1, 0)), None);
+        let polled = Change::default();
+        assert_eq!(Position::of(&polled, 3), None);
+        let read = Change { op: Op::Read, lsn: Some(100), change_index: Some(0), ..polled };
+        assert_eq!(Position::of(&read, 3), Some(Position::Read(3)));
+        let update = Change { op: Op::Update, ..read };
+        assert_eq!(Position::of(&update, 3), Some(change(100, 0)));
+        assert_eq!(change(0x16B3748, 2).to_string(), "0/16B3748:2");
     }
 
     #[test]
