@@ -1347,3 +1347,212 @@ fn a_checkpoint_that_does_not_fit_the_topic_stops_the_consumer_instead_of_skippi
     assert_eq!(c.stop(), 0, "{}", c.log_text());
     assert_eq!(read_duckdb(&env.lake()).rows.len(), 30);
 }
+
+/// `n` orders on partition 0, from order `from` on.
+fn orders(from: i64, n: i64) -> Vec<Msg> {
+    (from..from + n).map(|i| Msg::value(order_json(i, "2.00", "2025-01-18T08:00:00Z")).to(0)).collect()
+}
+
+/// The canonical path, as the lake's `_orderstream_checkpoint` records it.
+fn canonical(path: &std::path::Path) -> String {
+    std::fs::canonicalize(path).unwrap().display().to_string()
+}
+
+/// The lake's `_orderstream_checkpoint`.
+fn lake_record(lake: &std::path::Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(lake.join("_orderstream_checkpoint")).unwrap()).unwrap()
+}
+
+/// Waits until partition 0 of the checkpoint folder `checkpoint` is at `end`.
+fn wait_partition_0(checkpoint: &std::path::Path, topic: &str, end: i64) {
+    let path = checkpoint.join("state").join(format!("{topic}-0.json"));
+    wait_until(Duration::from_secs(60), &format!("{} to reach {end}", path.display()), || {
+        std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<orderstream::sink::PartitionState>(&b).ok())
+            .is_some_and(|s| s.next_offset >= end)
+    });
+}
+
+#[test]
+fn a_checkpoint_read_from_another_kafka_cluster_stops_the_consumer_naming_both_cluster_ids() {
+    let broker = Broker::start_memory();
+    let env = TestEnv::with_brokers("consume_cluster", &broker.addr);
+    create_topic(&env.brokers, &env.topic, 1);
+    let mut positions = produce(&env.brokers, &env.topic, &orders(0, 10));
+    let mut c = env.spawn(&["consume"]);
+    wait_committed(&env, &positions, Duration::from_secs(60));
+    assert_eq!(c.stop(), 0, "{}", c.log_text());
+    assert_eq!(
+        states(&env)[0].cluster.as_deref(),
+        Some(broker.cluster.as_str()),
+        "the state records the cluster"
+    );
+
+    // A state written before the cluster was recorded is adopted, and gets it at the next commit.
+    let state = env.checkpoints().join("state").join(format!("{}-0.json", env.topic));
+    let mut old: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    old.as_object_mut().unwrap().remove("cluster");
+    std::fs::write(&state, old.to_string()).unwrap();
+    positions.extend(produce(&env.brokers, &env.topic, &orders(10, 5)));
+    let mut c = env.spawn(&["consume"]);
+    wait_committed(&env, &positions, Duration::from_secs(60));
+    assert_eq!(c.stop(), 0, "{}", c.log_text());
+    assert_eq!(states(&env)[0].cluster.as_deref(), Some(broker.cluster.as_str()));
+
+    // The same checkpoint as if read from another cluster: refused before anything is read.
+    let other = format!("{}_other", broker.cluster);
+    let saved = std::fs::read_to_string(&state).unwrap();
+    let ours = format!("\"cluster\": \"{}\"", broker.cluster);
+    assert!(saved.contains(&ours), "{saved}");
+    std::fs::write(&state, saved.replace(&ours, &format!("\"cluster\": \"{other}\""))).unwrap();
+    produce(&env.brokers, &env.topic, &orders(15, 5));
+    let (code, _, err) = env.run(&["consume"]);
+    assert_eq!(code, 1, "{err}");
+    let line =
+        err.lines().find(|l| l.contains("was written from Kafka cluster")).unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        line.contains(&format!(
+            "partition {}/0: the checkpoint {} was written from Kafka cluster {other}, but the broker at {} is \
+             cluster {}: the checkpoint belongs to another broker",
+            env.topic,
+            state.display(),
+            broker.addr,
+            broker.cluster
+        )) && line.contains(&format!(
+            "delete the checkpoint folder {} and the lake {}",
+            env.checkpoints().display(),
+            env.lake().display()
+        )),
+        "{line}"
+    );
+    let ids: Vec<i64> = read_duckdb(&env.lake()).rows.iter().map(|r| r.order_id).collect();
+    assert_eq!(ids, (0..15).collect::<Vec<_>>(), "nothing written from the other cluster");
+    assert_eq!(states(&env)[0].next_offset, 15);
+}
+
+#[test]
+fn a_second_checkpoint_pointed_at_a_lake_another_checkpoint_writes_is_refused_naming_both() {
+    let broker = Broker::start_memory();
+    let mut env = TestEnv::with_brokers("consume_second_cp", &broker.addr);
+    create_topic(&env.brokers, &env.topic, 1);
+    let positions = produce(&env.brokers, &env.topic, &orders(0, 10));
+    let mut c = env.spawn(&["consume"]);
+    wait_committed(&env, &positions, Duration::from_secs(60));
+    assert_eq!(c.stop(), 0, "{}", c.log_text());
+    let (lake, first) = (canonical(&env.lake()), canonical(&env.checkpoints()));
+    let record = lake_record(&env.lake());
+    let id = std::fs::read_to_string(env.checkpoints().join("lake_id")).unwrap().trim().to_string();
+    assert_eq!(record["lake_id"], id.as_str());
+    assert_eq!(record["checkpoint"], first.as_str());
+
+    // A new checkpoint folder on the same lake: refused, naming both and the way out.
+    let second_dir = env.dir.join("checkpoints-second");
+    env.set("ORDERSTREAM__STREAMING__CHECKPOINT_LOCATION", &second_dir.display().to_string());
+    produce(&env.brokers, &env.topic, &orders(10, 5));
+    let (code, _, err) = env.run(&["consume"]);
+    assert_eq!(code, 1, "{err}");
+    let second = canonical(&second_dir);
+    let line =
+        err.lines().find(|l| l.contains("is written by the checkpoint")).unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        line.contains(&format!(
+            "the lake {lake} is written by the checkpoint {first} (lake id {id} in {}/_orderstream_checkpoint), but \
+             streaming.checkpoint_location {second} is a new checkpoint: two checkpoints writing one lake would \
+             write the topic into it twice. Point streaming.checkpoint_location at {first}",
+            env.lake().display()
+        )) && line.contains("--from-beginning"),
+        "{line}"
+    );
+    assert_eq!(read_duckdb(&env.lake()).rows.len(), 10, "nothing written");
+    assert_eq!(lake_record(&env.lake()), record, "the lake still belongs to the first checkpoint");
+
+    // --from-beginning takes the lake over deliberately (the topic once more from the new
+    // checkpoint), and the first checkpoint is refused from then on.
+    let mut c = env.spawn(&["consume", "--from-beginning"]);
+    wait_partition_0(&second_dir, &env.topic, 15);
+    assert_eq!(c.stop(), 0, "{}", c.log_text());
+    assert_eq!(read_duckdb(&env.lake()).rows.len(), 25);
+    let taken = std::fs::read_to_string(second_dir.join("lake_id")).unwrap().trim().to_string();
+    assert_ne!(taken, id);
+    assert_eq!(lake_record(&env.lake())["lake_id"], taken.as_str());
+    env.env.retain(|(k, _)| k != "ORDERSTREAM__STREAMING__CHECKPOINT_LOCATION");
+    let (code, _, err) = env.run(&["consume"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "the lake {lake} is written by the checkpoint {second} (lake id {taken} in {}/_orderstream_checkpoint), \
+             but streaming.checkpoint_location {first} writes another lake (lake id {id})",
+            env.lake().display()
+        )) && err.contains("use a new checkpoint folder and a new lake folder"),
+        "{err}"
+    );
+
+    // The first checkpoint on a new lake folder: refused (that lake lacks what the checkpoint
+    // read before), and nothing is written there.
+    let new_lake = env.dir.join("lake-new");
+    env.set("ORDERSTREAM__DATALAKE__PATH", &new_lake.display().to_string());
+    let (code, _, err) = env.run(&["consume"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "the checkpoint {first} writes the lake with id {id}, but the lake {} has no _orderstream_checkpoint",
+            new_lake.display()
+        )) && err.contains(&format!("delete the checkpoint folder {first} too")),
+        "{err}"
+    );
+    assert_eq!(files(&new_lake), Vec::<String>::new(), "a refused start writes nothing");
+    assert_eq!(read_duckdb(&env.lake()).rows.len(), 25);
+}
+
+#[test]
+fn a_lake_and_its_checkpoint_moved_together_go_on_exactly_once_and_a_copy_of_the_checkpoint_is_refused() {
+    let broker = Broker::start_memory();
+    let mut env = TestEnv::with_brokers("consume_moved", &broker.addr);
+    create_topic(&env.brokers, &env.topic, 1);
+    let positions = produce(&env.brokers, &env.topic, &orders(0, 10));
+    let mut c = env.spawn(&["consume"]);
+    wait_committed(&env, &positions, Duration::from_secs(60));
+    assert_eq!(c.stop(), 0, "{}", c.log_text());
+    let id = lake_record(&env.lake())["lake_id"].clone();
+
+    // Both folders somewhere else: the same pair, so the consumer goes on from the checkpoint.
+    let moved = env.dir.join("moved");
+    std::fs::create_dir(&moved).unwrap();
+    let (lake, checkpoint) = (moved.join("lake"), moved.join("checkpoints"));
+    std::fs::rename(env.lake(), &lake).unwrap();
+    std::fs::rename(env.checkpoints(), &checkpoint).unwrap();
+    env.set("ORDERSTREAM__DATALAKE__PATH", &lake.display().to_string());
+    env.set("ORDERSTREAM__STREAMING__CHECKPOINT_LOCATION", &checkpoint.display().to_string());
+    produce(&env.brokers, &env.topic, &orders(10, 5));
+    let mut c = env.spawn(&["consume"]);
+    wait_partition_0(&checkpoint, &env.topic, 15);
+    assert_eq!(c.stop(), 0, "{}", c.log_text());
+    let ids: Vec<i64> = read_duckdb(&lake).rows.iter().map(|r| r.order_id).collect();
+    assert_eq!(ids, (0..15).collect::<Vec<_>>());
+    let record = lake_record(&lake);
+    assert_eq!(record["lake_id"], id, "still the same pair");
+    assert_eq!(record["checkpoint"], canonical(&checkpoint).as_str(), "the record follows the move");
+    assert!(!env.lake().exists() && !env.checkpoints().exists(), "nothing made at the old places");
+
+    // A copy of the checkpoint on the same lake is a second checkpoint: refused.
+    let copy = env.dir.join("checkpoints-copy");
+    let status = std::process::Command::new("cp").arg("-r").arg(&checkpoint).arg(&copy).status().unwrap();
+    assert!(status.success());
+    env.set("ORDERSTREAM__STREAMING__CHECKPOINT_LOCATION", &copy.display().to_string());
+    produce(&env.brokers, &env.topic, &orders(15, 5));
+    let (code, _, err) = env.run(&["consume"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "the lake {} is written by the checkpoint {}, and the checkpoint {} has the same lake id {} (a copy of \
+             it?)",
+            canonical(&lake),
+            canonical(&checkpoint),
+            canonical(&copy),
+            id.as_str().unwrap()
+        )),
+        "{err}"
+    );
+    assert_eq!(read_duckdb(&lake).rows.len(), 15, "nothing written");
+}

@@ -346,4 +346,10 @@ fn status_creates_no_folder() {
     // The commands that write them still create them.
     env.init();
     assert!(env.lake().is_dir() && env.checkpoints().is_dir() && env.lastprocess().is_dir());
+    // Only the consumer pairs the lake with its checkpoint; status reads.
+    let (code, _, err) = env.run(&["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !env.lake().join("_orderstream_checkpoint").exists() && !env.checkpoints().join("lake_id").exists()
+    );
 }

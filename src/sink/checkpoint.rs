@@ -6,6 +6,7 @@
 //! <checkpoint>/state/<topic>-<partition>.json   committed state of one partition
 //! <checkpoint>/state/<topic>-<partition>.lock   flock held by the process that owns it
 //! <checkpoint>/commits/<batch-uuid>.json        manifest of a committed, unfinished batch
+//! <checkpoint>/lake_id                          the id of the lake it writes (see `identity`)
 //! ```
 
 use std::collections::BTreeMap;
@@ -31,6 +32,12 @@ pub struct PartitionState {
     pub topic: String,
     /// The partition.
     pub partition: i32,
+    /// The cluster id of the broker the partition was read from, as the broker reports it.
+    /// `None` in a state written before it was recorded (it gets one at the next commit), or
+    /// when the broker reports none. A consumer on a broker of another cluster refuses the
+    /// state: its offsets mean nothing there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
     /// Offset of the first message not yet in the lake.
     pub next_offset: i64,
     /// The replay filter: per lineage (`<source>#<epoch>`, or the source alone for messages
@@ -163,6 +170,20 @@ impl Checkpoint {
                     .is_some_and(|rest| rest.strip_suffix(".json").is_some_and(|p| p.parse::<i32>().is_ok()))
             })
         })
+    }
+
+    /// Whether anything was ever committed here: a state file or a manifest of any topic.
+    pub fn has_committed(&self) -> Result<bool> {
+        for dir in [&self.state, &self.commits] {
+            let entries = fs::read_dir(dir).map_err(|e| io_error("cannot list", dir, e))?;
+            for entry in entries {
+                let entry = entry.map_err(|e| io_error("cannot list", dir, e))?;
+                if entry.path().extension().is_some_and(|x| x == "json") {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
     }
 
     /// Whether the lake holds a committed Parquet file (`date=*/*.parquet`).

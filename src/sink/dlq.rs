@@ -122,6 +122,11 @@ impl DeadLetters {
         &self.topic
     }
 
+    /// The cluster id the broker reports (`None` if it reports none, or does not answer in 5 s).
+    pub fn cluster_id(&self) -> Option<String> {
+        self.producer.client().fetch_cluster_id(Duration::from_secs(5))
+    }
+
     /// Queues a copy of `msg` (its lineage headers renamed) with the reject headers; waits
     /// while the local queue is full. `Ok(Some(why))`: the dead letter can never be sent
     /// (larger than the producer's `message.max.bytes`, or refused as invalid), so retrying the

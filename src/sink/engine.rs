@@ -125,6 +125,11 @@ pub struct Engine {
     progress: Progress,
     /// The replay-filter key of the message being handled (kept to spare an allocation each).
     key: String,
+    /// `kafka.brokers`, for messages.
+    brokers: String,
+    /// The broker's cluster id, read once at start (`None` when it reports none): recorded in
+    /// every state written, and checked against every state read.
+    cluster: Option<String>,
 }
 
 impl Engine {
@@ -152,7 +157,16 @@ impl Engine {
             fatal: None,
             progress: Progress::default(),
             key: String::new(),
+            brokers: String::new(),
+            cluster: None,
         }
+    }
+
+    /// The broker read from (`kafka.brokers`) and the cluster id it reports, if any.
+    pub fn with_broker(mut self, brokers: &str, cluster: Option<String>) -> Engine {
+        self.brokers = brokers.to_string();
+        self.cluster = cluster;
+        self
     }
 
     /// Records an error that must stop the consumer.
@@ -331,6 +345,10 @@ impl Engine {
                 .values()
                 .filter_map(|o| o.working.clone())
                 .map(|mut s| {
+                    // A state of an older version (none recorded) is adopted here.
+                    if self.cluster.is_some() {
+                        s.cluster.clone_from(&self.cluster);
+                    }
                     s.batches += 1;
                     s.last_batch.clone_from(&batch_id);
                     s.last_process.clone_from(&process);
@@ -554,6 +572,7 @@ impl Engine {
         }
         let stored = state.is_some();
         let committed = state.unwrap_or_else(|| PartitionState::empty(topic, partition));
+        self.same_cluster(&committed)?;
         if from_manifest {
             tracing::info!(
                 "partition {topic}/{partition}: finishing a batch committed by a process that stopped \
@@ -579,6 +598,28 @@ impl Engine {
         } else {
             Offset::Beginning
         }))
+    }
+
+    /// Whether a partition's committed state was read from the broker's cluster: its offsets
+    /// mean nothing on another one. Unknown on either side (a state of an older version, a
+    /// broker that reports no id) passes.
+    fn same_cluster(&self, state: &PartitionState) -> Result<()> {
+        let (Some(theirs), Some(ours)) = (&state.cluster, &self.cluster) else { return Ok(()) };
+        if theirs == ours {
+            return Ok(());
+        }
+        Err(Error::Setup(format!(
+            "partition {}/{}: the checkpoint {} was written from Kafka cluster {theirs}, but the broker at {} is \
+             cluster {ours}: the checkpoint belongs to another broker, or the topic moved to another cluster. Point \
+             kafka.brokers at cluster {theirs}; to start over from cluster {ours} deliberately, delete the \
+             checkpoint folder {} and the lake {} (its rows came from the other cluster)",
+            state.topic,
+            state.partition,
+            self.checkpoint.state_path(&state.topic, state.partition).display(),
+            self.brokers,
+            self.checkpoint.dir().display(),
+            self.checkpoint.lake().display()
+        )))
     }
 
     /// Where a newly acquired partition may start, checked against the topic, so that a

@@ -31,9 +31,16 @@
 //! <checkpoint>/state/<topic>-<p>.json   partition p: next_offset, last seq per lineage, counters
 //! <checkpoint>/state/<topic>-<p>.lock   flock of the process that owns partition p
 //! <checkpoint>/commits/<batch>.json     manifest: new state of each partition + files to publish
+//! <checkpoint>/lake_id                  the id of the lake this checkpoint writes
+//! <lake>/_orderstream_checkpoint        the same id: which checkpoint writes this lake
 //! <lake>/_temporary/<process>/…parquet.inprogress   files before publication
 //! <lake>/_temporary/<process>.lock      flock: held while that process lives
 //! ```
+//!
+//! The positions in a checkpoint hold only with its own lake and its own broker: at start the
+//! lake and the checkpoint must name the same lake id ([`identity`]), and each partition's
+//! state records the cluster id of the broker it was read from, which the broker must still
+//! report when the partition is acquired.
 //!
 //! Commit of a batch, by the process that holds the locks of all its partitions:
 //!
@@ -101,6 +108,7 @@ mod checkpoint;
 mod dlq;
 mod engine;
 mod group;
+mod identity;
 mod parquet;
 mod replay;
 mod scratch;
@@ -132,6 +140,9 @@ use scratch::Scratch;
 pub fn consume(cfg: &Config, metrics: Arc<Metrics>, shutdown: Shutdown) -> Result<()> {
     let lake = &cfg.datalake.path;
     let checkpoint = Checkpoint::open(&cfg.streaming.checkpoint_location, lake)?;
+    // Before anything in the lake is touched: recovery deletes what no manifest of this
+    // checkpoint names.
+    identity::check(&checkpoint, cfg.streaming.from_beginning)?;
     let scratch = Scratch::create(lake)?;
     recover(&checkpoint, scratch.id());
     // The dead-letter topic must exist before anything is read: wait for the broker.
@@ -151,10 +162,12 @@ pub fn consume(cfg: &Config, metrics: Arc<Metrics>, shutdown: Shutdown) -> Resul
             Err(e) => return Err(e),
         }
     };
+    let cluster = dlq.cluster_id();
     tracing::info!(
-        "consuming {} (group {}) into {}, checkpoint {}, dead letters to {}, process {}",
+        "consuming {} (group {}, Kafka cluster {}) into {}, checkpoint {}, dead letters to {}, process {}",
         cfg.kafka.topic,
         cfg.kafka.group_id,
+        cluster.as_deref().unwrap_or("unknown"),
         lake.display(),
         cfg.streaming.checkpoint_location.display(),
         dlq.topic(),
@@ -165,7 +178,8 @@ pub fn consume(cfg: &Config, metrics: Arc<Metrics>, shutdown: Shutdown) -> Resul
         max_rows: cfg.streaming.max_batch_rows,
         from_beginning: cfg.streaming.from_beginning,
     };
-    let engine = Engine::new(&cfg.kafka.topic, limits, checkpoint, scratch, dlq, metrics.clone());
+    let engine = Engine::new(&cfg.kafka.topic, limits, checkpoint, scratch, dlq, metrics.clone())
+        .with_broker(&cfg.kafka.brokers, cluster);
     let consumer = group::consumer(cfg, engine, metrics.clone())?;
     consumer
         .subscribe(&[&cfg.kafka.topic])

@@ -354,11 +354,12 @@ pub fn files(dir: &Path) -> Vec<String> {
     out
 }
 
-/// Asserts that only committed data files (`date=YYYY-MM-DD/part-<uuid>.parquet`) and
-/// `_SUCCESS` are in the lake, and nothing is left in its temp area.
+/// Asserts that only committed data files (`date=YYYY-MM-DD/part-<uuid>.parquet`), `_SUCCESS`
+/// and `_orderstream_checkpoint` (which checkpoint writes the lake) are in the lake, and
+/// nothing is left in its temp area.
 pub fn assert_clean_lake(lake: &Path) {
     for f in files(lake) {
-        if f == "_SUCCESS" {
+        if f == "_SUCCESS" || f == "_orderstream_checkpoint" {
             continue;
         }
         let (dir, name) = f.rsplit_once('/').unwrap_or(("", &f));

@@ -435,6 +435,8 @@ pub struct Broker {
     child: Option<Child>,
     /// `127.0.0.1:<port>`
     pub addr: String,
+    /// The cluster id it was started with (and reports).
+    pub cluster: String,
     /// What tansu printed.
     log: PathBuf,
 }
@@ -473,17 +475,18 @@ impl Broker {
         });
         let url = format!("tcp://127.0.0.1:{port}");
         let public = format!("tcp://127.0.0.1:{}", advertised.unwrap_or(port));
+        let cluster = unique("broker");
         let log = std::env::temp_dir().join(format!("{}.log", unique("tansu")));
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(&tansu)
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &public])
-            .args(["--storage-engine", "memory://tansu/", "--cluster-id", &unique("broker")])
+            .args(["--storage-engine", "memory://tansu/", "--cluster-id", &cluster])
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {tansu} ({e}); run `make up` to install it"));
-        let mut broker = Broker { child: Some(child), addr: format!("127.0.0.1:{port}"), log };
+        let mut broker = Broker { child: Some(child), addr: format!("127.0.0.1:{port}"), cluster, log };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let child = broker.child.as_mut().unwrap();
