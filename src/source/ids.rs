@@ -30,16 +30,6 @@ impl IdRanges {
         self.0.insert(a, b);
     }
 
-    /// Whether `id` is in the set.
-    pub fn contains(&self, id: i64) -> bool {
-        self.0.range(..=id).next_back().is_some_and(|(_, last)| *last >= id)
-    }
-
-    /// The number of ranges.
-    pub fn ranges(&self) -> usize {
-        self.0.len()
-    }
-
     /// PostgreSQL's text form of the set as an `int8multirange` (`{[1,101),[105,201)}`).
     pub fn to_multirange(&self) -> String {
         let parts: Vec<String> = self
@@ -107,11 +97,8 @@ mod tests {
             s.insert(id);
         }
         assert_eq!(s.to_string(), "1,3-5,9-11");
-        assert_eq!(s.ranges(), 3);
         s.insert(2);
         assert_eq!(s.to_string(), "1-5,9-11");
-        assert!(s.contains(1) && s.contains(5) && s.contains(10));
-        assert!(!s.contains(0) && !s.contains(6) && !s.contains(12));
         assert_eq!(s.to_multirange(), "{[1,6),[9,12)}");
         s.insert_range(20, 30);
         s.insert_range(6, 8);
