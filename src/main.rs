@@ -12,6 +12,11 @@ use orderstream::metrics::Metrics;
 use orderstream::shutdown::Shutdown;
 use orderstream::{Config, Error};
 
+/// jemalloc for the whole process, librdkafka's C allocations included (see Cargo.toml).
+#[cfg(all(target_os = "linux", not(target_env = "musl")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Exactly-once CDC from PostgreSQL through Kafka into a date-partitioned Parquet lake.
 #[derive(Parser)]
 #[command(name = "orderstream", version, about)]

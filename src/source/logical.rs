@@ -47,9 +47,11 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
 use pgwire_replication::{PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
 use tokio_postgres::Client;
 use tokio_postgres::config::Host;
+use tokio_postgres::types::ToSql;
 
 use super::pgoutput::{self, Layout, Message};
 use super::poll::{check_table, pg_error, to_order};
@@ -280,16 +282,18 @@ impl LogicalSource {
             table.quoted()
         );
         let client = self.sql().await?;
-        let rows = client
-            .query(&sql, &[&after.unwrap_or(i64::MIN), &(limit as i64)])
-            .await
-            .map_err(|e| pg_error(&table, &e))?;
+        let (after_id, page) = (after.unwrap_or(i64::MIN), limit as i64);
+        let params: [&(dyn ToSql + Sync); 2] = [&after_id, &page];
+        // Each row becomes a change as it arrives, so a page is never held twice (as rows and
+        // as changes): the snapshot's peak memory is one page of changes.
+        let rows = client.query_raw(&sql, params).await.map_err(|e| pg_error(&table, &e))?;
+        let mut rows = std::pin::pin!(rows);
         let ts: DateTime<Utc> = Utc::now();
-        let mut changes = Vec::with_capacity(rows.len());
-        for (i, row) in rows.iter().enumerate() {
-            let (order, reject) = to_order(row, &table)?;
+        let mut changes = Vec::with_capacity(limit.min(100_000));
+        while let Some(row) = rows.try_next().await.map_err(|e| pg_error(&table, &e))? {
+            let (order, reject) = to_order(&row, &table)?;
             let index = next
-                .checked_add(i as i32)
+                .checked_add(changes.len() as i32)
                 .ok_or_else(|| Error::Setup(format!("snapshot of {table}: more than 2^31 rows")))?;
             changes.push(Change { order, op: Op::Read, at: Some((at, index)), commit_ts: Some(ts), reject });
         }
