@@ -621,19 +621,29 @@ fn a_snapshot_killed_midway_under_writes_ends_with_the_table_and_no_row_read_twi
     env.write_config("");
     env.set("ORDERSTREAM__STREAMING__MAX_BATCH_ROWS", "200");
     env.init();
-    env.insert(5_000);
+    env.insert(20_000);
     let mut rng =
         Rng::from_env("a_snapshot_killed_midway_under_writes_ends_with_the_table_and_no_row_read_twice");
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let writer = write_mix(&env, stop.clone(), rng.next(), done.clone());
+    let state = || std::fs::read_to_string(env.lastprocess().join("last_timestamp.txt")).unwrap_or_default();
     let mut kills = 0;
-    for _ in 0..4 {
+    for round in 0..4 {
         let mut producer = env.spawn(&["produce"]);
-        std::thread::sleep(Duration::from_millis(rng.range(200, 1200)));
+        if round == 0 {
+            // Anywhere in the start: before the slot, during recovery or in the first pages.
+            std::thread::sleep(Duration::from_millis(rng.range(50, 800)));
+        } else {
+            // Once the snapshot has made progress (a start takes ~0.5 s, the pages far less).
+            wait_until(Duration::from_secs(60), "snapshot progress or its end", || {
+                let s = state();
+                s.contains(" after=") || s.contains("snapshot=done")
+            });
+            std::thread::sleep(Duration::from_millis(rng.range(0, 60)));
+        }
         producer.kill();
-        let state = std::fs::read_to_string(env.lastprocess().join("last_timestamp.txt")).unwrap_or_default();
-        if !state.contains("snapshot=done") {
+        if !state().contains("snapshot=done") {
             kills += 1;
         }
     }

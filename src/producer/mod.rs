@@ -59,9 +59,6 @@ use crate::wire::Lsn;
 use publish::Publisher;
 use state::State;
 
-/// How long recovery waits for requests of a dead producer that the broker may still append.
-const SETTLE: Duration = Duration::from_millis(300);
-
 /// Runs the producer on the configured table until a stop is requested.
 pub async fn produce(cfg: &Config, metrics: Arc<Metrics>, shutdown: Shutdown) -> Result<()> {
     match cfg.postgres.capture {
@@ -305,41 +302,23 @@ async fn recover<S: Source>(
     name: &str,
     committed: &State<S::Position>,
 ) -> Result<Recovered<S::Key>> {
-    let mut offsets = committed.offsets.clone();
     let mut found: HashSet<S::Key> = HashSet::new();
     let mut highest: Option<(Lsn, i32)> = None;
-    let mut max_seq = 0;
-    let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
-    let mut messages = 0;
-    for round in 0.. {
-        let kafka = cfg.kafka.clone();
-        let source = name.to_string();
-        let from = offsets.clone();
-        let saved_seq = committed.seq;
-        let tail = tokio::task::spawn_blocking(move || {
-            recovery::read_tail(&kafka, &source, saved_seq, from.as_ref())
-        })
-        .await
-        .map_err(|e| Error::Kafka(format!("recovery task failed: {e}")))??;
-        max_seq = max_seq.max(tail.max_seq);
-        messages += tail.messages;
-        for (meta, order) in &tail.found {
-            if let (Some(lsn), Some(i)) = (meta.lsn, meta.change_index) {
-                highest = highest.max(Some((lsn, i)));
-            }
-            found.extend(S::key_of(meta, order.as_ref()));
+    let kafka = cfg.kafka.clone();
+    let source = name.to_string();
+    let from = committed.offsets.clone();
+    let saved_seq = committed.seq;
+    let tail =
+        tokio::task::spawn_blocking(move || recovery::read_tail(&kafka, &source, saved_seq, from.as_ref()))
+            .await
+            .map_err(|e| Error::Kafka(format!("recovery task failed: {e}")))??;
+    for (meta, order) in &tail.found {
+        if let (Some(lsn), Some(i)) = (meta.lsn, meta.change_index) {
+            highest = highest.max(Some((lsn, i)));
         }
-        let moved = tail.messages > 0;
-        // Read on from where this round ended.
-        let mut next = offsets.clone().unwrap_or_default();
-        next.extend(tail.ends.iter().map(|(p, e)| (*p, *e)));
-        offsets = Some(next);
-        ends = tail.ends;
-        if (round > 0 && !moved) || round >= 5 {
-            break;
-        }
-        tokio::time::sleep(SETTLE).await;
+        found.extend(S::key_of(meta, order.as_ref()));
     }
+    let (messages, ends, max_seq) = (tail.messages, tail.ends, tail.max_seq);
     found.retain(|k| !S::covers(&committed.position, k));
     if messages > 0 || !found.is_empty() {
         tracing::info!(

@@ -18,8 +18,12 @@ use crate::wire::{ChangeMeta, REPLAY_WINDOW};
 
 /// Give up reading when the broker returns nothing for this long.
 const STALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// A partition counts as read once it reported its end and nothing came for this long.
-const QUIET: Duration = Duration::from_millis(250);
+/// The topic counts as read once every partition reported its end and nothing came for this
+/// long: long enough for the requests of a dead producer that the broker may still append.
+const SETTLE: Duration = Duration::from_millis(300);
+/// While messages keep coming (another writer), reading stops this long after every partition
+/// first reported its end, with what it read by then.
+const SETTLE_MAX: Duration = Duration::from_secs(3);
 
 /// Messages of this producer found after the saved offsets: published, but not yet recorded in
 /// the state file.
@@ -41,7 +45,8 @@ pub struct Tail {
 /// number [`REPLAY_WINDOW`] or more beyond it cannot be one this producer used since (it
 /// re-sends at most a few batches before saving), so it is not continued from: a copied header
 /// with a made-up seq (`18446744073709551615`) would otherwise make every later number wrap
-/// or repeat. Blocking.
+/// or repeat. One reader for the whole wait: creating and closing one costs ~0.1 s each.
+/// Blocking.
 pub fn read_tail(
     cfg: &KafkaConfig,
     source: &str,
@@ -81,12 +86,19 @@ pub fn read_tail(
     consumer.assign(&tpl).map_err(|e| kafka_err("cannot assign", e))?;
     let mut at_end: BTreeSet<i32> = BTreeSet::new();
     let mut last_event = Instant::now();
+    let mut first_end: Option<Instant> = None;
     // Messages of our source numbered too far beyond the saved seq: the first one, and how many.
     let mut foreign: Option<(i32, i64, u64)> = None;
     let mut foreign_count = 0u64;
     loop {
+        if at_end.len() == partitions.len() {
+            first_end.get_or_insert_with(Instant::now);
+        }
+        if first_end.is_some_and(|t| t.elapsed() >= SETTLE_MAX) {
+            break;
+        }
         let Some(result) = consumer.poll(Duration::from_millis(50)) else {
-            if at_end.len() == partitions.len() && last_event.elapsed() >= QUIET {
+            if at_end.len() == partitions.len() && last_event.elapsed() >= SETTLE {
                 break;
             }
             if last_event.elapsed() > STALL_TIMEOUT {
