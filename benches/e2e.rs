@@ -34,6 +34,7 @@ fn catch_up(rows: i64, runs: usize) {
     for run in 1..=runs {
         let mut env = TestEnv::with_brokers("bench_e2e_run", &broker.addr);
         env.table = table_env.table.clone();
+        env.owns_table = false;
         env.write_config("");
         env.set("ORDERSTREAM__STREAMING__BATCH_INTERVAL", "1");
         env.init();

@@ -49,6 +49,7 @@ fn main() {
     for run in 1..=runs {
         let mut env = TestEnv::with_brokers("bench_produce_run", &brokers);
         env.table = table_env.table.clone();
+        env.owns_table = false;
         env.write_config("");
         env.set("ORDERSTREAM__STREAMING__BATCH_INTERVAL", "1");
         // Extra producer settings to compare, e.g. ORDERSTREAM_BENCH_KAFKA_PROPERTIES=compression.type=lz4
