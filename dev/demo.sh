@@ -6,6 +6,8 @@
 #      a user would
 #   4. wait until the lake's current state of every order equals the table, then show the change
 #      rows and the current-state query's answer, read back from the Parquet files with DuckDB
+#   5. the same topic written to a Delta table on the stack's S3 server by a second consumer in
+#      its own group, read back with DuckDB's delta extension
 # The pipeline keeps running afterwards; `make down` stops it with the stack.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -13,6 +15,24 @@ cd "$ROOT"
 BIN="$ROOT/target/release/orderstream"
 CONFIG=configs/orders_stream.yml
 PIDFILE=.stack/pids/pipeline.pid
+DELTA_PIDFILE=.stack/pids/pipeline-delta.pid
+DELTA_LOG=.stack/logs/pipeline-delta.log
+S3_PORT=${ORDERSTREAM_S3_PORT:-9000}
+# The Delta consumer: the same configuration, the lake a Delta table on the stack's S3 server
+# (keys test/test), its own group and scratch folder.
+DELTA_URI=s3://orderstream/food/ROLL001/orders_delta
+DELTA_ENV=(
+  ORDERSTREAM__DATALAKE__FORMAT=delta
+  ORDERSTREAM__DATALAKE__PATH=$DELTA_URI
+  ORDERSTREAM__DATALAKE__STORAGE_OPTIONS__AWS_ENDPOINT_URL=http://127.0.0.1:$S3_PORT
+  ORDERSTREAM__DATALAKE__STORAGE_OPTIONS__AWS_ALLOW_HTTP=true
+  ORDERSTREAM__DATALAKE__STORAGE_OPTIONS__AWS_S3_ADDRESSING_STYLE=path
+  ORDERSTREAM__KAFKA__GROUP_ID=orderstream_delta_ROLL001_food_orders_raw
+  ORDERSTREAM__STREAMING__CHECKPOINT_LOCATION=datalake/food/ROLL001/checkpoints/orders_delta
+  ORDERSTREAM__METRICS__PORT=0
+  AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
+  AWS_ENDPOINT_URL=http://127.0.0.1:$S3_PORT
+)
 LOG=.stack/logs/pipeline.log
 PG_PORT=${ORDERSTREAM_PG_PORT:-55432}
 # A stack moved to other ports (README, "Ports") moves the configuration's addresses with it,
@@ -29,11 +49,11 @@ LAKE=$(sed -n 's/^  path: "\(.*\)"/\1/p' "$CONFIG" | head -n 1)
 
 say() { printf '\n== %s\n' "$*"; }
 
-running() {
-  [ -f "$PIDFILE" ] || return 1
-  local pid
-  pid=$(cat "$PIDFILE")
-  [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "$BIN --config $CONFIG run"
+running() { # [pidfile] [command]
+  local file=${1:-$PIDFILE} what=${2:-run} pid
+  [ -f "$file" ] || return 1
+  pid=$(cat "$file")
+  [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "$BIN --config $CONFIG $what"
 }
 
 say "orderstream init"
@@ -136,9 +156,76 @@ for r in rows:
     print(f"  {r[0]:>6}  {r[1]:<14} {r[2] or '':<16} {r[3] or '':<18} {r[4]:>8}  {r[5]:<10} {r[6]}")
 PYEOF
 
+say "the same topic into a Delta table: a second consumer (group orderstream_delta_…) writing $DELTA_URI"
+"$PY" - "$S3_PORT" <<'PYEOF'
+import sys, boto3, botocore
+from botocore.config import Config
+s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{sys.argv[1]}", aws_access_key_id="test",
+                  aws_secret_access_key="test", region_name="us-east-1", config=Config(s3={"addressing_style": "path"}))
+try:
+    s3.create_bucket(Bucket="orderstream")
+except botocore.exceptions.ClientError as e:
+    if e.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+        raise
+PYEOF
+if running "$DELTA_PIDFILE" consume; then
+  echo "the Delta consumer already runs (pid $(cat "$DELTA_PIDFILE"), log $DELTA_LOG)"
+else
+  env "${DELTA_ENV[@]}" setsid "$BIN" --config "$CONFIG" consume >>"$DELTA_LOG" 2>&1 </dev/null &
+  echo $! >"$DELTA_PIDFILE"
+fi
+delta_state() {
+  env "${DELTA_ENV[@]}" "$PY" dev/delta_read.py duckdb "$DELTA_URI" current 2>/dev/null \
+    | "$PY" -c 'import json, sys
+for r in json.load(sys.stdin)["rows"]: print(str(r["order_id"]) + "|" + (r["order_status"] or ""))' \
+    | md5sum
+}
+want=$(table_state)
+for i in $(seq 1 60); do
+  [ "$(delta_state)" = "$want" ] && break
+  if ! running "$DELTA_PIDFILE" consume; then
+    tail -n 20 "$DELTA_LOG" >&2
+    echo "demo: the Delta consumer stopped (log $DELTA_LOG)" >&2
+    exit 1
+  fi
+  if [ "$i" = 60 ]; then
+    echo "demo: the Delta table's current state did not match the table within 60 s (log $DELTA_LOG)" >&2
+    exit 1
+  fi
+  sleep 1
+done
+echo "the Delta table's current state equals the table: $total orders"
+
+say "the Delta table, read back with DuckDB's delta extension (delta_scan)"
+env "${DELTA_ENV[@]}" "$PY" - "$DELTA_URI" <<'PYEOF'
+import os, duckdb
+from duckdb_extensions import import_extension
+import sys
+uri = sys.argv[1]
+con = duckdb.connect()
+import_extension("delta", con=con)
+import_extension("httpfs", con=con)
+con.execute("LOAD delta; LOAD httpfs")
+con.execute("CREATE SECRET s3 (TYPE s3, KEY_ID 'test', SECRET 'test', REGION 'us-east-1', "
+            f"ENDPOINT '127.0.0.1:{os.environ['AWS_ENDPOINT_URL'].rsplit(':', 1)[1]}', URL_STYLE 'path', USE_SSL false)")
+src = f"delta_scan('{uri}')"
+print("rows per date partition:")
+for date, n in con.sql(f"SELECT date, count(*) FROM {src} GROUP BY date ORDER BY date").fetchall():
+    print(f"  date={date}  {n} rows")
+print("orders by status now (each order's last change, deletes dropped):")
+rows = con.sql(f"""
+    SELECT order_status, count(*) FROM (
+        SELECT *, row_number() OVER (PARTITION BY order_id
+            ORDER BY lsn DESC NULLS LAST, change_index DESC NULLS LAST) AS version FROM {src})
+    WHERE version = 1 AND op <> 'd' GROUP BY order_status ORDER BY order_status""").fetchall()
+for status, n in rows:
+    print(f"  {status or '':<10} {n}")
+PYEOF
+
 cat <<EOF
 
 The pipeline keeps running (pid $(cat "$PIDFILE"), log $LOG).
+The Delta consumer keeps running (pid $(cat "$DELTA_PIDFILE"), log $DELTA_LOG).
   insert more:  PGPASSWORD=student123 psql -h 127.0.0.1 -p $PG_PORT -U student food_delivery_db -c "INSERT INTO ROLL001_orders (customer_name, amount) VALUES ('You', 99.50)"
   update one:   PGPASSWORD=student123 psql -h 127.0.0.1 -p $PG_PORT -U student food_delivery_db -c "UPDATE ROLL001_orders SET order_status = 'DELIVERED' WHERE order_id = 101"
   watch:        ./target/release/orderstream status

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Prints the path of a Python that has what the tests and the demo use: the lake readers (DuckDB,
-# pyarrow and Spark: readers other than our own writer) and the Prometheus text parser, creating
+# Prints the path of a Python that has what the tests and the demo use: the lake readers (DuckDB
+# with its delta extension, pyarrow and Spark: readers other than our own writer), the S3 server
+# (ministack) and the Prometheus text parser, creating
 # .stack/venv on first use. Spark 4 needs Java 17 or newer (tested: 17; Debian 13's default is
 # 21, which Spark 4 supports too): as root the distribution's default Java runtime is installed
 # when `java` is missing.
@@ -10,7 +11,11 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV="$ROOT/.stack/venv"
-REQUIREMENTS="duckdb==2.0.1 pyarrow==26.0.1 pyspark==4.3.0 prometheus-client==0.26.0"
+# DuckDB is pinned to the last release whose delta and httpfs extensions ship as wheels (no
+# extension download at run time); ministack is the tests' and the demo's S3 server; boto3
+# drives its put-if-absent race probe; deltalake (Python delta-rs) is a convenience reader.
+REQUIREMENTS="duckdb==1.5.5 duckdb-extensions==1.5.5 duckdb-extension-delta==1.5.5 duckdb-extension-httpfs==1.5.5 \
+pyarrow==26.0.1 pyspark==4.3.0 prometheus-client==0.26.0 deltalake==1.6.6 ministack==1.5.33 boto3==1.43.106"
 STAMP="$VENV/.requirements"
 JAVA_MIN=17
 

@@ -17,6 +17,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STACK="$ROOT/.stack"
 PG_PORT=${ORDERSTREAM_PG_PORT:-55432}
 KAFKA_PORT=${ORDERSTREAM_KAFKA_PORT:-9092}
+S3_PORT=${ORDERSTREAM_S3_PORT:-9000}
 TANSU_VERSION=0.6.0
 CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
 TANSU="$CARGO_BIN/tansu"
@@ -333,6 +334,45 @@ kafka_up() {
 kafka_down() { stop_pid tansu "$KAFKA_CLUSTER" TERM; }
 
 # ---------------------------------------------------------------------------------------------
+# The S3 server: ministack (PyPI, from the Python venv), S3 only, on loopback, its objects kept
+# under .stack/s3. AUTH=true makes it refuse an access key it does not know (the tests check
+# that error); the stack's key is `test` / `test`. Its put-if-absent (If-None-Match: *) is what
+# Delta commits rely on: tests/delta.rs proves it atomic with a race of concurrent writers.
+
+S3_DIR="$STACK/s3"
+# The venv's path: a command line that names it is ours (stop_pid's marker).
+S3_MARKER="$STACK/venv/bin/ministack"
+
+s3_ready() { timeout 3 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$0"' "$S3_PORT" 2>/dev/null; }
+
+s3_up() {
+  local python
+  python=$("$ROOT/dev/python.sh")
+  mkdir -p "$S3_DIR"
+  if pid_alive ministack "$S3_MARKER" && s3_ready; then return; fi
+  stop_pid ministack "$S3_MARKER" TERM
+  if s3_ready; then die "port $S3_PORT already answers, but not by our S3 server: stop it or set ORDERSTREAM_S3_PORT"; fi
+  log "starting the S3 server (ministack) on 127.0.0.1:$S3_PORT (objects in .stack/s3)"
+  (
+    cd "$S3_DIR"
+    exec env SERVICES=s3 AUTH=true BIND_HOST=127.0.0.1 GATEWAY_PORT="$S3_PORT" S3_PERSIST=1 \
+      S3_DATA_DIR="$S3_DIR/data" LOG_LEVEL=WARNING setsid "$(dirname "$python")/ministack" \
+      >>"$STACK/logs/ministack.log" 2>&1 </dev/null
+  ) &
+  echo $! >"$STACK/pids/ministack.pid"
+  local i
+  for i in $(seq 1 100); do
+    if s3_ready; then return; fi
+    pid_alive ministack "$S3_MARKER" || break
+    sleep 0.2
+  done
+  tail -n 20 "$STACK/logs/ministack.log" >&2
+  die "the S3 server did not answer on 127.0.0.1:$S3_PORT (log: .stack/logs/ministack.log)"
+}
+
+s3_down() { stop_pid ministack "$S3_MARKER" TERM; }
+
+# ---------------------------------------------------------------------------------------------
 
 cmd=${1:-}
 mkdir -p "$STACK/pids" "$STACK/logs"
@@ -343,21 +383,26 @@ case "$cmd" in
     ensure_tansu
     pg_up
     kafka_up
-    log "up: PostgreSQL $(pg_version) on 127.0.0.1:$PG_PORT (food_delivery_db, student), Kafka 127.0.0.1:$KAFKA_PORT"
+    s3_up
+    log "up: PostgreSQL $(pg_version) on 127.0.0.1:$PG_PORT (food_delivery_db, student), Kafka 127.0.0.1:$KAFKA_PORT, S3 http://127.0.0.1:$S3_PORT"
     ;;
   down)
     # The demo's pipeline first, so it does not spend its last moments retrying.
     stop_pid pipeline "$ROOT/target/release/orderstream" TERM
+    stop_pid pipeline-delta "$ROOT/target/release/orderstream" TERM
+    s3_down
     kafka_down
     pg_down
     ;;
   status)
     if pid_alive postgres "$PG_DIR/data" && pg_ready; then echo "postgres: up on 127.0.0.1:$PG_PORT"; else echo "postgres: down"; fi
     if pid_alive tansu "$KAFKA_CLUSTER" && kafka_ready; then echo "kafka: up on 127.0.0.1:$KAFKA_PORT"; else echo "kafka: down"; fi
+    if pid_alive ministack "$S3_MARKER" && s3_ready; then echo "s3: up on 127.0.0.1:$S3_PORT"; else echo "s3: down"; fi
     ;;
   env)
     echo "ORDERSTREAM_PG_PORT=$PG_PORT"
     echo "ORDERSTREAM_KAFKA_PORT=$KAFKA_PORT"
+    echo "ORDERSTREAM_S3_PORT=$S3_PORT"
     echo "ORDERSTREAM_TANSU=$TANSU"
     # For tests that start a private PostgreSQL cluster of their own.
     echo "ORDERSTREAM_PG_BIN=$PG_BIN"

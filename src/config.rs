@@ -15,6 +15,9 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_norway::{Mapping, Value};
 
+mod datalake;
+pub use datalake::{DatalakeConfig, LakeFormat};
+
 /// The prefix of environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "ORDERSTREAM__";
 
@@ -30,7 +33,7 @@ pub struct Config {
     pub postgres: PostgresConfig,
     /// The broker, topics and client settings.
     pub kafka: KafkaConfig,
-    /// Where the Parquet lake is written.
+    /// Where the lake is written, and in which format.
     pub datalake: DatalakeConfig,
     /// State locations and the batch interval.
     pub streaming: StreamingConfig,
@@ -283,13 +286,6 @@ pub struct KafkaConfig {
     pub properties: BTreeMap<String, String>,
 }
 
-/// `datalake.*`
-#[derive(Debug, Clone)]
-pub struct DatalakeConfig {
-    /// The root of the date-partitioned lake.
-    pub path: PathBuf,
-}
-
 /// `streaming.*`
 #[derive(Debug, Clone)]
 pub struct StreamingConfig {
@@ -321,7 +317,7 @@ pub struct MetricsConfig {
 struct RawConfig {
     postgres: RawPostgres,
     kafka: RawKafka,
-    datalake: RawDatalake,
+    datalake: datalake::RawDatalake,
     streaming: RawStreaming,
     #[serde(default)]
     metrics: RawMetrics,
@@ -356,14 +352,6 @@ struct RawKafka {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawDatalake {
-    path: PathBuf,
-    #[serde(default = "default_format")]
-    format: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawStreaming {
     checkpoint_location: PathBuf,
     last_processed_timestamp_location: PathBuf,
@@ -378,10 +366,6 @@ struct RawStreaming {
 struct RawMetrics {
     #[serde(default, deserialize_with = "number")]
     port: Option<u16>,
-}
-
-fn default_format() -> String {
-    "parquet".into()
 }
 
 /// Default `kafka.partitions`.
@@ -570,13 +554,7 @@ impl Config {
         })?;
 
         // datalake
-        if raw.datalake.format != "parquet" {
-            return Err(bad(
-                "datalake.format",
-                format!("only `parquet` is supported, got `{}`", raw.datalake.format),
-            ));
-        }
-        let lake = ensure_dir(&raw.datalake.path, create).map_err(|m| bad("datalake.path", m))?;
+        let datalake = raw.datalake.validate(create).map_err(|(key, m)| bad(key, m))?;
 
         // streaming
         let checkpoint = ensure_dir(&raw.streaming.checkpoint_location, create)
@@ -602,7 +580,7 @@ impl Config {
         Ok(Config {
             postgres: PostgresConfig { connect, table, capture, slot, publication, tls, reconcile_interval },
             kafka,
-            datalake: DatalakeConfig { path: lake },
+            datalake,
             streaming: StreamingConfig {
                 checkpoint_location: checkpoint,
                 last_processed_timestamp_location: last_ts,
@@ -710,9 +688,19 @@ fn apply_env_override(root: &mut Value, var: &str, value: &str) -> Result<String
             props.insert(Value::String(name.clone()), Value::String(value.to_string()));
             Ok(format!("kafka.properties.{name}"))
         }
-        Some(_) => {
-            Err(bad("only kafka.properties takes a third name part (ORDERSTREAM__KAFKA__PROPERTIES__<NAME>)"))
+        Some(property) if section == "datalake" && key == "storage_options" && !property.is_empty() => {
+            let opts = section_map
+                .entry(Value::String("storage_options".into()))
+                .or_insert_with(|| Value::Mapping(Mapping::new()));
+            let opts = opts
+                .as_mapping_mut()
+                .ok_or_else(|| bad("datalake.storage_options in the file is not a mapping"))?;
+            let name = property.to_ascii_uppercase();
+            opts.insert(Value::String(name.clone()), Value::String(value.to_string()));
+            Ok(format!("datalake.storage_options.{name}"))
         }
+        Some(_) => Err(bad("only kafka.properties and datalake.storage_options take a third name part \
+                 (ORDERSTREAM__KAFKA__PROPERTIES__<NAME>, ORDERSTREAM__DATALAKE__STORAGE_OPTIONS__<NAME>)")),
     }
 }
 

@@ -47,6 +47,14 @@ enum Command {
         #[arg(long)]
         from_beginning: bool,
     },
+    /// Delete the data files of a Delta lake that no commit references any more (replaced, or
+    /// left by a batch that crashed before its commit), once older than
+    /// `datalake.retention_hours`.
+    Vacuum {
+        /// Only list them.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Show the monitoring points of every stage.
     Status {
         /// Print one JSON object instead of a table.
@@ -87,7 +95,7 @@ async fn serve(cfg: &Config) -> Result<(Arc<Metrics>, Shutdown), Error> {
 
 fn run(cli: Cli) -> Result<(), Error> {
     let mut cfg = match cli.command {
-        Command::Status { .. } => Config::load_to_read(&cli.config)?,
+        Command::Status { .. } | Command::Vacuum { .. } => Config::load_to_read(&cli.config)?,
         _ => Config::load(&cli.config)?,
     };
     if let Command::Consume { from_beginning: true } | Command::Run { from_beginning: true } = cli.command {
@@ -118,6 +126,26 @@ fn run(cli: Cli) -> Result<(), Error> {
             Command::Run { .. } => {
                 let (metrics, shutdown) = serve(&cfg).await?;
                 orderstream::pipeline::run(&cfg, metrics, shutdown).await
+            }
+            Command::Vacuum { dry_run } => {
+                if cfg.datalake.format != orderstream::config::LakeFormat::Delta {
+                    return Err(Error::Setup(
+                        "vacuum needs datalake.format: delta (a Parquet lake has no log saying which files are live)"
+                            .into(),
+                    ));
+                }
+                let cfg = cfg.clone();
+                let files = tokio::task::spawn_blocking(move || {
+                    orderstream::sink::delta::vacuum(&cfg.datalake, cfg.datalake.retention, dry_run)
+                })
+                .await
+                .map_err(|e| Error::Storage(format!("the vacuum thread failed: {e}")))??;
+                let verb = if dry_run { "would delete" } else { "deleted" };
+                for f in &files {
+                    println!("{f}");
+                }
+                eprintln!("{verb} {} files", files.len());
+                Ok(())
             }
             Command::Status { json } => {
                 let status = orderstream::status::status(&cfg).await;

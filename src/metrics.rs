@@ -95,6 +95,12 @@ pub struct ConsumerMetrics {
     /// Times this member rejoined its group because partitions with messages had no progress
     /// and no holder it could see.
     pub rejoins: Counter,
+    /// Delta lake: the table version of this member's last commit (0 for a Parquet lake).
+    pub table_version: Gauge,
+    /// Delta lake: when this member's last commit landed (Unix time; 0 before the first).
+    pub last_commit: FloatGauge,
+    /// Delta lake: commits that lost to another writer's commit (settled by reading the table).
+    pub commit_conflicts: Counter,
 }
 
 /// The replication slot of logical capture, refreshed every few seconds by the running producer
@@ -225,6 +231,21 @@ impl Metrics {
             c.register("duplicates", "Replayed messages dropped", consumer.duplicates.clone());
             c.register("batches", "Lake batches committed", consumer.batches.clone());
             c.register("files_written", "Parquet files written", consumer.files_written.clone());
+            c.register(
+                "table_version",
+                "Delta lake: table version of the last commit",
+                consumer.table_version.clone(),
+            );
+            c.register(
+                "last_commit_timestamp_seconds",
+                "Delta lake: when the last commit landed (Unix time)",
+                consumer.last_commit.clone(),
+            );
+            c.register(
+                "commit_conflicts",
+                "Delta lake: commits that lost to another writer and were settled from the table",
+                consumer.commit_conflicts.clone(),
+            );
             c.register(
                 "batch_duration_seconds",
                 "Write and commit of one batch",

@@ -4,6 +4,7 @@
 //! still shown. `--json` prints the same as one object. With logical capture a sixth part, the
 //! replication slot ([`crate::source::slot`]), sits between the producer and the broker.
 
+mod delta;
 mod producer;
 
 use std::collections::BTreeMap;
@@ -14,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde::Serialize;
 
-use crate::config::{Capture, Config};
+use crate::config::{Capture, Config, LakeFormat};
 use crate::error::Error;
 use crate::kafka;
 use crate::sink::{Manifest, PartitionState};
@@ -160,8 +161,13 @@ pub struct LakeStatus {
     pub rows: u64,
     /// Per date partition.
     pub partitions: Vec<DateStatus>,
-    /// Seconds since the newest file was written.
+    /// Seconds since the newest file was written (a Delta table: since the last commit).
     pub newest_file_age_seconds: Option<f64>,
+    /// A Delta table's version (`None` for a Parquet lake, or a table not created yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+    /// A Delta table's commits in the last minute.
+    pub commits_last_minute: u64,
 }
 
 /// Reads every part.
@@ -184,6 +190,15 @@ pub async fn status(cfg: &Config) -> Status {
         .await
         .unwrap_or_else(|e| Err(Error::Kafka(format!("status task failed: {e}"))))
         .into();
+    if cfg.datalake.format == LakeFormat::Delta {
+        let (consumer, lake) = match delta::read(cfg).await {
+            Ok((lake, consumer)) => (Part::Ok(consumer), Part::Ok(lake)),
+            Err(e) => {
+                (Part::Unreachable { error: e.to_string() }, Part::Unreachable { error: e.to_string() })
+            }
+        };
+        return Status { postgres, producer, slot, kafka, consumer, lake };
+    }
     let lake = lake(&cfg.datalake.path);
     let consumer = consumer(cfg, lake.as_ref().ok()).into();
     Status { postgres, producer, slot, kafka, consumer, lake: lake.map(|(status, _)| status).into() }
@@ -394,6 +409,8 @@ fn lake(root: &Path) -> Result<(LakeStatus, Vec<LakeFile>), Error> {
         rows: files.iter().map(|f| f.rows).sum(),
         partitions,
         newest_file_age_seconds: newest.and_then(|t| t.elapsed().ok()).map(|d| d.as_secs_f64()),
+        version: None,
+        commits_last_minute: 0,
     };
     Ok((status, files))
 }
@@ -488,11 +505,23 @@ impl Status {
             Part::Ok(l) => {
                 let age =
                     l.newest_file_age_seconds.map(|a| format!("{a:.0} s ago")).unwrap_or_else(|| "-".into());
-                let _ = writeln!(
-                    o,
-                    "{:<11} {} ({} files, {} rows, newest file {age})",
-                    "Lake", l.path, l.files, l.rows
-                );
+                match l.version {
+                    Some(v) => {
+                        let _ = writeln!(
+                            o,
+                            "{:<11} {} (Delta table version {v}, {} files, {} rows, last commit {age}, {} commits in \
+                             the last minute)",
+                            "Lake", l.path, l.files, l.rows, l.commits_last_minute
+                        );
+                    }
+                    None => {
+                        let _ = writeln!(
+                            o,
+                            "{:<11} {} ({} files, {} rows, newest file {age})",
+                            "Lake", l.path, l.files, l.rows
+                        );
+                    }
+                }
                 for p in &l.partitions {
                     let _ = writeln!(o, "{:<11} date={}  {} files  {} rows", "", p.date, p.files, p.rows);
                 }

@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use super::batch::{MAX_DATES, Rows};
 use super::checkpoint::{Checkpoint, Manifest, ManifestFile, PartitionLock, PartitionState};
+use super::delta::DeltaLake;
 use super::dlq::{DeadLetters, Quarantined};
 use super::parquet;
 use super::replay::{self, Notes};
@@ -52,7 +53,8 @@ pub struct Limits {
 
 /// A partition this process owns.
 struct Owned {
-    _lock: PartitionLock,
+    /// The partition's lock in the checkpoint (a Parquet lake); a Delta table needs none.
+    _lock: Option<PartitionLock>,
     /// What the checkpoint holds.
     committed: PartitionState,
     /// Whether anything was ever committed (else reading starts at the beginning).
@@ -130,6 +132,12 @@ pub struct Engine {
     /// The broker's cluster id, read once at start (`None` when it reports none): recorded in
     /// every state written, and checked against every state read.
     cluster: Option<String>,
+    /// The Delta table, when the lake is one: then the checkpoint folder is scratch space only
+    /// (quarantined rejects), and positions, replay filter and counters live in the table.
+    delta: Option<DeltaLake>,
+    /// Delta lake: a failed commit could not be settled from the table yet (the store did not
+    /// answer); done before the next commit.
+    unsettled: bool,
 }
 
 impl Engine {
@@ -138,7 +146,7 @@ impl Engine {
         topic: &str,
         limits: Limits,
         checkpoint: Checkpoint,
-        scratch: Scratch,
+        scratch: Option<Scratch>,
         dlq: DeadLetters,
         metrics: Arc<Metrics>,
     ) -> Engine {
@@ -146,7 +154,7 @@ impl Engine {
             topic: topic.to_string(),
             limits,
             checkpoint,
-            scratch: Some(scratch),
+            scratch,
             dlq,
             metrics,
             owned: BTreeMap::new(),
@@ -159,7 +167,15 @@ impl Engine {
             key: String::new(),
             brokers: String::new(),
             cluster: None,
+            delta: None,
+            unsettled: false,
         }
+    }
+
+    /// Writes into a Delta table instead of the Parquet lake.
+    pub fn with_delta(mut self, delta: DeltaLake) -> Engine {
+        self.delta = Some(delta);
+        self
     }
 
     /// The broker read from (`kafka.brokers`) and the cluster id it reports, if any.
@@ -294,6 +310,10 @@ impl Engine {
     /// lake without its history behind a checkpoint that says it is complete. So the consumer
     /// stops, naming what is gone; the in-flight batch is not committed.
     pub fn lake_still_there(&self) -> Result<()> {
+        if self.delta.is_some() {
+            // A table on object storage has no folder to lose; its log is checked at commit.
+            return Ok(());
+        }
         let lake = self.checkpoint.lake();
         if !lake.is_dir() {
             return Err(Error::Storage(format!(
@@ -326,6 +346,9 @@ impl Engine {
         if let Some(e) = self.batch.error.take() {
             return Err(e);
         }
+        if self.delta.is_some() {
+            return self.commit_delta(consumer);
+        }
         let start = Instant::now();
         let batch_id = Uuid::now_v7().to_string();
         let Some(scratch) = self.scratch.as_ref() else {
@@ -340,21 +363,7 @@ impl Engine {
             self.write_quarantine()
         });
         let committed = quarantined.and_then(|()| {
-            let partitions = self
-                .owned
-                .values()
-                .filter_map(|o| o.working.clone())
-                .map(|mut s| {
-                    // A state of an older version (none recorded) is adopted here.
-                    if self.cluster.is_some() {
-                        s.cluster.clone_from(&self.cluster);
-                    }
-                    s.batches += 1;
-                    s.last_batch.clone_from(&batch_id);
-                    s.last_process.clone_from(&process);
-                    s
-                })
-                .collect();
+            let partitions = self.new_states(&batch_id, &process);
             let m = Manifest { batch: batch_id.clone(), process, partitions, files: files.clone() };
             // The commit point.
             self.checkpoint.write_manifest(&m).map(|path| (path, m))
@@ -373,31 +382,7 @@ impl Engine {
         };
 
         // Committed: the in-memory state follows the manifest.
-        let mut offsets = TopicPartitionList::new();
-        let metrics = self.metrics.clone();
-        let c = &metrics.consumer;
-        for new in &manifest.partitions {
-            let Some(owned) = self.owned.get_mut(&new.partition) else { continue };
-            let old = &owned.committed;
-            c.rows_written.inc_by(new.rows_written - old.rows_written);
-            c.tombstones.inc_by(new.tombstones - old.tombstones);
-            c.duplicates.inc_by(new.duplicates - old.duplicates);
-            for (label, n) in &new.rejected {
-                let before = old.rejected.get(label).copied().unwrap_or(0);
-                c.rejected.get_or_create(&ReasonLabel { reason: label.clone() }).inc_by(n - before);
-                self.progress.rejected += n - before;
-            }
-            self.progress.rows += new.rows_written - old.rows_written;
-            owned.committed = new.clone();
-            owned.working = None;
-            owned.stored = true;
-            let _ = offsets.add_partition_offset(&new.topic, new.partition, Offset::Offset(new.next_offset));
-        }
-        c.batches.inc();
-        c.files_written.inc_by(manifest.files.len() as u64);
-        self.progress.batches += 1;
-        self.batch.notes.log(&self.topic);
-        self.batch = InFlight::default();
+        let offsets = self.committed(&manifest.partitions, manifest.files.len());
 
         // Steps 4-6: idempotent; if they fail, the manifest finishes them later (here or at
         // the next start), so the batch stays committed.
@@ -416,9 +401,135 @@ impl Engine {
         {
             tracing::debug!("group offsets not committed to Kafka: {e}");
         }
-        c.batch_duration.observe(start.elapsed().as_secs_f64());
+        self.metrics.consumer.batch_duration.observe(start.elapsed().as_secs_f64());
         self.log_progress();
         Ok(())
+    }
+
+    /// The in-memory state follows a committed batch: counters, owned states, a fresh batch.
+    /// Returns the group offsets to commit to Kafka (for lag monitoring only).
+    fn committed(&mut self, partitions: &[PartitionState], files: usize) -> TopicPartitionList {
+        let mut offsets = TopicPartitionList::new();
+        let metrics = self.metrics.clone();
+        let c = &metrics.consumer;
+        for new in partitions {
+            let Some(owned) = self.owned.get_mut(&new.partition) else { continue };
+            let old = &owned.committed;
+            c.rows_written.inc_by(new.rows_written - old.rows_written);
+            c.tombstones.inc_by(new.tombstones - old.tombstones);
+            c.duplicates.inc_by(new.duplicates - old.duplicates);
+            for (label, n) in &new.rejected {
+                let before = old.rejected.get(label).copied().unwrap_or(0);
+                c.rejected.get_or_create(&ReasonLabel { reason: label.clone() }).inc_by(n - before);
+                self.progress.rejected += n - before;
+            }
+            self.progress.rows += new.rows_written - old.rows_written;
+            owned.committed = new.clone();
+            owned.working = None;
+            owned.stored = true;
+            let _ = offsets.add_partition_offset(&new.topic, new.partition, Offset::Offset(new.next_offset));
+        }
+        c.batches.inc();
+        c.files_written.inc_by(files as u64);
+        self.progress.batches += 1;
+        self.batch.notes.log(&self.topic);
+        self.batch = InFlight::default();
+        offsets
+    }
+
+    /// The working state of every partition the batch advanced, stamped for the commit.
+    fn new_states(&self, batch_id: &str, process: &str) -> Vec<PartitionState> {
+        self.owned
+            .values()
+            .filter_map(|o| o.working.clone())
+            .map(|mut s| {
+                // A state of an older version (none recorded) is adopted here.
+                if self.cluster.is_some() {
+                    s.cluster.clone_from(&self.cluster);
+                }
+                s.batches += 1;
+                s.last_batch = batch_id.to_string();
+                s.last_process = process.to_string();
+                s
+            })
+            .collect()
+    }
+
+    /// Commits the in-flight batch to the Delta table: files, `txn` actions and partition
+    /// states in one log entry (see [`super::delta`]). On an error nothing is known to be
+    /// committed: the caller abandons the batch, which settles it from the table.
+    fn commit_delta<C: ConsumerContext>(&mut self, consumer: &impl Consumer<C>) -> Result<()> {
+        let start = Instant::now();
+        if self.unsettled && self.settle_from_table()? {
+            return Err(Error::Storage(
+                "the table holds more than this process knew (an earlier commit landed after all): the batch is \
+                 read again from the table's positions"
+                    .into(),
+            ));
+        }
+        let batch_id = Uuid::now_v7().to_string();
+        let refused = self.dlq.flush()?;
+        self.batch.quarantine.extend(refused);
+        self.write_quarantine()?;
+        let dates = self.batch.rows.finish()?;
+        let states = self.new_states(&batch_id, "delta");
+        let expected: Vec<(i32, Option<i64>)> = states
+            .iter()
+            .filter_map(|s| self.owned.get(&s.partition))
+            .map(|o| (o.committed.partition, o.stored.then(|| o.committed.next_offset - 1)))
+            .collect();
+        let Some(delta) = self.delta.as_mut() else {
+            return Err(Error::Storage("the consumer is closed".into()));
+        };
+        super::failpoint("files");
+        let committed = delta.commit(dates, states.clone(), &expected)?;
+        super::failpoint("manifest");
+        let c = &self.metrics.consumer;
+        c.table_version.set(committed.version);
+        c.last_commit.set(chrono::Utc::now().timestamp_micros() as f64 / 1e6);
+        let offsets = self.committed(&states, committed.files);
+        if offsets.count() > 0
+            && let Err(e) = consumer.commit(&offsets, CommitMode::Async)
+        {
+            tracing::debug!("group offsets not committed to Kafka: {e}");
+        }
+        tracing::debug!(
+            "batch {batch_id} committed as version {} ({} bytes)",
+            committed.version,
+            committed.bytes
+        );
+        self.metrics.consumer.batch_duration.observe(start.elapsed().as_secs_f64());
+        self.log_progress();
+        Ok(())
+    }
+
+    /// Delta lake: reads the table again and gives every owned partition the table's state, so
+    /// a batch whose commit failed, lost a race or timed out is settled by what the log holds.
+    /// Returns whether any partition's position moved.
+    fn settle_from_table(&mut self) -> Result<bool> {
+        let Some(delta) = self.delta.as_mut() else { return Ok(false) };
+        self.unsettled = true;
+        delta.refresh()?;
+        let mut moved = false;
+        for (p, owned) in self.owned.iter_mut() {
+            let state = delta.state(*p)?;
+            let before = owned.committed.next_offset;
+            owned.stored = state.is_some();
+            owned.committed = state.unwrap_or_else(|| PartitionState::empty(&self.topic, *p));
+            if owned.committed.next_offset != before {
+                moved = true;
+                self.metrics.consumer.commit_conflicts.inc();
+                tracing::warn!(
+                    "partition {}/{p}: the table {} holds offsets up to {} (this process had {}): reading on from there",
+                    self.topic,
+                    delta.location(),
+                    owned.committed.next_offset - 1,
+                    before - 1
+                );
+            }
+        }
+        self.unsettled = false;
+        Ok(moved)
     }
 
     /// The rejects no dead letter can carry, each to its file under the checkpoint, before the
@@ -501,6 +612,11 @@ impl Engine {
     /// Drops the in-flight batch; with `seek`, rewinds its partitions to the checkpoint.
     pub fn abandon<C: ConsumerContext>(&mut self, consumer: &impl Consumer<C>, seek: bool) -> Result<()> {
         self.batch = InFlight::default();
+        if seek && let Err(e) = self.settle_from_table() {
+            // Settled before the next commit instead; until then a commit of offsets the
+            // table already holds still loses at the log (same txn app id).
+            tracing::warn!("{e}; the batch is settled from the table before the next commit");
+        }
         for (p, owned) in self.owned.iter_mut() {
             if owned.working.take().is_none() && owned.position == owned.committed.next_offset {
                 continue;
@@ -539,6 +655,9 @@ impl Engine {
     pub fn acquire(&mut self, topic: &str, partition: i32) -> Result<Option<Offset>> {
         if let Some(o) = self.owned.get(&partition) {
             return Ok(Some(o.offset()));
+        }
+        if self.delta.is_some() {
+            return self.acquire_delta(topic, partition).map(Some);
         }
         let lock = match self.checkpoint.try_lock_partition(topic, partition)? {
             Ok(lock) => lock,
@@ -583,7 +702,7 @@ impl Engine {
         self.owned.insert(
             partition,
             Owned {
-                _lock: lock,
+                _lock: Some(lock),
                 position: committed.next_offset,
                 resumed_at: stored.then_some(committed.next_offset),
                 committed,
@@ -598,6 +717,32 @@ impl Engine {
         } else {
             Offset::Beginning
         }))
+    }
+
+    /// Delta lake: takes a partition at the state the table's newest version holds (no lock:
+    /// a second owner's commit loses at the log, see [`super::delta`]).
+    fn acquire_delta(&mut self, topic: &str, partition: i32) -> Result<Offset> {
+        let Some(delta) = self.delta.as_mut() else {
+            return Err(Error::Storage("the consumer is closed".into()));
+        };
+        delta.refresh()?;
+        let state = delta.state(partition)?;
+        let stored = state.is_some();
+        let committed = state.unwrap_or_else(|| PartitionState::empty(topic, partition));
+        self.same_cluster(&committed)?;
+        let offset = if stored { Offset::Offset(committed.next_offset) } else { Offset::Beginning };
+        self.owned.insert(
+            partition,
+            Owned {
+                _lock: None,
+                position: committed.next_offset,
+                resumed_at: stored.then_some(committed.next_offset),
+                committed,
+                stored,
+                working: None,
+            },
+        );
+        Ok(offset)
     }
 
     /// Whether a partition's committed state was read from the broker's cluster: its offsets
@@ -672,6 +817,9 @@ impl Engine {
                 }
                 Ok(offset)
             }
+            // A Delta table names its group and topic, and holds a position for every partition
+            // it has rows of: one without is new to the table.
+            _ if self.delta.is_some() => Ok(offset),
             _ if self.limits.from_beginning || !self.checkpoint.lake_has_files() => Ok(offset),
             _ => {
                 let mut tpl = TopicPartitionList::new();

@@ -105,6 +105,7 @@
 
 mod batch;
 mod checkpoint;
+pub mod delta;
 mod dlq;
 mod engine;
 mod group;
@@ -126,7 +127,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 
-use crate::config::Config;
+use crate::config::{Config, LakeFormat};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::retry::Backoff;
@@ -140,11 +141,20 @@ use scratch::Scratch;
 pub fn consume(cfg: &Config, metrics: Arc<Metrics>, shutdown: Shutdown) -> Result<()> {
     let lake = &cfg.datalake.path;
     let checkpoint = Checkpoint::open(&cfg.streaming.checkpoint_location, lake)?;
-    // Before anything in the lake is touched: recovery deletes what no manifest of this
-    // checkpoint names.
-    identity::check(&checkpoint, cfg.streaming.from_beginning)?;
-    let scratch = Scratch::create(lake)?;
-    recover(&checkpoint, scratch.id());
+    let (scratch, delta) = match cfg.datalake.format {
+        LakeFormat::Parquet => {
+            // Before anything in the lake is touched: recovery deletes what no manifest of
+            // this checkpoint names.
+            identity::check(&checkpoint, cfg.streaming.from_beginning)?;
+            let scratch = Scratch::create(lake)?;
+            recover(&checkpoint, scratch.id());
+            (Some(scratch), None)
+        }
+        LakeFormat::Delta => {
+            (None, Some(delta::DeltaLake::open(&cfg.datalake, &cfg.kafka.group_id, &cfg.kafka.topic)?))
+        }
+    };
+    let process = scratch.as_ref().map_or("delta".to_string(), |s| s.id().to_string());
     // The dead-letter topic must exist before anything is read: wait for the broker.
     let mut backoff = Backoff::between(Duration::from_secs(1), Duration::from_secs(30));
     let dlq = loop {
@@ -155,7 +165,9 @@ pub fn consume(cfg: &Config, metrics: Arc<Metrics>, shutdown: Shutdown) -> Resul
                 tracing::warn!("{e}; retrying in {} s", delay.as_secs());
                 sleep_unless(&shutdown, delay);
                 if shutdown.is_triggered() {
-                    scratch.remove(&checkpoint);
+                    if let Some(scratch) = scratch {
+                        scratch.remove(&checkpoint);
+                    }
                     return Ok(());
                 }
             }
@@ -168,18 +180,22 @@ pub fn consume(cfg: &Config, metrics: Arc<Metrics>, shutdown: Shutdown) -> Resul
         cfg.kafka.topic,
         cfg.kafka.group_id,
         cluster.as_deref().unwrap_or("unknown"),
-        lake.display(),
+        cfg.datalake.location,
         cfg.streaming.checkpoint_location.display(),
         dlq.topic(),
-        scratch.id()
+        process
     );
     let limits = Limits {
         interval: cfg.streaming.batch_interval,
         max_rows: cfg.streaming.max_batch_rows,
         from_beginning: cfg.streaming.from_beginning,
     };
-    let engine = Engine::new(&cfg.kafka.topic, limits, checkpoint, scratch, dlq, metrics.clone())
+    let mut engine = Engine::new(&cfg.kafka.topic, limits, checkpoint, scratch, dlq, metrics.clone())
         .with_broker(&cfg.kafka.brokers, cluster);
+    if let Some(delta) = delta {
+        metrics.consumer.table_version.set(delta.version());
+        engine = engine.with_delta(delta);
+    }
     let consumer = group::consumer(cfg, engine, metrics.clone())?;
     consumer
         .subscribe(&[&cfg.kafka.topic])

@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod cluster;
+pub mod delta;
 pub mod lake;
 pub mod proc;
 pub mod proxy;

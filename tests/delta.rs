@@ -1,0 +1,400 @@
+//! `datalake.format: delta`: the lake as a Delta table on local disk and on the stack's S3
+//! server, read back by DuckDB's delta extension and by a replay of the table's log that uses
+//! no Delta library; exactly once under SIGKILLs, frozen members, several consumers that share
+//! nothing but the broker and the table, and an S3 outage; bad settings refused in one line.
+
+mod common;
+
+use std::time::Duration;
+
+use common::delta::{Store, create_bucket, s3_endpoint, stack_s3};
+use common::lake::{LakeRow, create_topic, python};
+use common::proc::{wait_for, wait_until};
+use common::topic::read_topic;
+use common::volume::{produce_paced, volume_message, wait_assigned};
+use common::{Broker, Rng, TestEnv};
+
+/// The table holds exactly the valid messages of `0..n` (read by DuckDB and by the log
+/// replay, which must agree), and every reject is in the dead-letter topic.
+fn assert_delta_exactly_once(env: &TestEnv, n: i64, positions: &[(i32, i64)]) {
+    let expected: Vec<LakeRow> = (0..n).filter_map(|i| volume_message(i).1).collect();
+    let duck = env.read_delta("duckdb", false).rows;
+    if duck != expected {
+        let mut seen = std::collections::BTreeMap::<i64, usize>::new();
+        for r in &duck {
+            *seen.entry(r.order_id).or_default() += 1;
+        }
+        let dup: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(10).collect();
+        let missing: Vec<_> = expected
+            .iter()
+            .filter(|r| !seen.contains_key(&r.order_id))
+            .map(|r| r.order_id)
+            .take(10)
+            .collect();
+        panic!(
+            "table holds {} rows, expected {}; duplicated: {dup:?}; missing: {missing:?}",
+            duck.len(),
+            expected.len()
+        );
+    }
+    let replay = env.read_delta("replay", false).rows;
+    assert!(replay == expected, "the log replay disagrees with DuckDB ({} rows)", replay.len());
+    let letters = read_topic(&env.brokers, &format!("{}_dlq", env.topic));
+    for i in (0..n).filter(|i| i % 997 == 3 && i % 1009 != 500) {
+        let (p, o) = positions[i as usize];
+        assert!(
+            letters.iter().any(|r| r.header("orderstream.source.partition") == Some(p.to_string())
+                && r.header("orderstream.source.offset") == Some(o.to_string())),
+            "the reject at {p}/{o} is not in the dead-letter topic"
+        );
+    }
+}
+
+/// A world on `brokers` whose lake is a Delta table at `store`, with small batches.
+fn delta_env(tag: &str, brokers: &str, store: &Store) -> TestEnv {
+    let mut env = TestEnv::with_brokers(tag, brokers);
+    env.use_delta(store);
+    env.set("ORDERSTREAM__STREAMING__MAX_BATCH_ROWS", "2000");
+    env
+}
+
+/// Captures inserts, updates, deletes and a multi-row transaction from the log into a Delta
+/// table at `store`; the current state read by DuckDB and by the log replay equals the table,
+/// and a restart adds nothing.
+fn changes_land_once(env: &mut TestEnv) {
+    env.init();
+    let mut run = env.spawn(&["run"]);
+    // The snapshot of the ten seed orders first, so that what follows arrives as changes.
+    wait_until(Duration::from_secs(90), "the snapshot in the table", || {
+        std::thread::sleep(Duration::from_millis(300));
+        env.lake().join("_delta_log").is_dir() || env.delta_uri().starts_with("s3://")
+    });
+    wait_until(Duration::from_secs(90), "the ten seed orders in the table", || {
+        std::thread::sleep(Duration::from_millis(300));
+        env.read_delta("replay", false).rows.len() == 10
+    });
+    let ids = env.insert(30);
+    let mut pg = env.pg();
+    let t = env.t();
+    pg.batch_execute(&format!(
+        "BEGIN; UPDATE {t} SET order_status = 'DELIVERED' WHERE order_id IN ({}, {}, {});
+         DELETE FROM {t} WHERE order_id = {}; INSERT INTO {t} (customer_name, restaurant_name, item, amount, order_status)
+         VALUES ('Late', 'R', 'I', 9.99, 'PLACED'); COMMIT;
+         UPDATE {t} SET amount = amount + 1 WHERE order_id = {};",
+        ids[0], ids[1], ids[2], ids[3], ids[4]
+    ))
+    .unwrap();
+    let table: Vec<(i64, String, String)> = pg
+        .query(&format!("SELECT order_id::int8, order_status, amount::text FROM {t} ORDER BY 1"), &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let current = |how: &str| -> Vec<(i64, String, String)> {
+        env.read_delta(how, true)
+            .rows
+            .into_iter()
+            .map(|r| (r.order_id, r.order_status.unwrap_or_default(), r.amount))
+            .collect()
+    };
+    wait_until(Duration::from_secs(90), "the table's current state to equal PostgreSQL's", || {
+        std::thread::sleep(Duration::from_millis(500));
+        current("replay") == table
+    });
+    assert_eq!(run.stop(), 0, "{}", run.log_text());
+    assert_eq!(current("duckdb"), table, "DuckDB's delta extension disagrees with the log replay");
+    let changes = env.read_delta("replay", false).rows.len();
+    // The seed's ten, 30 inserts, 3 updates, a delete, an insert, an update.
+    assert_eq!(changes, 10 + 30 + 3 + 1 + 1 + 1);
+
+    let mut run = env.spawn(&["run"]);
+    env.insert(2);
+    wait_until(Duration::from_secs(60), "two more changes", || {
+        std::thread::sleep(Duration::from_millis(500));
+        env.read_delta("replay", false).rows.len() == changes + 2
+    });
+    assert_eq!(run.stop(), 0, "{}", run.log_text());
+    let all = env.read_delta("deltalake", false).rows;
+    assert_eq!(all.len(), changes + 2, "Python deltalake sees another number of rows");
+}
+
+#[test]
+fn a_local_delta_table_gets_every_change_once_read_by_duckdb_and_a_replay_of_its_log() {
+    let mut env = TestEnv::logical("delta_local");
+    env.use_delta(&Store::Local);
+    changes_land_once(&mut env);
+    assert!(env.lake().join("_delta_log").is_dir());
+    let dates: Vec<String> = std::fs::read_dir(env.lake())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("date="))
+        .collect();
+    assert!(!dates.is_empty(), "no Hive-style date folder in {}", env.lake().display());
+}
+
+#[test]
+fn a_delta_table_on_s3_gets_every_change_once_read_by_duckdb_and_a_replay_of_its_log() {
+    let store = stack_s3("dlt-s3");
+    let mut env = TestEnv::logical("delta_s3");
+    env.use_delta(&store);
+    changes_land_once(&mut env);
+    assert!(!env.lake().exists(), "an S3 table must not make a local folder");
+}
+
+#[test]
+fn put_if_absent_of_the_stack_s3_server_is_atomic_under_a_race_of_writers() {
+    // Delta commits on S3 are a put-if-absent of the next log entry: of writers racing for one
+    // key exactly one may succeed, and the object must hold that writer's bytes.
+    let script = r#"
+import sys, threading, uuid, boto3, botocore
+from botocore.config import Config
+s3 = boto3.client("s3", endpoint_url=sys.argv[1], aws_access_key_id="test", aws_secret_access_key="test",
+                  region_name="us-east-1",
+                  config=Config(s3={"addressing_style": "path"}, max_pool_connections=64, retries={"max_attempts": 1}))
+bucket = sys.argv[2]
+run = uuid.uuid4().hex
+broken = 0
+for r in range(40):
+    key, results, barrier = f"{run}/{r:05d}.json", [], threading.Barrier(24)
+    def put(i):
+        barrier.wait()
+        try:
+            s3.put_object(Bucket=bucket, Key=key, Body=(f"writer {i} " * 4000).encode(), IfNoneMatch="*")
+            results.append(("ok", i))
+        except botocore.exceptions.ClientError as e:
+            results.append((e.response["Error"]["Code"], i))
+    ts = [threading.Thread(target=put, args=(i,)) for i in range(24)]
+    [t.start() for t in ts]; [t.join() for t in ts]
+    oks = [i for c, i in results if c == "ok"]
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+    if len(oks) != 1 or not body.startswith(f"writer {oks[0]} ") or any(c not in ("ok", "PreconditionFailed") for c, _ in results):
+        broken += 1
+        print(f"round {r}: winners {oks}, object from {body[:10]!r}, answers {sorted(set(c for c, _ in results))}")
+print(f"broken {broken}")
+"#;
+    let Store::S3 { bucket, endpoint } = stack_s3("dlt-race") else { unreachable!() };
+    let mut cmd = std::process::Command::new(python());
+    cmd.arg("-c").arg(script).arg(&endpoint).arg(&bucket);
+    let (code, out, err) = common::proc::run(cmd, None, Duration::from_secs(300));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.trim_end().ends_with("broken 0"), "put-if-absent is not atomic on {endpoint}:\n{out}");
+}
+
+/// SIGKILLs at random moments, and crashes right after the data files are written and right
+/// after the commit: every valid message lands once, and files of an uncommitted batch are
+/// never in the table.
+fn crash_loop(store: &Store, tag: &str, kills: usize) {
+    let mut rng = Rng::from_env(tag);
+    let broker = Broker::start_memory();
+    let mut env = delta_env(tag, &broker.addr, store);
+    env.set("ORDERSTREAM__KAFKA__PROPERTIES__SESSION_TIMEOUT_MS", "3000");
+    create_topic(&broker.addr, &env.topic, 3);
+    const N: i64 = 30_000;
+    let mut positions =
+        produce_paced(&broker.addr, &env.topic, 0..10_000, 10_000, Duration::ZERO).join().unwrap();
+    let stream = produce_paced(&broker.addr, &env.topic, 10_000..N, 2_000, Duration::from_millis(300));
+    let mut seen = Vec::new();
+    for i in 0..kills {
+        let mut cmd = env.orderstream(&["consume"]);
+        // Every third round crashes inside the commit instead: after the files, or after it.
+        if i % 3 == 1 {
+            cmd.env("ORDERSTREAM_FAILPOINT", format!("files:{}", 1 + rng.below(3)));
+        } else if i % 3 == 2 {
+            cmd.env("ORDERSTREAM_FAILPOINT", format!("manifest:{}", 1 + rng.below(3)));
+        }
+        let mut c = env.spawn_cmd(cmd, "consume");
+        wait_assigned(&c, Duration::from_secs(60));
+        let after = Duration::from_millis(rng.below(2_000));
+        std::thread::sleep(after);
+        c.kill();
+        let read = env.read_delta("replay", false);
+        let ids: Vec<i64> = read.rows.iter().map(|r| r.order_id).collect();
+        let mut distinct = ids.clone();
+        distinct.dedup();
+        assert_eq!(ids.len(), distinct.len(), "a row is in the table twice after a kill");
+        seen.push((after.as_millis(), read.version, ids.len()));
+    }
+    println!("killed after assignment +ms (version, rows): {seen:?}");
+    positions.extend(stream.join().unwrap());
+    let mut c = env.spawn(&["consume"]);
+    wait_assigned(&c, Duration::from_secs(60));
+    env.wait_delta_committed(&positions, Duration::from_secs(180));
+    assert_eq!(c.stop(), 0, "{}", c.log_text());
+    assert_delta_exactly_once(&env, N, &positions);
+    if let Store::Local = store {
+        // Files of batches that crashed before their commit stay on disk, in no commit.
+        let listed = env.read_delta("replay", false).files.unwrap_or_default();
+        let on_disk = common::lake::files(&env.lake()).iter().filter(|f| f.ends_with(".parquet")).count();
+        println!("data files: {listed} in the table, {on_disk} on disk");
+        assert!(on_disk >= listed);
+    }
+}
+
+#[test]
+fn delta_crash_loop_on_local_disk_keeps_every_message_exactly_once() {
+    crash_loop(&Store::Local, "delta_crash", 9);
+}
+
+#[test]
+fn delta_crash_loop_on_s3_keeps_every_message_exactly_once() {
+    let store = stack_s3("dlt-crash");
+    crash_loop(&store, "delta_crash_s3", 6);
+}
+
+/// Three consumers in one group that share only the broker and the table (each its own
+/// scratch folder, as on three machines): one is killed and restarted, one is frozen past its
+/// session timeout while the others take its partitions (its late commit must lose), and every
+/// message lands once.
+#[test]
+fn three_consumers_sharing_only_broker_and_table_write_it_once_while_killed_and_frozen() {
+    let broker = Broker::start_memory();
+    let mut env = delta_env("delta_three", &broker.addr, &Store::Local);
+    env.set("ORDERSTREAM__KAFKA__PROPERTIES__SESSION_TIMEOUT_MS", "6000");
+    create_topic(&broker.addr, &env.topic, 6);
+    const N: i64 = 40_000;
+    let stream = produce_paced(&broker.addr, &env.topic, 0..N, 400, Duration::from_millis(200));
+    let member = |name: &str| {
+        let mut cmd = env.orderstream(&["consume"]);
+        let scratch = env.dir.join(format!("scratch-{name}"));
+        cmd.env("ORDERSTREAM__STREAMING__CHECKPOINT_LOCATION", &scratch);
+        env.spawn_cmd(cmd, &format!("consume-{name}"))
+    };
+    let mut a = member("a");
+    let mut b = member("b");
+    let mut c = member("c");
+    for m in [&a, &b, &c] {
+        wait_assigned(m, Duration::from_secs(60));
+    }
+    wait_until(Duration::from_secs(60), "a first commit", || !env.delta_positions().is_empty());
+    a.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    // B frozen well past its session: the others get its partitions and commit them; B's
+    // in-flight batch must lose when it wakes.
+    common::signal(b.pid(), libc::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(12));
+    common::signal(b.pid(), libc::SIGCONT);
+    let mut a2 = member("a2");
+    wait_assigned(&a2, Duration::from_secs(60));
+    let positions = stream.join().unwrap();
+    env.wait_delta_committed(&positions, Duration::from_secs(180));
+    for m in [&mut a2, &mut b, &mut c] {
+        assert_eq!(m.stop(), 0, "{}", m.log_text());
+    }
+    assert_delta_exactly_once(&env, N, &positions);
+    let scratch: Vec<String> =
+        common::lake::files(&env.dir).into_iter().filter(|f| f.contains(".lock")).collect();
+    assert!(scratch.is_empty(), "a Delta consumer took a lock file: {scratch:?}");
+    let logs = env.logs("consume-b");
+    println!(
+        "B after its freeze: {}",
+        logs.lines().filter(|l| l.contains("the table")).take(5).collect::<Vec<_>>().join("\n")
+    );
+}
+
+/// The S3 server frozen for 30 s in the middle of a stream: commits wait and retry, then the
+/// table holds every message once.
+#[test]
+fn an_s3_server_stopped_for_30_s_delays_the_table_and_loses_nothing() {
+    let s3 = common::delta::PrivateS3::start();
+    create_bucket(&s3.endpoint, "outage");
+    let broker = Broker::start_memory();
+    let store = Store::S3 { bucket: "outage".into(), endpoint: s3.endpoint.clone() };
+    let env = delta_env("delta_s3_outage", &broker.addr, &store);
+    create_topic(&broker.addr, &env.topic, 2);
+    const N: i64 = 12_000;
+    let stream = produce_paced(&broker.addr, &env.topic, 0..N, 300, Duration::from_millis(200));
+    let mut c = env.spawn(&["consume"]);
+    wait_assigned(&c, Duration::from_secs(60));
+    wait_until(Duration::from_secs(60), "a first commit", || {
+        std::thread::sleep(Duration::from_millis(300));
+        !env.delta_positions().is_empty()
+    });
+    s3.freeze();
+    std::thread::sleep(Duration::from_secs(30));
+    s3.thaw();
+    let positions = stream.join().unwrap();
+    env.wait_delta_committed(&positions, Duration::from_secs(240));
+    assert_eq!(c.stop(), 0, "{}", c.log_text());
+    assert_delta_exactly_once(&env, N, &positions);
+    let log = c.log_text();
+    assert!(log.contains("batch not committed"), "no failed commit during the outage:\n{log}");
+}
+
+/// One line, the right exit code, and nothing written, for each wrong lake setting.
+#[test]
+fn wrong_lake_settings_are_refused_in_one_line_and_write_nothing() {
+    let broker = Broker::start_memory();
+    let base = TestEnv::with_brokers("delta_bad", &broker.addr);
+    create_topic(&broker.addr, &base.topic, 1);
+    let check = |env: &TestEnv, code: i32, says: &[&str]| {
+        let mut c = env.spawn(&["consume"]);
+        let got = c.wait(Duration::from_secs(120));
+        let log = c.log_text();
+        assert_eq!(got, code, "{log}");
+        for s in says {
+            assert!(log.contains(s), "expected `{s}` in:\n{log}");
+        }
+        assert!(!log.contains("test-secret-do-not-print"), "a secret was printed:\n{log}");
+    };
+    // A bucket that does not exist.
+    let mut env = TestEnv::with_brokers("delta_nobucket", &broker.addr);
+    env.use_delta(&Store::S3 { bucket: "no-such-bucket-orderstream".into(), endpoint: s3_endpoint() });
+    check(&env, 1, &["s3://no-such-bucket-orderstream/"]);
+    // Credentials the server does not know.
+    let Store::S3 { bucket, endpoint } = stack_s3("dlt-cred") else { unreachable!() };
+    let mut env = TestEnv::with_brokers("delta_cred", &broker.addr);
+    env.use_delta(&Store::S3 { bucket: bucket.clone(), endpoint: endpoint.clone() });
+    env.set("AWS_ACCESS_KEY_ID", "AKIAORDERSTREAMWRONG");
+    env.set("AWS_SECRET_ACCESS_KEY", "test-secret-do-not-print");
+    check(&env, 1, &["Delta table s3://"]);
+    // An option nobody knows: a configuration error.
+    let mut env = TestEnv::with_brokers("delta_opt", &broker.addr);
+    env.use_delta(&Store::Local);
+    env.set("ORDERSTREAM__DATALAKE__STORAGE_OPTIONS__AWS_ENDPIONT_URL", "http://127.0.0.1:1");
+    check(&env, 2, &["datalake.storage_options", "AWS_ENDPIONT_URL"]);
+    assert!(!env.lake().join("_delta_log").exists());
+    // A Parquet lake at the path.
+    let mut env = TestEnv::with_brokers("delta_parquet", &broker.addr);
+    std::fs::create_dir_all(env.lake().join("date=2026-01-01")).unwrap();
+    env.use_delta(&Store::Local);
+    check(&env, 1, &["lake of format `parquet`"]);
+    assert!(!env.lake().join("_delta_log").exists());
+    // A Delta table of other columns.
+    let mut env = TestEnv::with_brokers("delta_schema", &broker.addr);
+    let script = "import sys, pyarrow as pa\nfrom deltalake import write_deltalake\n\
+                  write_deltalake(sys.argv[1], pa.table({'order_id': pa.array([1], pa.int64()), 'total': [2.5]}))";
+    let mut cmd = std::process::Command::new(python());
+    cmd.arg("-c").arg(script).arg(env.lake());
+    assert_eq!(common::proc::run(cmd, None, Duration::from_secs(60)).0, 0);
+    env.use_delta(&Store::Local);
+    check(&env, 1, &["column `customer_name`", "`total`"]);
+    // Two topics into one table.
+    let first = delta_env("delta_first", &broker.addr, &Store::Local);
+    create_topic(&broker.addr, &first.topic, 1);
+    let mut c = first.spawn(&["consume"]);
+    wait_assigned(&c, Duration::from_secs(60));
+    assert_eq!(c.stop(), 0, "{}", c.log_text());
+    let mut second = TestEnv::with_brokers("delta_second", &broker.addr);
+    second.set("ORDERSTREAM__DATALAKE__FORMAT", "delta");
+    second.set("ORDERSTREAM__DATALAKE__PATH", &first.lake().display().to_string());
+    check(&second, 1, &[&format!("kafka.topic `{}`", first.topic), &format!("`{}`", second.topic)]);
+    drop(base);
+}
+
+#[test]
+fn the_delta_consumer_reports_its_table_version_and_last_commit_in_metrics() {
+    let broker = Broker::start_memory();
+    let env = delta_env("delta_metrics", &broker.addr, &Store::Local);
+    create_topic(&broker.addr, &env.topic, 1);
+    let positions = produce_paced(&broker.addr, &env.topic, 0..100, 100, Duration::ZERO).join().unwrap();
+    let (mut c, port) = env.spawn_serving(&["consume"]);
+    env.wait_delta_committed(&positions, Duration::from_secs(60));
+    let version = env.read_delta("replay", false).version.unwrap_or(-1);
+    let text = wait_for(Duration::from_secs(30), "the table version in /metrics", || {
+        let (_, body) = common::http_get(port, "/metrics");
+        body.contains(&format!("orderstream_consumer_table_version {version}")).then_some(body)
+    });
+    assert!(text.contains("orderstream_consumer_last_commit_timestamp_seconds"), "{text}");
+    assert_eq!(c.stop(), 0, "{}", c.log_text());
+}
