@@ -73,7 +73,11 @@ def replay(uri):
             t = pq.read_table(f"{log}/{part}", filesystem=fs).to_pylist()
             for a in t:
                 if a.get("add"):
-                    files[a["add"]["path"]] = a["add"]
+                    add = dict(a["add"])
+                    # A checkpoint stores partitionValues as a Parquet map: (key, value) pairs.
+                    if isinstance(add.get("partitionValues"), list):
+                        add["partitionValues"] = dict(add["partitionValues"])
+                    files[add["path"]] = add
                 if a.get("txn"):
                     txn[a["txn"]["appId"]] = a["txn"]["version"]
     version = start

@@ -695,6 +695,7 @@ fn apply_env_override(root: &mut Value, var: &str, value: &str) -> Result<String
             let opts = opts
                 .as_mapping_mut()
                 .ok_or_else(|| bad("datalake.storage_options in the file is not a mapping"))?;
+            // Upper case, as AWS names are written; the validation folds the case it needs.
             let name = property.to_ascii_uppercase();
             opts.insert(Value::String(name.clone()), Value::String(value.to_string()));
             Ok(format!("datalake.storage_options.{name}"))

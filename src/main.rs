@@ -66,9 +66,13 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Logs go to stderr; RUST_LOG refines them. PostgreSQL's NOTICEs ("already exists,
-    // skipping") and librdkafka's own retry chatter are not worth a line each.
+    // skipping"), librdkafka's own retry chatter and delta-rs's per-request lines are not worth a line
+    // each.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn,rdkafka=off,librdkafka=off")
+        tracing_subscriber::EnvFilter::new(
+            "info,tokio_postgres=warn,rdkafka=off,librdkafka=off,deltalake_core=warn,deltalake_aws=warn,\
+             buoyant_kernel=warn,buoyant_kernel_engine=warn,object_store=warn,aws_config=warn",
+        )
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -300,7 +300,11 @@ fn an_s3_server_stopped_for_30_s_delays_the_table_and_loses_nothing() {
     create_bucket(&s3.endpoint, "outage");
     let broker = Broker::start_memory();
     let store = Store::S3 { bucket: "outage".into(), endpoint: s3.endpoint.clone() };
-    let env = delta_env("delta_s3_outage", &broker.addr, &store);
+    let mut env = delta_env("delta_s3_outage", &broker.addr, &store);
+    // Requests give up after 5 s and are not retried for long: the outage makes commits fail
+    // (and the batch be settled from the table), not just wait.
+    env.set("ORDERSTREAM__DATALAKE__STORAGE_OPTIONS__TIMEOUT", "5s");
+    env.set("ORDERSTREAM__DATALAKE__STORAGE_OPTIONS__RETRY_TIMEOUT", "10s");
     create_topic(&broker.addr, &env.topic, 2);
     const N: i64 = 12_000;
     let stream = produce_paced(&broker.addr, &env.topic, 0..N, 300, Duration::from_millis(200));

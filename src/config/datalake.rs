@@ -102,6 +102,9 @@ const DELTA_S3_OPTIONS: &[&str] = &[
     "AWS_FORCE_CREDENTIAL_LOAD",
 ];
 
+/// delta-rs's own retry settings of object-store calls.
+const DELTA_RETRY_OPTIONS: &[&str] = &["max_retries", "retry_timeout", "init_backoff", "max_backoff", "base"];
+
 impl RawDatalake {
     /// Checks the section; `create`: whether a local lake folder may be created.
     pub(super) fn validate(self, create: bool) -> Result<DatalakeConfig, (&'static str, String)> {
@@ -185,6 +188,7 @@ fn storage_options(
         let upper = name.to_ascii_uppercase();
         let lower = name.to_ascii_lowercase();
         let known = DELTA_S3_OPTIONS.contains(&upper.as_str())
+            || DELTA_RETRY_OPTIONS.contains(&lower.as_str())
             || AmazonS3ConfigKey::from_str(&lower).is_ok()
             || ClientConfigKey::from_str(&lower).is_ok();
         if !known {
@@ -192,7 +196,7 @@ fn storage_options(
                 "datalake.storage_options",
                 format!(
                     "unknown storage option `{name}`: expected an S3 or client setting of delta-rs, such as \
-                     AWS_ENDPOINT_URL, AWS_REGION, AWS_ALLOW_HTTP, AWS_S3_ADDRESSING_STYLE or timeout"
+                     AWS_ENDPOINT_URL, AWS_REGION, AWS_ALLOW_HTTP, AWS_S3_ADDRESSING_STYLE, timeout or max_retries"
                 ),
             ));
         }
@@ -202,7 +206,8 @@ fn storage_options(
             Value::Bool(b) => b.to_string(),
             _ => return Err(("datalake.storage_options", format!("`{name}`: expected a single value"))),
         };
-        out.insert(upper, value);
+        // delta-rs's own AWS keys in upper case; object-store and retry keys as it parses them.
+        out.insert(if DELTA_S3_OPTIONS.contains(&upper.as_str()) { upper } else { lower }, value);
     }
     Ok(out)
 }

@@ -99,7 +99,10 @@ impl DeltaLake {
     /// line: a Parquet lake of the other format at that path, a table whose columns are not
     /// ours (naming the first that differs), or a table another topic or group writes.
     pub fn open(cfg: &DatalakeConfig, group: &str, topic: &str) -> Result<DeltaLake> {
-        let rt = tokio::runtime::Builder::new_current_thread()
+        // Multi-threaded: delta-kernel blocks on futures of its own inside ours.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("delta")
             .enable_all()
             .build()
             .map_err(|e| Error::Storage(format!("cannot start the Delta table's runtime: {e}")))?;
@@ -245,9 +248,15 @@ impl DeltaLake {
                 table.log_store(),
                 operation,
             );
-            let finalized = timed(commit.into_future())
-                .await
-                .map_err(|e| storage_error(location, "cannot commit to", &e))?;
+            let finalized = timed(commit.into_future()).await.map_err(|e| match e {
+                DeltaTableError::Transaction {
+                    source: deltalake::kernel::transaction::TransactionError::CommitConflict(_),
+                } => Error::Storage(format!(
+                    "Delta table {location}: another consumer committed offsets of this batch's partitions \
+                     meanwhile (they were reassigned): the batch is not committed"
+                )),
+                e => storage_error(location, "cannot commit to", &e),
+            })?;
             let version = finalized.version();
             timed(table.update_incremental(Some(version)))
                 .await
@@ -418,7 +427,8 @@ fn show(o: Option<i64>) -> String {
 /// (replaced by a rewrite, or written by a batch that crashed before its commit), older than
 /// `retention`: listed with `dry_run`, else deleted. Returns their paths.
 pub fn vacuum(cfg: &DatalakeConfig, retention: Duration, dry_run: bool) -> Result<Vec<String>> {
-    let rt = tokio::runtime::Builder::new_current_thread()
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| Error::Storage(format!("cannot start the Delta table's runtime: {e}")))?;
