@@ -12,7 +12,9 @@
 //! private tansu), `ORDERSTREAM_BENCH_TOPIC` (an already pre-filled topic),
 //! `ORDERSTREAM_BENCH_HEADERS` (default none; `poll`: the headers the polling producer sends,
 //! source and seq; `logical`: those of log-based capture, source, seq, op, lsn, change_index
-//! and commit_ts); `ORDERSTREAM__*` variables are passed to the consumer.
+//! and commit_ts); `ORDERSTREAM_BENCH_LAKES` (`parquet,delta`: each run consumes the topic into
+//! a Parquet lake and into a local Delta table, in turn, and the medians of each and their ratio
+//! are printed); `ORDERSTREAM__*` variables are passed to the consumer.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -94,8 +96,11 @@ struct Run {
     files: usize,
 }
 
-fn run_once(brokers: &str, topic: &str, n: usize) -> Run {
+fn run_once(brokers: &str, topic: &str, n: usize, lake: &str) -> Run {
     let mut env = TestEnv::with_brokers("bench_consume", brokers);
+    if lake == "delta" {
+        env.use_delta(&common::delta::Store::Local);
+    }
     env.set("ORDERSTREAM__KAFKA__TOPIC", topic);
     env.set("ORDERSTREAM__KAFKA__GROUP_ID", &env.name.clone());
     env.set("ORDERSTREAM__STREAMING__BATCH_INTERVAL", "5");
@@ -112,8 +117,10 @@ fn run_once(brokers: &str, topic: &str, n: usize) -> Run {
         .spawn()
         .expect("cannot start orderstream consume");
     let mut first = None;
+    let delta = lake == "delta";
     loop {
-        let done = committed_total(&env);
+        // A Delta table's positions are in its log (the commit files are read each time).
+        let done = if delta { env.delta_positions().values().sum::<i64>() } else { committed_total(&env) };
         if done > 0 && first.is_none() {
             first = Some((start.elapsed(), done));
         }
@@ -124,7 +131,7 @@ fn run_once(brokers: &str, topic: &str, n: usize) -> Run {
             panic!("orderstream consume exited early: {status}");
         }
         assert!(start.elapsed() < Duration::from_secs(600), "not done after 600 s: {done} of {n}");
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(if delta { 50 } else { 5 }));
     }
     let secs = start.elapsed().as_secs_f64();
     let (first_at, first_n) = first.unwrap_or_default();
@@ -155,7 +162,7 @@ fn run_once(brokers: &str, topic: &str, n: usize) -> Run {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "consume did not exit 0: {status}");
-    let data: Vec<String> = files(&env.lake()).into_iter().filter(|f| f.ends_with(".parquet")).collect();
+    let data: Vec<String> = files(&env.lake()).into_iter().filter(|f| f.ends_with(".parquet") && !f.starts_with("_delta_log")).collect();
     let lake_bytes: u64 =
         data.iter().map(|f| std::fs::metadata(env.lake().join(f)).map(|m| m.len()).unwrap_or(0)).sum();
     let _ = std::fs::remove_dir_all(&env.dir);
@@ -225,28 +232,42 @@ fn main() {
         }
     };
 
-    let mut results = Vec::new();
+    let lakes: Vec<String> = std::env::var("ORDERSTREAM_BENCH_LAKES")
+        .unwrap_or_else(|_| "parquet,delta".into())
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    let mut by_lake: Vec<(String, Vec<Run>)> = lakes.iter().map(|l| (l.clone(), Vec::new())).collect();
     for i in 1..=runs {
-        let r = run_once(&brokers, &topic, n);
-        println!(
-            "run {i}: {:.2} s, {:.0} msgs/s (after the first commit: {:.0} msgs/s), peak RSS {:.0} MB, CPU {:.2} s, lake {:.1} MB in {} files",
-            r.secs,
+        for (lake, results) in by_lake.iter_mut() {
+            let r = run_once(&brokers, &topic, n, lake);
+            println!(
+                "run {i} {lake}: {:.2} s, {:.0} msgs/s (after the first commit: {:.0} msgs/s), peak RSS {:.0} MB, CPU {:.2} s, lake {:.1} MB in {} files",
+                r.secs,
             n as f64 / r.secs,
             n as f64 / r.steady_secs,
             r.rss_mb,
             r.cpu_secs,
-            r.lake_mb,
-            r.files
+                r.lake_mb,
+                r.files
+            );
+            results.push(r);
+        }
+    }
+    let mut medians = Vec::new();
+    for (lake, results) in &by_lake {
+        if results.is_empty() {
+            continue;
+        }
+        let rate = median(results.iter().map(|r| n as f64 / r.secs).collect());
+        println!(
+            "{lake}: median of {runs}: {rate:.0} msgs/s from process start ({:.0} msgs/s after the first commit), peak RSS {:.0} MB",
+            median(results.iter().map(|r| n as f64 / r.steady_secs).collect()),
+            median(results.iter().map(|r| r.rss_mb).collect()),
         );
-        results.push(r);
+        medians.push((lake.clone(), rate));
     }
-    if results.is_empty() {
-        return;
+    if let [(a, ra), (b, rb)] = medians.as_slice() {
+        println!("{b} / {a}: {:.2}x", rb / ra);
     }
-    println!(
-        "median of {runs}: {:.0} msgs/s from process start ({:.0} msgs/s after the first commit), peak RSS {:.0} MB",
-        median(results.iter().map(|r| n as f64 / r.secs).collect()),
-        median(results.iter().map(|r| n as f64 / r.steady_secs).collect()),
-        median(results.iter().map(|r| r.rss_mb).collect()),
-    );
 }

@@ -37,7 +37,8 @@
 //! (`bulk,live`), `ORDERSTREAM_BENCH_ROWS` (1000000), `ORDERSTREAM_BENCH_RUNS` (3, for both
 //! scenarios), `ORDERSTREAM_BENCH_RATE`, `ORDERSTREAM_BENCH_SECONDS`, `ORDERSTREAM_BENCH_INTERVALS`,
 //! `ORDERSTREAM_BENCH_BROKER` (another broker, e.g. the stack's durable one at 127.0.0.1:9092,
-//! instead of a private memory-storage tansu per run). A smoke run:
+//! instead of a private memory-storage tansu per run), `ORDERSTREAM_BENCH_LAKE` (`parquet`, or
+//! `delta` for a local Delta table: readable once its commit exists). A smoke run:
 //! `ORDERSTREAM_BENCH_ROWS=20000 ORDERSTREAM_BENCH_RUNS=1 ORDERSTREAM_BENCH_SECONDS=5 cargo bench --bench logical`.
 
 #[path = "../tests/common/mod.rs"]
@@ -457,7 +458,10 @@ fn bulk(rows: i64, runs: usize, given: Option<&str>) {
     let rate = |v: f64| format!("{v:.0}/s");
     let x = |v: f64| format!("{v:.2}×");
     let mb = |v: f64| format!("{v:.0} MB");
-    let broker = given.map(|b| format!("broker {b}")).unwrap_or_else(|| "memory-storage tansu".into());
+    let mut broker = given.map(|b| format!("broker {b}")).unwrap_or_else(|| "memory-storage tansu".into());
+    if std::env::var("ORDERSTREAM_BENCH_LAKE").is_ok_and(|l| l == "delta") {
+        broker.push_str(", lake: a local Delta table");
+    }
     println!("logical bulk ({rows} rows, {broker}, {runs} runs):");
     println!("  limit raw producer (update messages, orderstream's settings): {}", summary(&raw_p, rate));
     println!("  limit pg_recvlogical (the update, fresh slot, to /dev/null): {}", summary(&recv, rate));
@@ -581,14 +585,23 @@ fn live_run(interval: &str, rate: u64, seconds: u64, clients: u64, given: Option
         .unwrap_or_else(|| broker.as_ref().map(|b| b.addr.clone()).unwrap_or_default());
     let mut env = logical_env("lg_live", &brokers, None);
     env.set("ORDERSTREAM__STREAMING__BATCH_INTERVAL", interval);
+    let delta = std::env::var("ORDERSTREAM_BENCH_LAKE").is_ok_and(|l| l == "delta");
+    if delta {
+        env.use_delta(&common::delta::Store::Local);
+    }
     env.init();
     let mut pipeline = env.spawn(&["run"]);
     wait_proc(&mut pipeline, Duration::from_secs(60), "the seed orders in the lake", || {
-        committed_rows(&env.checkpoints()) >= 10
+        if delta {
+            std::thread::sleep(Duration::from_millis(100));
+            env.delta_positions().values().sum::<i64>() >= 10
+        } else {
+            committed_rows(&env.checkpoints()) >= 10
+        }
     });
     let stop = Arc::new(AtomicBool::new(false));
     let tailer = tail(&brokers, &env.topic, stop.clone());
-    let mut watcher = LakeWatcher::start(env.lake());
+    let mut watcher = if delta { LakeWatcher::start_delta(env.lake()) } else { LakeWatcher::start(env.lake()) };
 
     let (committed, achieved) = insert_paced(&env, rate, seconds, clients);
     wait_for(Duration::from_secs(120), "every live order in the lake", || {

@@ -107,6 +107,45 @@ impl LakeWatcher {
         LakeWatcher { seen, stop, thread: Some(thread) }
     }
 
+    /// Starts watching a local Delta table: a row is readable once the commit that adds its
+    /// file exists (`_delta_log/<version>.json`), which is what a Delta reader goes by.
+    pub fn start_delta(table: PathBuf) -> LakeWatcher {
+        let seen: Arc<Mutex<HashMap<i64, Instant>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (seen, stop) = (seen.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut known = HashSet::new();
+                let mut files = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    let log = table.join("_delta_log");
+                    let names: Vec<String> = std::fs::read_dir(&log)
+                        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+                        .unwrap_or_default();
+                    for name in names {
+                        if !name.ends_with(".json") || name.len() != 25 || !known.insert(name.clone()) {
+                            continue;
+                        }
+                        let now = Instant::now();
+                        let text = std::fs::read_to_string(log.join(&name)).unwrap_or_default();
+                        for line in text.lines() {
+                            let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+                            let Some(path) = v["add"]["path"].as_str() else { continue };
+                            files += 1;
+                            let mut seen = seen.lock().unwrap();
+                            for id in order_ids(&table.join(path)) {
+                                seen.entry(id).or_insert(now);
+                            }
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                files
+            })
+        };
+        LakeWatcher { seen, stop, thread: Some(thread) }
+    }
+
     /// Stops watching and returns the number of files seen.
     pub fn stop(&mut self) -> usize {
         self.stop.store(true, Ordering::SeqCst);
