@@ -35,7 +35,7 @@ DELTA_ENV=(
 )
 LOG=.stack/logs/pipeline.log
 PG_PORT=${ORDERSTREAM_PG_PORT:-55432}
-# A stack moved to other ports (README, "Ports") moves the configuration's addresses with it,
+# A stack moved to other ports (docs/development.md, "Ports") moves the configuration's addresses with it,
 # unless they are overridden already.
 if [ -n "${ORDERSTREAM_PG_PORT:-}" ]; then
   export ORDERSTREAM__POSTGRES__JDBC_URL=${ORDERSTREAM__POSTGRES__JDBC_URL:-jdbc:postgresql://127.0.0.1:$PG_PORT/food_delivery_db}
@@ -73,7 +73,7 @@ table_state() {
   "${PSQL[@]}" -Atc "SELECT order_id || '|' || coalesce(order_status, '') FROM ROLL001_orders ORDER BY order_id" | md5sum
 }
 # The current state of every order in the lake: its last version by (lsn, change_index),
-# deletes removed (the query of the README's lake section).
+# deletes removed (the query of docs/lake.md).
 lake_state() {
   "$PY" - "$LAKE" 2>/dev/null <<'PYEOF' | md5sum
 import sys, duckdb
@@ -146,7 +146,7 @@ rows = duckdb.sql(f"SELECT order_id, op, lsn, change_index, committed_at, custom
                   f"ORDER BY order_id, lsn NULLS FIRST, change_index NULLS FIRST").fetchall()
 for r in rows:
     print(f"  {r[0]:>6}  {r[1] or 'c'}  lsn={r[2]}  #{r[3]}  {r[4]}  {r[5]:<14} {r[6]}")
-print("the current state of the newest orders (the README's query):")
+print("the current state of the newest orders (the query of docs/lake.md):")
 rows = duckdb.sql(f"""
     SELECT order_id, customer_name, restaurant_name, item, amount, order_status, created_at FROM (
         SELECT *, row_number() OVER (PARTITION BY order_id

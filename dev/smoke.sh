@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make smoke` (CI runs it after the tests): every benchmark once, at a tiny size, so that the
 # benchmarks keep compiling and running. A smoke run, not a measurement: its numbers mean
-# nothing (README, "Benchmarks", for real runs). Needs the local stack (`make up`).
+# nothing (docs/benchmarks.md for real runs). Needs the local stack (`make up`).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"

@@ -8,7 +8,7 @@
 #   dev/stack.sh env     print the settings as shell variables (for tests and scripts)
 #
 # Ports can be moved with ORDERSTREAM_PG_PORT and ORDERSTREAM_KAFKA_PORT; the configuration in
-# configs/orders_stream.yml points at the defaults (README, "Ports").
+# configs/orders_stream.yml points at the defaults (docs/development.md, "Ports").
 # PostgreSQL is the installed major version (the cluster's own when it exists, else the newest;
 # ORDERSTREAM_PG_BIN names another bin folder), or the distribution's default when none is.
 set -euo pipefail

@@ -897,14 +897,14 @@ fn pairs<'a>(h: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     h.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
-/// The README's DuckDB query for the current state of every order, on `lake`: its rows as
+/// The DuckDB query of docs/lake.md for the current state of every order, on `lake`: its rows as
 /// (order_id, amount).
 fn current_state(lake: &std::path::Path) -> Vec<(i64, String)> {
-    let readme = include_str!("../README.md");
+    let page = include_str!("../docs/lake.md");
     let start =
-        readme.find("-- DuckDB: the current state of every order").expect("the query is in the README");
-    let end = start + readme[start..].find("```").unwrap();
-    let sql = readme[start..end].replace("datalake/food/ROLL001/output/orders", &lake.display().to_string());
+        page.find("-- DuckDB: the current state of every order").expect("the query is in docs/lake.md");
+    let end = start + page[start..].find("```").unwrap();
+    let sql = page[start..end].replace("datalake/food/ROLL001/output/orders", &lake.display().to_string());
     let script = "import duckdb, json, sys\nrows = duckdb.sql(sys.argv[1]).fetchall()\n\
                   print(json.dumps([[r[0], str(r[4])] for r in rows]))";
     let mut cmd = std::process::Command::new(common::lake::python());
@@ -1018,7 +1018,7 @@ fn changes_land_with_op_lsn_index_and_commit_time_and_bad_change_headers_go_to_t
     let rejected: Vec<(&str, u64)> = st[0].rejected.iter().map(|(k, v)| (k.as_str(), *v)).collect();
     assert_eq!(rejected, [("invalid_header", 2)]);
 
-    // The README's current-state query: the last version of each order, deletes removed.
+    // docs/lake.md's current-state query: the last version of each order, deletes removed.
     assert_eq!(
         current_state(&env.lake()),
         [(201, "12.50".to_string()), (203, "30.00".to_string()), (204, "40.00".to_string())]
