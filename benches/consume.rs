@@ -162,7 +162,10 @@ fn run_once(brokers: &str, topic: &str, n: usize, lake: &str) -> Run {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "consume did not exit 0: {status}");
-    let data: Vec<String> = files(&env.lake()).into_iter().filter(|f| f.ends_with(".parquet") && !f.starts_with("_delta_log")).collect();
+    let data: Vec<String> = files(&env.lake())
+        .into_iter()
+        .filter(|f| f.ends_with(".parquet") && !f.starts_with("_delta_log"))
+        .collect();
     let lake_bytes: u64 =
         data.iter().map(|f| std::fs::metadata(env.lake().join(f)).map(|m| m.len()).unwrap_or(0)).sum();
     let _ = std::fs::remove_dir_all(&env.dir);
@@ -244,10 +247,10 @@ fn main() {
             println!(
                 "run {i} {lake}: {:.2} s, {:.0} msgs/s (after the first commit: {:.0} msgs/s), peak RSS {:.0} MB, CPU {:.2} s, lake {:.1} MB in {} files",
                 r.secs,
-            n as f64 / r.secs,
-            n as f64 / r.steady_secs,
-            r.rss_mb,
-            r.cpu_secs,
+                n as f64 / r.secs,
+                n as f64 / r.steady_secs,
+                r.rss_mb,
+                r.cpu_secs,
                 r.lake_mb,
                 r.files
             );

@@ -601,7 +601,8 @@ fn live_run(interval: &str, rate: u64, seconds: u64, clients: u64, given: Option
     });
     let stop = Arc::new(AtomicBool::new(false));
     let tailer = tail(&brokers, &env.topic, stop.clone());
-    let mut watcher = if delta { LakeWatcher::start_delta(env.lake()) } else { LakeWatcher::start(env.lake()) };
+    let mut watcher =
+        if delta { LakeWatcher::start_delta(env.lake()) } else { LakeWatcher::start(env.lake()) };
 
     let (committed, achieved) = insert_paced(&env, rate, seconds, clients);
     wait_for(Duration::from_secs(120), "every live order in the lake", || {
