@@ -879,3 +879,78 @@ fn a_created_at_no_message_can_carry_is_dead_lettered_from_the_snapshot_and_the_
     assert!(producer.running(), "{}", producer.log_text());
     assert_eq!(producer.terminate(Duration::from_secs(30)), 0, "{}", producer.log_text());
 }
+
+/// Issue 21 item 3: a year beyond 9999 and a BC date are valid in PostgreSQL but no message can
+/// carry them: dead letters (reason `unencodable`, the raw value), from the snapshot and the
+/// stream, and later changes flow.
+#[test]
+fn dates_beyond_9999_and_bc_are_dead_lettered_and_later_changes_flow() {
+    let env = TestEnv::logical("lg_bcdate");
+    env.init();
+    let t = env.t();
+    let insert = |id: i64, ts: &str| {
+        format!(
+            "INSERT INTO {t} (order_id, customer_name, restaurant_name, item, amount, order_status, created_at) \
+             VALUES ({id}, 'Cust {id}', 'Bistro', 'Soup', 5, 'PLACED', '{ts}');"
+        )
+    };
+    // Read by the snapshot.
+    env.pg().batch_execute(&format!("{}{}", insert(610, "12345-06-07"), insert(613, "0001-01-01"))).unwrap();
+    let mut producer = env.spawn(&["produce"]);
+    wait_changes(&env, 11, Duration::from_secs(60));
+    // Read from the log; the update gives order 610 a time a message carries, and it is published.
+    env.pg()
+        .batch_execute(&format!(
+            "{}{}UPDATE {t} SET created_at = '2025-02-01 10:00:00' WHERE order_id = 610;",
+            insert(611, "0044-03-15 12:00:00 BC"),
+            insert(612, "2025-02-01 09:00:00")
+        ))
+        .unwrap();
+    let msgs = wait_changes(&env, 13, Duration::from_secs(60));
+    let ops: Vec<(String, String, String)> = msgs
+        .iter()
+        .map(|m| {
+            let created_at = m.json()["created_at"].as_str().unwrap().to_string();
+            (m.key_str().unwrap(), m.header("orderstream.op").unwrap(), created_at)
+        })
+        .filter(|(k, _, _)| k.starts_with("61"))
+        .collect();
+    let op = |k: &str, o: &str, c: &str| (k.to_string(), o.to_string(), c.to_string());
+    assert_eq!(
+        ops,
+        [
+            op("613", "r", "0001-01-01T00:00:00Z"),
+            op("612", "c", "2025-02-01T09:00:00Z"),
+            op("610", "u", "2025-02-01T10:00:00Z")
+        ]
+    );
+    let dlq = wait_for(Duration::from_secs(30), "two dead letters", || {
+        let d = read_topic(&env.brokers, &format!("{}_dlq", env.topic));
+        (d.len() >= 2).then_some(d)
+    });
+    let mut got: Vec<(String, String, String, String, String)> = dlq
+        .iter()
+        .map(|d| {
+            (
+                d.key_str().unwrap(),
+                d.header("orderstream.op").unwrap(),
+                d.header("orderstream.reject.reason").unwrap(),
+                d.header("orderstream.reject.detail").unwrap(),
+                d.json()["created_at"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    got.sort();
+    let dead = |k: &str, o: &str, raw: &str| {
+        (
+            k.to_string(),
+            o.to_string(),
+            "unencodable".to_string(),
+            format!("order {k}: created_at `{raw}` is not a time a message can carry"),
+            raw.to_string(),
+        )
+    };
+    assert_eq!(got, [dead("610", "r", "12345-06-07 00:00:00"), dead("611", "c", "0044-03-15 12:00:00 BC")]);
+    assert!(producer.running(), "{}", producer.log_text());
+    assert_eq!(producer.terminate(Duration::from_secs(30)), 0, "{}", producer.log_text());
+}
