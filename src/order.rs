@@ -161,7 +161,10 @@ impl Order<'_> {
         let restaurant_name = text_field("restaurant_name", wire.restaurant_name)?;
         let item = text_field("item", wire.item)?;
         let order_status = text_field("order_status", wire.order_status)?;
-        let amount = parse_amount(required("amount", wire.amount)?)?;
+        let amount = match wire.amount.map(RawValue::get) {
+            Some("null") => return Err(Reject::new(RejectReason::NullAmount, "amount is null")),
+            _ => parse_amount(required("amount", wire.amount)?)?,
+        };
         let created_at = parse_created_at(required("created_at", wire.created_at)?)?;
         Ok(Order {
             order_id,
@@ -245,8 +248,10 @@ pub enum RejectReason {
     InvalidJson,
     /// `order_id` missing or null (the seed's first filter).
     NullOrderId,
-    /// One of the seed's fields is missing, or `amount`/`created_at` is null.
+    /// One of the seed's fields is missing, or `created_at` is null.
     MissingField,
+    /// `amount` is present but null (a NULL amount in the table).
+    NullAmount,
     /// A field has the wrong JSON type.
     WrongType,
     /// `amount` is zero or negative (the seed's second filter).
@@ -261,10 +266,11 @@ pub enum RejectReason {
 
 impl RejectReason {
     /// Every reason, for counters that list all of them.
-    pub const ALL: [RejectReason; 8] = [
+    pub const ALL: [RejectReason; 9] = [
         RejectReason::InvalidJson,
         RejectReason::NullOrderId,
         RejectReason::MissingField,
+        RejectReason::NullAmount,
         RejectReason::WrongType,
         RejectReason::NonPositiveAmount,
         RejectReason::AmountOutOfRange,
@@ -278,6 +284,7 @@ impl RejectReason {
             RejectReason::InvalidJson => "invalid_json",
             RejectReason::NullOrderId => "null_order_id",
             RejectReason::MissingField => "missing_field",
+            RejectReason::NullAmount => "null_amount",
             RejectReason::WrongType => "wrong_type",
             RejectReason::NonPositiveAmount => "non_positive_amount",
             RejectReason::AmountOutOfRange => "amount_out_of_range",

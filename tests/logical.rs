@@ -954,3 +954,49 @@ fn dates_beyond_9999_and_bc_are_dead_lettered_and_later_changes_flow() {
     assert!(producer.running(), "{}", producer.log_text());
     assert_eq!(producer.terminate(Duration::from_secs(30)), 0, "{}", producer.log_text());
 }
+
+/// Issue 21 item 5: an amount that is present but unusable goes to the dead-letter topic under
+/// a reason that says what is wrong: a NULL amount reaches the consumer, which rejects it as
+/// `null_amount`; JSON has no NaN, so the producer sends a NaN amount there itself as
+/// `unencodable`, naming it.
+#[test]
+fn a_null_or_nan_amount_is_dead_lettered_under_a_reason_that_names_it() {
+    let env = TestEnv::logical("lg_nanamount");
+    env.init();
+    let t = env.t();
+    let mut run = env.spawn(&["run"]);
+    wait_changes(&env, 10, Duration::from_secs(60));
+    env.pg()
+        .batch_execute(&format!(
+            "INSERT INTO {t} (order_id, customer_name, amount) VALUES (620, 'null', NULL), (621, 'nan', 'NaN'), \
+             (622, 'fine', 5)"
+        ))
+        .unwrap();
+    let dlq = wait_for(Duration::from_secs(60), "two dead letters", || {
+        let d = read_topic(&env.brokers, &format!("{}_dlq", env.topic));
+        (d.len() >= 2).then_some(d)
+    });
+    let mut got: Vec<(String, String, String)> = dlq
+        .iter()
+        .map(|d| {
+            (
+                d.key_str().unwrap(),
+                d.header("orderstream.reject.reason").unwrap(),
+                d.header("orderstream.reject.detail").unwrap(),
+            )
+        })
+        .collect();
+    got.sort();
+    let row = |k: &str, r: &str, d: &str| (k.to_string(), r.to_string(), d.to_string());
+    assert_eq!(
+        got,
+        [
+            row("620", "null_amount", "amount is null"),
+            row("621", "unencodable", "order 621: amount `NaN` is not a number a message can carry")
+        ]
+    );
+    wait_until(Duration::from_secs(60), "order 622 in the lake", || {
+        read_duckdb(&env.lake()).rows.iter().any(|r| r.order_id == 622)
+    });
+    assert_eq!(run.terminate(Duration::from_secs(30)), 0, "{}", run.log_text());
+}

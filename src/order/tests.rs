@@ -126,7 +126,7 @@ fn every_reject_reason() {
         (with("amount", "-12.50"), RejectReason::NonPositiveAmount),
         (with("amount", "0.00"), RejectReason::NonPositiveAmount),
         (with("amount", "\"220.00\""), RejectReason::WrongType),
-        (with("amount", "null"), RejectReason::MissingField),
+        (with("amount", "null"), RejectReason::NullAmount),
         (with("amount", ""), RejectReason::MissingField),
         (with("amount", "100000000.00"), RejectReason::AmountOutOfRange),
         (with("amount", "1.234"), RejectReason::AmountOutOfRange),

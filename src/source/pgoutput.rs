@@ -261,7 +261,9 @@ impl Layout {
         // A value no message can carry makes the change a reject, not a stop: `None` here.
         let raw_amount = value(4)?.map(str::to_string);
         let amount = match raw_amount.as_deref() {
-            None | Some("NaN") => Ok(None),
+            None => Ok(None),
+            // JSON has no NaN: as `null` the consumer could not tell it from a NULL amount.
+            Some("NaN") => Err(()),
             Some(s) => Decimal::from_str(s)
                 .map(|mut d| {
                     d.rescale(AMOUNT_SCALE);
@@ -412,8 +414,9 @@ mod tests {
         old_row[4] = Some("NaN");
         tuple(&mut del, &old_row);
         let Message::Delete { old, .. } = decode(&del).unwrap() else { panic!() };
-        let (order, _) = layout.order(old, None).unwrap();
+        let (order, reject) = layout.order(old, None).unwrap();
         assert_eq!((order.customer_name, order.amount), (None, None));
+        assert_eq!(reject.unwrap().detail, "order 101: amount `NaN` is not a number a message can carry");
 
         // A created_at no message can carry makes the change a reject, with the row as read.
         for (raw, detail) in [

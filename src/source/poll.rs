@@ -122,7 +122,8 @@ pub(crate) const COLUMNS: &str = "order_id::int8 AS id, customer_name, restauran
                        NULLIF(amount, 'NaN'::numeric), order_status, \
                        CASE WHEN isfinite(created_at) AND created_at < '10000-01-01' THEN created_at END AS created_ts, \
                        CASE WHEN NOT isfinite(created_at) OR created_at < '0001-01-01' OR created_at >= '10000-01-01' \
-                       THEN created_at::text END AS created_raw";
+                       THEN created_at::text END AS created_raw, \
+                       amount = 'NaN'::numeric AS amount_nan";
 
 impl PollSource {
     /// A source on the configured table, publishing to `topic`; connects on first use.
@@ -543,11 +544,13 @@ pub(crate) fn to_order(row: &Row, table: &TableName) -> Result<(Order<'static>, 
         let reject = Unencodable::created_at(&order, raw.as_deref());
         return Ok((order, Some(reject)));
     }
+    if row.try_get::<_, Option<bool>>(8).map_err(bad)? == Some(true) {
+        // JSON has no NaN: as `null` the consumer could not tell it from a NULL amount.
+        let reject = Unencodable::amount(&order, "NaN", Some(&format_ts(&order.created_at)));
+        return Ok((order, Some(reject)));
+    }
     if order.amount.is_none() {
-        tracing::warn!(
-            order_id = order.order_id,
-            "order has no amount (NULL or NaN): published with amount null"
-        );
+        tracing::warn!(order_id = order.order_id, "order has no amount (NULL): published with amount null");
     }
     Ok((order, None))
 }
