@@ -371,6 +371,18 @@ impl Change {
         })
     }
 
+    /// A truncate (`t`) is a lake row only with its place in the log and its commit time, which
+    /// decide which orders it removes and the date it is filed under.
+    pub fn check_truncate(&self) -> Result<(), Reject> {
+        if self.lsn.is_none() || self.change_index.is_none() || self.committed_at.is_none() {
+            return Err(Reject::new(
+                RejectReason::InvalidHeader,
+                "a truncate (op t) without orderstream.lsn, orderstream.change_index or orderstream.commit_ts",
+            ));
+        }
+        Ok(())
+    }
+
     /// The change columns a message's headers give: `(name, value)` pairs as Kafka clients list
     /// them. A malformed change header is an [`RejectReason::InvalidHeader`] naming it.
     pub fn from_headers<'a>(
@@ -492,19 +504,20 @@ fn parse_created_at(raw: &str) -> Result<NaiveDateTime, Reject> {
 /// The lake's Arrow schema, the columns of [`LAKE_COLUMNS`] (the `date` partition column lives
 /// in the folder name, as Spark writes it): order_id INT64, the texts UTF8, amount
 /// DECIMAL(10,2), created_at TIMESTAMP(µs, UTC); then op UTF8 (never null), lsn INT64,
-/// change_index INT32 and committed_at TIMESTAMP(µs, UTC), null in poll mode.
+/// change_index INT32 and committed_at TIMESTAMP(µs, UTC), null in poll mode. Every column but
+/// `op` is nullable: a truncate's row (`t`) has no order, only its log position and commit time.
 pub fn arrow_schema() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
     SCHEMA
         .get_or_init(|| {
             Arc::new(Schema::new(vec![
-                Field::new("order_id", DataType::Int64, false),
+                Field::new("order_id", DataType::Int64, true),
                 Field::new("customer_name", DataType::Utf8, true),
                 Field::new("restaurant_name", DataType::Utf8, true),
                 Field::new("item", DataType::Utf8, true),
-                Field::new("amount", DataType::Decimal128(AMOUNT_PRECISION, AMOUNT_SCALE as i8), false),
+                Field::new("amount", DataType::Decimal128(AMOUNT_PRECISION, AMOUNT_SCALE as i8), true),
                 Field::new("order_status", DataType::Utf8, true),
-                Field::new("created_at", utc_micros(), false),
+                Field::new("created_at", utc_micros(), true),
                 Field::new("op", DataType::Utf8, false),
                 Field::new("lsn", DataType::Int64, true),
                 Field::new("change_index", DataType::Int32, true),

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::cluster::{Cluster, ClusterOptions};
-use common::lake::{LakeRow, read_duckdb};
+use common::lake::{LakeRow, current_state_duckdb, duckdb_query, read_duckdb};
 use common::proc::{wait_for, wait_until};
 use common::proxy::Proxy;
 use common::topic::{Record, read_topic};
@@ -999,4 +999,80 @@ fn a_null_or_nan_amount_is_dead_lettered_under_a_reason_that_names_it() {
         read_duckdb(&env.lake()).rows.iter().any(|r| r.order_id == 622)
     });
     assert_eq!(run.terminate(Duration::from_secs(30)), 0, "{}", run.log_text());
+}
+
+/// Issue 21 item 4: a TRUNCATE reaches the lake. It is one message on every partition (key
+/// `truncate`, op `t`, its log position), once each across a SIGKILL of the pipeline; the lake
+/// holds a `t` row per partition; and the README's current-state query, run by DuckDB, drops
+/// every order whose last change precedes it: the lake's current state equals the table.
+#[test]
+fn a_truncate_reaches_every_partition_and_the_lakes_current_state() {
+    let env = TestEnv::logical("lg_truncate");
+    env.init();
+    let t = env.t();
+    let mut run = env.spawn(&["run"]);
+    wait_changes(&env, 10, Duration::from_secs(60));
+    env.insert(3);
+    env.pg()
+        .batch_execute(&format!(
+            "UPDATE {t} SET order_status = 'DELIVERED' WHERE order_id = (SELECT min(order_id) FROM {t})"
+        ))
+        .unwrap();
+    wait_changes(&env, 14, Duration::from_secs(60));
+    // One truncate alone, then one inside a transaction between an insert it removes and one
+    // it keeps.
+    env.pg().batch_execute(&format!("TRUNCATE {t}")).unwrap();
+    wait_until(Duration::from_secs(60), "the first truncate", || {
+        changes(&env).iter().any(|m| m.header("orderstream.op").as_deref() == Some("t"))
+    });
+    // A crash right after: what the topic holds is recovered, nothing is sent twice.
+    run.kill();
+    let truncated = env.insert(2);
+    env.pg()
+        .batch_execute(&format!(
+            "BEGIN; \
+             INSERT INTO {t} (customer_name, amount, created_at) VALUES ('gone', 5, '2025-03-01 10:00:00'); \
+             TRUNCATE {t}; \
+             INSERT INTO {t} (customer_name, amount, created_at) VALUES ('kept', 6, '2025-03-01 11:00:00'); \
+             COMMIT"
+        ))
+        .unwrap();
+    env.insert(2);
+    let mut run = env.spawn(&["run"]);
+    let table = table_state(&env);
+    assert_eq!(table.len(), 3, "{table:?}");
+    assert!(!table.contains_key(&truncated[0]));
+    wait_until(Duration::from_secs(120), "the lake's current state to equal the table", || {
+        current_state_duckdb(&env.lake()) == table
+    });
+    assert_eq!(run.terminate(Duration::from_secs(30)), 0, "{}", run.log_text());
+
+    let msgs = changes(&env);
+    let truncates: Vec<&Record> =
+        msgs.iter().filter(|m| m.header("orderstream.op").as_deref() == Some("t")).collect();
+    let mut per_position: BTreeMap<(u64, i32), BTreeSet<i32>> = BTreeMap::new();
+    for m in &truncates {
+        assert_eq!(
+            (m.key_str().as_deref(), m.value_str().as_deref()),
+            (Some("truncate"), Some(r#"{"op": "t"}"#))
+        );
+        let (lsn, i, _) = position(m);
+        assert!(
+            per_position.entry((lsn, i)).or_default().insert(m.partition),
+            "a truncate twice on one partition"
+        );
+    }
+    assert_eq!(per_position.len(), 2, "{per_position:?}");
+    assert!(per_position.values().all(|p| p.len() == 3), "{per_position:?}");
+    assert_eq!(truncates.len(), 6);
+    // The lake: a `t` row per partition and truncate, order columns null, filed by commit date.
+    let rows = duckdb_query(
+        &env.lake(),
+        "SELECT count(*), count(DISTINCT lsn), count(order_id), count(amount), count(created_at), \
+         bool_and(CAST(date AS VARCHAR) = strftime(committed_at, '%Y-%m-%d')) FROM {src} WHERE op = 't'",
+    );
+    assert_eq!(
+        rows,
+        [vec![serde_json::json!(6), serde_json::json!(2), 0.into(), 0.into(), 0.into(), true.into()]]
+    );
 }

@@ -216,7 +216,7 @@ fn malformed_change_headers_are_invalid_header_rejects_naming_the_header() {
             vec![("orderstream.lsn", "0/xyz")],
             "header orderstream.lsn: `0/xyz` is not an LSN (like 0/16B3748)",
         ),
-        (vec![("orderstream.op", "x")], "header orderstream.op: `x` is not an operation (c, u, d or r)"),
+        (vec![("orderstream.op", "x")], "header orderstream.op: `x` is not an operation (c, u, d, r or t)"),
         (
             vec![("orderstream.change_index", "-1")],
             "header orderstream.change_index: `-1` is not a change index (an integer ≥ 0)",

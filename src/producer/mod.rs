@@ -52,10 +52,11 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::retry::Backoff;
 use crate::shutdown::Shutdown;
+use crate::source::Change;
 use crate::source::Source;
 use crate::source::logical::LogicalSource;
 use crate::source::poll::PollSource;
-use crate::wire::Lsn;
+use crate::wire::{Lsn, Op, TRUNCATE_KEY, TRUNCATE_VALUE};
 use publish::Publisher;
 use state::State;
 
@@ -140,7 +141,14 @@ async fn session<S: Source>(
         owner.cluster = committed.owner.as_ref().and_then(|o| o.cluster.clone());
     }
     committed.owner = Some(owner);
-    let (mut uncovered, tail_ends, tail_seq, highest) = recover::<S>(cfg, &name, committed).await?;
+    let Recovered {
+        found: mut uncovered,
+        ends: tail_ends,
+        max_seq: tail_seq,
+        highest,
+        truncates,
+        partitions,
+    } = recover::<S>(cfg, &name, committed).await?;
     source.recovered(highest);
     let mut seq = committed.seq.max(tail_seq);
     let limit = cfg.streaming.max_batch_rows;
@@ -178,6 +186,12 @@ async fn session<S: Source>(
         publisher.begin();
         let (mut published, mut skipped, mut bytes) = (0u64, 0u64, 0u64);
         for change in &batch.changes {
+            if change.op == Op::Truncate {
+                let (sent, found) =
+                    publish_truncate(&publisher, change, &partitions, &truncates, &mut seq).await?;
+                (published, skipped) = (published + sent, skipped + found);
+                continue;
+            }
             let key = change.order.order_id.to_string();
             if uncovered.contains(&S::key(change, false)) {
                 skipped += 1;
@@ -292,9 +306,45 @@ async fn retry_later(e: &Error, metrics: &Metrics, backoff: &mut Backoff, shutdo
     }
 }
 
-/// The keys of our messages beyond the saved state, the partition ends, the highest sequence
-/// number and the highest log position found.
-type Recovered<K> = (HashSet<K>, BTreeMap<i32, i64>, u64, Option<(Lsn, i32)>);
+/// What recovery found in the topic beyond the saved state.
+struct Recovered<K> {
+    /// The keys of our messages there that the saved position does not cover.
+    found: HashSet<K>,
+    /// Per partition, the offset after the last message read.
+    ends: BTreeMap<i32, i64>,
+    /// The highest sequence number.
+    max_seq: u64,
+    /// The highest log position.
+    highest: Option<(Lsn, i32)>,
+    /// The truncates there, as `(commit LSN, index, partition)`.
+    truncates: HashSet<(Lsn, i32, i32)>,
+    /// The topic's partitions.
+    partitions: Vec<i32>,
+}
+
+/// Publishes a truncate to every partition it is not already on (a crash may have left it on
+/// some only); returns how many messages were sent and how many found.
+async fn publish_truncate(
+    publisher: &Publisher,
+    change: &Change,
+    partitions: &[i32],
+    found: &HashSet<(Lsn, i32, i32)>,
+    seq: &mut u64,
+) -> Result<(u64, u64)> {
+    let (lsn, index) = change.at.unwrap_or_default();
+    let (mut sent, mut skipped) = (0, 0);
+    for &p in partitions {
+        if found.contains(&(lsn, index, p)) {
+            skipped += 1;
+            continue;
+        }
+        *seq += 1;
+        let (key, value) = (TRUNCATE_KEY.as_bytes(), TRUNCATE_VALUE.as_bytes());
+        publisher.send_to(Some(p), key, Some(value), *seq, &change.meta(false)).await?;
+        sent += 1;
+    }
+    Ok((sent, skipped))
+}
 
 /// Reads what the topic holds after the saved offsets, until the partition ends stop moving.
 async fn recover<S: Source>(
@@ -319,6 +369,7 @@ async fn recover<S: Source>(
         found.extend(S::key_of(meta, order.as_ref()));
     }
     let (messages, ends, max_seq) = (tail.messages, tail.ends, tail.max_seq);
+    let truncates = tail.truncates.into_iter().collect();
     found.retain(|k| !S::covers(&committed.position, k));
     if messages > 0 || !found.is_empty() {
         tracing::info!(
@@ -328,7 +379,7 @@ async fn recover<S: Source>(
             cfg.kafka.topic
         );
     }
-    Ok((found, ends, max_seq, highest))
+    Ok(Recovered { found, ends, max_seq, highest, truncates, partitions: tail.partitions })
 }
 
 fn report(

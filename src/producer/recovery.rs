@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::kafka::{self, REQUEST_TIMEOUT};
 use crate::order::{Order, parse_position};
 use crate::source::{SEQ_HEADER, SOURCE_HEADER};
-use crate::wire::{ChangeMeta, REPLAY_WINDOW};
+use crate::wire::{ChangeMeta, Lsn, Op, REPLAY_WINDOW};
 
 /// Give up reading when the broker returns nothing for this long.
 const STALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -38,6 +38,11 @@ pub struct Tail {
     pub ends: BTreeMap<i32, i64>,
     /// Messages read.
     pub messages: u64,
+    /// The truncates found, each as `(commit LSN, index, partition)`: a truncate is one message
+    /// per partition, and a crash may have left it on some of them only.
+    pub truncates: Vec<(Lsn, i32, i32)>,
+    /// The topic's partitions.
+    pub partitions: Vec<i32>,
 }
 
 /// Reads every partition of the topic from `offsets` (the whole partition where unknown) to its
@@ -152,6 +157,12 @@ pub fn read_tail(
         };
         match msg.payload() {
             None if meta.tombstone => tail.found.push((meta, None)),
+            _ if meta.op == Op::Truncate => {
+                if let (Some(lsn), Some(i)) = (meta.lsn, meta.change_index) {
+                    tail.truncates.push((lsn, i, msg.partition()));
+                }
+                tail.found.push((meta, None));
+            }
             payload => match payload.and_then(parse_position) {
                 Some(position) => tail.found.push((meta, Some(position))),
                 None => tracing::warn!(
@@ -172,5 +183,6 @@ pub fn read_tail(
             cfg.topic
         );
     }
+    tail.partitions = partitions;
     Ok(tail)
 }

@@ -509,11 +509,18 @@ impl Stream {
             Message::Update { rel, old, new } => (rel, Op::Update, new, old),
             Message::Delete { rel, old } => (rel, Op::Delete, old, None),
             Message::Truncate { rels } => {
-                if rels.iter().any(|r| matches!(self.layouts.get(r), Some(Some(_)))) {
-                    tracing::warn!(
-                        "TRUNCATE of {table} seen in the log: nothing is deleted in the lake (its rows stay as \
-                         their last versions)"
-                    );
+                if !rels.iter().any(|r| matches!(self.layouts.get(r), Some(Some(_)))) {
+                    return Ok(());
+                }
+                let Some((lsn, ts, index)) = self.txn.as_mut() else {
+                    return Err(Error::Postgres("a truncate outside a transaction".into()));
+                };
+                let at = (*lsn, *index);
+                *index += 1;
+                if self.cursor.last.is_none_or(|last| at > last) {
+                    tracing::info!("TRUNCATE of {table} at {}: published to every partition", at.0);
+                    self.cursor.last = Some(at);
+                    out.push(Change::truncate(at, *ts));
                 }
                 return Ok(());
             }

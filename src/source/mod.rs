@@ -87,6 +87,21 @@ impl Change {
         Change { order, op: Op::Insert, at: None, commit_ts: None, reject: None }
     }
 
+    /// A truncate of the table at `at`, committed at `commit_ts` (`order` is a placeholder:
+    /// the change has no row).
+    pub fn truncate(at: (Lsn, i32), commit_ts: DateTime<Utc>) -> Change {
+        let order = Order {
+            order_id: 0,
+            customer_name: None,
+            restaurant_name: None,
+            item: None,
+            amount: None,
+            order_status: None,
+            created_at: Default::default(),
+        };
+        Change { order, op: Op::Truncate, at: Some(at), commit_ts: Some(commit_ts), reject: None }
+    }
+
     /// The headers the change's message carries (`tombstone`: the tombstone after a delete).
     pub fn meta(&self, tombstone: bool) -> ChangeMeta {
         ChangeMeta {
