@@ -1076,3 +1076,60 @@ fn a_truncate_reaches_every_partition_and_the_lakes_current_state() {
         [vec![serde_json::json!(6), serde_json::json!(2), 0.into(), 0.into(), 0.into(), true.into()]]
     );
 }
+
+/// Issue 21 item 2: a lost slot costs no change. The slot is dropped; while none exists orders
+/// are updated, deleted and inserted; the producer exits 1 naming the slot; the README's fix
+/// (remove the producer's state file) brings a new slot and a full snapshot, whose reads are a
+/// new lineage (never taken for the old capture's reads) opened by a truncate on every
+/// partition (so the orders deleted meanwhile leave the current state). The lake's current
+/// state, by DuckDB, then equals the table.
+#[test]
+fn after_a_lost_slot_and_the_documented_recovery_the_lakes_current_state_is_the_table() {
+    let env = TestEnv::logical("lg_lostslot");
+    env.init();
+    let t = env.t();
+    let mut run = env.spawn(&["run"]);
+    env.insert(2);
+    wait_until(Duration::from_secs(120), "the lake's current state to equal the table", || {
+        current_state_duckdb(&env.lake()) == table_state(&env)
+    });
+    assert_eq!(run.terminate(Duration::from_secs(30)), 0, "{}", run.log_text());
+
+    env.pg().execute("SELECT pg_drop_replication_slot($1)", &[&env.slot()]).unwrap();
+    env.pg()
+        .batch_execute(&format!(
+            "UPDATE {t} SET order_status = 'CHANGED', amount = 99.5 \
+               WHERE order_id IN (SELECT order_id FROM {t} ORDER BY order_id LIMIT 3); \
+             DELETE FROM {t} WHERE order_id IN (SELECT order_id FROM {t} ORDER BY order_id DESC LIMIT 2);"
+        ))
+        .unwrap();
+    env.insert(2);
+
+    let mut produce = env.spawn(&["produce"]);
+    assert_eq!(produce.wait(Duration::from_secs(60)), 1, "{}", produce.log_text());
+    let slot_missing = format!("replication slot {} is missing", env.slot());
+    assert!(produce.log_text().contains(&slot_missing), "{}", produce.log_text());
+
+    std::fs::remove_file(env.lastprocess().join("last_timestamp.txt")).unwrap();
+    let mut run = env.spawn(&["run"]);
+    wait_until(Duration::from_secs(60), "the new snapshot", || {
+        changes(&env).iter().any(|m| m.header("orderstream.op").as_deref() == Some("t"))
+    });
+    env.pg()
+        .batch_execute(&format!(
+            "UPDATE {t} SET item = 'after' WHERE order_id = (SELECT min(order_id) FROM {t})"
+        ))
+        .unwrap();
+    let table = table_state(&env);
+    assert_eq!(table.len(), 12, "{table:?}");
+    wait_until(Duration::from_secs(180), "the lake's current state to equal the table", || {
+        current_state_duckdb(&env.lake()) == table
+    });
+    assert_eq!(run.terminate(Duration::from_secs(30)), 0, "{}", run.log_text());
+    let opening: Vec<i32> = changes(&env)
+        .iter()
+        .filter(|m| m.header("orderstream.op").as_deref() == Some("t"))
+        .map(|m| m.partition)
+        .collect();
+    assert_eq!(opening.len(), 3, "one truncate per partition: {opening:?}");
+}

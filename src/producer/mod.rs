@@ -24,7 +24,12 @@
 //!   another's lost. Polling again from the saved position returns those orders again (plus
 //!   any committed since); the ones found in the topic are skipped, the rest published. The
 //!   saved offsets only move past the recovered messages once the saved position covers them,
-//!   so a crash during recovery recovers the same messages again.
+//!   so a crash during recovery recovers the same messages again. Snapshot reads count only
+//!   under the state's own epoch: after a lost slot the state file is removed, and the new
+//!   state's full snapshot must not take the old capture's reads of an order for its own (the
+//!   order may have changed meanwhile). Such a snapshot opens with a truncate on every
+//!   partition, so that its reads replace everything before them, the orders deleted while no
+//!   slot existed included.
 //! * **Sequence numbers continue after the highest one found** (of our source, whatever its
 //!   epoch, but never from one 2^32 or more beyond the saved number: that is a copied header
 //!   with a made-up seq, see [`recovery::read_tail`]), so within a partition they only grow and
@@ -90,6 +95,9 @@ pub async fn run<S: Source>(
 ) -> Result<()> {
     let path = state::path(&cfg.streaming.last_processed_timestamp_location);
     let mut committed = state::load::<S>(&path)?.unwrap_or_else(State::beginning::<S>);
+    // The epoch is saved before any message carries it: recovery takes only messages of this
+    // epoch for its own, so a crash before the first batch is saved must not mint another.
+    state::save::<S>(&path, &committed)?;
     tracing::info!(
         "producer: {} → {} (position: {}, state {})",
         source.name(),
@@ -148,8 +156,9 @@ async fn session<S: Source>(
         highest,
         truncates,
         partitions,
+        earlier,
     } = recover::<S>(cfg, &name, committed).await?;
-    source.recovered(highest);
+    source.recovered(highest, earlier);
     let mut seq = committed.seq.max(tail_seq);
     let limit = cfg.streaming.max_batch_rows;
     let mut value = Vec::with_capacity(256);
@@ -320,6 +329,8 @@ struct Recovered<K> {
     truncates: HashSet<(Lsn, i32, i32)>,
     /// The topic's partitions.
     partitions: Vec<i32>,
+    /// Whether the topic holds messages of our source from another epoch.
+    earlier: bool,
 }
 
 /// Publishes a truncate to every partition it is not already on (a crash may have left it on
@@ -357,11 +368,12 @@ async fn recover<S: Source>(
     let kafka = cfg.kafka.clone();
     let source = name.to_string();
     let from = committed.offsets.clone();
-    let saved_seq = committed.seq;
-    let tail =
-        tokio::task::spawn_blocking(move || recovery::read_tail(&kafka, &source, saved_seq, from.as_ref()))
-            .await
-            .map_err(|e| Error::Kafka(format!("recovery task failed: {e}")))??;
+    let (saved_seq, epoch) = (committed.seq, committed.epoch.clone());
+    let tail = tokio::task::spawn_blocking(move || {
+        recovery::read_tail(&kafka, &source, &epoch, saved_seq, from.as_ref())
+    })
+    .await
+    .map_err(|e| Error::Kafka(format!("recovery task failed: {e}")))??;
     for (meta, order) in &tail.found {
         if let (Some(lsn), Some(i)) = (meta.lsn, meta.change_index) {
             highest = highest.max(Some((lsn, i)));
@@ -379,7 +391,8 @@ async fn recover<S: Source>(
             cfg.kafka.topic
         );
     }
-    Ok(Recovered { found, ends, max_seq, highest, truncates, partitions: tail.partitions })
+    let earlier = tail.earlier > 0;
+    Ok(Recovered { found, ends, max_seq, highest, truncates, partitions: tail.partitions, earlier })
 }
 
 fn report(

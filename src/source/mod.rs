@@ -168,8 +168,10 @@ pub trait Source {
     fn saved(&mut self, _position: &Self::Position) {}
 
     /// Called after recovery with the highest log position found in the topic beyond the saved
-    /// state, so positions handed out later stay above it.
-    fn recovered(&mut self, _highest: Option<(Lsn, i32)>) {}
+    /// state, so positions handed out later stay above it, and whether the topic holds
+    /// messages of this source from an earlier producer state (`earlier`): a capture whose
+    /// state was removed, which a new snapshot must replace.
+    fn recovered(&mut self, _highest: Option<(Lsn, i32)>, _earlier: bool) {}
 
     /// The position as lines of the state file; the first line is the seed's human-readable
     /// `last_timestamp.txt` content.
