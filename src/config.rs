@@ -444,6 +444,19 @@ impl Config {
         env: &[(String, String)],
         create: bool,
     ) -> Result<Config, ConfigError> {
+        // Whatever an error says, no secret of the file, the environment or the URL is in it.
+        let mut secrets = Vec::new();
+        Self::build(origin, text, env, create, &mut secrets)
+            .map_err(|ConfigError(message)| ConfigError(scrub(message, &secrets)))
+    }
+
+    fn build(
+        origin: &str,
+        text: &str,
+        env: &[(String, String)],
+        create: bool,
+        secrets: &mut Vec<String>,
+    ) -> Result<Config, ConfigError> {
         let mut root: Value = serde_norway::from_str(text)
             .map_err(|e| ConfigError(format!("{origin}: not valid YAML: {e}")))?;
         if root.is_null() {
@@ -460,10 +473,18 @@ impl Config {
             let key = apply_env_override(&mut root, var, value)?;
             from_env.push((key, var.clone()));
         }
+        collect_secrets(&root, secrets);
 
         let raw: RawConfig = serde_path_to_error::deserialize(root).map_err(|e| {
             let path = e.path().to_string();
-            let inner = e.into_inner().to_string();
+            let inner = if is_secret(&path) {
+                // serde's message repeats the value (`invalid type: integer 12345678`).
+                "must be one string (quote a value YAML reads as a number or a boolean: \
+                 password: \"…\"); the value is not shown"
+                    .to_string()
+            } else {
+                e.into_inner().to_string()
+            };
             // serde_norway appends " at line N column M" for file positions; keep it.
             let source = from_env
                 .iter()
@@ -615,6 +636,9 @@ fn kafka_properties(
             Value::String(s) => s.clone(),
             Value::Number(n) => n.to_string(),
             Value::Bool(b) => b.to_string(),
+            _ if is_secret(&key) => {
+                return Err(bad(&key, "expected a single value; the value is not shown".into()));
+            }
             other => {
                 return Err(bad(&key, format!("expected a single value, got `{}`", show(other))));
             }
@@ -631,6 +655,87 @@ fn kafka_properties(
         properties.insert(crate::kafka::canonical(name).to_string(), value);
     }
     Ok(properties)
+}
+
+/// Whether the dotted key holds a secret, whose value no message may repeat:
+/// `postgres.password` and every Kafka property that names a password, a secret, a private key
+/// or a token.
+pub fn is_secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "secret", "key.pem", "sslkey", "token", "oauthbearer.config", "jaas"]
+        .iter()
+        .any(|word| key.contains(word))
+}
+
+/// The values of every secret in the tree: the secret keys' values (each element of a list,
+/// the text of a number), and the password of `postgres.jdbc_url`, as written and decoded.
+fn collect_secrets(root: &Value, out: &mut Vec<String>) {
+    fn scalars(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Sequence(items) => items.iter().for_each(|i| scalars(i, out)),
+            Value::Mapping(m) => m.values().for_each(|i| scalars(i, out)),
+            Value::Tagged(t) => scalars(&t.value, out),
+            Value::Null => {}
+            Value::String(s) => out.push(s.clone()),
+            other => out.push(show(other)),
+        }
+    }
+    fn walk(v: &Value, path: &str, out: &mut Vec<String>) {
+        let Value::Mapping(m) = v else { return };
+        for (k, v) in m {
+            let Some(k) = k.as_str() else { continue };
+            let path = if path.is_empty() { k.to_string() } else { format!("{path}.{k}") };
+            if is_secret(&path) {
+                scalars(v, out);
+            } else if path == "postgres.jdbc_url"
+                && let Some(url) = v.as_str()
+            {
+                out.extend(url_secrets(url));
+            } else {
+                walk(v, &path, out);
+            }
+        }
+    }
+    walk(root, "", out);
+}
+
+/// The password of a `[jdbc:]postgres[ql]://user:password@host/db?password=…` URL, as written
+/// and %-decoded.
+fn url_secrets(url: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    if let Some((userinfo, _)) = authority.rsplit_once('@')
+        && let Some((_, password)) = userinfo.split_once(':')
+    {
+        out.push(password.to_string());
+    }
+    if let Some((_, query)) = rest.split_once('?') {
+        for pair in query.split('&') {
+            if let Some((k, v)) = pair.split_once('=')
+                && is_secret(k)
+            {
+                out.push(v.to_string());
+            }
+        }
+    }
+    let decoded: Vec<String> = out.iter().filter_map(|p| percent_decode(p).ok()).collect();
+    out.extend(decoded);
+    out
+}
+
+/// `message` with every secret of three or more characters replaced by `***` (a shorter one
+/// would blank out ordinary words).
+fn scrub(mut message: String, secrets: &[String]) -> String {
+    let mut secrets: Vec<&String> = secrets.iter().filter(|s| s.chars().count() >= 3).collect();
+    // The longest first, so a secret that contains another is blanked whole.
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    for secret in secrets {
+        if message.contains(secret.as_str()) {
+            message = message.replace(secret.as_str(), "***");
+        }
+    }
+    message
 }
 
 /// Where `text` first names the setting `name` (under any of its names) as a whole word.

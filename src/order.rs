@@ -161,7 +161,10 @@ impl Order<'_> {
         let restaurant_name = text_field("restaurant_name", wire.restaurant_name)?;
         let item = text_field("item", wire.item)?;
         let order_status = text_field("order_status", wire.order_status)?;
-        let amount = parse_amount(required("amount", wire.amount)?)?;
+        let amount = match wire.amount.map(RawValue::get) {
+            Some("null") => return Err(Reject::new(RejectReason::NullAmount, "amount is null")),
+            _ => parse_amount(required("amount", wire.amount)?)?,
+        };
         let created_at = parse_created_at(required("created_at", wire.created_at)?)?;
         Ok(Order {
             order_id,
@@ -245,8 +248,10 @@ pub enum RejectReason {
     InvalidJson,
     /// `order_id` missing or null (the seed's first filter).
     NullOrderId,
-    /// One of the seed's fields is missing, or `amount`/`created_at` is null.
+    /// One of the seed's fields is missing, or `created_at` is null.
     MissingField,
+    /// `amount` is present but null (a NULL amount in the table).
+    NullAmount,
     /// A field has the wrong JSON type.
     WrongType,
     /// `amount` is zero or negative (the seed's second filter).
@@ -261,10 +266,11 @@ pub enum RejectReason {
 
 impl RejectReason {
     /// Every reason, for counters that list all of them.
-    pub const ALL: [RejectReason; 8] = [
+    pub const ALL: [RejectReason; 9] = [
         RejectReason::InvalidJson,
         RejectReason::NullOrderId,
         RejectReason::MissingField,
+        RejectReason::NullAmount,
         RejectReason::WrongType,
         RejectReason::NonPositiveAmount,
         RejectReason::AmountOutOfRange,
@@ -278,6 +284,7 @@ impl RejectReason {
             RejectReason::InvalidJson => "invalid_json",
             RejectReason::NullOrderId => "null_order_id",
             RejectReason::MissingField => "missing_field",
+            RejectReason::NullAmount => "null_amount",
             RejectReason::WrongType => "wrong_type",
             RejectReason::NonPositiveAmount => "non_positive_amount",
             RejectReason::AmountOutOfRange => "amount_out_of_range",
@@ -362,6 +369,18 @@ impl Change {
             change_index: meta.change_index,
             committed_at: meta.commit_ts.map(|t| t.timestamp_micros()),
         })
+    }
+
+    /// A truncate (`t`) is a lake row only with its place in the log and its commit time, which
+    /// decide which orders it removes and the date it is filed under.
+    pub fn check_truncate(&self) -> Result<(), Reject> {
+        if self.lsn.is_none() || self.change_index.is_none() || self.committed_at.is_none() {
+            return Err(Reject::new(
+                RejectReason::InvalidHeader,
+                "a truncate (op t) without orderstream.lsn, orderstream.change_index or orderstream.commit_ts",
+            ));
+        }
+        Ok(())
     }
 
     /// The change columns a message's headers give: `(name, value)` pairs as Kafka clients list
@@ -485,19 +504,20 @@ fn parse_created_at(raw: &str) -> Result<NaiveDateTime, Reject> {
 /// The lake's Arrow schema, the columns of [`LAKE_COLUMNS`] (the `date` partition column lives
 /// in the folder name, as Spark writes it): order_id INT64, the texts UTF8, amount
 /// DECIMAL(10,2), created_at TIMESTAMP(µs, UTC); then op UTF8 (never null), lsn INT64,
-/// change_index INT32 and committed_at TIMESTAMP(µs, UTC), null in poll mode.
+/// change_index INT32 and committed_at TIMESTAMP(µs, UTC), null in poll mode. Every column but
+/// `op` is nullable: a truncate's row (`t`) has no order, only its log position and commit time.
 pub fn arrow_schema() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
     SCHEMA
         .get_or_init(|| {
             Arc::new(Schema::new(vec![
-                Field::new("order_id", DataType::Int64, false),
+                Field::new("order_id", DataType::Int64, true),
                 Field::new("customer_name", DataType::Utf8, true),
                 Field::new("restaurant_name", DataType::Utf8, true),
                 Field::new("item", DataType::Utf8, true),
-                Field::new("amount", DataType::Decimal128(AMOUNT_PRECISION, AMOUNT_SCALE as i8), false),
+                Field::new("amount", DataType::Decimal128(AMOUNT_PRECISION, AMOUNT_SCALE as i8), true),
                 Field::new("order_status", DataType::Utf8, true),
-                Field::new("created_at", utc_micros(), false),
+                Field::new("created_at", utc_micros(), true),
                 Field::new("op", DataType::Utf8, false),
                 Field::new("lsn", DataType::Int64, true),
                 Field::new("change_index", DataType::Int32, true),

@@ -6,12 +6,19 @@
 //! snapshot read (`r`), the row before it for a delete (`d`). A delete is followed by a
 //! tombstone: the same key, no value, the same headers plus [`TOMBSTONE_HEADER`].
 //!
+//! A `TRUNCATE` of the table (`t`, logical mode) is one message on *every* partition, each
+//! numbered in its partition's sequence: key [`TRUNCATE_KEY`], value [`TRUNCATE_VALUE`], the
+//! transaction's change headers. A reader of any partition thus sees it after every earlier
+//! change of that partition and before every later one, whatever the order's key. The same
+//! message opens a snapshot taken after the topic already held changes of an earlier capture
+//! (a lost slot): the snapshot's reads then replace everything before them.
+//!
 //! | header | value |
 //! |---|---|
 //! | `orderstream.source` | what the producer captures, e.g. `logical:food_delivery_db.roll001_orders` |
 //! | `orderstream.epoch` | the id of the producer state that numbered the message (a uuid, new with every new state file) |
 //! | `orderstream.seq` | decimal u64, strictly increasing per source and epoch within a partition |
-//! | `orderstream.op` | `c`, `u`, `d` or `r` (Debezium's letters); absent means `c` |
+//! | `orderstream.op` | `c`, `u`, `d`, `r` or `t` (Debezium's letters); absent means `c` |
 //! | `orderstream.lsn` | the commit LSN of the change's transaction, PostgreSQL's text form (`0/16B3748`); logical mode only |
 //! | `orderstream.change_index` | the change's position within its transaction, from 0; logical mode only |
 //! | `orderstream.commit_ts` | the commit time, RFC 3339 UTC with microseconds; logical mode only |
@@ -55,6 +62,13 @@ pub const CHANGE_INDEX_HEADER: &str = "orderstream.change_index";
 pub const COMMIT_TS_HEADER: &str = "orderstream.commit_ts";
 /// Header marking the tombstone that follows a delete (value `1`).
 pub const TOMBSTONE_HEADER: &str = "orderstream.tombstone";
+/// The key of a truncate's messages: no order's (those are decimal), and one per partition, so
+/// a compacted topic keeps the latest truncate.
+pub const TRUNCATE_KEY: &str = "truncate";
+/// The value of a truncate's messages: not empty, so that a compacted topic does not take it
+/// for a tombstone, and a consumer that predates `t` sends it to its dead-letter topic
+/// (`invalid_header`) instead of skipping it unseen.
+pub const TRUNCATE_VALUE: &str = r#"{"op": "t"}"#;
 
 /// Dead-letter header naming the reject reason.
 pub const REASON_HEADER: &str = "orderstream.reject.reason";
@@ -154,6 +168,8 @@ pub enum Op {
     Delete,
     /// `r`: read by the initial snapshot.
     Read,
+    /// `t`: the table was truncated (no row: every order before it is gone).
+    Truncate,
 }
 
 impl Op {
@@ -164,6 +180,7 @@ impl Op {
             Op::Update => "u",
             Op::Delete => "d",
             Op::Read => "r",
+            Op::Truncate => "t",
         }
     }
 }
@@ -176,7 +193,8 @@ impl FromStr for Op {
             "u" => Ok(Op::Update),
             "d" => Ok(Op::Delete),
             "r" => Ok(Op::Read),
-            _ => Err(format!("`{}` is not an operation (c, u, d or r)", clip(s))),
+            "t" => Ok(Op::Truncate),
+            _ => Err(format!("`{}` is not an operation (c, u, d, r or t)", clip(s))),
         }
     }
 }
@@ -314,7 +332,7 @@ mod tests {
 
     #[test]
     fn ops_parse_and_print() {
-        for op in [Op::Insert, Op::Update, Op::Delete, Op::Read] {
+        for op in [Op::Insert, Op::Update, Op::Delete, Op::Read, Op::Truncate] {
             assert_eq!(op.as_str().parse::<Op>().unwrap(), op);
         }
         assert!("x".parse::<Op>().unwrap_err().contains("not an operation"));

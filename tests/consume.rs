@@ -55,6 +55,7 @@ fn valid_rows_land_exactly_and_every_bad_input_goes_to_the_dead_letter_topic() {
         (Msg::value(order_json(6, "100000000.00", "2025-01-18T12:00:00Z")).to(0), Some("amount_out_of_range")),
         (Msg::value(order_json(7, "1.00", "yesterday")).to(1), Some("invalid_created_at")),
         (Msg::value(order_json(8, "1.00", "2025-01-18T12:00:00Z").replace(", \"item\": \"Veg Burger\"", "")).to(0), Some("missing_field")),
+        (Msg::value(order_json(9, "null", "2025-01-18T12:00:00Z")).to(1), Some("null_amount")),
         (Msg { key: Some(b"gone".to_vec()), partition: Some(1), ..Msg::default() }, None),
         (Msg::value("").to(0), None),
         (
@@ -150,6 +151,7 @@ fn valid_rows_land_exactly_and_every_bad_input_goes_to_the_dead_letter_topic() {
         ("invalid_json", 3),
         ("missing_field", 1),
         ("non_positive_amount", 2),
+        ("null_amount", 1),
         ("null_order_id", 2),
         ("wrong_type", 1),
     ]

@@ -251,3 +251,94 @@ fn an_honoured_kafka_property_reaches_every_client() {
         assert_eq!(native.get("bootstrap.servers").unwrap(), env.brokers, "{}", client.name());
     }
 }
+
+/// Issue 21 item 5: a password is in no output of the binary, whatever its form: wrong (the
+/// server refuses it), numeric or a list in the file, in the environment, in the URL. Every
+/// output is searched: stdout, stderr, and `/metrics` and `/health` of a process serving them.
+#[test]
+fn no_output_holds_the_password_in_any_form() {
+    let secret = "73918264";
+    let url_with = |port: &str| format!("postgres://student:{secret}@127.0.0.1:{port}/food_delivery_db");
+    let with_password = |env: &TestEnv, form: &str| {
+        let file = std::fs::read_to_string(env.config_path()).unwrap();
+        std::fs::write(env.config_path(), file.replace("password: \"student123\"", form)).unwrap();
+    };
+    // Configuration errors: numeric, decimal, list and mapping in the file; a malformed URL
+    // holding it; a Kafka secret beside a refused value. Each exits 2 at once.
+    let env = TestEnv::new("init_secret");
+    let mut cases: Vec<(String, Vec<(&str, String)>)> = Vec::new();
+    for form in [
+        format!("password: {secret}"),
+        format!("password: {secret}.5"),
+        format!("password: [{secret}]"),
+        format!("password: {{x: {secret}}}"),
+    ] {
+        cases.push((form, vec![]));
+    }
+    cases.push(("password: \"student123\"".into(), vec![("ORDERSTREAM__POSTGRES__JDBC_URL", url_with("x"))]));
+    cases.push((
+        "password: \"student123\"".into(),
+        vec![
+            ("ORDERSTREAM__KAFKA__PROPERTIES__SASL_PASSWORD", secret.to_string()),
+            ("ORDERSTREAM__KAFKA__PROPERTIES__SASL_MECHANISM", secret.to_string()),
+        ],
+    ));
+    for (form, vars) in &cases {
+        with_password(&env, form);
+        for command in ["init", "produce", "consume", "run", "status"] {
+            let mut cmd = env.orderstream(&[command]);
+            cmd.envs(vars.iter().map(|(k, v)| (k, v)));
+            let (code, out, err) = common::run_output(cmd);
+            assert!(!format!("{out}{err}").contains(secret), "{form} {vars:?} {command}: {out}\n{err}");
+            assert_eq!(code, 2, "{form} {vars:?} {command}: {out}\n{err}");
+        }
+        with_password(&env, "password: \"student123\"");
+    }
+    let with_numeric = {
+        with_password(&env, &format!("password: {secret}"));
+        let (_, _, err) = env.run(&["produce"]);
+        with_password(&env, "password: \"student123\"");
+        err
+    };
+    assert!(with_numeric.contains("postgres.password: must be one string"), "{with_numeric}");
+
+    // Wrong (the server refuses it, unless it trusts local connections), in the file, the
+    // environment and the URL: the producer serves /metrics and /health meanwhile; `status`
+    // reports and exits.
+    let mut wrong: Vec<(&str, String)> = vec![
+        ("ORDERSTREAM__POSTGRES__PASSWORD", secret.to_string()),
+        ("ORDERSTREAM__POSTGRES__JDBC_URL", url_with(&common::pg_port().to_string())),
+    ];
+    wrong.push(("", String::new()));
+    for (var, value) in wrong {
+        let mut env = TestEnv::new("init_secret_wrong");
+        // The table and topic exist, so the producer gets as far as PostgreSQL's refusal.
+        env.init();
+        if var.is_empty() {
+            with_password(&env, &format!("password: \"{secret}\""));
+        } else {
+            env.set(var, &value);
+        }
+        for command in ["produce", "run"] {
+            env.insert(1);
+            let (mut p, port) = env.spawn_serving(&[command]);
+            // The stack's server may trust local connections: refused or accepted, the
+            // producer gets to PostgreSQL and logs it.
+            common::proc::wait_until(Duration::from_secs(60), "PostgreSQL's answer in the log", || {
+                let log = p.log_text();
+                log.contains("password authentication failed") || log.contains("batch published")
+            });
+            for path in ["/metrics", "/health"] {
+                let (_, body) = common::http_get(port, path);
+                assert!(!body.is_empty(), "{path}");
+                assert!(!body.contains(secret), "{var} {command} {path}:\n{body}");
+            }
+            p.kill();
+            assert!(!p.log_text().contains(secret), "{var} {command}:\n{}", p.log_text());
+        }
+        let (_, out, err) = env.run(&["status"]);
+        assert!(!format!("{out}{err}").contains(secret), "{var} status:\n{out}\n{err}");
+        let (_, out, err) = env.run(&["init"]);
+        assert!(!format!("{out}{err}").contains(secret), "{var} init:\n{out}\n{err}");
+    }
+}

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::cluster::{Cluster, ClusterOptions};
-use common::lake::{LakeRow, read_duckdb};
+use common::lake::{LakeRow, current_state_duckdb, duckdb_query, read_duckdb};
 use common::proc::{wait_for, wait_until};
 use common::proxy::Proxy;
 use common::topic::{Record, read_topic};
@@ -878,4 +878,258 @@ fn a_created_at_no_message_can_carry_is_dead_lettered_from_the_snapshot_and_the_
     assert!(dlq.iter().all(|d| d.header("orderstream.reject.reason").as_deref() == Some("unencodable")));
     assert!(producer.running(), "{}", producer.log_text());
     assert_eq!(producer.terminate(Duration::from_secs(30)), 0, "{}", producer.log_text());
+}
+
+/// Issue 21 item 3: a year beyond 9999 and a BC date are valid in PostgreSQL but no message can
+/// carry them: dead letters (reason `unencodable`, the raw value), from the snapshot and the
+/// stream, and later changes flow.
+#[test]
+fn dates_beyond_9999_and_bc_are_dead_lettered_and_later_changes_flow() {
+    let env = TestEnv::logical("lg_bcdate");
+    env.init();
+    let t = env.t();
+    let insert = |id: i64, ts: &str| {
+        format!(
+            "INSERT INTO {t} (order_id, customer_name, restaurant_name, item, amount, order_status, created_at) \
+             VALUES ({id}, 'Cust {id}', 'Bistro', 'Soup', 5, 'PLACED', '{ts}');"
+        )
+    };
+    // Read by the snapshot.
+    env.pg().batch_execute(&format!("{}{}", insert(610, "12345-06-07"), insert(613, "0001-01-01"))).unwrap();
+    let mut producer = env.spawn(&["produce"]);
+    wait_changes(&env, 11, Duration::from_secs(60));
+    // Read from the log; the update gives order 610 a time a message carries, and it is published.
+    env.pg()
+        .batch_execute(&format!(
+            "{}{}UPDATE {t} SET created_at = '2025-02-01 10:00:00' WHERE order_id = 610;",
+            insert(611, "0044-03-15 12:00:00 BC"),
+            insert(612, "2025-02-01 09:00:00")
+        ))
+        .unwrap();
+    let msgs = wait_changes(&env, 13, Duration::from_secs(60));
+    let ops: Vec<(String, String, String)> = msgs
+        .iter()
+        .map(|m| {
+            let created_at = m.json()["created_at"].as_str().unwrap().to_string();
+            (m.key_str().unwrap(), m.header("orderstream.op").unwrap(), created_at)
+        })
+        .filter(|(k, _, _)| k.starts_with("61"))
+        .collect();
+    let op = |k: &str, o: &str, c: &str| (k.to_string(), o.to_string(), c.to_string());
+    assert_eq!(
+        ops,
+        [
+            op("613", "r", "0001-01-01T00:00:00Z"),
+            op("612", "c", "2025-02-01T09:00:00Z"),
+            op("610", "u", "2025-02-01T10:00:00Z")
+        ]
+    );
+    let dlq = wait_for(Duration::from_secs(30), "two dead letters", || {
+        let d = read_topic(&env.brokers, &format!("{}_dlq", env.topic));
+        (d.len() >= 2).then_some(d)
+    });
+    let mut got: Vec<(String, String, String, String, String)> = dlq
+        .iter()
+        .map(|d| {
+            (
+                d.key_str().unwrap(),
+                d.header("orderstream.op").unwrap(),
+                d.header("orderstream.reject.reason").unwrap(),
+                d.header("orderstream.reject.detail").unwrap(),
+                d.json()["created_at"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    got.sort();
+    let dead = |k: &str, o: &str, raw: &str| {
+        (
+            k.to_string(),
+            o.to_string(),
+            "unencodable".to_string(),
+            format!("order {k}: created_at `{raw}` is not a time a message can carry"),
+            raw.to_string(),
+        )
+    };
+    assert_eq!(got, [dead("610", "r", "12345-06-07 00:00:00"), dead("611", "c", "0044-03-15 12:00:00 BC")]);
+    assert!(producer.running(), "{}", producer.log_text());
+    assert_eq!(producer.terminate(Duration::from_secs(30)), 0, "{}", producer.log_text());
+}
+
+/// Issue 21 item 5: an amount that is present but unusable goes to the dead-letter topic under
+/// a reason that says what is wrong: a NULL amount reaches the consumer, which rejects it as
+/// `null_amount`; JSON has no NaN, so the producer sends a NaN amount there itself as
+/// `unencodable`, naming it.
+#[test]
+fn a_null_or_nan_amount_is_dead_lettered_under_a_reason_that_names_it() {
+    let env = TestEnv::logical("lg_nanamount");
+    env.init();
+    let t = env.t();
+    let mut run = env.spawn(&["run"]);
+    wait_changes(&env, 10, Duration::from_secs(60));
+    env.pg()
+        .batch_execute(&format!(
+            "INSERT INTO {t} (order_id, customer_name, amount) VALUES (620, 'null', NULL), (621, 'nan', 'NaN'), \
+             (622, 'fine', 5)"
+        ))
+        .unwrap();
+    let dlq = wait_for(Duration::from_secs(60), "two dead letters", || {
+        let d = read_topic(&env.brokers, &format!("{}_dlq", env.topic));
+        (d.len() >= 2).then_some(d)
+    });
+    let mut got: Vec<(String, String, String)> = dlq
+        .iter()
+        .map(|d| {
+            (
+                d.key_str().unwrap(),
+                d.header("orderstream.reject.reason").unwrap(),
+                d.header("orderstream.reject.detail").unwrap(),
+            )
+        })
+        .collect();
+    got.sort();
+    let row = |k: &str, r: &str, d: &str| (k.to_string(), r.to_string(), d.to_string());
+    assert_eq!(
+        got,
+        [
+            row("620", "null_amount", "amount is null"),
+            row("621", "unencodable", "order 621: amount `NaN` is not a number a message can carry")
+        ]
+    );
+    wait_until(Duration::from_secs(60), "order 622 in the lake", || {
+        read_duckdb(&env.lake()).rows.iter().any(|r| r.order_id == 622)
+    });
+    assert_eq!(run.terminate(Duration::from_secs(30)), 0, "{}", run.log_text());
+}
+
+/// Issue 21 item 4: a TRUNCATE reaches the lake. It is one message on every partition (key
+/// `truncate`, op `t`, its log position), once each across a SIGKILL of the pipeline; the lake
+/// holds a `t` row per partition; and the README's current-state query, run by DuckDB, drops
+/// every order whose last change precedes it: the lake's current state equals the table.
+#[test]
+fn a_truncate_reaches_every_partition_and_the_lakes_current_state() {
+    let env = TestEnv::logical("lg_truncate");
+    env.init();
+    let t = env.t();
+    let mut run = env.spawn(&["run"]);
+    wait_changes(&env, 10, Duration::from_secs(60));
+    env.insert(3);
+    env.pg()
+        .batch_execute(&format!(
+            "UPDATE {t} SET order_status = 'DELIVERED' WHERE order_id = (SELECT min(order_id) FROM {t})"
+        ))
+        .unwrap();
+    wait_changes(&env, 14, Duration::from_secs(60));
+    // One truncate alone, then one inside a transaction between an insert it removes and one
+    // it keeps.
+    env.pg().batch_execute(&format!("TRUNCATE {t}")).unwrap();
+    wait_until(Duration::from_secs(60), "the first truncate", || {
+        changes(&env).iter().any(|m| m.header("orderstream.op").as_deref() == Some("t"))
+    });
+    // A crash right after: what the topic holds is recovered, nothing is sent twice.
+    run.kill();
+    let truncated = env.insert(2);
+    env.pg()
+        .batch_execute(&format!(
+            "BEGIN; \
+             INSERT INTO {t} (customer_name, amount, created_at) VALUES ('gone', 5, '2025-03-01 10:00:00'); \
+             TRUNCATE {t}; \
+             INSERT INTO {t} (customer_name, amount, created_at) VALUES ('kept', 6, '2025-03-01 11:00:00'); \
+             COMMIT"
+        ))
+        .unwrap();
+    env.insert(2);
+    let mut run = env.spawn(&["run"]);
+    let table = table_state(&env);
+    assert_eq!(table.len(), 3, "{table:?}");
+    assert!(!table.contains_key(&truncated[0]));
+    wait_until(Duration::from_secs(120), "the lake's current state to equal the table", || {
+        current_state_duckdb(&env.lake()) == table
+    });
+    assert_eq!(run.terminate(Duration::from_secs(30)), 0, "{}", run.log_text());
+
+    let msgs = changes(&env);
+    let truncates: Vec<&Record> =
+        msgs.iter().filter(|m| m.header("orderstream.op").as_deref() == Some("t")).collect();
+    let mut per_position: BTreeMap<(u64, i32), BTreeSet<i32>> = BTreeMap::new();
+    for m in &truncates {
+        assert_eq!(
+            (m.key_str().as_deref(), m.value_str().as_deref()),
+            (Some("truncate"), Some(r#"{"op": "t"}"#))
+        );
+        let (lsn, i, _) = position(m);
+        assert!(
+            per_position.entry((lsn, i)).or_default().insert(m.partition),
+            "a truncate twice on one partition"
+        );
+    }
+    assert_eq!(per_position.len(), 2, "{per_position:?}");
+    assert!(per_position.values().all(|p| p.len() == 3), "{per_position:?}");
+    assert_eq!(truncates.len(), 6);
+    // The lake: a `t` row per partition and truncate, order columns null, filed by commit date.
+    let rows = duckdb_query(
+        &env.lake(),
+        "SELECT count(*), count(DISTINCT lsn), count(order_id), count(amount), count(created_at), \
+         bool_and(CAST(date AS VARCHAR) = strftime(committed_at, '%Y-%m-%d')) FROM {src} WHERE op = 't'",
+    );
+    assert_eq!(
+        rows,
+        [vec![serde_json::json!(6), serde_json::json!(2), 0.into(), 0.into(), 0.into(), true.into()]]
+    );
+}
+
+/// Issue 21 item 2: a lost slot costs no change. The slot is dropped; while none exists orders
+/// are updated, deleted and inserted; the producer exits 1 naming the slot; the README's fix
+/// (remove the producer's state file) brings a new slot and a full snapshot, whose reads are a
+/// new lineage (never taken for the old capture's reads) opened by a truncate on every
+/// partition (so the orders deleted meanwhile leave the current state). The lake's current
+/// state, by DuckDB, then equals the table.
+#[test]
+fn after_a_lost_slot_and_the_documented_recovery_the_lakes_current_state_is_the_table() {
+    let env = TestEnv::logical("lg_lostslot");
+    env.init();
+    let t = env.t();
+    let mut run = env.spawn(&["run"]);
+    env.insert(2);
+    wait_until(Duration::from_secs(120), "the lake's current state to equal the table", || {
+        current_state_duckdb(&env.lake()) == table_state(&env)
+    });
+    assert_eq!(run.terminate(Duration::from_secs(30)), 0, "{}", run.log_text());
+
+    env.pg().execute("SELECT pg_drop_replication_slot($1)", &[&env.slot()]).unwrap();
+    env.pg()
+        .batch_execute(&format!(
+            "UPDATE {t} SET order_status = 'CHANGED', amount = 99.5 \
+               WHERE order_id IN (SELECT order_id FROM {t} ORDER BY order_id LIMIT 3); \
+             DELETE FROM {t} WHERE order_id IN (SELECT order_id FROM {t} ORDER BY order_id DESC LIMIT 2);"
+        ))
+        .unwrap();
+    env.insert(2);
+
+    let mut produce = env.spawn(&["produce"]);
+    assert_eq!(produce.wait(Duration::from_secs(60)), 1, "{}", produce.log_text());
+    let slot_missing = format!("replication slot {} is missing", env.slot());
+    assert!(produce.log_text().contains(&slot_missing), "{}", produce.log_text());
+
+    std::fs::remove_file(env.lastprocess().join("last_timestamp.txt")).unwrap();
+    let mut run = env.spawn(&["run"]);
+    wait_until(Duration::from_secs(60), "the new snapshot", || {
+        changes(&env).iter().any(|m| m.header("orderstream.op").as_deref() == Some("t"))
+    });
+    env.pg()
+        .batch_execute(&format!(
+            "UPDATE {t} SET item = 'after' WHERE order_id = (SELECT min(order_id) FROM {t})"
+        ))
+        .unwrap();
+    let table = table_state(&env);
+    assert_eq!(table.len(), 12, "{table:?}");
+    wait_until(Duration::from_secs(180), "the lake's current state to equal the table", || {
+        current_state_duckdb(&env.lake()) == table
+    });
+    assert_eq!(run.terminate(Duration::from_secs(30)), 0, "{}", run.log_text());
+    let opening: Vec<i32> = changes(&env)
+        .iter()
+        .filter(|m| m.header("orderstream.op").as_deref() == Some("t"))
+        .map(|m| m.partition)
+        .collect();
+    assert_eq!(opening.len(), 3, "one truncate per partition: {opening:?}");
 }

@@ -646,8 +646,8 @@ fn orders_with_an_infinite_created_at_are_skipped_with_a_warning_and_the_rest_fl
     assert!(!keys.iter().any(|k| k == "700" || k == "701"), "{keys:?}");
     assert!(
         producer.log_text().contains(
-            "orders 700, 701 have a created_at of infinity or -infinity, which has no place in watermark order: \
-             polling does not publish them"
+            "orders 700, 701 have a created_at of infinity, -infinity or beyond the year 9999, which has no place \
+             in watermark order: polling does not publish them"
         ),
         "{}",
         producer.log_text()
@@ -656,6 +656,68 @@ fn orders_with_an_infinite_created_at_are_skipped_with_a_warning_and_the_rest_fl
     assert!(counts.values().all(|n| *n == 1), "{counts:?}");
     let expected: Vec<i64> = env.table_ids().into_iter().filter(|i| *i != 700 && *i != 701).collect();
     assert_eq!(counts.keys().copied().collect::<Vec<_>>(), expected);
+    assert_eq!(producer.terminate(Duration::from_secs(30)), 0, "{}", producer.log_text());
+}
+
+/// Issue 21 item 3, poll mode: a BC `created_at` has its place in watermark order (before every
+/// other), so it becomes a dead letter in its turn (reason `unencodable`, the raw value); a year
+/// beyond 9999 is never reached by the watermark, so it is named like `infinity`. The rest flows.
+#[test]
+fn a_bc_created_at_is_dead_lettered_and_one_beyond_9999_named_while_the_rest_flows() {
+    let env = TestEnv::new("prod_bcdate");
+    env.init();
+    env.pg()
+        .batch_execute(&format!(
+            "INSERT INTO {t} (order_id, customer_name, amount, created_at) VALUES (700, 'later', 5, '12345-06-07'), \
+             (701, 'earlier', 6, '0044-03-15 12:00:00 BC')",
+            t = env.t()
+        ))
+        .unwrap();
+    let mut producer = env.spawn(&["produce"]);
+    wait_messages(&env, 10, Duration::from_secs(60));
+    let ids = env.insert(2);
+    let msgs = wait_messages(&env, 12, Duration::from_secs(60));
+    let counts = counts(&msgs);
+    assert!(counts.values().all(|n| *n == 1), "{counts:?}");
+    let expected: Vec<i64> = env.table_ids().into_iter().filter(|i| *i != 700 && *i != 701).collect();
+    assert_eq!(counts.keys().copied().collect::<Vec<_>>(), expected);
+    assert!(ids.iter().all(|i| counts.contains_key(i)), "{counts:?}");
+    let dlq = read_topic(&env.brokers, &format!("{}_dlq", env.topic));
+    let got: Vec<[Option<String>; 4]> = dlq
+        .iter()
+        .map(|d| {
+            [
+                d.key_str(),
+                d.header("orderstream.reject.reason"),
+                d.header("orderstream.reject.detail"),
+                d.json()["created_at"].as_str().map(str::to_string),
+            ]
+        })
+        .collect();
+    let want = [
+        "701",
+        "unencodable",
+        "order 701: created_at `0044-03-15 12:00:00 BC` is not a time a message can carry",
+        "0044-03-15 12:00:00 BC",
+    ];
+    assert_eq!(got, [want.map(|s| Some(s.to_string()))]);
+    assert!(
+        producer.log_text().contains(
+            "orders 700 have a created_at of infinity, -infinity or beyond the year 9999, which has no place \
+             in watermark order"
+        ),
+        "{}",
+        producer.log_text()
+    );
+    // A restart (the BC watermark read back from the state file) publishes nothing twice.
+    assert_eq!(producer.terminate(Duration::from_secs(30)), 0, "{}", producer.log_text());
+    let mut producer = env.spawn(&["produce"]);
+    let more = env.insert(1);
+    let msgs = wait_messages(&env, 13, Duration::from_secs(60));
+    let counts = self::counts(&msgs);
+    assert!(more.iter().all(|i| counts.contains_key(i)), "{counts:?}");
+    assert!(counts.values().all(|n| *n == 1), "{counts:?}");
+    assert_eq!(read_topic(&env.brokers, &format!("{}_dlq", env.topic)).len(), 1);
     assert_eq!(producer.terminate(Duration::from_secs(30)), 0, "{}", producer.log_text());
 }
 

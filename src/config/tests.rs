@@ -720,3 +720,62 @@ fn building_the_clients_leaves_no_thread_behind() {
     }
     assert_eq!(threads(), before);
 }
+
+/// Issue 21 item 5: a secret of any type, from the file, the environment or the URL, is never
+/// in an error.
+#[test]
+fn no_error_repeats_a_secret_of_any_type() {
+    let swap = |from: &str, to: &str| GOOD.replace(from, to);
+    type Case<'a> = (String, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case<'_>> = vec![
+        (swap("password: \"student123\"", "password: 12345678"), vec![], "12345678"),
+        (swap("password: \"student123\"", "password: 1234.5678"), vec![], "1234.5678"),
+        (swap("password: \"student123\"", "password: [hunter22, 98765432]"), vec![], "98765432"),
+        (swap("password: \"student123\"", "password: {a: hunter22}"), vec![], "hunter22"),
+        (swap("password: \"student123\"", "password: true"), vec![], "true"),
+        // The URL's password, with another key wrong in the URL.
+        (
+            swap(
+                "jdbc:postgresql://127.0.0.1:55432/food_delivery_db",
+                "postgres://student:hunter22@127.0.0.1:notaport/food_delivery_db",
+            ),
+            vec![],
+            "hunter22",
+        ),
+        (
+            swap(
+                "jdbc:postgresql://127.0.0.1:55432/food_delivery_db",
+                "postgres://student:hunter22@127.0.0.1:55432/food_delivery_db?sslmode=hunter22",
+            ),
+            vec![],
+            "hunter22",
+        ),
+        // A Kafka secret given as a list, and one given in the environment with another error.
+        (
+            swap(
+                "topic: \"ROLL001_food_orders_raw\"",
+                "topic: \"ROLL001_food_orders_raw\"\n  properties:\n    sasl.password: [hunter22]",
+            ),
+            vec![],
+            "hunter22",
+        ),
+        (
+            GOOD.to_string(),
+            vec![
+                ("ORDERSTREAM__KAFKA__PROPERTIES__SSL_KEY_PASSWORD", "hunter22"),
+                ("ORDERSTREAM__KAFKA__BROKERS", "hunter22"),
+            ],
+            "hunter22",
+        ),
+    ];
+    for (yaml, env, secret) in cases {
+        let e = err(&yaml, &env);
+        assert!(!e.contains(secret), "{secret} in: {e}");
+        assert!(!e.is_empty());
+    }
+    let e = err(&swap("password: \"student123\"", "password: 12345678"), &[]);
+    assert!(e.starts_with("test.yml: postgres.password: must be one string (quote a value"), "{e}");
+    // An env override of the password is a string: accepted as is.
+    let cfg = load(GOOD, &[("ORDERSTREAM__POSTGRES__PASSWORD", "12345678")]).unwrap();
+    assert_eq!(cfg.postgres.connect.get_password(), Some(&b"12345678"[..]));
+}

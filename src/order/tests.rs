@@ -126,7 +126,7 @@ fn every_reject_reason() {
         (with("amount", "-12.50"), RejectReason::NonPositiveAmount),
         (with("amount", "0.00"), RejectReason::NonPositiveAmount),
         (with("amount", "\"220.00\""), RejectReason::WrongType),
-        (with("amount", "null"), RejectReason::MissingField),
+        (with("amount", "null"), RejectReason::NullAmount),
         (with("amount", ""), RejectReason::MissingField),
         (with("amount", "100000000.00"), RejectReason::AmountOutOfRange),
         (with("amount", "1.234"), RejectReason::AmountOutOfRange),
@@ -216,7 +216,7 @@ fn malformed_change_headers_are_invalid_header_rejects_naming_the_header() {
             vec![("orderstream.lsn", "0/xyz")],
             "header orderstream.lsn: `0/xyz` is not an LSN (like 0/16B3748)",
         ),
-        (vec![("orderstream.op", "x")], "header orderstream.op: `x` is not an operation (c, u, d or r)"),
+        (vec![("orderstream.op", "x")], "header orderstream.op: `x` is not an operation (c, u, d, r or t)"),
         (
             vec![("orderstream.change_index", "-1")],
             "header orderstream.change_index: `-1` is not a change index (an integer ≥ 0)",

@@ -24,7 +24,12 @@
 //!   another's lost. Polling again from the saved position returns those orders again (plus
 //!   any committed since); the ones found in the topic are skipped, the rest published. The
 //!   saved offsets only move past the recovered messages once the saved position covers them,
-//!   so a crash during recovery recovers the same messages again.
+//!   so a crash during recovery recovers the same messages again. Snapshot reads count only
+//!   under the state's own epoch: after a lost slot the state file is removed, and the new
+//!   state's full snapshot must not take the old capture's reads of an order for its own (the
+//!   order may have changed meanwhile). Such a snapshot opens with a truncate on every
+//!   partition, so that its reads replace everything before them, the orders deleted while no
+//!   slot existed included.
 //! * **Sequence numbers continue after the highest one found** (of our source, whatever its
 //!   epoch, but never from one 2^32 or more beyond the saved number: that is a copied header
 //!   with a made-up seq, see [`recovery::read_tail`]), so within a partition they only grow and
@@ -52,10 +57,11 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::retry::Backoff;
 use crate::shutdown::Shutdown;
+use crate::source::Change;
 use crate::source::Source;
 use crate::source::logical::LogicalSource;
 use crate::source::poll::PollSource;
-use crate::wire::Lsn;
+use crate::wire::{Lsn, Op, TRUNCATE_KEY, TRUNCATE_VALUE};
 use publish::Publisher;
 use state::State;
 
@@ -89,6 +95,9 @@ pub async fn run<S: Source>(
 ) -> Result<()> {
     let path = state::path(&cfg.streaming.last_processed_timestamp_location);
     let mut committed = state::load::<S>(&path)?.unwrap_or_else(State::beginning::<S>);
+    // The epoch is saved before any message carries it: recovery takes only messages of this
+    // epoch for its own, so a crash before the first batch is saved must not mint another.
+    state::save::<S>(&path, &committed)?;
     tracing::info!(
         "producer: {} → {} (position: {}, state {})",
         source.name(),
@@ -140,8 +149,16 @@ async fn session<S: Source>(
         owner.cluster = committed.owner.as_ref().and_then(|o| o.cluster.clone());
     }
     committed.owner = Some(owner);
-    let (mut uncovered, tail_ends, tail_seq, highest) = recover::<S>(cfg, &name, committed).await?;
-    source.recovered(highest);
+    let Recovered {
+        found: mut uncovered,
+        ends: tail_ends,
+        max_seq: tail_seq,
+        highest,
+        truncates,
+        partitions,
+        earlier,
+    } = recover::<S>(cfg, &name, committed).await?;
+    source.recovered(highest, earlier);
     let mut seq = committed.seq.max(tail_seq);
     let limit = cfg.streaming.max_batch_rows;
     let mut value = Vec::with_capacity(256);
@@ -178,6 +195,12 @@ async fn session<S: Source>(
         publisher.begin();
         let (mut published, mut skipped, mut bytes) = (0u64, 0u64, 0u64);
         for change in &batch.changes {
+            if change.op == Op::Truncate {
+                let (sent, found) =
+                    publish_truncate(&publisher, change, &partitions, &truncates, &mut seq).await?;
+                (published, skipped) = (published + sent, skipped + found);
+                continue;
+            }
             let key = change.order.order_id.to_string();
             if uncovered.contains(&S::key(change, false)) {
                 skipped += 1;
@@ -292,9 +315,47 @@ async fn retry_later(e: &Error, metrics: &Metrics, backoff: &mut Backoff, shutdo
     }
 }
 
-/// The keys of our messages beyond the saved state, the partition ends, the highest sequence
-/// number and the highest log position found.
-type Recovered<K> = (HashSet<K>, BTreeMap<i32, i64>, u64, Option<(Lsn, i32)>);
+/// What recovery found in the topic beyond the saved state.
+struct Recovered<K> {
+    /// The keys of our messages there that the saved position does not cover.
+    found: HashSet<K>,
+    /// Per partition, the offset after the last message read.
+    ends: BTreeMap<i32, i64>,
+    /// The highest sequence number.
+    max_seq: u64,
+    /// The highest log position.
+    highest: Option<(Lsn, i32)>,
+    /// The truncates there, as `(commit LSN, index, partition)`.
+    truncates: HashSet<(Lsn, i32, i32)>,
+    /// The topic's partitions.
+    partitions: Vec<i32>,
+    /// Whether the topic holds messages of our source from another epoch.
+    earlier: bool,
+}
+
+/// Publishes a truncate to every partition it is not already on (a crash may have left it on
+/// some only); returns how many messages were sent and how many found.
+async fn publish_truncate(
+    publisher: &Publisher,
+    change: &Change,
+    partitions: &[i32],
+    found: &HashSet<(Lsn, i32, i32)>,
+    seq: &mut u64,
+) -> Result<(u64, u64)> {
+    let (lsn, index) = change.at.unwrap_or_default();
+    let (mut sent, mut skipped) = (0, 0);
+    for &p in partitions {
+        if found.contains(&(lsn, index, p)) {
+            skipped += 1;
+            continue;
+        }
+        *seq += 1;
+        let (key, value) = (TRUNCATE_KEY.as_bytes(), TRUNCATE_VALUE.as_bytes());
+        publisher.send_to(Some(p), key, Some(value), *seq, &change.meta(false)).await?;
+        sent += 1;
+    }
+    Ok((sent, skipped))
+}
 
 /// Reads what the topic holds after the saved offsets, until the partition ends stop moving.
 async fn recover<S: Source>(
@@ -307,11 +368,12 @@ async fn recover<S: Source>(
     let kafka = cfg.kafka.clone();
     let source = name.to_string();
     let from = committed.offsets.clone();
-    let saved_seq = committed.seq;
-    let tail =
-        tokio::task::spawn_blocking(move || recovery::read_tail(&kafka, &source, saved_seq, from.as_ref()))
-            .await
-            .map_err(|e| Error::Kafka(format!("recovery task failed: {e}")))??;
+    let (saved_seq, epoch) = (committed.seq, committed.epoch.clone());
+    let tail = tokio::task::spawn_blocking(move || {
+        recovery::read_tail(&kafka, &source, &epoch, saved_seq, from.as_ref())
+    })
+    .await
+    .map_err(|e| Error::Kafka(format!("recovery task failed: {e}")))??;
     for (meta, order) in &tail.found {
         if let (Some(lsn), Some(i)) = (meta.lsn, meta.change_index) {
             highest = highest.max(Some((lsn, i)));
@@ -319,6 +381,7 @@ async fn recover<S: Source>(
         found.extend(S::key_of(meta, order.as_ref()));
     }
     let (messages, ends, max_seq) = (tail.messages, tail.ends, tail.max_seq);
+    let truncates = tail.truncates.into_iter().collect();
     found.retain(|k| !S::covers(&committed.position, k));
     if messages > 0 || !found.is_empty() {
         tracing::info!(
@@ -328,7 +391,8 @@ async fn recover<S: Source>(
             cfg.kafka.topic
         );
     }
-    Ok((found, ends, max_seq, highest))
+    let earlier = tail.earlier > 0;
+    Ok(Recovered { found, ends, max_seq, highest, truncates, partitions: tail.partitions, earlier })
 }
 
 fn report(

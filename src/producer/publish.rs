@@ -186,6 +186,18 @@ impl Publisher {
     /// Queues one message (`value` `None`: a tombstone) with the change's headers; waits while
     /// librdkafka's queue is full.
     pub async fn send(&self, key: &[u8], value: Option<&[u8]>, seq: u64, meta: &ChangeMeta) -> Result<()> {
+        self.send_to(None, key, value, seq, meta).await
+    }
+
+    /// As [`Publisher::send`], to `partition` (`None`: the partition of the key).
+    pub async fn send_to(
+        &self,
+        partition: Option<i32>,
+        key: &[u8],
+        value: Option<&[u8]>,
+        seq: u64,
+        meta: &ChangeMeta,
+    ) -> Result<()> {
         let seq = seq.to_string();
         let mut headers = OwnedHeaders::new_with_capacity(8)
             .insert(Header { key: SOURCE_HEADER, value: Some(self.source.as_bytes()) })
@@ -215,6 +227,9 @@ impl Publisher {
         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic).key(key).headers(headers);
         if let Some(value) = value {
             record = record.payload(value);
+        }
+        if let Some(p) = partition {
+            record = record.partition(p);
         }
         self.queue(record).await
     }

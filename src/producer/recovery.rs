@@ -14,7 +14,8 @@ use crate::error::{Error, Result};
 use crate::kafka::{self, REQUEST_TIMEOUT};
 use crate::order::{Order, parse_position};
 use crate::source::{SEQ_HEADER, SOURCE_HEADER};
-use crate::wire::{ChangeMeta, REPLAY_WINDOW};
+use crate::wire::EPOCH_HEADER;
+use crate::wire::{ChangeMeta, Lsn, Op, REPLAY_WINDOW};
 
 /// Give up reading when the broker returns nothing for this long.
 const STALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -38,10 +39,19 @@ pub struct Tail {
     pub ends: BTreeMap<i32, i64>,
     /// Messages read.
     pub messages: u64,
+    /// The truncates found, each as `(commit LSN, index, partition)`: a truncate is one message
+    /// per partition, and a crash may have left it on some of them only.
+    pub truncates: Vec<(Lsn, i32, i32)>,
+    /// The topic's partitions.
+    pub partitions: Vec<i32>,
+    /// Messages of our source numbered by another producer state (an earlier capture whose
+    /// state was removed); its snapshot reads are never taken for this state's.
+    pub earlier: u64,
 }
 
 /// Reads every partition of the topic from `offsets` (the whole partition where unknown) to its
-/// end and collects the messages `source` wrote. `saved_seq` is the state file's: a sequence
+/// end and collects the messages `source` wrote (snapshot reads only under `epoch`; those of
+/// other epochs are counted). `saved_seq` is the state file's: a sequence
 /// number [`REPLAY_WINDOW`] or more beyond it cannot be one this producer used since (it
 /// re-sends at most a few batches before saving), so it is not continued from: a copied header
 /// with a made-up seq (`18446744073709551615`) would otherwise make every later number wrap
@@ -50,6 +60,7 @@ pub struct Tail {
 pub fn read_tail(
     cfg: &KafkaConfig,
     source: &str,
+    epoch: &str,
     saved_seq: u64,
     offsets: Option<&BTreeMap<i32, i64>>,
 ) -> Result<Tail> {
@@ -138,6 +149,9 @@ pub fn read_tail(
                 foreign_count += 1;
             }
         }
+        // Messages without an epoch come from producers before epochs existed.
+        let other_epoch = header(EPOCH_HEADER).is_some_and(|e| e != epoch.as_bytes());
+        tail.earlier += u64::from(other_epoch);
         let meta = match ChangeMeta::from_headers(headers.iter().map(|h| (h.key, h.value))) {
             Ok(meta) => meta,
             Err(e) => {
@@ -150,8 +164,21 @@ pub fn read_tail(
                 continue;
             }
         };
+        if other_epoch && meta.op == Op::Read {
+            // A snapshot read of another producer state (a lost slot's capture, before its state
+            // file was removed) holds the order as it was at that snapshot: taking it for this
+            // state's read would skip the order as it is now. A change from the log or a polled
+            // order is the same message whichever state numbered it (its key is its position).
+            continue;
+        }
         match msg.payload() {
             None if meta.tombstone => tail.found.push((meta, None)),
+            _ if meta.op == Op::Truncate => {
+                if let (Some(lsn), Some(i)) = (meta.lsn, meta.change_index) {
+                    tail.truncates.push((lsn, i, msg.partition()));
+                }
+                tail.found.push((meta, None));
+            }
             payload => match payload.and_then(parse_position) {
                 Some(position) => tail.found.push((meta, Some(position))),
                 None => tracing::warn!(
@@ -172,5 +199,6 @@ pub fn read_tail(
             cfg.topic
         );
     }
+    tail.partitions = partitions;
     Ok(tail)
 }

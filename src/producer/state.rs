@@ -13,7 +13,9 @@
 //! file lost or removed) mints a new one, and the consumer then compares its sequence numbers
 //! with nothing published before: whatever the numbers, its orders are not taken for replays
 //! of another state's. A file without `epoch=` (the seed's, or one from before epochs) gets a
-//! new epoch too, saved with the next batch.
+//! new epoch too. The producer saves the state at every start, before any message carries its
+//! epoch, so a crash before the first batch is saved finds the same epoch again: recovery takes
+//! only this epoch's snapshot reads (and those without one) for its own.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -55,6 +55,25 @@ impl DateRows {
         }
     }
 
+    /// A truncate's row: no order, only the change columns.
+    fn push_truncate(&mut self, change: &Change) {
+        self.order_id.append_null();
+        self.customer_name.append_null();
+        self.restaurant_name.append_null();
+        self.item.append_null();
+        self.amount.append_null();
+        self.order_status.append_null();
+        self.created_at.append_null();
+        self.push_change(change);
+    }
+
+    fn push_change(&mut self, change: &Change) {
+        self.op.append_value(change.op.as_str());
+        self.lsn.append_option(change.lsn);
+        self.change_index.append_option(change.change_index);
+        self.committed_at.append_option(change.committed_at);
+    }
+
     fn push(&mut self, o: &Order<'_>, change: &Change, micros: i64) {
         self.order_id.append_value(o.order_id);
         self.customer_name.append_option(o.customer_name.as_deref());
@@ -72,10 +91,7 @@ impl DateRows {
         }
         self.order_status.append_option(o.order_status.as_deref());
         self.created_at.append_value(micros);
-        self.op.append_value(change.op.as_str());
-        self.lsn.append_option(change.lsn);
-        self.change_index.append_option(change.change_index);
-        self.committed_at.append_option(change.committed_at);
+        self.push_change(change);
     }
 
     fn finish(mut self) -> Result<(String, RecordBatch)> {
@@ -116,9 +132,13 @@ pub struct Rows {
 }
 
 impl Rows {
-    /// Appends one valid order, and the change that produced it, to its date's columns.
-    pub fn push(&mut self, o: &Order<'_>, change: &Change) {
-        let micros = o.created_at_micros();
+    /// Appends one valid order, and the change that produced it, to its date's columns; `None`:
+    /// the row of a truncate, filed under the date of its commit.
+    pub fn push(&mut self, o: Option<&Order<'_>>, change: &Change) {
+        let micros = match o {
+            Some(o) => o.created_at_micros(),
+            None => change.committed_at.unwrap_or_default(),
+        };
         let day = micros.div_euclid(MICROS_PER_DAY);
         // Orders arrive mostly in time order: the last date used is almost always the one.
         let i = match self.dates.get(self.last) {
@@ -132,7 +152,10 @@ impl Rows {
             },
         };
         self.last = i;
-        self.dates[i].push(o, change, micros);
+        match o {
+            Some(o) => self.dates[i].push(o, change, micros),
+            None => self.dates[i].push_truncate(change),
+        }
         self.rows += 1;
     }
 
@@ -171,7 +194,7 @@ mod tests {
                 r#"{{"order_id": {id}, "customer_name": "a", "restaurant_name": null, "item": "i", "amount": 1.5, "order_status": "PLACED", "created_at": "{ts}"}}"#
             );
             let o = Order::parse(json.as_bytes()).unwrap_or_else(|r| panic!("{r}"));
-            rows.push(&o, &Change::default());
+            rows.push(Some(&o), &Change::default());
         }
         assert_eq!((rows.len(), rows.dates()), (4, 3));
         let out = rows.finish().unwrap();
@@ -211,7 +234,7 @@ mod tests {
         for (id, change) in changes.iter().enumerate() {
             let text = json(id as i64);
             let o = Order::parse(text.as_bytes()).unwrap_or_else(|r| panic!("{r}"));
-            rows.push(&o, change);
+            rows.push(Some(&o), change);
         }
         let out = rows.finish().unwrap();
         assert_eq!(out.len(), 1);
@@ -229,5 +252,32 @@ mod tests {
         let committed = batch.column(10).as_primitive::<TimestampMicrosecondType>();
         assert_eq!(committed.iter().collect::<Vec<_>>(), [Some(1_764_136_800_000_001), None, Some(0)]);
         assert_eq!(committed.timezone(), Some("UTC"));
+    }
+
+    #[test]
+    fn a_truncate_is_a_row_of_nulls_with_its_position_under_its_commit_date() {
+        use arrow_array::Array;
+        use arrow_array::cast::AsArray;
+
+        use crate::wire::Op;
+
+        let mut rows = Rows::default();
+        // 2025-11-26T06:00:00Z
+        let change = Change {
+            op: Op::Truncate,
+            lsn: Some(7),
+            change_index: Some(2),
+            committed_at: Some(1_764_136_800_000_000),
+        };
+        rows.push(None, &change);
+        let out = rows.finish().unwrap();
+        assert_eq!(out[0].0, "2025-11-26");
+        let batch = &out[0].1;
+        assert_eq!(batch.num_rows(), 1);
+        for c in 0..7 {
+            assert!(batch.column(c).is_null(0), "column {c}");
+        }
+        assert_eq!(batch.column(7).as_string::<i32>().value(0), "t");
+        assert!(!batch.column(8).is_null(0) && !batch.column(10).is_null(0));
     }
 }

@@ -25,7 +25,7 @@ use crate::durable::{io_error, sync_dir};
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::order::{Change, Order};
-use crate::wire::Lineage;
+use crate::wire::{Lineage, Op};
 
 pub use crate::wire::{SEQ_HEADER, SOURCE_HEADER};
 
@@ -270,11 +270,17 @@ impl Engine {
             Some(h) => Change::from_headers(h.iter().map(|h| (h.key, h.value))),
             None => Ok(Change::default()),
         };
-        match change.and_then(|c| Order::parse(value).map(|o| (o, c))) {
+        // A truncate has no row of an order: its value is not one.
+        let parsed = change.and_then(|c| match c.op {
+            Op::Truncate => c.check_truncate().map(|()| (None, c)),
+            _ => Order::parse(value).map(|o| (Some(o), c)),
+        });
+        match parsed {
             Ok((order, change)) => {
                 // The position half of the replay filter (log-based capture).
+                let order_id = order.as_ref().map_or(0, |o| o.order_id);
                 if let Some(l) = &lineage
-                    && let Some(at) = replay::Position::of(&change, order.order_id)
+                    && let Some(at) = replay::Position::of(&change, order_id)
                 {
                     if let Some(last) = replay::position_replay(&state.positions, &self.key, at) {
                         state.duplicates += 1;
@@ -283,7 +289,7 @@ impl Engine {
                     }
                     replay::advance_position(&mut state.positions, &self.key, at);
                 }
-                batch.rows.push(&order, &change);
+                batch.rows.push(order.as_ref(), &change);
                 state.rows_written += 1;
                 if let Some(l) = &lineage
                     && let Some(from) = replay::advance(&mut state.sources, &self.key, l.seq)

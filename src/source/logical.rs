@@ -128,6 +128,10 @@ pub struct LogicalSource {
     next_floor: i32,
     /// The walsender PID of our last replication session.
     own_pid: Option<i32>,
+    /// The topic holds an earlier capture's messages (its state was removed, say after its slot
+    /// was lost): a snapshot that begins now opens with a truncate, so that its reads replace
+    /// every change before them, those of orders deleted while no slot existed included.
+    supersede: bool,
     heartbeat_at: Instant,
 }
 
@@ -156,6 +160,7 @@ impl LogicalSource {
             expected: None,
             next_floor: 0,
             own_pid: None,
+            supersede: false,
             heartbeat_at: Instant::now(),
         }
     }
@@ -263,8 +268,20 @@ impl LogicalSource {
     ) -> Result<Batch<LogicalPosition>> {
         let table = self.pg.table.clone();
         let mut position = position.clone();
+        let mut opening = None;
         if position.snapshot == Snapshot::Pending {
             position.snapshot = self.begin_snapshot().await?;
+            if self.supersede
+                && let Snapshot::Running { at, next, .. } = &mut position.snapshot
+            {
+                // First in the snapshot's order, before every read (`(at, 0)`, the reads from 1).
+                opening = Some(Change::truncate((*at, *next), Utc::now()));
+                *next += 1;
+                tracing::info!(
+                    "the topic holds changes of an earlier capture of {table} (another producer state): the new \
+                     snapshot opens with a truncate, so that its reads replace every change before them"
+                );
+            }
         } else if !self.in_snapshot {
             self.open_new_snapshot().await?;
             tracing::warn!(
@@ -290,15 +307,17 @@ impl LogicalSource {
         let mut rows = std::pin::pin!(rows);
         let ts: DateTime<Utc> = Utc::now();
         let mut changes = Vec::with_capacity(limit.min(100_000));
+        changes.extend(opening);
+        let opened = changes.len();
         while let Some(row) = rows.try_next().await.map_err(|e| pg_error(&table, &e))? {
             let (order, reject) = to_order(&row, &table)?;
             let index = next
-                .checked_add(changes.len() as i32)
+                .checked_add((changes.len() - opened) as i32)
                 .ok_or_else(|| Error::Setup(format!("snapshot of {table}: more than 2^31 rows")))?;
             changes.push(Change { order, op: Op::Read, at: Some((at, index)), commit_ts: Some(ts), reject });
         }
-        let n = changes.len();
-        let last_id = changes.last().map(|c| c.order.order_id).or(after);
+        let n = changes.len() - opened;
+        let last_id = changes[opened..].last().map(|c| c.order.order_id).or(after);
         if n < limit {
             // Complete: close the snapshot; the stream starts at the consistent point.
             client.batch_execute("COMMIT").await.map_err(|e| pg_error(&table, &e))?;
@@ -509,11 +528,18 @@ impl Stream {
             Message::Update { rel, old, new } => (rel, Op::Update, new, old),
             Message::Delete { rel, old } => (rel, Op::Delete, old, None),
             Message::Truncate { rels } => {
-                if rels.iter().any(|r| matches!(self.layouts.get(r), Some(Some(_)))) {
-                    tracing::warn!(
-                        "TRUNCATE of {table} seen in the log: nothing is deleted in the lake (its rows stay as \
-                         their last versions)"
-                    );
+                if !rels.iter().any(|r| matches!(self.layouts.get(r), Some(Some(_)))) {
+                    return Ok(());
+                }
+                let Some((lsn, ts, index)) = self.txn.as_mut() else {
+                    return Err(Error::Postgres("a truncate outside a transaction".into()));
+                };
+                let at = (*lsn, *index);
+                *index += 1;
+                if self.cursor.last.is_none_or(|last| at > last) {
+                    tracing::info!("TRUNCATE of {table} at {}: published to every partition", at.0);
+                    self.cursor.last = Some(at);
+                    out.push(Change::truncate(at, *ts));
                 }
                 return Ok(());
             }
@@ -696,9 +722,10 @@ impl Source for LogicalSource {
         }
     }
 
-    fn recovered(&mut self, highest: Option<(Lsn, i32)>) {
+    fn recovered(&mut self, highest: Option<(Lsn, i32)>, earlier: bool) {
         self.next_floor = highest.map_or(0, |h| h.1.saturating_add(1));
         self.expected = None;
+        self.supersede = earlier;
     }
 
     fn encode(position: &LogicalPosition) -> Vec<String> {

@@ -35,8 +35,9 @@ pub struct Change {
     pub reject: Option<Box<Unencodable>>,
 }
 
-/// A row no order message can carry: a `created_at` that is NULL, `infinity` or `-infinity`
-/// (RFC 3339 has no such time, and the consumer would reject the message).
+/// A row no order message can carry: a `created_at` that is NULL, `infinity`, `-infinity`, BC
+/// or beyond the year 9999 (RFC 3339 has no such time, and the consumer would reject the
+/// message), or an `amount` no decimal of the message holds (a widened column).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unencodable {
     /// One line: the order and what is wrong with it.
@@ -54,23 +55,51 @@ impl Unencodable {
                 format!("order {}: created_at `{r}` is not a time a message can carry", order.order_id)
             }
         };
-        let row = serde_json::json!({
-            "order_id": order.order_id,
-            "customer_name": order.customer_name,
-            "restaurant_name": order.restaurant_name,
-            "item": order.item,
-            "amount": order.amount.map(|a| a.to_string()),
-            "order_status": order.order_status,
-            "created_at": raw,
-        });
-        Box::new(Unencodable { detail, row: row.to_string() })
+        let amount = order.amount.map(|a| a.to_string());
+        Box::new(Unencodable { detail, row: row_json(order, amount.as_deref(), raw) })
     }
+
+    /// The reject of `order`, whose `amount` was `raw` and `created_at` `created_at` (as
+    /// PostgreSQL writes them).
+    pub fn amount(order: &Order<'_>, raw: &str, created_at: Option<&str>) -> Box<Unencodable> {
+        let detail = format!("order {}: amount `{raw}` is not a number a message can carry", order.order_id);
+        Box::new(Unencodable { detail, row: row_json(order, Some(raw), created_at) })
+    }
+}
+
+/// The row as JSON with `amount` and `created_at` as PostgreSQL wrote them.
+fn row_json(order: &Order<'_>, amount: Option<&str>, created_at: Option<&str>) -> String {
+    serde_json::json!({
+        "order_id": order.order_id,
+        "customer_name": order.customer_name,
+        "restaurant_name": order.restaurant_name,
+        "item": order.item,
+        "amount": amount,
+        "order_status": order.order_status,
+        "created_at": created_at,
+    })
+    .to_string()
 }
 
 impl Change {
     /// An insert seen by polling: no log position.
     pub fn polled(order: Order<'static>) -> Change {
         Change { order, op: Op::Insert, at: None, commit_ts: None, reject: None }
+    }
+
+    /// A truncate of the table at `at`, committed at `commit_ts` (`order` is a placeholder:
+    /// the change has no row).
+    pub fn truncate(at: (Lsn, i32), commit_ts: DateTime<Utc>) -> Change {
+        let order = Order {
+            order_id: 0,
+            customer_name: None,
+            restaurant_name: None,
+            item: None,
+            amount: None,
+            order_status: None,
+            created_at: Default::default(),
+        };
+        Change { order, op: Op::Truncate, at: Some(at), commit_ts: Some(commit_ts), reject: None }
     }
 
     /// The headers the change's message carries (`tombstone`: the tombstone after a delete).
@@ -139,8 +168,10 @@ pub trait Source {
     fn saved(&mut self, _position: &Self::Position) {}
 
     /// Called after recovery with the highest log position found in the topic beyond the saved
-    /// state, so positions handed out later stay above it.
-    fn recovered(&mut self, _highest: Option<(Lsn, i32)>) {}
+    /// state, so positions handed out later stay above it, and whether the topic holds
+    /// messages of this source from an earlier producer state (`earlier`): a capture whose
+    /// state was removed, which a new snapshot must replace.
+    fn recovered(&mut self, _highest: Option<(Lsn, i32)>, _earlier: bool) {}
 
     /// The position as lines of the state file; the first line is the seed's human-readable
     /// `last_timestamp.txt` content.

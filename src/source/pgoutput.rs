@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::str::FromStr;
 
-use chrono::NaiveDateTime;
+use chrono::{Datelike, NaiveDateTime};
 use rust_decimal::Decimal;
 
 use super::Unencodable;
@@ -258,23 +258,22 @@ impl Layout {
             .ok_or("order_id is NULL")?
             .parse::<i64>()
             .map_err(|_| "order_id is not an integer".to_string())?;
-        let amount = match value(4)? {
-            None | Some("NaN") => None,
-            Some(s) => {
-                let mut d =
-                    Decimal::from_str(s).map_err(|_| format!("order {order_id}: amount `{s}` unreadable"))?;
-                d.rescale(AMOUNT_SCALE);
-                Some(d)
-            }
+        // A value no message can carry makes the change a reject, not a stop: `None` here.
+        let raw_amount = value(4)?.map(str::to_string);
+        let amount = match raw_amount.as_deref() {
+            None => Ok(None),
+            // JSON has no NaN: as `null` the consumer could not tell it from a NULL amount.
+            Some("NaN") => Err(()),
+            Some(s) => Decimal::from_str(s)
+                .map(|mut d| {
+                    d.rescale(AMOUNT_SCALE);
+                    Some(d)
+                })
+                .map_err(|_| ()),
         };
-        // NULL, `infinity`, `-infinity`: no message can carry it; the change becomes a reject.
+        // NULL, `infinity`, `-infinity`, BC, beyond 9999: no message can carry it.
         let raw_created_at = value(6)?.map(str::to_string);
         let created_at = raw_created_at.as_deref().and_then(parse_timestamp);
-        if let (Some(raw), None) = (&raw_created_at, created_at)
-            && !raw.ends_with("infinity")
-        {
-            return Err(format!("order {order_id}: created_at `{raw}` unreadable"));
-        }
         // The texts move out of the tuple: no copy per column.
         let mut text = |slot: usize| -> Result<Option<Cow<'static, str>>, String> {
             match tuple.get_mut(self.index[slot]).map(|v| std::mem::replace(v, Value::Null)) {
@@ -289,19 +288,28 @@ impl Layout {
             customer_name: text(1)?,
             restaurant_name: text(2)?,
             item: text(3)?,
-            amount,
+            amount: amount.as_ref().ok().copied().flatten(),
             order_status: text(5)?,
             created_at: created_at.unwrap_or_default(),
         };
-        let reject = created_at.is_none().then(|| Unencodable::created_at(&order, raw_created_at.as_deref()));
+        let reject = match (amount.is_ok(), created_at) {
+            (false, _) => Some(Unencodable::amount(
+                &order,
+                raw_amount.as_deref().unwrap_or_default(),
+                raw_created_at.as_deref(),
+            )),
+            (true, None) => Some(Unencodable::created_at(&order, raw_created_at.as_deref())),
+            (true, Some(_)) => None,
+        };
         Ok((order, reject))
     }
 }
 
 /// A `timestamp` in PostgreSQL's ISO output (`2025-01-18 12:24:00[.fraction]`, `DateStyle`
-/// pinned to ISO on the replication connection).
+/// pinned to ISO on the replication connection) of the years 1 to 9999, the ones RFC 3339 and
+/// the message's `created_at` can carry; `None` for any other (BC times end in ` BC`).
 fn parse_timestamp(s: &str) -> Option<NaiveDateTime> {
-    NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f").ok()
+    NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f").ok().filter(|t| (1..=9999).contains(&t.year()))
 }
 
 #[cfg(test)]
@@ -406,14 +414,27 @@ mod tests {
         old_row[4] = Some("NaN");
         tuple(&mut del, &old_row);
         let Message::Delete { old, .. } = decode(&del).unwrap() else { panic!() };
-        let (order, _) = layout.order(old, None).unwrap();
+        let (order, reject) = layout.order(old, None).unwrap();
         assert_eq!((order.customer_name, order.amount), (None, None));
+        assert_eq!(reject.unwrap().detail, "order 101: amount `NaN` is not a number a message can carry");
 
         // A created_at no message can carry makes the change a reject, with the row as read.
         for (raw, detail) in [
             (Some("infinity"), "order 101: created_at `infinity` is not a time a message can carry"),
             (Some("-infinity"), "order 101: created_at `-infinity` is not a time a message can carry"),
             (None, "order 101: created_at is NULL"),
+            (
+                Some("12345-06-07 00:00:00"),
+                "order 101: created_at `12345-06-07 00:00:00` is not a time a message can carry",
+            ),
+            (
+                Some("0044-03-15 12:00:00 BC"),
+                "order 101: created_at `0044-03-15 12:00:00 BC` is not a time a message can carry",
+            ),
+            (
+                Some("0001-01-01 00:00:00 BC"),
+                "order 101: created_at `0001-01-01 00:00:00 BC` is not a time a message can carry",
+            ),
         ] {
             let mut row = ROW;
             row[6] = raw;
@@ -428,6 +449,33 @@ mod tests {
             let row: serde_json::Value = serde_json::from_str(&reject.row).unwrap();
             assert_eq!((row["item"].as_str(), row["created_at"].as_str()), (Some("Veg Burger"), raw));
         }
+
+        // The edges of what a message carries still land.
+        for raw in ["0001-01-01 00:00:00", "9999-12-31 23:59:59.999999"] {
+            let mut row = ROW;
+            row[6] = Some(raw);
+            let mut ins = vec![b'I'];
+            ins.extend_from_slice(&16384u32.to_be_bytes());
+            ins.push(b'N');
+            tuple(&mut ins, &row);
+            let Message::Insert { new, .. } = decode(&ins).unwrap() else { panic!() };
+            assert_eq!(layout.order(new, None).unwrap().1, None, "{raw}");
+        }
+        // An amount no decimal holds (a widened column) is a reject too, with the value as read.
+        let mut row = ROW;
+        row[4] = Some("123456789012345678901234567890123.5");
+        let mut ins = vec![b'I'];
+        ins.extend_from_slice(&16384u32.to_be_bytes());
+        ins.push(b'N');
+        tuple(&mut ins, &row);
+        let Message::Insert { new, .. } = decode(&ins).unwrap() else { panic!() };
+        let reject = layout.order(new, None).unwrap().1.expect("a reject");
+        assert_eq!(
+            reject.detail,
+            "order 101: amount `123456789012345678901234567890123.5` is not a number a message can carry"
+        );
+        let row: serde_json::Value = serde_json::from_str(&reject.row).unwrap();
+        assert_eq!(row["amount"].as_str(), Some("123456789012345678901234567890123.5"));
 
         let mut tr = vec![b'T'];
         tr.extend_from_slice(&1i32.to_be_bytes());

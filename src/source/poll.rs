@@ -114,12 +114,16 @@ struct Connection {
 }
 
 // `id`, not `order_id`: ORDER BY order_id must name the column (and its index), not this cast.
-// `created_at` comes twice: as a timestamp when finite (aliased, so ORDER BY created_at still
-// names the column), and as text only when it is not (`infinity`, `-infinity`), for the reject.
+// `created_at` comes twice: as a timestamp when finite and below the year 10000 (aliased, so
+// ORDER BY created_at still names the column; a BC time keeps its place in watermark order),
+// and as text when no message can carry it (`infinity`, `-infinity`, BC, beyond 9999), for the
+// reject.
 pub(crate) const COLUMNS: &str = "order_id::int8 AS id, customer_name, restaurant_name, item, \
                        NULLIF(amount, 'NaN'::numeric), order_status, \
-                       CASE WHEN isfinite(created_at) THEN created_at END AS created_ts, \
-                       CASE WHEN NOT isfinite(created_at) THEN created_at::text END AS created_raw";
+                       CASE WHEN isfinite(created_at) AND created_at < '10000-01-01' THEN created_at END AS created_ts, \
+                       CASE WHEN NOT isfinite(created_at) OR created_at < '0001-01-01' OR created_at >= '10000-01-01' \
+                       THEN created_at::text END AS created_raw, \
+                       amount = 'NaN'::numeric AS amount_nan";
 
 impl PollSource {
     /// A source on the configured table, publishing to `topic`; connects on first use.
@@ -516,7 +520,8 @@ fn parse_ts(s: &str) -> Option<NaiveDateTime> {
 }
 
 /// The order of a row read with [`COLUMNS`], and its reject when no message can carry it (its
-/// `created_at` then a placeholder).
+/// `created_at` then a placeholder, except for a BC time, which keeps its place in watermark
+/// order).
 pub(crate) fn to_order(row: &Row, table: &TableName) -> Result<(Order<'static>, Option<Box<Unencodable>>)> {
     let bad = |e: tokio_postgres::Error| {
         Error::Setup(format!("PostgreSQL: table {table}: unreadable row: {}", db::error_text(&e)))
@@ -525,6 +530,7 @@ pub(crate) fn to_order(row: &Row, table: &TableName) -> Result<(Order<'static>, 
         Ok(row.try_get::<_, Option<String>>(i).map_err(bad)?.map(Cow::Owned))
     };
     let created_at = row.try_get::<_, Option<NaiveDateTime>>(6).map_err(bad)?;
+    let raw = row.try_get::<_, Option<String>>(7).map_err(bad)?;
     let order = Order {
         order_id: row.try_get(0).map_err(bad)?,
         customer_name: text(1)?,
@@ -534,16 +540,17 @@ pub(crate) fn to_order(row: &Row, table: &TableName) -> Result<(Order<'static>, 
         order_status: text(5)?,
         created_at: created_at.unwrap_or_default(),
     };
-    if created_at.is_none() {
-        let raw = row.try_get::<_, Option<String>>(7).map_err(bad)?;
+    if created_at.is_none() || raw.is_some() {
         let reject = Unencodable::created_at(&order, raw.as_deref());
         return Ok((order, Some(reject)));
     }
+    if row.try_get::<_, Option<bool>>(8).map_err(bad)? == Some(true) {
+        // JSON has no NaN: as `null` the consumer could not tell it from a NULL amount.
+        let reject = Unencodable::amount(&order, "NaN", Some(&format_ts(&order.created_at)));
+        return Ok((order, Some(reject)));
+    }
     if order.amount.is_none() {
-        tracing::warn!(
-            order_id = order.order_id,
-            "order has no amount (NULL or NaN): published with amount null"
-        );
+        tracing::warn!(order_id = order.order_id, "order has no amount (NULL): published with amount null");
     }
     Ok((order, None))
 }
@@ -582,12 +589,14 @@ async fn check_polling_can_see(client: &Client, table: &TableName) -> Result<()>
     Ok(())
 }
 
-/// Rows whose `created_at` is `infinity` or `-infinity` have no place in watermark order (the
-/// first would end it): polling skips them, and says so at every connection.
+/// Rows whose `created_at` is `infinity`, `-infinity` or beyond the year 9999 have no place in
+/// watermark order (the first would end it, the clock never reaches the last): polling skips
+/// them, and says so at every connection. (A BC time has one: it is sent to the dead-letter
+/// topic in its turn.)
 async fn warn_of_unplaceable(client: &Client, table: &TableName) -> Result<()> {
     let sql = format!(
         "SELECT count(*), array_agg(order_id::int8 ORDER BY order_id) \
-         FROM (SELECT order_id FROM {} WHERE created_at IN ('infinity', '-infinity') ORDER BY order_id LIMIT 11) s",
+         FROM (SELECT order_id FROM {} WHERE created_at = '-infinity' OR created_at >= '10000-01-01' ORDER BY order_id LIMIT 11) s",
         table.quoted()
     );
     let row = client.query_one(&sql, &[]).await.map_err(|e| pg_error(table, &e))?;
@@ -598,8 +607,9 @@ async fn warn_of_unplaceable(client: &Client, table: &TableName) -> Result<()> {
         let shown: Vec<String> = ids.iter().take(10).map(|i| i.to_string()).collect();
         let more = if n > 10 { " and more" } else { "" };
         tracing::warn!(
-            "table {table}: orders {}{more} have a created_at of infinity or -infinity, which has no place in \
-             watermark order: polling does not publish them (logical capture sends them to the dead-letter topic)",
+            "table {table}: orders {}{more} have a created_at of infinity, -infinity or beyond the year \
+             9999, which has no place in watermark order: polling does not publish them (logical capture sends \
+             them to the dead-letter topic)",
             shown.join(", ")
         );
     }
@@ -693,6 +703,7 @@ async fn check_visibility(client: &Client) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::NaiveDate;
 
     fn ts(s: &str) -> NaiveDateTime {
         parse_ts(s).unwrap()
@@ -716,6 +727,16 @@ mod tests {
         );
         let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
         assert_eq!(PollSource::decode(&lines).unwrap(), pos);
+    }
+
+    #[test]
+    fn a_bc_watermark_round_trips() {
+        // A BC row is dead-lettered in its turn, and its time becomes the watermark.
+        let bc = NaiveDate::from_ymd_opt(-43, 3, 15).unwrap().and_hms_opt(12, 0, 0).unwrap();
+        let pos = PollPosition { watermark: Some((bc, 7)), ..PollSource::beginning() };
+        let lines = PollSource::encode(&pos);
+        let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+        assert_eq!(PollSource::decode(&lines).unwrap(), pos, "{lines:?}");
     }
 
     #[test]

@@ -413,3 +413,69 @@ pub fn wait_committed(env: &TestEnv, positions: &[(i32, i64)], timeout: Duration
         ends.iter().all(|(p, end)| s.iter().any(|s| s.partition == *p && s.next_offset >= *end))
     });
 }
+
+/// The current state of every order, as the README computes it in DuckDB: each order's last
+/// version by `(lsn, change_index)`, nulls first; an order whose last version is a delete is
+/// gone, and so is every order whose last version precedes the last truncate (`t`). `{src}` is
+/// the lake's files.
+pub const CURRENT_STATE_SQL: &str = "
+WITH lake AS (
+    SELECT * FROM {src}
+),
+last_truncate AS (
+    SELECT lsn, change_index FROM lake WHERE op = 't'
+    ORDER BY lsn DESC, change_index DESC LIMIT 1
+),
+versions AS (
+    SELECT *, row_number() OVER (
+        PARTITION BY order_id ORDER BY lsn DESC NULLS LAST, change_index DESC NULLS LAST
+    ) AS version
+    FROM lake WHERE op <> 't'
+)
+SELECT order_id, customer_name, restaurant_name, item, amount, order_status, created_at
+FROM versions LEFT JOIN last_truncate AS t ON true
+WHERE version = 1 AND coalesce(op, 'c') <> 'd'
+  AND (t.lsn IS NULL
+       OR versions.lsn > t.lsn
+       OR (versions.lsn = t.lsn AND versions.change_index > t.change_index))
+ORDER BY order_id
+";
+
+const DUCKDB_QUERY: &str = r#"
+import duckdb, glob, json, sys
+lake, sql = sys.argv[1], sys.argv[2]
+rows = []
+if glob.glob(lake + "/*/*.parquet"):
+    con = duckdb.connect()
+    con.execute("SET TimeZone='UTC'")
+    src = f"read_parquet('{lake}/*/*.parquet', hive_partitioning = true, union_by_name = true)"
+    rows = con.execute(sql.replace("{src}", src)).fetchall()
+print(json.dumps(rows, default=str))
+"#;
+
+/// The rows of a DuckDB query on the lake, `{src}` in `sql` standing for its files (none: no
+/// rows).
+pub fn duckdb_query(lake: &Path, sql: &str) -> Vec<Vec<serde_json::Value>> {
+    let mut cmd = Command::new(python());
+    cmd.arg("-c").arg(DUCKDB_QUERY).arg(lake).arg(sql);
+    let (code, out, err) = run(cmd, None, Duration::from_secs(120));
+    assert_eq!(code, 0, "python failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("python printed something else ({e}): {out}"))
+}
+
+/// The lake's current state by [`CURRENT_STATE_SQL`] in DuckDB: per order, its six other
+/// columns as `Some("…")`/`None` joined by `|` (created_at `YYYY-MM-DDTHH:MM:SS.ffffff`).
+pub fn current_state_duckdb(lake: &Path) -> std::collections::BTreeMap<i64, String> {
+    let sql = format!(
+        "SELECT order_id, customer_name, restaurant_name, item, CAST(amount AS VARCHAR), order_status, \
+         strftime(created_at, '%Y-%m-%dT%H:%M:%S.%f') FROM ({CURRENT_STATE_SQL})"
+    );
+    duckdb_query(lake, &sql)
+        .into_iter()
+        .map(|cols| {
+            let text: Vec<String> =
+                cols[1..].iter().map(|v| format!("{:?}", v.as_str().map(str::to_string))).collect();
+            (cols[0].as_i64().unwrap(), text.join("|"))
+        })
+        .collect()
+}
