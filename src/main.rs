@@ -1,15 +1,17 @@
 //! The `orderstream` command line: parse, load the configuration, call the library, map errors
-//! to exit codes (0 success, 1 runtime failure, 2 usage or configuration error).
+//! to exit codes (0 success or a clean stop, 1 runtime failure, 2 usage or configuration error,
+//! 3 stopped before the in-flight batch was done: the next start redoes it).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use std::sync::Arc;
 
 use orderstream::metrics::Metrics;
-use orderstream::shutdown::Shutdown;
+use orderstream::shutdown::{EXIT_ABANDONED, Shutdown};
 use orderstream::{Config, Error};
 
 /// jemalloc for the whole process, librdkafka's C allocations included (see Cargo.toml).
@@ -67,7 +69,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    match run(cli) {
+    let shutdown = Shutdown::new();
+    match run(cli, &shutdown) {
+        Ok(()) if shutdown.abandoned() => {
+            eprintln!("orderstream: stopped before the in-flight batch was done; the next start redoes it");
+            ExitCode::from(EXIT_ABANDONED)
+        }
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("orderstream: {e}");
@@ -77,15 +84,14 @@ fn main() -> ExitCode {
 }
 
 /// The signal handlers and the metrics endpoint every long-running command has.
-async fn serve(cfg: &Config) -> Result<(Arc<Metrics>, Shutdown), Error> {
-    let shutdown = Shutdown::new();
+async fn serve(cfg: &Config, shutdown: &Shutdown) -> Result<(Arc<Metrics>, Shutdown), Error> {
     shutdown.on_signals().map_err(|e| Error::Storage(format!("cannot handle signals: {e}")))?;
     let metrics = Arc::new(Metrics::new());
     orderstream::http::start(cfg.metrics.port, metrics.clone(), shutdown.clone()).await?;
-    Ok((metrics, shutdown))
+    Ok((metrics, shutdown.clone()))
 }
 
-fn run(cli: Cli) -> Result<(), Error> {
+fn run(cli: Cli, shutdown: &Shutdown) -> Result<(), Error> {
     let mut cfg = match cli.command {
         Command::Status { .. } => Config::load_to_read(&cli.config)?,
         _ => Config::load(&cli.config)?,
@@ -97,7 +103,7 @@ fn run(cli: Cli) -> Result<(), Error> {
         .enable_all()
         .build()
         .map_err(|e| Error::Storage(format!("cannot start the async runtime: {e}")))?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         match cli.command {
             Command::Init => {
                 let report = orderstream::init::init(&cfg).await?;
@@ -105,18 +111,18 @@ fn run(cli: Cli) -> Result<(), Error> {
                 Ok(())
             }
             Command::Produce => {
-                let (metrics, shutdown) = serve(&cfg).await?;
+                let (metrics, shutdown) = serve(&cfg, shutdown).await?;
                 orderstream::producer::produce(&cfg, metrics, shutdown).await
             }
             Command::Consume { .. } => {
-                let (metrics, shutdown) = serve(&cfg).await?;
+                let (metrics, shutdown) = serve(&cfg, shutdown).await?;
                 let cfg = cfg.clone();
                 tokio::task::spawn_blocking(move || orderstream::sink::consume(&cfg, metrics, shutdown))
                     .await
                     .map_err(|e| Error::Storage(format!("the consumer thread failed: {e}")))?
             }
             Command::Run { .. } => {
-                let (metrics, shutdown) = serve(&cfg).await?;
+                let (metrics, shutdown) = serve(&cfg, shutdown).await?;
                 orderstream::pipeline::run(&cfg, metrics, shutdown).await
             }
             Command::Status { json } => {
@@ -131,5 +137,8 @@ fn run(cli: Cli) -> Result<(), Error> {
                 Ok(())
             }
         }
-    })
+    });
+    // A blocking call a stop left behind (a broker that does not answer) is not waited for.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
 }

@@ -101,7 +101,16 @@ pub async fn run<S: Source>(
         match session(&mut source, &mut committed, &path, cfg, metrics, shutdown, &mut backoff).await {
             Ok(()) => return Ok(()),
             Err(e @ (Error::Setup(_) | Error::Config(_))) => return Err(e),
-            Err(e) => retry_later(&e, metrics, &mut backoff, shutdown).await,
+            // A failure caused by the stop itself (a queue that stayed full) is not retried.
+            Err(e) if shutdown.is_triggered() => {
+                tracing::warn!("{e}; stopping");
+                return Ok(());
+            }
+            Err(e) => {
+                if retry_later(&e, metrics, &mut backoff, shutdown).await {
+                    return Ok(());
+                }
+            }
         }
     }
 }
@@ -119,12 +128,15 @@ async fn session<S: Source>(
     let name = source.name();
     // Created first so that its connection and producer id are ready when recovery ends; it
     // sends nothing before that.
-    let publisher = Publisher::new(&cfg.kafka, &name, &committed.epoch)?;
+    let publisher = Publisher::new(&cfg.kafka, &name, &committed.epoch, shutdown)?;
     let mut owner = state::Owner {
         source: name.clone(),
         topic: cfg.kafka.topic.clone(),
         cluster: tokio::task::block_in_place(|| publisher.cluster_id()),
     };
+    if shutdown.is_triggered() {
+        return Ok(());
+    }
     if let Some(previous) = &committed.owner
         && !previous.fits(&owner)
     {
@@ -140,7 +152,11 @@ async fn session<S: Source>(
         owner.cluster = committed.owner.as_ref().and_then(|o| o.cluster.clone());
     }
     committed.owner = Some(owner);
-    let (mut uncovered, tail_ends, tail_seq, highest) = recover::<S>(cfg, &name, committed).await?;
+    // Nothing is saved before recovery ends: a stop may drop it halfway.
+    let Some(recovered) = shutdown.until(recover::<S>(cfg, &name, committed)).await else {
+        return Ok(());
+    };
+    let (mut uncovered, tail_ends, tail_seq, highest) = recovered?;
     source.recovered(highest);
     let mut seq = committed.seq.max(tail_seq);
     let limit = cfg.streaming.max_batch_rows;
@@ -152,15 +168,22 @@ async fn session<S: Source>(
             return Ok(());
         }
         let started = Instant::now();
+        // A poll's result is saved only once published: a stop may drop it halfway (a snapshot
+        // page, a wait for the writer lock or the slot, a server that does not answer).
         let polled = match prefetched.take() {
             Some(polled) => polled,
-            None => source.poll(&committed.position, limit).await,
+            None => match shutdown.until(source.poll(&committed.position, limit)).await {
+                Some(polled) => polled,
+                None => return Ok(()),
+            },
         };
         let batch = match polled {
             Ok(batch) => batch,
             // PostgreSQL trouble: the producer and what recovery found stay as they are.
             Err(e @ Error::Postgres(_)) => {
-                retry_later(&e, metrics, backoff, shutdown).await;
+                if retry_later(&e, metrics, backoff, shutdown).await {
+                    return Ok(());
+                }
                 continue;
             }
             Err(e) => return Err(e),
@@ -223,8 +246,9 @@ async fn session<S: Source>(
         // A stream's next changes are read while the broker acknowledges these (a poll source
         // reads ahead only during a catch-up).
         let (acked, next) = if full || S::STREAMING {
-            let (acked, next) = tokio::join!(publisher.finish(shutdown), source.poll(&batch.position, limit));
-            (acked, Some(next))
+            let (acked, next) =
+                tokio::join!(publisher.finish(shutdown), shutdown.until(source.poll(&batch.position, limit)));
+            (acked, next)
         } else {
             (publisher.finish(shutdown).await, None)
         };
@@ -280,16 +304,13 @@ async fn session<S: Source>(
     }
 }
 
-/// Logs a failure and sleeps the next backoff delay (or until a stop is requested).
-async fn retry_later(e: &Error, metrics: &Metrics, backoff: &mut Backoff, shutdown: &Shutdown) {
+/// Logs a failure and sleeps the next backoff delay; returns whether a stop was requested.
+async fn retry_later(e: &Error, metrics: &Metrics, backoff: &mut Backoff, shutdown: &Shutdown) -> bool {
     metrics.producer.retries.inc();
     metrics.health.fail("producer", &e.to_string());
     let delay = backoff.next_delay();
     tracing::warn!("{e}; retrying in {:.1} s (position not advanced)", delay.as_secs_f64());
-    tokio::select! {
-        _ = tokio::time::sleep(delay) => {}
-        _ = shutdown.wait() => {}
-    }
+    shutdown.sleep(delay).await
 }
 
 /// The keys of our messages beyond the saved state, the partition ends, the highest sequence
@@ -354,10 +375,7 @@ fn report(
 
 /// Sleeps until one interval after `started`, or until a stop is requested.
 async fn pause(started: Instant, interval: Duration, shutdown: &Shutdown) {
-    tokio::select! {
-        _ = tokio::time::sleep_until((started + interval).into()) => {}
-        _ = shutdown.wait() => {}
-    }
+    shutdown.sleep((started + interval).saturating_duration_since(Instant::now())).await;
 }
 
 /// The first two state lines (watermark and id), for logs.

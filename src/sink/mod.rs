@@ -153,8 +153,7 @@ pub fn consume(cfg: &Config, metrics: Arc<Metrics>, shutdown: Shutdown) -> Resul
             Err(e @ Error::Kafka(_)) => {
                 let delay = backoff.next_delay();
                 tracing::warn!("{e}; retrying in {} s", delay.as_secs());
-                sleep_unless(&shutdown, delay);
-                if shutdown.is_triggered() {
+                if shutdown.sleep_blocking(delay) {
                     scratch.remove(&checkpoint);
                     return Ok(());
                 }
@@ -190,8 +189,8 @@ pub fn consume(cfg: &Config, metrics: Arc<Metrics>, shutdown: Shutdown) -> Resul
     let ctx = consumer.context().clone();
     {
         let mut engine = ctx.engine();
-        if result.is_ok() {
-            engine.commit_or_abandon(&consumer);
+        if result.is_ok() && !engine.commit_or_abandon(&consumer) {
+            shutdown.abandon();
         }
         engine.close();
     }
@@ -295,7 +294,7 @@ fn run(
                 metrics.consumer.retries.inc();
                 engine.abandon(consumer, true)?;
                 drop(engine);
-                sleep_unless(shutdown, delay);
+                shutdown.sleep_blocking(delay);
             }
         }
     }
@@ -378,13 +377,5 @@ pub(crate) fn failpoint(step: &str) {
     {
         eprintln!("failpoint {step}:{n} reached: exiting like a crash");
         std::process::exit(137);
-    }
-}
-
-/// Sleeps `d`, waking early on shutdown.
-fn sleep_unless(shutdown: &Shutdown, d: Duration) {
-    let end = Instant::now() + d;
-    while !shutdown.is_triggered() && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
