@@ -395,10 +395,23 @@ pub fn error_text(e: &tokio_postgres::Error) -> String {
 /// Only whole identifier tokens are replaced; inside a string literal the quoted identifier is
 /// itself escaped as a literal (for `pg_get_serial_sequence('…')`). Comments are copied as is.
 pub fn render_schema(table: &TableName) -> String {
+    render(ORDERS_SQL, table)
+}
+
+/// `sql/orders.sql` in two parts: the table and its index, then the seed orders (from the
+/// first `INSERT INTO` on) with the sequence moved past them.
+fn schema_and_seed() -> (&'static str, &'static str) {
+    match ORDERS_SQL.find("\nINSERT INTO ") {
+        Some(at) => ORDERS_SQL.split_at(at),
+        None => (ORDERS_SQL, ""),
+    }
+}
+
+fn render(sql: &str, table: &TableName) -> String {
     let ident = table.quoted();
     let index = quote_ident(&format!("{}_position_idx", table.name));
-    let mut out = String::with_capacity(ORDERS_SQL.len() + 64);
-    let mut rest = ORDERS_SQL;
+    let mut out = String::with_capacity(sql.len() + 64);
+    let mut rest = sql;
     let mut in_literal = false;
     while let Some(c) = rest.chars().next() {
         if !in_literal && rest.starts_with("--") {
@@ -436,27 +449,37 @@ pub fn render_schema(table: &TableName) -> String {
 pub struct BootstrapReport {
     /// Whether the table had to be created.
     pub created_table: bool,
-    /// Seed orders inserted by this run (0 when they were all there).
-    pub seed_rows_inserted: i64,
-    /// Rows in the table afterwards.
-    pub total_rows: i64,
+    /// Seed orders inserted by this run (0 when they were all there); `None` when the seed
+    /// was not applied (a table that already existed, without `--seed-orders`).
+    pub seed_rows_inserted: Option<i64>,
+    /// Rows in the table afterwards (counted only when the seed was applied: a count of a large
+    /// table that init leaves alone is not worth a scan).
+    pub total_rows: Option<i64>,
 }
 
-/// Applies the schema and seed rows in one transaction; idempotent.
-pub async fn bootstrap(client: &mut Client, table: &TableName) -> Result<BootstrapReport> {
+/// Creates the table and its index if missing, and inserts the seed orders only into a table
+/// created by this call or when `seed_orders` asks for them: an existing table (a real
+/// database) keeps its rows untouched. One transaction: all of it or nothing.
+pub async fn bootstrap(client: &mut Client, table: &TableName, seed_orders: bool) -> Result<BootstrapReport> {
     let pg = |e: tokio_postgres::Error| Error::Postgres(format!("table {table}: {}", error_text(&e)));
     let existed = table_exists(client, table).await?;
-    let seed_before = if existed { count_seed_rows(client, table).await? } else { 0 };
-    // A multi-statement simple query runs as one implicit transaction: all of it or nothing.
-    client.batch_execute(&render_schema(table)).await.map_err(pg)?;
-    let seed_after = count_seed_rows(client, table).await?;
-    let total: i64 =
-        client.query_one(&format!("SELECT count(*) FROM {}", table.quoted()), &[]).await.map_err(pg)?.get(0);
-    Ok(BootstrapReport {
-        created_table: !existed,
-        seed_rows_inserted: seed_after - seed_before,
-        total_rows: total,
-    })
+    let (schema, seed) = schema_and_seed();
+    let seeding = !existed || seed_orders;
+    let tx = client.transaction().await.map_err(pg)?;
+    if !existed {
+        tx.batch_execute(&render(schema, table)).await.map_err(pg)?;
+    }
+    let mut report = BootstrapReport { created_table: !existed, seed_rows_inserted: None, total_rows: None };
+    if seeding {
+        let before = count_seed_rows(&tx, table).await?;
+        tx.batch_execute(&render(seed, table)).await.map_err(pg)?;
+        report.seed_rows_inserted = Some(count_seed_rows(&tx, table).await? - before);
+        let total: i64 =
+            tx.query_one(&format!("SELECT count(*) FROM {}", table.quoted()), &[]).await.map_err(pg)?.get(0);
+        report.total_rows = Some(total);
+    }
+    tx.commit().await.map_err(pg)?;
+    Ok(report)
 }
 
 /// Whether the table exists (as folded and quoted by our rule).
@@ -468,7 +491,7 @@ pub async fn table_exists(client: &Client, table: &TableName) -> Result<bool> {
     Ok(row.get(0))
 }
 
-async fn count_seed_rows(client: &Client, table: &TableName) -> Result<i64> {
+async fn count_seed_rows(client: &impl tokio_postgres::GenericClient, table: &TableName) -> Result<i64> {
     let sql = format!("SELECT count(*) FROM {} WHERE order_id BETWEEN $1 AND $2", table.quoted());
     let row = client
         .query_one(&sql, &[SEED_ORDER_IDS.start(), SEED_ORDER_IDS.end()])
@@ -564,4 +587,20 @@ pub async fn lock_writer(
         .map_err(err)?
         .get(0);
     Ok(Err(holder.unwrap_or(0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seed_orders_are_apart_from_the_schema() {
+        let (schema, seed) = schema_and_seed();
+        assert!(schema.contains("CREATE TABLE IF NOT EXISTS ROLL001_orders"));
+        assert!(schema.contains("CREATE INDEX IF NOT EXISTS ROLL001_orders_position_idx"));
+        assert!(!schema.contains("INSERT") && !schema.contains("setval"));
+        assert!(seed.trim_start().starts_with("INSERT INTO ROLL001_orders"));
+        assert!(seed.contains("(110, 'Li Wei'") && seed.contains("setval("));
+        assert_eq!(format!("{schema}{seed}"), ORDERS_SQL);
+    }
 }

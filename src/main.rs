@@ -32,8 +32,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create the orders table with its ten seed orders, and the topics (idempotent).
-    Init,
+    /// Create the orders table, its publication and the topics (idempotent). The ten demo
+    /// orders (101-110) go only into a table this run creates, unless --seed-orders.
+    Init {
+        /// Also insert the ten demo orders into a table that already exists (never twice).
+        #[arg(long)]
+        seed_orders: bool,
+    },
     /// Capture new orders from PostgreSQL and publish them to Kafka.
     Produce,
     /// Read the topic and write the date-partitioned Parquet lake.
@@ -105,8 +110,8 @@ fn run(cli: Cli, shutdown: &Shutdown) -> Result<(), Error> {
         .map_err(|e| Error::Storage(format!("cannot start the async runtime: {e}")))?;
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Init => {
-                let report = orderstream::init::init(&cfg).await?;
+            Command::Init { seed_orders } => {
+                let report = orderstream::init::init(&cfg, seed_orders).await?;
                 print!("{report}");
                 Ok(())
             }
