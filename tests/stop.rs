@@ -71,7 +71,7 @@ fn stops_while_retrying_an_unreachable_broker(command: &str) {
     let closed = ClosedPort::new();
     let env = TestEnv::with_brokers(&format!("stop_nobroker_{command}"), &closed.addr());
     let mut p = env.spawn(&[command]);
-    wait_logged(&p, "retrying in", 2);
+    wait_logged(&p, "retrying in", 1);
     let (code, _) = stop_timed(&mut p, &format!("{command} retrying an unreachable broker"));
     assert_eq!(code, 0, "{}", p.log_text());
     assert!(p.log_text().contains("SIGTERM received"), "{}", p.log_text());

@@ -148,7 +148,19 @@ pub fn consume(cfg: &Config, metrics: Arc<Metrics>, shutdown: Shutdown) -> Resul
     // The dead-letter topic must exist before anything is read: wait for the broker.
     let mut backoff = Backoff::between(Duration::from_secs(1), Duration::from_secs(30));
     let dlq = loop {
-        match dlq::DeadLetters::new(&cfg.kafka) {
+        // On a thread of its own: its metadata request may wait out a broker that does not
+        // answer, and a stop must not wait with it.
+        let kafka = cfg.kafka.clone();
+        let attempt = std::thread::spawn(move || dlq::DeadLetters::new(&kafka));
+        while !attempt.is_finished() {
+            if shutdown.sleep_blocking(Duration::from_millis(50)) {
+                scratch.remove(&checkpoint);
+                return Ok(());
+            }
+        }
+        let made =
+            attempt.join().map_err(|_| Error::Kafka("the dead-letter producer's set-up panicked".into()))?;
+        match made {
             Ok(d) => break d,
             Err(e @ Error::Kafka(_)) => {
                 let delay = backoff.next_delay();
