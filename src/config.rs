@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -310,8 +311,9 @@ pub struct StreamingConfig {
 /// `metrics.*`
 #[derive(Debug, Clone)]
 pub struct MetricsConfig {
-    /// TCP port of `/metrics` and `/health` on loopback; 0 turns the endpoint off.
-    pub port: u16,
+    /// Where `/metrics` and `/health` listen: `metrics.listen`, or `127.0.0.1:<metrics.port>`
+    /// (the older key); `None` (port 0) turns the endpoint off.
+    pub listen: Option<SocketAddr>,
 }
 
 // ---- The file form: exactly the keys a user may write. ----
@@ -378,6 +380,8 @@ struct RawStreaming {
 struct RawMetrics {
     #[serde(default, deserialize_with = "number")]
     port: Option<u16>,
+    #[serde(default)]
+    listen: Option<String>,
 }
 
 fn default_format() -> String {
@@ -396,7 +400,7 @@ const DEFAULT_RECONCILE_INTERVAL_SECS: f64 = 60.0;
 pub const DEFAULT_BATCH_INTERVAL_SECS: f64 = 1.0;
 /// Default `streaming.max_batch_rows`.
 pub const DEFAULT_MAX_BATCH_ROWS: usize = 100_000;
-/// Default `metrics.port`.
+/// Default port of `metrics.listen` (and `metrics.port`), on 127.0.0.1.
 pub const DEFAULT_METRICS_PORT: u16 = 9464;
 
 /// Accepts a number, or a string holding one (environment overrides are always strings).
@@ -610,7 +614,7 @@ impl Config {
                 max_batch_rows,
                 from_beginning: false,
             },
-            metrics: MetricsConfig { port: raw.metrics.port.unwrap_or(DEFAULT_METRICS_PORT) },
+            metrics: MetricsConfig { listen: metrics_listen(&raw.metrics, &bad)? },
         })
     }
 }
@@ -841,6 +845,33 @@ fn validate_topic(topic: &str) -> Result<(), String> {
         return Err(format!("`{topic}` contains `{c}`; topic names use only a-z A-Z 0-9 . _ -"));
     }
     Ok(())
+}
+
+/// `metrics.listen` (an IP address and a port), else `127.0.0.1:<metrics.port>`; both set is
+/// an error rather than one silently winning. Port 0 turns the endpoint off.
+fn metrics_listen(
+    raw: &RawMetrics,
+    bad: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Option<SocketAddr>, ConfigError> {
+    let addr = match (&raw.listen, raw.port) {
+        (Some(_), Some(_)) => {
+            return Err(bad(
+                "metrics.listen",
+                "metrics.port is set too: keep one (metrics.port p is metrics.listen 127.0.0.1:p)".into(),
+            ));
+        }
+        (Some(listen), None) => listen.trim().parse::<SocketAddr>().map_err(|_| {
+            bad(
+                "metrics.listen",
+                format!(
+                    "expected an IP address and a port, e.g. 127.0.0.1:{DEFAULT_METRICS_PORT}, \
+                     0.0.0.0:{DEFAULT_METRICS_PORT} or [::]:{DEFAULT_METRICS_PORT}; got `{listen}`"
+                ),
+            )
+        })?,
+        (None, port) => SocketAddr::from(([127, 0, 0, 1], port.unwrap_or(DEFAULT_METRICS_PORT))),
+    };
+    Ok((addr.port() != 0).then_some(addr))
 }
 
 /// Creates the directory if needed (and `create`) and returns it.

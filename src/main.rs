@@ -92,7 +92,7 @@ fn main() -> ExitCode {
 async fn serve(cfg: &Config, shutdown: &Shutdown) -> Result<(Arc<Metrics>, Shutdown), Error> {
     shutdown.on_signals().map_err(|e| Error::Storage(format!("cannot handle signals: {e}")))?;
     let metrics = Arc::new(Metrics::new());
-    orderstream::http::start(cfg.metrics.port, metrics.clone(), shutdown.clone()).await?;
+    orderstream::http::start(cfg.metrics.listen, metrics.clone(), shutdown.clone()).await?;
     Ok((metrics, shutdown.clone()))
 }
 
