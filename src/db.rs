@@ -560,11 +560,7 @@ pub async fn lock_writer(
     wait: Duration,
 ) -> Result<std::result::Result<(), i32>> {
     let err = |e: tokio_postgres::Error| Error::Postgres(format!("advisory lock {name}: {}", error_text(&e)));
-    // FNV-1a, top bit clear: stable across releases, one key per name.
-    let key =
-        name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
-            >> 1;
-    let key = key as i64;
+    let key = advisory_key(name);
     let deadline = Instant::now() + wait;
     loop {
         let locked: bool =
@@ -577,16 +573,29 @@ pub async fn lock_writer(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let holder: Option<i32> = client
+    Ok(Err(lock_holder(client, name).await?.unwrap_or(0)))
+}
+
+/// The advisory lock key of `name`: FNV-1a, top bit clear, so stable across releases.
+fn advisory_key(name: &str) -> i64 {
+    let key =
+        name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+            >> 1;
+    key as i64
+}
+
+/// The backend PID holding the advisory lock `name` (see [`lock_writer`]), if any holds it.
+pub async fn lock_holder(client: &Client, name: &str) -> Result<Option<i32>> {
+    let key = advisory_key(name);
+    let row = client
         .query_one(
             "SELECT (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 \
              AND classid::bigint = $1 AND objid::bigint = $2 AND granted LIMIT 1)",
             &[&(key >> 32), &(key & 0xFFFF_FFFF)],
         )
         .await
-        .map_err(err)?
-        .get(0);
-    Ok(Err(holder.unwrap_or(0)))
+        .map_err(|e| Error::Postgres(format!("advisory lock {name}: {}", error_text(&e))))?;
+    Ok(row.get(0))
 }
 
 #[cfg(test)]

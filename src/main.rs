@@ -54,7 +54,8 @@ enum Command {
         #[arg(long)]
         from_beginning: bool,
     },
-    /// Show the monitoring points of every stage.
+    /// Show the monitoring points of every stage, each read within 2.5 s; exit 0 only when
+    /// every part answered and the producer and the consumer run, else 1 naming the others.
     Status {
         /// Print one JSON object instead of a table.
         #[arg(long)]
@@ -139,7 +140,15 @@ fn run(cli: Cli, shutdown: &Shutdown) -> Result<(), Error> {
                 } else {
                     print!("{}", status.render());
                 }
-                Ok(())
+                let failures = status.failures();
+                if failures.is_empty() {
+                    Ok(())
+                } else {
+                    Err(Error::Setup(format!(
+                        "status: not answering or not running: {} (see each part's error)",
+                        failures.join(", ")
+                    )))
+                }
             }
         }
     });

@@ -1281,7 +1281,7 @@ fn a_reject_no_dead_letter_can_carry_is_quarantined_under_the_checkpoint_and_the
         c.log_text()
     );
     let (code, out, err) = env.run(&["status"]);
-    assert_eq!(code, 0, "{err}");
+    assert_eq!(code, 1, "the consumer is not running: {err}");
     assert!(out.contains("quarantined 1 (rejects no dead letter could carry:"), "{out}");
 }
 

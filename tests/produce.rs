@@ -762,13 +762,13 @@ fn orders_committed_below_the_watermark_are_counted_and_named_as_unpublished() {
 
     // `status` counts them itself, from the state file and the table.
     let (code, out, err) = env.run(&["status"]);
-    assert_eq!(code, 0, "{err}");
+    assert_eq!(code, 1, "the consumer is not running: {err}");
     assert!(
         out.contains(&format!("unpublished below watermark 2 (order_id {first}, {second}): lost to polling")),
         "{out}"
     );
     let (code, json, err) = env.run(&["status", "--json"]);
-    assert_eq!(code, 0, "{err}");
+    assert_eq!(code, 1, "the consumer is not running: {err}");
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["producer"]["unpublished_below_watermark"], 2, "{json}");
     assert_eq!(v["producer"]["unpublished_order_ids"], serde_json::json!([first, second]), "{json}");
