@@ -67,6 +67,14 @@ fn wait_all_published(env: &TestEnv, p: &Proc) {
     });
 }
 
+/// A logical-capture test world on a private broker (the stack's is shared by every test).
+fn logical_on(broker: &Broker, tag: &str) -> TestEnv {
+    let mut env = TestEnv::with_brokers(tag, &broker.addr);
+    env.capture = "logical";
+    env.write_config("");
+    env
+}
+
 fn stops_while_retrying_an_unreachable_broker(command: &str) {
     let closed = ClosedPort::new();
     let env = TestEnv::with_brokers(&format!("stop_nobroker_{command}"), &closed.addr());
@@ -95,7 +103,8 @@ fn run_stops_promptly_while_retrying_an_unreachable_broker() {
 #[test]
 fn produce_stops_promptly_while_retrying_an_unreachable_database() {
     let closed = ClosedPort::new();
-    let mut env = TestEnv::logical("stop_nodb");
+    let broker = Broker::start_memory();
+    let mut env = logical_on(&broker, "stop_nodb");
     env.init();
     env.set(
         "ORDERSTREAM__POSTGRES__JDBC_URL",
@@ -109,11 +118,12 @@ fn produce_stops_promptly_while_retrying_an_unreachable_database() {
 
 #[test]
 fn produce_stops_promptly_during_a_snapshot_and_the_next_start_publishes_every_order_once() {
-    let mut env = TestEnv::logical("stop_snapshot");
+    let broker = Broker::start_memory();
+    let mut env = logical_on(&broker, "stop_snapshot");
     env.init();
-    env.insert(100_000);
+    env.insert(5_000);
     // Small pages: the snapshot takes a while, and the stop lands inside it.
-    env.set("ORDERSTREAM__STREAMING__MAX_BATCH_ROWS", "200");
+    env.set("ORDERSTREAM__STREAMING__MAX_BATCH_ROWS", "20");
     let mut p = env.spawn(&["produce"]);
     wait_logged(&p, "batch published", 3);
     assert!(
@@ -128,7 +138,10 @@ fn produce_stops_promptly_during_a_snapshot_and_the_next_start_publishes_every_o
 
     env.set("ORDERSTREAM__STREAMING__MAX_BATCH_ROWS", "10000");
     let mut again = env.spawn(&["produce"]);
-    wait_all_published(&env, &again);
+    wait_until(Duration::from_secs(180), "the snapshot done", || {
+        std::fs::read_to_string(env.lastprocess().join("last_timestamp.txt"))
+            .is_ok_and(|s| s.contains("snapshot=done"))
+    });
     assert_eq!(again.stop(), 0, "{}", again.log_text());
     assert_each_order_once(&env);
 }
