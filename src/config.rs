@@ -428,14 +428,25 @@ fn show(v: &Value) -> String {
 
 impl Config {
     /// Reads `path`, applies the process environment's overrides and validates everything.
+    /// Creates nothing: the commands that write call [`Config::create_folders`].
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        Self::load_with(path, true)
+        Self::load_with(path, false)
     }
 
-    /// As [`Config::load`], for a command that only reads (`status`): the lake, checkpoint and
-    /// state folders are not created.
-    pub fn load_to_read(path: &Path) -> Result<Config, ConfigError> {
-        Self::load_with(path, false)
+    /// Creates the lake, checkpoint and state folders if missing (`init`, `produce`,
+    /// `consume`, `run`); an error names the key.
+    pub fn create_folders(&self) -> Result<(), ConfigError> {
+        for (key, path) in [
+            ("datalake.path", &self.datalake.path),
+            ("streaming.checkpoint_location", &self.streaming.checkpoint_location),
+            (
+                "streaming.last_processed_timestamp_location",
+                &self.streaming.last_processed_timestamp_location,
+            ),
+        ] {
+            ensure_dir(path, true).map_err(|m| ConfigError(format!("{key}: {m}")))?;
+        }
+        Ok(())
     }
 
     fn load_with(path: &Path, create: bool) -> Result<Config, ConfigError> {

@@ -23,12 +23,14 @@
 //! * [`metrics`]: the counters that `status`, the logs and `/metrics` read.
 //! * [`http`]: `/metrics` and `/health`.
 //! * [`init`]: the `init` command: table, seed orders and topics.
+//! * [`check`]: the `check` command: whether a configuration will work, changing nothing.
 //! * [`shutdown`]: SIGTERM/SIGINT as one flag every loop checks between batches.
 //! * [`durable`]: atomic file replacement and folder fsync.
 //! * [`retry`]: capped exponential backoff.
 //! * [`error`]: the error type; every error is one line naming what and where.
 //! * [`wire`]: the message contract: header names, their values and parsers.
 
+pub mod check;
 pub mod config;
 pub mod db;
 pub mod durable;

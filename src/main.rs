@@ -39,6 +39,9 @@ enum Command {
         #[arg(long)]
         seed_orders: bool,
     },
+    /// Check the configuration and everything the pipeline needs (wal_level, REPLICATION,
+    /// publication rights, slot, topics, folders) without creating anything; exit 0 or 1.
+    Check,
     /// Capture new orders from PostgreSQL and publish them to Kafka.
     Produce,
     /// Read the topic and write the date-partitioned Parquet lake.
@@ -98,10 +101,10 @@ async fn serve(cfg: &Config, shutdown: &Shutdown) -> Result<(Arc<Metrics>, Shutd
 }
 
 fn run(cli: Cli, shutdown: &Shutdown) -> Result<(), Error> {
-    let mut cfg = match cli.command {
-        Command::Status { .. } => Config::load_to_read(&cli.config)?,
-        _ => Config::load(&cli.config)?,
-    };
+    let mut cfg = Config::load(&cli.config)?;
+    if !matches!(cli.command, Command::Status { .. } | Command::Check) {
+        cfg.create_folders()?;
+    }
     if let Command::Consume { from_beginning: true } | Command::Run { from_beginning: true } = cli.command {
         cfg.streaming.from_beginning = true;
     }
@@ -115,6 +118,16 @@ fn run(cli: Cli, shutdown: &Shutdown) -> Result<(), Error> {
                 let report = orderstream::init::init(&cfg, seed_orders).await?;
                 print!("{report}");
                 Ok(())
+            }
+            Command::Check => {
+                let report = orderstream::check::check(&cfg).await;
+                print!("{report}");
+                let failed = report.checks.iter().filter(|c| !c.ok).count();
+                if failed == 0 {
+                    Ok(())
+                } else {
+                    Err(Error::Setup(format!("check: {failed} of {} checks failed", report.checks.len())))
+                }
             }
             Command::Produce => {
                 let (metrics, shutdown) = serve(&cfg, shutdown).await?;
