@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::Duration;
 
 use common::proc::wait_until;
@@ -47,4 +48,54 @@ fn metrics_listen_serves_on_the_address_given() {
         return;
     }
     panic!("every port tried was taken");
+}
+
+/// The value of `key=` in the unit file.
+fn unit_value<'a>(unit: &'a str, key: &str) -> &'a str {
+    let prefix = format!("{key}=");
+    unit.lines().find_map(|l| l.strip_prefix(&prefix)).unwrap_or_else(|| panic!("no {key}= in the unit"))
+}
+
+#[test]
+fn the_systemd_unit_verifies_and_waits_longer_than_orderstream_takes_to_stop() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/orderstream.service");
+    let unit = std::fs::read_to_string(&path).unwrap();
+    // systemd's SIGKILL must come after orderstream's own bound on a stop.
+    let timeout: u64 = unit_value(&unit, "TimeoutStopSec").trim_end_matches('s').parse().unwrap();
+    assert!(timeout > orderstream::shutdown::STOP_BOUND.as_secs() + 5, "TimeoutStopSec={timeout}");
+    assert_eq!(unit_value(&unit, "SuccessExitStatus"), orderstream::shutdown::EXIT_ABANDONED.to_string());
+    assert_eq!(unit_value(&unit, "Restart"), "on-failure");
+    assert!(unit_value(&unit, "ExecStart").ends_with("--config /etc/orderstream/orders_stream.yml run"));
+
+    let Ok(analyze) = which("systemd-analyze") else {
+        eprintln!(
+            "SKIPPED: systemd-analyze is not installed (Debian package systemd); the unit was not verified"
+        );
+        return;
+    };
+    // verify checks that ExecStart's program exists: point it at the binary under test.
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(common::unique("unit"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let copy = dir.join("orderstream.service");
+    std::fs::write(&copy, unit.replace("/usr/local/bin/orderstream", env!("CARGO_BIN_EXE_orderstream")))
+        .unwrap();
+    let mut cmd = std::process::Command::new(analyze);
+    cmd.arg("verify").arg(&copy);
+    let (code, out, err) = common::run_output(cmd);
+    // verify exits 0 even for lines it ignores; what it says about the unit is the verdict.
+    assert_eq!(code, 0, "{out}{err}");
+    let complaints: Vec<&str> =
+        out.lines().chain(err.lines()).filter(|l| l.contains("orderstream.service")).collect();
+    assert!(complaints.is_empty(), "systemd-analyze verify:\n{}", complaints.join("\n"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The path of `program` on `PATH`.
+fn which(program: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .ok_or(())
 }
