@@ -2,7 +2,6 @@
 //! to exit codes (0 success or a clean stop, 1 runtime failure, 2 usage or configuration error,
 //! 3 stopped before the in-flight batch was done: the next start redoes it).
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -10,6 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use std::sync::Arc;
 
+use orderstream::logs::LogFormat;
 use orderstream::metrics::Metrics;
 use orderstream::shutdown::{EXIT_ABANDONED, Shutdown};
 use orderstream::{Config, Error};
@@ -26,6 +26,10 @@ struct Cli {
     /// The configuration file.
     #[arg(long, short, global = true, default_value = "configs/orders_stream.yml")]
     config: PathBuf,
+    /// Log lines as `text` (default) or `json` (one object per line, for log shippers); also
+    /// ORDERSTREAM_LOG_FORMAT.
+    #[arg(long, global = true, value_name = "FORMAT")]
+    log_format: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -68,16 +72,21 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Logs go to stderr; RUST_LOG refines them. PostgreSQL's NOTICEs ("already exists,
-    // skipping") and librdkafka's own retry chatter are not worth a line each.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn,rdkafka=off,librdkafka=off")
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let format = match &cli.log_format {
+        Some(f) => f.clone(),
+        None => std::env::var("ORDERSTREAM_LOG_FORMAT").unwrap_or_default(),
+    };
+    let format = match format.as_str() {
+        "" => LogFormat::Text,
+        f => match f.parse() {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("orderstream: {e} (--log-format or ORDERSTREAM_LOG_FORMAT)");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    orderstream::logs::init(format);
     let shutdown = Shutdown::new();
     match run(cli, &shutdown) {
         Ok(()) if shutdown.abandoned() => {

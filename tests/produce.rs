@@ -249,7 +249,10 @@ fn a_late_order_whose_state_save_failed_is_not_published_again_by_any_restart() 
     let broker = Broker::start_memory();
     let env = TestEnv::with_brokers("prod_late_save", &broker.addr);
     env.init();
-    let mut producer = env.spawn(&["produce"]);
+    // Every attempt of an outage, not only its first line (the rest are debug lines).
+    let mut cmd = env.orderstream(&["produce"]);
+    cmd.env("RUST_LOG", "info,tokio_postgres=warn,orderstream::retry=debug");
+    let mut producer = env.spawn_cmd(cmd, "produce");
     wait_messages(&env, 10, Duration::from_secs(60));
     let stop = Arc::new(AtomicBool::new(false));
     let inserter = insert_continuously(&env, stop.clone(), Rng::from_env("late_save").next());
@@ -479,7 +482,10 @@ fn a_postgres_outage_at_start_and_mid_run_is_retried_without_loss() {
 
     // Down at start.
     proxy.down();
-    let mut producer = env.spawn(&["produce"]);
+    // Every attempt of an outage, not only its first line (the rest are debug lines).
+    let mut cmd = env.orderstream(&["produce"]);
+    cmd.env("RUST_LOG", "info,tokio_postgres=warn,orderstream::retry=debug");
+    let mut producer = env.spawn_cmd(cmd, "produce");
     wait_for(Duration::from_secs(30), "two retry lines", || {
         (producer.log_text().matches("retrying in").count() >= 2).then_some(())
     });

@@ -99,3 +99,53 @@ fn which(program: &str) -> Result<std::path::PathBuf, ()> {
         .find(|p| p.is_file())
         .ok_or(())
 }
+
+#[test]
+fn an_outage_is_logged_when_it_begins_and_when_it_ends_in_json_lines() {
+    let broker = common::Broker::start_memory();
+    let proxy = common::proxy::Proxy::start(&broker.addr);
+    let env = TestEnv::with_brokers("service_outage", &format!("127.0.0.1:{}", proxy.port));
+    env.init();
+    proxy.down();
+    let mut cmd = env.orderstream(&["produce"]);
+    cmd.env("ORDERSTREAM_LOG_FORMAT", "json");
+    let mut p = env.spawn_cmd(cmd, "produce");
+    wait_until(Duration::from_secs(60), "the outage's first line", || p.log_text().contains("outage began"));
+    // Several attempts fail meanwhile (0.1 s, 0.2 s, 0.4 s … apart): none of them is a line.
+    std::thread::sleep(Duration::from_secs(8));
+    proxy.up();
+    wait_until(Duration::from_secs(90), "the outage's end", || {
+        p.log_text().contains("producer: recovered after")
+    });
+    assert_eq!(p.stop(), 0, "{}", p.log_text());
+    let lines: Vec<serde_json::Value> = p
+        .log_text()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    for l in &lines {
+        for key in ["timestamp", "level", "target", "message"] {
+            assert!(l.get(key).is_some(), "no {key} in {l}");
+        }
+    }
+    let outage = |m: &str| {
+        m.starts_with("producer: ")
+            && ["outage began", "still failing", "recovered after", "retrying in"]
+                .iter()
+                .any(|w| m.contains(w))
+    };
+    let ours: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| outage(l["message"].as_str().unwrap())).collect();
+    assert_eq!(ours.len(), 2, "one line when the outage begins, one when it ends: {ours:#?}");
+    assert_eq!(ours[0]["level"], "WARN");
+    assert!(
+        ours[0]["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("retrying in 0.1 s (outage began; reminders every 60 s)")
+    );
+    assert_eq!(ours[0]["retry_in_s"], 0.1);
+    assert_eq!(ours[1]["level"], "INFO");
+    assert!(ours[1]["attempts"].as_u64().unwrap() >= 2, "{:#}", ours[1]);
+    assert!(ours[1]["outage_s"].as_u64().is_some(), "{:#}", ours[1]);
+}

@@ -50,7 +50,7 @@ use std::time::{Duration, Instant};
 use crate::config::{Capture, Config};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::retry::Backoff;
+use crate::retry::{Backoff, Retry};
 use crate::shutdown::Shutdown;
 use crate::source::Source;
 use crate::source::logical::LogicalSource;
@@ -96,7 +96,7 @@ pub async fn run<S: Source>(
         describe::<S>(&committed.position),
         path.display()
     );
-    let mut backoff = Backoff::new();
+    let mut backoff = Retry::new("producer", Backoff::new());
     loop {
         match session(&mut source, &mut committed, &path, cfg, metrics, shutdown, &mut backoff).await {
             Ok(()) => return Ok(()),
@@ -123,7 +123,7 @@ async fn session<S: Source>(
     cfg: &Config,
     metrics: &Metrics,
     shutdown: &Shutdown,
-    backoff: &mut Backoff,
+    backoff: &mut Retry,
 ) -> Result<()> {
     let name = source.name();
     // Created first so that its connection and producer id are ready when recovery ends; it
@@ -304,12 +304,12 @@ async fn session<S: Source>(
     }
 }
 
-/// Logs a failure and sleeps the next backoff delay; returns whether a stop was requested.
-async fn retry_later(e: &Error, metrics: &Metrics, backoff: &mut Backoff, shutdown: &Shutdown) -> bool {
+/// Logs a failure (as an outage: its start, then reminders) and sleeps the next backoff delay;
+/// returns whether a stop was requested.
+async fn retry_later(e: &Error, metrics: &Metrics, backoff: &mut Retry, shutdown: &Shutdown) -> bool {
     metrics.producer.retries.inc();
     metrics.health.fail("producer", &e.to_string());
-    let delay = backoff.next_delay();
-    tracing::warn!("{e}; retrying in {:.1} s (position not advanced)", delay.as_secs_f64());
+    let delay = backoff.failed(&format_args!("{e} (position not advanced)"));
     shutdown.sleep(delay).await
 }
 

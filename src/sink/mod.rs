@@ -129,7 +129,7 @@ use rdkafka::error::KafkaError;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::retry::Backoff;
+use crate::retry::{Backoff, Retry};
 use crate::shutdown::Shutdown;
 use checkpoint::Checkpoint;
 use engine::{Engine, Limits};
@@ -146,7 +146,7 @@ pub fn consume(cfg: &Config, metrics: Arc<Metrics>, shutdown: Shutdown) -> Resul
     let scratch = Scratch::create(lake)?;
     recover(&checkpoint, scratch.id());
     // The dead-letter topic must exist before anything is read: wait for the broker.
-    let mut backoff = Backoff::between(Duration::from_secs(1), Duration::from_secs(30));
+    let mut retry = Retry::new("consumer", Backoff::between(Duration::from_secs(1), Duration::from_secs(30)));
     let dlq = loop {
         // On a thread of its own: its metadata request may wait out a broker that does not
         // answer, and a stop must not wait with it.
@@ -161,11 +161,12 @@ pub fn consume(cfg: &Config, metrics: Arc<Metrics>, shutdown: Shutdown) -> Resul
         let made =
             attempt.join().map_err(|_| Error::Kafka("the dead-letter producer's set-up panicked".into()))?;
         match made {
-            Ok(d) => break d,
+            Ok(d) => {
+                retry.reset();
+                break d;
+            }
             Err(e @ Error::Kafka(_)) => {
-                let delay = backoff.next_delay();
-                tracing::warn!("{e}; retrying in {} s", delay.as_secs());
-                if shutdown.sleep_blocking(delay) {
+                if shutdown.sleep_blocking(retry.failed(&e)) {
                     scratch.remove(&checkpoint);
                     return Ok(());
                 }
