@@ -532,7 +532,10 @@ impl Config {
             connect.password(password);
         }
         connect.application_name("orderstream");
-        connect.connect_timeout(Duration::from_secs(10));
+        // The URL's connect_timeout wins, as in libpq; it bounds the whole start-up (db::connect).
+        if connect.get_connect_timeout().is_none() {
+            connect.connect_timeout(crate::db::CONNECT_TIMEOUT);
+        }
         let table = TableName::parse(&raw.postgres.table).map_err(|m| bad("postgres.table", m))?;
         let capture = match raw.postgres.capture.as_deref().map(str::trim) {
             None | Some("logical") => Capture::Logical,

@@ -50,6 +50,23 @@ pub fn describe(cfg: &PostgresConfig) -> String {
 /// under `require`, or it accepts only TLS under `disable`) is [`Error::Setup`]; the rest
 /// (refused, timed out, authentication) stays [`Error::Postgres`].
 pub async fn connect(cfg: &PostgresConfig) -> Result<Client> {
+    // tokio-postgres bounds only the TCP connect by connect_timeout; libpq bounds the whole
+    // start-up (TLS, authentication), which a server that accepts and never answers needs.
+    let limit = cfg.connect.get_connect_timeout().copied().unwrap_or(CONNECT_TIMEOUT);
+    match tokio::time::timeout(limit, connect_unbounded(cfg)).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Postgres(format!(
+            "cannot connect to {}: no answer within {} s (connect_timeout in postgres.jdbc_url sets this bound)",
+            describe(cfg),
+            limit.as_secs_f64()
+        ))),
+    }
+}
+
+/// How long connecting may take when postgres.jdbc_url sets no `connect_timeout`.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn connect_unbounded(cfg: &PostgresConfig) -> Result<Client> {
     let client = match &cfg.tls.rustls {
         None => cfg.connect.connect(NoTls).await.map(|(client, connection)| {
             spawn_connection(connection);

@@ -306,3 +306,26 @@ fn an_honoured_kafka_property_reaches_every_client() {
         assert_eq!(native.get("bootstrap.servers").unwrap(), env.brokers, "{}", client.name());
     }
 }
+
+#[test]
+fn init_against_a_database_that_never_answers_fails_within_connect_timeout() {
+    // Listening, never accepting: the connection completes and nothing is ever said.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let mut env = TestEnv::new("init_silent");
+    env.set(
+        "ORDERSTREAM__POSTGRES__JDBC_URL",
+        &format!("jdbc:postgresql://127.0.0.1:{port}/food_delivery_db?connect_timeout=2"),
+    );
+    let started = std::time::Instant::now();
+    let (code, out, err) = env.run(&["init"]);
+    eprintln!("init against a silent server: {:.2} s", started.elapsed().as_secs_f64());
+    assert_eq!(code, 1, "stdout: {out}\nstderr: {err}");
+    assert_eq!(
+        err.lines().last().unwrap_or_default(),
+        format!(
+            "orderstream: PostgreSQL: cannot connect to 127.0.0.1:{port}/food_delivery_db: no answer within 2 s \
+             (connect_timeout in postgres.jdbc_url sets this bound)"
+        )
+    );
+}
