@@ -62,6 +62,8 @@ missing_packages() {
   [ -f /usr/include/zlib.h ] || echo zlib1g-dev
   # tests/tls.rs makes its certificates with the openssl command line.
   command -v openssl >/dev/null || echo openssl
+  # tests/service.rs verifies deploy/orderstream.service with systemd-analyze.
+  command -v systemd-analyze >/dev/null || echo systemd
   "$ROOT/dev/python.sh" --missing
 }
 

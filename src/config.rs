@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -306,8 +307,9 @@ pub struct StreamingConfig {
 /// `metrics.*`
 #[derive(Debug, Clone)]
 pub struct MetricsConfig {
-    /// TCP port of `/metrics` and `/health` on loopback; 0 turns the endpoint off.
-    pub port: u16,
+    /// Where `/metrics` and `/health` listen: `metrics.listen`, or `127.0.0.1:<metrics.port>`
+    /// (the older key); `None` (port 0) turns the endpoint off.
+    pub listen: Option<SocketAddr>,
 }
 
 // ---- The file form: exactly the keys a user may write. ----
@@ -366,6 +368,8 @@ struct RawStreaming {
 struct RawMetrics {
     #[serde(default, deserialize_with = "number")]
     port: Option<u16>,
+    #[serde(default)]
+    listen: Option<String>,
 }
 
 /// Default `kafka.partitions`.
@@ -380,7 +384,7 @@ const DEFAULT_RECONCILE_INTERVAL_SECS: f64 = 60.0;
 pub const DEFAULT_BATCH_INTERVAL_SECS: f64 = 1.0;
 /// Default `streaming.max_batch_rows`.
 pub const DEFAULT_MAX_BATCH_ROWS: usize = 100_000;
-/// Default `metrics.port`.
+/// Default port of `metrics.listen` (and `metrics.port`), on 127.0.0.1.
 pub const DEFAULT_METRICS_PORT: u16 = 9464;
 
 /// Accepts a number, or a string holding one (environment overrides are always strings).
@@ -408,14 +412,29 @@ fn show(v: &Value) -> String {
 
 impl Config {
     /// Reads `path`, applies the process environment's overrides and validates everything.
+    /// Creates nothing: the commands that write call [`Config::create_folders`].
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        Self::load_with(path, true)
+        Self::load_with(path, false)
     }
 
-    /// As [`Config::load`], for a command that only reads (`status`): the lake, checkpoint and
-    /// state folders are not created.
-    pub fn load_to_read(path: &Path) -> Result<Config, ConfigError> {
-        Self::load_with(path, false)
+    /// Creates the lake, checkpoint and state folders if missing (`init`, `produce`,
+    /// `consume`, `run`); an error names the key.
+    pub fn create_folders(&self) -> Result<(), ConfigError> {
+        for (key, path) in [
+            ("datalake.path", &self.datalake.path),
+            ("streaming.checkpoint_location", &self.streaming.checkpoint_location),
+            (
+                "streaming.last_processed_timestamp_location",
+                &self.streaming.last_processed_timestamp_location,
+            ),
+        ] {
+            // A Delta table on object storage has no local folder.
+            if key == "datalake.path" && !self.datalake.is_local() {
+                continue;
+            }
+            ensure_dir(path, true).map_err(|m| ConfigError(format!("{key}: {m}")))?;
+        }
+        Ok(())
     }
 
     fn load_with(path: &Path, create: bool) -> Result<Config, ConfigError> {
@@ -522,7 +541,10 @@ impl Config {
             connect.password(password);
         }
         connect.application_name("orderstream");
-        connect.connect_timeout(Duration::from_secs(10));
+        // The URL's connect_timeout wins, as in libpq; it bounds the whole start-up (db::connect).
+        if connect.get_connect_timeout().is_none() {
+            connect.connect_timeout(crate::db::CONNECT_TIMEOUT);
+        }
         let table = TableName::parse(&raw.postgres.table).map_err(|m| bad("postgres.table", m))?;
         let capture = match raw.postgres.capture.as_deref().map(str::trim) {
             None | Some("logical") => Capture::Logical,
@@ -609,7 +631,7 @@ impl Config {
                 max_batch_rows,
                 from_beginning: false,
             },
-            metrics: MetricsConfig { port: raw.metrics.port.unwrap_or(DEFAULT_METRICS_PORT) },
+            metrics: MetricsConfig { listen: metrics_listen(&raw.metrics, &bad)? },
         })
     }
 }
@@ -935,6 +957,33 @@ fn validate_topic(topic: &str) -> Result<(), String> {
         return Err(format!("`{topic}` contains `{c}`; topic names use only a-z A-Z 0-9 . _ -"));
     }
     Ok(())
+}
+
+/// `metrics.listen` (an IP address and a port), else `127.0.0.1:<metrics.port>`; both set is
+/// an error rather than one silently winning. Port 0 turns the endpoint off.
+fn metrics_listen(
+    raw: &RawMetrics,
+    bad: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Option<SocketAddr>, ConfigError> {
+    let addr = match (&raw.listen, raw.port) {
+        (Some(_), Some(_)) => {
+            return Err(bad(
+                "metrics.listen",
+                "metrics.port is set too: keep one (metrics.port p is metrics.listen 127.0.0.1:p)".into(),
+            ));
+        }
+        (Some(listen), None) => listen.trim().parse::<SocketAddr>().map_err(|_| {
+            bad(
+                "metrics.listen",
+                format!(
+                    "expected an IP address and a port, e.g. 127.0.0.1:{DEFAULT_METRICS_PORT}, \
+                     0.0.0.0:{DEFAULT_METRICS_PORT} or [::]:{DEFAULT_METRICS_PORT}; got `{listen}`"
+                ),
+            )
+        })?,
+        (None, port) => SocketAddr::from(([127, 0, 0, 1], port.unwrap_or(DEFAULT_METRICS_PORT))),
+    };
+    Ok((addr.port() != 0).then_some(addr))
 }
 
 /// Creates the directory if needed (and `create`) and returns it.

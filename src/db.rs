@@ -50,6 +50,23 @@ pub fn describe(cfg: &PostgresConfig) -> String {
 /// under `require`, or it accepts only TLS under `disable`) is [`Error::Setup`]; the rest
 /// (refused, timed out, authentication) stays [`Error::Postgres`].
 pub async fn connect(cfg: &PostgresConfig) -> Result<Client> {
+    // tokio-postgres bounds only the TCP connect by connect_timeout; libpq bounds the whole
+    // start-up (TLS, authentication), which a server that accepts and never answers needs.
+    let limit = cfg.connect.get_connect_timeout().copied().unwrap_or(CONNECT_TIMEOUT);
+    match tokio::time::timeout(limit, connect_unbounded(cfg)).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Postgres(format!(
+            "cannot connect to {}: no answer within {} s (connect_timeout in postgres.jdbc_url sets this bound)",
+            describe(cfg),
+            limit.as_secs_f64()
+        ))),
+    }
+}
+
+/// How long connecting may take when postgres.jdbc_url sets no `connect_timeout`.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn connect_unbounded(cfg: &PostgresConfig) -> Result<Client> {
     let client = match &cfg.tls.rustls {
         None => cfg.connect.connect(NoTls).await.map(|(client, connection)| {
             spawn_connection(connection);
@@ -395,10 +412,23 @@ pub fn error_text(e: &tokio_postgres::Error) -> String {
 /// Only whole identifier tokens are replaced; inside a string literal the quoted identifier is
 /// itself escaped as a literal (for `pg_get_serial_sequence('…')`). Comments are copied as is.
 pub fn render_schema(table: &TableName) -> String {
+    render(ORDERS_SQL, table)
+}
+
+/// `sql/orders.sql` in two parts: the table and its index, then the seed orders (from the
+/// first `INSERT INTO` on) with the sequence moved past them.
+fn schema_and_seed() -> (&'static str, &'static str) {
+    match ORDERS_SQL.find("\nINSERT INTO ") {
+        Some(at) => ORDERS_SQL.split_at(at),
+        None => (ORDERS_SQL, ""),
+    }
+}
+
+fn render(sql: &str, table: &TableName) -> String {
     let ident = table.quoted();
     let index = quote_ident(&format!("{}_position_idx", table.name));
-    let mut out = String::with_capacity(ORDERS_SQL.len() + 64);
-    let mut rest = ORDERS_SQL;
+    let mut out = String::with_capacity(sql.len() + 64);
+    let mut rest = sql;
     let mut in_literal = false;
     while let Some(c) = rest.chars().next() {
         if !in_literal && rest.starts_with("--") {
@@ -436,27 +466,37 @@ pub fn render_schema(table: &TableName) -> String {
 pub struct BootstrapReport {
     /// Whether the table had to be created.
     pub created_table: bool,
-    /// Seed orders inserted by this run (0 when they were all there).
-    pub seed_rows_inserted: i64,
-    /// Rows in the table afterwards.
-    pub total_rows: i64,
+    /// Seed orders inserted by this run (0 when they were all there); `None` when the seed
+    /// was not applied (a table that already existed, without `--seed-orders`).
+    pub seed_rows_inserted: Option<i64>,
+    /// Rows in the table afterwards (counted only when the seed was applied: a count of a large
+    /// table that init leaves alone is not worth a scan).
+    pub total_rows: Option<i64>,
 }
 
-/// Applies the schema and seed rows in one transaction; idempotent.
-pub async fn bootstrap(client: &mut Client, table: &TableName) -> Result<BootstrapReport> {
+/// Creates the table and its index if missing, and inserts the seed orders only into a table
+/// created by this call or when `seed_orders` asks for them: an existing table (a real
+/// database) keeps its rows untouched. One transaction: all of it or nothing.
+pub async fn bootstrap(client: &mut Client, table: &TableName, seed_orders: bool) -> Result<BootstrapReport> {
     let pg = |e: tokio_postgres::Error| Error::Postgres(format!("table {table}: {}", error_text(&e)));
     let existed = table_exists(client, table).await?;
-    let seed_before = if existed { count_seed_rows(client, table).await? } else { 0 };
-    // A multi-statement simple query runs as one implicit transaction: all of it or nothing.
-    client.batch_execute(&render_schema(table)).await.map_err(pg)?;
-    let seed_after = count_seed_rows(client, table).await?;
-    let total: i64 =
-        client.query_one(&format!("SELECT count(*) FROM {}", table.quoted()), &[]).await.map_err(pg)?.get(0);
-    Ok(BootstrapReport {
-        created_table: !existed,
-        seed_rows_inserted: seed_after - seed_before,
-        total_rows: total,
-    })
+    let (schema, seed) = schema_and_seed();
+    let seeding = !existed || seed_orders;
+    let tx = client.transaction().await.map_err(pg)?;
+    if !existed {
+        tx.batch_execute(&render(schema, table)).await.map_err(pg)?;
+    }
+    let mut report = BootstrapReport { created_table: !existed, seed_rows_inserted: None, total_rows: None };
+    if seeding {
+        let before = count_seed_rows(&tx, table).await?;
+        tx.batch_execute(&render(seed, table)).await.map_err(pg)?;
+        report.seed_rows_inserted = Some(count_seed_rows(&tx, table).await? - before);
+        let total: i64 =
+            tx.query_one(&format!("SELECT count(*) FROM {}", table.quoted()), &[]).await.map_err(pg)?.get(0);
+        report.total_rows = Some(total);
+    }
+    tx.commit().await.map_err(pg)?;
+    Ok(report)
 }
 
 /// Whether the table exists (as folded and quoted by our rule).
@@ -468,7 +508,7 @@ pub async fn table_exists(client: &Client, table: &TableName) -> Result<bool> {
     Ok(row.get(0))
 }
 
-async fn count_seed_rows(client: &Client, table: &TableName) -> Result<i64> {
+async fn count_seed_rows(client: &impl tokio_postgres::GenericClient, table: &TableName) -> Result<i64> {
     let sql = format!("SELECT count(*) FROM {} WHERE order_id BETWEEN $1 AND $2", table.quoted());
     let row = client
         .query_one(&sql, &[SEED_ORDER_IDS.start(), SEED_ORDER_IDS.end()])
@@ -537,11 +577,7 @@ pub async fn lock_writer(
     wait: Duration,
 ) -> Result<std::result::Result<(), i32>> {
     let err = |e: tokio_postgres::Error| Error::Postgres(format!("advisory lock {name}: {}", error_text(&e)));
-    // FNV-1a, top bit clear: stable across releases, one key per name.
-    let key =
-        name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
-            >> 1;
-    let key = key as i64;
+    let key = advisory_key(name);
     let deadline = Instant::now() + wait;
     loop {
         let locked: bool =
@@ -554,14 +590,43 @@ pub async fn lock_writer(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let holder: Option<i32> = client
+    Ok(Err(lock_holder(client, name).await?.unwrap_or(0)))
+}
+
+/// The advisory lock key of `name`: FNV-1a, top bit clear, so stable across releases.
+fn advisory_key(name: &str) -> i64 {
+    let key =
+        name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+            >> 1;
+    key as i64
+}
+
+/// The backend PID holding the advisory lock `name` (see [`lock_writer`]), if any holds it.
+pub async fn lock_holder(client: &Client, name: &str) -> Result<Option<i32>> {
+    let key = advisory_key(name);
+    let row = client
         .query_one(
             "SELECT (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 \
              AND classid::bigint = $1 AND objid::bigint = $2 AND granted LIMIT 1)",
             &[&(key >> 32), &(key & 0xFFFF_FFFF)],
         )
         .await
-        .map_err(err)?
-        .get(0);
-    Ok(Err(holder.unwrap_or(0)))
+        .map_err(|e| Error::Postgres(format!("advisory lock {name}: {}", error_text(&e))))?;
+    Ok(row.get(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seed_orders_are_apart_from_the_schema() {
+        let (schema, seed) = schema_and_seed();
+        assert!(schema.contains("CREATE TABLE IF NOT EXISTS ROLL001_orders"));
+        assert!(schema.contains("CREATE INDEX IF NOT EXISTS ROLL001_orders_position_idx"));
+        assert!(!schema.contains("INSERT") && !schema.contains("setval"));
+        assert!(seed.trim_start().starts_with("INSERT INTO ROLL001_orders"));
+        assert!(seed.contains("(110, 'Li Wei'") && seed.contains("setval("));
+        assert_eq!(format!("{schema}{seed}"), ORDERS_SQL);
+    }
 }

@@ -1,6 +1,7 @@
-//! `/metrics` (Prometheus text format) and `/health` on `127.0.0.1:<metrics.port>`, served by
-//! `produce`, `consume` and `run`.
+//! `/metrics` (Prometheus text format) and `/health` on `metrics.listen` (by default
+//! `127.0.0.1:9464`), served by `produce`, `consume` and `run`.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -13,16 +14,14 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
-/// Binds the port now (so a taken port is an error at start, not later) and serves until a
-/// stop is requested. Port 0 serves nothing.
-pub async fn start(port: u16, metrics: Arc<Metrics>, shutdown: Shutdown) -> Result<()> {
-    if port == 0 {
-        return Ok(());
-    }
-    let listener = TcpListener::bind(("127.0.0.1", port))
+/// Binds the address now (so a taken port is an error at start, not later) and serves until a
+/// stop is requested. `None` serves nothing.
+pub async fn start(listen: Option<SocketAddr>, metrics: Arc<Metrics>, shutdown: Shutdown) -> Result<()> {
+    let Some(addr) = listen else { return Ok(()) };
+    let listener = TcpListener::bind(addr)
         .await
-        .map_err(|e| Error::Setup(format!("metrics.port {port}: cannot listen on 127.0.0.1:{port}: {e}")))?;
-    tracing::info!("metrics on http://127.0.0.1:{port}/metrics, health on /health");
+        .map_err(|e| Error::Setup(format!("metrics.listen {addr}: cannot listen on {addr}: {e}")))?;
+    tracing::info!("metrics on http://{addr}/metrics, health on /health");
     let app = Router::new()
         .route("/metrics", get(render_metrics))
         .route("/health", get(render_health))

@@ -1,4 +1,5 @@
-//! `orderstream init`: the table with its ten seed orders, the topic and the dead-letter topic.
+//! `orderstream init`: the table (with its ten seed orders when init creates it, or when asked
+//! with `--seed-orders`), the publication, the topic and the dead-letter topic.
 
 use std::fmt;
 
@@ -17,10 +18,12 @@ pub struct InitReport {
     topics: Vec<(String, i32, TopicOutcome)>,
 }
 
-/// Applies `sql/orders.sql` and creates the topics; safe to run any number of times.
-pub async fn init(cfg: &Config) -> Result<InitReport> {
+/// Applies `sql/orders.sql` and creates the topics; safe to run any number of times, and on a
+/// table with real orders: the seed orders go only into a table this run creates, or into any
+/// table when `seed_orders` asks for them.
+pub async fn init(cfg: &Config, seed_orders: bool) -> Result<InitReport> {
     let mut client = db::connect(&cfg.postgres).await?;
-    let db = db::bootstrap(&mut client, &cfg.postgres.table).await?;
+    let db = db::bootstrap(&mut client, &cfg.postgres.table, seed_orders).await?;
     let publication = match cfg.postgres.capture {
         Capture::Logical => {
             Some(db::ensure_publication(&client, &cfg.postgres.table, &cfg.postgres.publication).await?)
@@ -45,11 +48,19 @@ impl fmt::Display for InitReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let created = if self.db.created_table { "created" } else { "already present" };
         writeln!(f, "postgres {}: table {} {created}", self.database, self.table)?;
-        writeln!(
-            f,
-            "postgres {}: {} seed orders inserted (101-110), {} rows in the table",
-            self.database, self.db.seed_rows_inserted, self.db.total_rows
-        )?;
+        match (self.db.seed_rows_inserted, self.db.total_rows) {
+            (Some(inserted), Some(total)) => writeln!(
+                f,
+                "postgres {}: {inserted} seed orders inserted (101-110), {total} rows in the table",
+                self.database
+            )?,
+            _ => writeln!(
+                f,
+                "postgres {}: rows left untouched (no seed orders in a table init did not create; \
+                 `init --seed-orders` adds them)",
+                self.database
+            )?,
+        }
         if let Some(p) = &self.publication {
             let done = if p.created { "created" } else { "already present" };
             writeln!(

@@ -23,12 +23,15 @@
 //! * [`metrics`]: the counters that `status`, the logs and `/metrics` read.
 //! * [`http`]: `/metrics` and `/health`.
 //! * [`init`]: the `init` command: table, seed orders and topics.
+//! * [`check`]: the `check` command: whether a configuration will work, changing nothing.
 //! * [`shutdown`]: SIGTERM/SIGINT as one flag every loop checks between batches.
 //! * [`durable`]: atomic file replacement and folder fsync.
-//! * [`retry`]: capped exponential backoff.
+//! * [`retry`]: capped exponential backoff, and the outage log (begins, reminders, ends).
+//! * [`logs`]: log lines as text or JSON.
 //! * [`error`]: the error type; every error is one line naming what and where.
 //! * [`wire`]: the message contract: header names, their values and parsers.
 
+pub mod check;
 pub mod config;
 pub mod db;
 pub mod durable;
@@ -36,6 +39,7 @@ pub mod error;
 pub mod http;
 pub mod init;
 pub mod kafka;
+pub mod logs;
 pub mod metrics;
 pub mod order;
 pub mod pipeline;

@@ -1,15 +1,17 @@
 //! The `orderstream` command line: parse, load the configuration, call the library, map errors
-//! to exit codes (0 success, 1 runtime failure, 2 usage or configuration error).
+//! to exit codes (0 success or a clean stop, 1 runtime failure, 2 usage or configuration error,
+//! 3 stopped before the in-flight batch was done: the next start redoes it).
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use std::sync::Arc;
 
+use orderstream::logs::LogFormat;
 use orderstream::metrics::Metrics;
-use orderstream::shutdown::Shutdown;
+use orderstream::shutdown::{EXIT_ABANDONED, Shutdown};
 use orderstream::{Config, Error};
 
 /// jemalloc for the whole process, librdkafka's C allocations included (see Cargo.toml).
@@ -24,14 +26,26 @@ struct Cli {
     /// The configuration file.
     #[arg(long, short, global = true, default_value = "configs/orders_stream.yml")]
     config: PathBuf,
+    /// Log lines as `text` (default) or `json` (one object per line, for log shippers); also
+    /// ORDERSTREAM_LOG_FORMAT.
+    #[arg(long, global = true, value_name = "FORMAT")]
+    log_format: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create the orders table with its ten seed orders, and the topics (idempotent).
-    Init,
+    /// Create the orders table, its publication and the topics (idempotent). The ten demo
+    /// orders (101-110) go only into a table this run creates, unless --seed-orders.
+    Init {
+        /// Also insert the ten demo orders into a table that already exists (never twice).
+        #[arg(long)]
+        seed_orders: bool,
+    },
+    /// Check the configuration and everything the pipeline needs (wal_level, REPLICATION,
+    /// publication rights, slot, topics, folders) without creating anything; exit 0 or 1.
+    Check,
     /// Capture new orders from PostgreSQL and publish them to Kafka.
     Produce,
     /// Read the topic and write the date-partitioned Parquet lake.
@@ -55,7 +69,8 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Show the monitoring points of every stage.
+    /// Show the monitoring points of every stage, each read within 2.5 s; exit 0 only when
+    /// every part answered and the producer and the consumer run, else 1 naming the others.
     Status {
         /// Print one JSON object instead of a table.
         #[arg(long)]
@@ -65,21 +80,27 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Logs go to stderr; RUST_LOG refines them. PostgreSQL's NOTICEs ("already exists,
-    // skipping"), librdkafka's own retry chatter and delta-rs's per-request lines are not worth a line
-    // each.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(
-            "info,tokio_postgres=warn,rdkafka=off,librdkafka=off,deltalake_core=warn,deltalake_aws=warn,\
-             buoyant_kernel=warn,buoyant_kernel_engine=warn,object_store=warn,aws_config=warn",
-        )
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-    match run(cli) {
+    let format = match &cli.log_format {
+        Some(f) => f.clone(),
+        None => std::env::var("ORDERSTREAM_LOG_FORMAT").unwrap_or_default(),
+    };
+    let format = match format.as_str() {
+        "" => LogFormat::Text,
+        f => match f.parse() {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("orderstream: {e} (--log-format or ORDERSTREAM_LOG_FORMAT)");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    orderstream::logs::init(format);
+    let shutdown = Shutdown::new();
+    match run(cli, &shutdown) {
+        Ok(()) if shutdown.abandoned() => {
+            eprintln!("orderstream: stopped before the in-flight batch was done; the next start redoes it");
+            ExitCode::from(EXIT_ABANDONED)
+        }
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("orderstream: {e}");
@@ -89,19 +110,18 @@ fn main() -> ExitCode {
 }
 
 /// The signal handlers and the metrics endpoint every long-running command has.
-async fn serve(cfg: &Config) -> Result<(Arc<Metrics>, Shutdown), Error> {
-    let shutdown = Shutdown::new();
+async fn serve(cfg: &Config, shutdown: &Shutdown) -> Result<(Arc<Metrics>, Shutdown), Error> {
     shutdown.on_signals().map_err(|e| Error::Storage(format!("cannot handle signals: {e}")))?;
     let metrics = Arc::new(Metrics::new());
-    orderstream::http::start(cfg.metrics.port, metrics.clone(), shutdown.clone()).await?;
-    Ok((metrics, shutdown))
+    orderstream::http::start(cfg.metrics.listen, metrics.clone(), shutdown.clone()).await?;
+    Ok((metrics, shutdown.clone()))
 }
 
-fn run(cli: Cli) -> Result<(), Error> {
-    let mut cfg = match cli.command {
-        Command::Status { .. } | Command::Vacuum { .. } => Config::load_to_read(&cli.config)?,
-        _ => Config::load(&cli.config)?,
-    };
+fn run(cli: Cli, shutdown: &Shutdown) -> Result<(), Error> {
+    let mut cfg = Config::load(&cli.config)?;
+    if !matches!(cli.command, Command::Status { .. } | Command::Check | Command::Vacuum { .. }) {
+        cfg.create_folders()?;
+    }
     if let Command::Consume { from_beginning: true } | Command::Run { from_beginning: true } = cli.command {
         cfg.streaming.from_beginning = true;
     }
@@ -109,26 +129,36 @@ fn run(cli: Cli) -> Result<(), Error> {
         .enable_all()
         .build()
         .map_err(|e| Error::Storage(format!("cannot start the async runtime: {e}")))?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         match cli.command {
-            Command::Init => {
-                let report = orderstream::init::init(&cfg).await?;
+            Command::Init { seed_orders } => {
+                let report = orderstream::init::init(&cfg, seed_orders).await?;
                 print!("{report}");
                 Ok(())
             }
+            Command::Check => {
+                let report = orderstream::check::check(&cfg).await;
+                print!("{report}");
+                let failed = report.checks.iter().filter(|c| !c.ok).count();
+                if failed == 0 {
+                    Ok(())
+                } else {
+                    Err(Error::Setup(format!("check: {failed} of {} checks failed", report.checks.len())))
+                }
+            }
             Command::Produce => {
-                let (metrics, shutdown) = serve(&cfg).await?;
+                let (metrics, shutdown) = serve(&cfg, shutdown).await?;
                 orderstream::producer::produce(&cfg, metrics, shutdown).await
             }
             Command::Consume { .. } => {
-                let (metrics, shutdown) = serve(&cfg).await?;
+                let (metrics, shutdown) = serve(&cfg, shutdown).await?;
                 let cfg = cfg.clone();
                 tokio::task::spawn_blocking(move || orderstream::sink::consume(&cfg, metrics, shutdown))
                     .await
                     .map_err(|e| Error::Storage(format!("the consumer thread failed: {e}")))?
             }
             Command::Run { .. } => {
-                let (metrics, shutdown) = serve(&cfg).await?;
+                let (metrics, shutdown) = serve(&cfg, shutdown).await?;
                 orderstream::pipeline::run(&cfg, metrics, shutdown).await
             }
             Command::Vacuum { dry_run } => {
@@ -144,10 +174,10 @@ fn run(cli: Cli) -> Result<(), Error> {
                 })
                 .await
                 .map_err(|e| Error::Storage(format!("the vacuum thread failed: {e}")))??;
-                let verb = if dry_run { "would delete" } else { "deleted" };
                 for f in &files {
                     println!("{f}");
                 }
+                let verb = if dry_run { "would delete" } else { "deleted" };
                 eprintln!("{verb} {} files", files.len());
                 Ok(())
             }
@@ -160,8 +190,19 @@ fn run(cli: Cli) -> Result<(), Error> {
                 } else {
                     print!("{}", status.render());
                 }
-                Ok(())
+                let failures = status.failures();
+                if failures.is_empty() {
+                    Ok(())
+                } else {
+                    Err(Error::Setup(format!(
+                        "status: not answering or not running: {} (see each part's error)",
+                        failures.join(", ")
+                    )))
+                }
             }
         }
-    })
+    });
+    // A blocking call a stop left behind (a broker that does not answer) is not waited for.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
 }

@@ -1,6 +1,9 @@
-//! Capped exponential backoff for retrying after a service failure.
+//! Capped exponential backoff for retrying after a service failure, and the outage log that
+//! goes with it: one line when an outage begins, a reminder every [`REMINDER`] with the real
+//! delay before the next attempt and how long the outage has lasted, one line when it ends.
 
-use std::time::Duration;
+use std::fmt::Display;
+use std::time::{Duration, Instant};
 
 /// Delays that double from a first one up to a cap (by default 0.1 s, 0.2 s, 0.4 s … 30 s);
 /// `reset` after a success.
@@ -42,6 +45,111 @@ impl Default for Backoff {
     fn default() -> Self {
         Backoff::new()
     }
+}
+
+/// How often a continuing outage is logged again.
+pub const REMINDER: Duration = Duration::from_secs(60);
+
+/// The log of one stage's outage (a stage retries one service, e.g. "producer").
+#[derive(Debug)]
+pub struct Outage {
+    stage: &'static str,
+    since: Option<Instant>,
+    next_reminder: Instant,
+    attempts: u64,
+}
+
+impl Outage {
+    /// No outage yet.
+    pub fn new(stage: &'static str) -> Outage {
+        Outage { stage, since: None, next_reminder: Instant::now(), attempts: 0 }
+    }
+
+    /// Records a failed attempt followed by `delay` before the next one; logs it when the
+    /// outage begins and every [`REMINDER`] while it lasts (the rest at debug level).
+    pub fn failed(&mut self, error: &dyn Display, delay: Duration) {
+        let now = Instant::now();
+        self.attempts += 1;
+        let Some(since) = self.since else {
+            tracing::warn!(
+                stage = self.stage,
+                retry_in_s = delay.as_secs_f64(),
+                "{}: {error}; retrying in {} (outage began; reminders every {} s)",
+                self.stage,
+                seconds(delay),
+                REMINDER.as_secs()
+            );
+            self.since = Some(now);
+            self.next_reminder = now + REMINDER;
+            return;
+        };
+        if now >= self.next_reminder {
+            let lasted = now - since;
+            tracing::warn!(
+                stage = self.stage,
+                retry_in_s = delay.as_secs_f64(),
+                outage_s = lasted.as_secs(),
+                attempts = self.attempts,
+                "{}: still failing after {} s and {} attempts: {error}; next attempt in {}",
+                self.stage,
+                lasted.as_secs(),
+                self.attempts,
+                seconds(delay)
+            );
+            self.next_reminder = now + REMINDER;
+        } else {
+            tracing::debug!("{}: {error}; retrying in {}", self.stage, seconds(delay));
+        }
+    }
+
+    /// Records a success; logs the end of an outage, if one was going on.
+    pub fn recovered(&mut self) {
+        if let Some(since) = self.since.take() {
+            let lasted = since.elapsed();
+            tracing::info!(
+                stage = self.stage,
+                outage_s = lasted.as_secs(),
+                attempts = self.attempts,
+                "{}: recovered after {} s and {} failed attempts",
+                self.stage,
+                lasted.as_secs(),
+                self.attempts
+            );
+        }
+        self.attempts = 0;
+    }
+}
+
+/// A backoff and the outage log of one stage, used together.
+#[derive(Debug)]
+pub struct Retry {
+    backoff: Backoff,
+    outage: Outage,
+}
+
+impl Retry {
+    /// `backoff`'s delays for `stage`.
+    pub fn new(stage: &'static str, backoff: Backoff) -> Retry {
+        Retry { backoff, outage: Outage::new(stage) }
+    }
+
+    /// Logs the failure as [`Outage::failed`] does and returns the delay before the next attempt.
+    pub fn failed(&mut self, error: &dyn Display) -> Duration {
+        let delay = self.backoff.next_delay();
+        self.outage.failed(error, delay);
+        delay
+    }
+
+    /// After a success: the first delay again, and the outage's end logged.
+    pub fn reset(&mut self) {
+        self.backoff.reset();
+        self.outage.recovered();
+    }
+}
+
+/// `1 s`, `0.4 s`: whole seconds without decimals.
+fn seconds(d: Duration) -> String {
+    if d.subsec_millis() == 0 { format!("{} s", d.as_secs()) } else { format!("{:.1} s", d.as_secs_f64()) }
 }
 
 #[cfg(test)]

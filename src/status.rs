@@ -6,9 +6,10 @@
 
 mod delta;
 mod producer;
+mod render;
+mod running;
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -23,27 +24,43 @@ use crate::source::poll::format_ts;
 use crate::source::slot::{self, SlotStatus};
 pub use producer::{CaptureStatus, LogicalStatus, PollStatus, ProducerStatus, SnapshotStatus};
 
-/// Each part of the status, or why it could not be read.
+/// Each part of the status: whether it answered (and, for the producer and the consumer,
+/// runs), why not, and what was read.
 #[derive(Debug, Serialize)]
-#[serde(untagged)]
-pub enum Part<T> {
-    /// What was read.
-    Ok(T),
-    /// Why it could not be read.
-    Unreachable {
-        /// One line.
-        error: String,
-    },
+pub struct Part<T> {
+    /// Whether the part answered; for the producer and the consumer also whether one runs.
+    pub ok: bool,
+    /// Why not (`None` when `ok`).
+    pub error: Option<String>,
+    /// What was read (`None` when nothing could be).
+    #[serde(flatten)]
+    pub value: Option<T>,
+}
+
+impl<T> Part<T> {
+    /// A part that could not be read.
+    fn down(error: String) -> Part<T> {
+        Part { ok: false, error: Some(error), value: None }
+    }
+
+    /// A part that was read, but is not as it must be (a process not running).
+    fn failing(value: T, error: String) -> Part<T> {
+        Part { ok: false, error: Some(error), value: Some(value) }
+    }
 }
 
 impl<T> From<Result<T, Error>> for Part<T> {
     fn from(r: Result<T, Error>) -> Part<T> {
         match r {
-            Ok(v) => Part::Ok(v),
-            Err(e) => Part::Unreachable { error: e.to_string() },
+            Ok(v) => Part { ok: true, error: None, value: Some(v) },
+            Err(e) => Part::down(e.to_string()),
         }
     }
 }
+
+/// How long each part may take; they are read side by side, so `status` ends within about
+/// this long even when every server accepts connections and never answers.
+pub const PART_TIMEOUT: Duration = Duration::from_millis(2500);
 
 /// Everything `status` shows.
 #[derive(Debug, Serialize)]
@@ -133,6 +150,10 @@ pub struct ConsumerStatus {
     pub duplicates: u64,
     /// Batches committed.
     pub batches: u64,
+    /// Whether a consumer runs on this checkpoint (holds a partition lock).
+    pub running: bool,
+    /// The processes holding partition locks.
+    pub pids: Vec<u32>,
     /// Rows per second over the last minute (from the lake files' times).
     pub rate_per_second: f64,
     /// Rejects no dead letter could carry, written under `<checkpoint>/quarantine`.
@@ -170,50 +191,158 @@ pub struct LakeStatus {
     pub commits_last_minute: u64,
 }
 
-/// Reads every part.
+/// Reads every part, side by side, each within [`PART_TIMEOUT`].
 pub async fn status(cfg: &Config) -> Status {
-    let client = connect(cfg).await;
-    let postgres = match &client {
-        Ok(c) => postgres(cfg, c).await.into(),
-        Err(e) => Part::Unreachable { error: e.clone() },
-    };
-    // The orders behind the watermark only when the table could be read.
-    let table = client.as_ref().ok().filter(|_| matches!(postgres, Part::Ok(_)));
-    let producer = producer::read(cfg, table).await.into();
-    let slot = match (cfg.postgres.capture, &client) {
-        (Capture::Poll, _) => None,
-        (Capture::Logical, Ok(c)) => Some(slot::read(c, &cfg.postgres.slot).await.into()),
-        (Capture::Logical, Err(e)) => Some(Part::Unreachable { error: e.clone() }),
-    };
     let kafka_cfg = cfg.kafka.clone();
-    let kafka = tokio::task::spawn_blocking(move || kafka_status(&kafka_cfg))
-        .await
-        .unwrap_or_else(|e| Err(Error::Kafka(format!("status task failed: {e}"))))
-        .into();
+    let kafka = blocking(move || kafka_status(&kafka_cfg), "Kafka", &cfg.kafka.brokers);
+    let files_cfg = cfg.clone();
+    let lake_path = cfg.datalake.path.display().to_string();
+    let files = blocking(
+        move || {
+            let lake = lake(&files_cfg.datalake.path);
+            let consumer = consumer(&files_cfg, lake.as_ref().ok());
+            Ok((lake, consumer))
+        },
+        "lake and checkpoint",
+        &lake_path,
+    );
     if cfg.datalake.format == LakeFormat::Delta {
-        let (consumer, lake) = match delta::read(cfg).await {
-            Ok((lake, consumer)) => (Part::Ok(consumer), Part::Ok(lake)),
-            Err(e) => {
-                (Part::Unreachable { error: e.to_string() }, Part::Unreachable { error: e.to_string() })
+        // The table's log is the consumer's checkpoint; the group's members say who runs.
+        let table = async {
+            match tokio::time::timeout(PART_TIMEOUT, delta::read(cfg)).await {
+                Ok(r) => r,
+                Err(_) => Err(Error::Storage(format!(
+                    "Delta table {}: no answer within {:.1} s",
+                    cfg.datalake.location,
+                    PART_TIMEOUT.as_secs_f64()
+                ))),
             }
         };
-        return Status { postgres, producer, slot, kafka, consumer, lake };
+        let group_cfg = cfg.kafka.clone();
+        let members = blocking(move || delta::group_members(&group_cfg), "Kafka", &cfg.kafka.brokers);
+        let ((postgres, producer, slot), kafka, table, members) =
+            tokio::join!(database_parts(cfg), kafka, table, members);
+        let (lake, consumer) = match table {
+            Ok((lake, mut consumer)) => {
+                consumer.running = members.as_ref().is_ok_and(|m| *m > 0);
+                (Ok::<_, Error>(lake).into(), consumer_part(Ok(consumer)))
+            }
+            Err(e) => (Part::down(e.to_string()), Part::down(e.to_string())),
+        };
+        return Status { postgres, producer, slot, kafka: kafka.into(), consumer, lake };
     }
-    let lake = lake(&cfg.datalake.path);
-    let consumer = consumer(cfg, lake.as_ref().ok()).into();
-    Status { postgres, producer, slot, kafka, consumer, lake: lake.map(|(status, _)| status).into() }
+    let ((postgres, producer, slot), kafka, files) = tokio::join!(database_parts(cfg), kafka, files);
+    let (lake, consumer) = match files {
+        Ok((lake, consumer)) => (lake.map(|(status, _)| status).into(), consumer_part(consumer)),
+        Err(e) => (Part::down(e.to_string()), Part::down(e.to_string())),
+    };
+    Status { postgres, producer, slot, kafka: kafka.into(), consumer, lake }
 }
 
-/// One connection for every part that reads PostgreSQL; the error as the parts show it.
-async fn connect(cfg: &Config) -> Result<tokio_postgres::Client, String> {
-    let connecting = tokio::time::timeout(Duration::from_secs(5), crate::db::connect(&cfg.postgres));
-    match connecting.await {
-        Ok(Ok(client)) => Ok(client),
-        Ok(Err(e)) => Err(e.to_string()),
+/// Runs blocking reads on a thread, given up after [`PART_TIMEOUT`] (the thread is left to
+/// finish on its own).
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+    what: &str,
+    at: &str,
+) -> Result<T, Error> {
+    match tokio::time::timeout(PART_TIMEOUT, tokio::task::spawn_blocking(f)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(Error::Storage(format!("{what}: status task failed: {e}"))),
         Err(_) => {
-            Err(Error::Postgres(format!("{}: no answer within 5 s", crate::db::describe(&cfg.postgres)))
-                .to_string())
+            Err(Error::Storage(format!("{what} {at}: no answer within {:.1} s", PART_TIMEOUT.as_secs_f64())))
         }
+    }
+}
+
+/// The consumer part: read, and running only if a process holds a partition lock.
+fn consumer_part(read: Result<ConsumerStatus, Error>) -> Part<ConsumerStatus> {
+    match read {
+        Ok(c) if !c.running => {
+            let why = if c.checkpoint.contains("://") {
+                format!("not running: the consumer group has no member ({})", c.checkpoint)
+            } else {
+                format!("not running: no process holds a partition lock in {}/state", c.checkpoint)
+            };
+            Part::failing(c, why)
+        }
+        other => other.into(),
+    }
+}
+
+/// What [`database_parts`] returns: PostgreSQL, the producer, the slot (logical capture).
+type DatabaseParts = (Part<PostgresStatus>, Part<ProducerStatus>, Option<Part<SlotStatus>>);
+
+/// PostgreSQL, the producer (its state file, and whether it runs) and the slot, on one
+/// connection, within [`PART_TIMEOUT`].
+async fn database_parts(cfg: &Config) -> DatabaseParts {
+    let reading = async {
+        let client = crate::db::connect(&cfg.postgres).await?;
+        let postgres = postgres(cfg, &client).await;
+        // The orders behind the watermark only when the table could be read.
+        let table = postgres.is_ok().then_some(&client);
+        let mut producer = producer::read(cfg, table).await;
+        if let Ok(p) = &mut producer {
+            p.running = Some(running::producer(cfg, &client).await?.is_some());
+        }
+        let slot = match cfg.postgres.capture {
+            Capture::Poll => None,
+            Capture::Logical => Some(slot::read(&client, &cfg.postgres.slot).await.into()),
+        };
+        Ok::<_, Error>((postgres.into(), producer, slot))
+    };
+    let failed = match tokio::time::timeout(PART_TIMEOUT, reading).await {
+        Ok(Ok((postgres, producer, slot))) => return (postgres, producer_part(cfg, producer).await, slot),
+        Ok(Err(e)) => e,
+        Err(_) => Error::Postgres(format!(
+            "{}: no answer within {:.1} s",
+            crate::db::describe(&cfg.postgres),
+            PART_TIMEOUT.as_secs_f64()
+        )),
+    };
+    let text = failed.to_string();
+    let slot = matches!(cfg.postgres.capture, Capture::Logical).then(|| Part::down(text.clone()));
+    (Part::down(text), producer_part(cfg, Err(failed)).await, slot)
+}
+
+/// The producer part: its state file (read again without PostgreSQL when that failed), and
+/// running only if its writer lock is held.
+async fn producer_part(cfg: &Config, read: Result<ProducerStatus, Error>) -> Part<ProducerStatus> {
+    let read = match read {
+        Err(Error::Postgres(why)) => match producer::read(cfg, None).await {
+            Ok(p) => return Part::failing(p, format!("cannot tell whether it runs: PostgreSQL: {why}")),
+            Err(e) => Err(e),
+        },
+        other => other,
+    };
+    match read {
+        Ok(p) if p.running == Some(false) => {
+            let why = format!(
+                "not running: no session holds its writer lock {} in PostgreSQL",
+                running::producer_lock(cfg)
+            );
+            Part::failing(p, why)
+        }
+        other => other.into(),
+    }
+}
+
+impl Status {
+    /// The names of the parts that did not answer (or do not run); the parts say why.
+    pub fn failures(&self) -> Vec<&'static str> {
+        let slot = self.slot.as_ref().is_none_or(|s| s.ok);
+        [
+            ("postgres", self.postgres.ok),
+            ("producer", self.producer.ok),
+            ("slot", slot),
+            ("kafka", self.kafka.ok),
+            ("consumer", self.consumer.ok),
+            ("lake", self.lake.ok),
+        ]
+        .into_iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(name, _)| name)
+        .collect()
     }
 }
 
@@ -249,7 +378,8 @@ async fn postgres(cfg: &Config, client: &tokio_postgres::Client) -> Result<Postg
 }
 
 fn kafka_status(cfg: &crate::config::KafkaConfig) -> Result<KafkaStatus, Error> {
-    let timeout = Duration::from_secs(5);
+    // Below the part's deadline, so a broker that refuses is reported as such.
+    let timeout = PART_TIMEOUT - Duration::from_millis(300);
     let consumer: BaseConsumer = kafka::Client::Status
         .config(cfg)
         .create()
@@ -327,6 +457,7 @@ fn committed_states(checkpoint: &Path, topic: &str) -> Result<Vec<PartitionState
 
 fn consumer(cfg: &Config, lake: Option<&(LakeStatus, Vec<LakeFile>)>) -> Result<ConsumerStatus, Error> {
     let states = committed_states(&cfg.streaming.checkpoint_location, &cfg.kafka.topic)?;
+    let pids = running::consumer(&cfg.streaming.checkpoint_location, &cfg.kafka.topic)?;
     let mut rejected = BTreeMap::new();
     for s in &states {
         for (reason, n) in &s.rejected {
@@ -345,6 +476,8 @@ fn consumer(cfg: &Config, lake: Option<&(LakeStatus, Vec<LakeFile>)>) -> Result<
         tombstones: states.iter().map(|s| s.tombstones).sum(),
         duplicates: states.iter().map(|s| s.duplicates).sum(),
         batches: states.iter().map(|s| s.batches).sum(),
+        running: !pids.is_empty(),
+        pids: pids.into_iter().collect(),
         rate_per_second: recent as f64 / 60.0,
         quarantined: std::fs::read_dir(cfg.streaming.checkpoint_location.join("quarantine"))
             .map(|d| {
@@ -413,121 +546,4 @@ fn lake(root: &Path) -> Result<(LakeStatus, Vec<LakeFile>), Error> {
         commits_last_minute: 0,
     };
     Ok((status, files))
-}
-
-impl Status {
-    /// The one-screen text form.
-    pub fn render(&self) -> String {
-        let mut o = String::new();
-        let unreachable = |o: &mut String, title: &str, e: &str| {
-            let _ = writeln!(o, "{title:<11} UNREACHABLE: {e}");
-        };
-        match &self.postgres {
-            Part::Ok(p) => {
-                let _ = writeln!(o, "{:<11} {} table {}", "PostgreSQL", p.server, p.table);
-                let _ = writeln!(
-                    o,
-                    "{:<11} rows {}   inserted last minute {} ({:.1}/s)   newest created_at {}",
-                    "",
-                    p.rows,
-                    p.inserted_last_minute,
-                    p.insert_rate_per_second,
-                    p.newest_created_at.as_deref().unwrap_or("-")
-                );
-            }
-            Part::Unreachable { error } => unreachable(&mut o, "PostgreSQL", error),
-        }
-        match &self.producer {
-            Part::Ok(p) => {
-                let _ = write!(o, "{p}");
-            }
-            Part::Unreachable { error } => unreachable(&mut o, "Producer", error),
-        }
-        match &self.slot {
-            None => {}
-            Some(Part::Ok(s)) => {
-                let _ = write!(o, "{s}");
-            }
-            Some(Part::Unreachable { error }) => unreachable(&mut o, "Slot", error),
-        }
-        match &self.kafka {
-            Part::Ok(k) => {
-                let _ =
-                    writeln!(o, "{:<11} {} topic {} ({} messages)", "Kafka", k.brokers, k.topic, k.messages);
-                for p in &k.partitions {
-                    let committed = p.committed.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
-                    let _ = writeln!(
-                        o,
-                        "{:<11} partition {}: {} messages, end {}, committed {committed}, lag {}",
-                        "",
-                        p.partition,
-                        p.messages,
-                        p.end_offset,
-                        p.lag.unwrap_or(0)
-                    );
-                }
-                let dlq = k.dlq_messages.map(|n| n.to_string()).unwrap_or_else(|| "no topic".into());
-                let _ = writeln!(
-                    o,
-                    "{:<11} group {} lag {}   dead letters ({}) {dlq}",
-                    "", k.group_id, k.group_lag, k.dlq_topic
-                );
-            }
-            Part::Unreachable { error } => unreachable(&mut o, "Kafka", error),
-        }
-        match &self.consumer {
-            Part::Ok(c) => {
-                let _ = writeln!(o, "{:<11} checkpoint {}", "Consumer", c.checkpoint);
-                let reasons: Vec<String> =
-                    c.rejected.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{r} {n}")).collect();
-                let _ = writeln!(
-                    o,
-                    "{:<11} rows written {}   rate {:.1}/s   rejected {}{}   tombstones {}   replays dropped {}",
-                    "",
-                    c.rows_written,
-                    c.rate_per_second,
-                    c.rejected_total,
-                    if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join(", ")) },
-                    c.tombstones,
-                    c.duplicates
-                );
-                if c.quarantined > 0 {
-                    let _ = writeln!(
-                        o,
-                        "{:<11} quarantined {} (rejects no dead letter could carry: {}/quarantine)",
-                        "", c.quarantined, c.checkpoint
-                    );
-                }
-            }
-            Part::Unreachable { error } => unreachable(&mut o, "Consumer", error),
-        }
-        match &self.lake {
-            Part::Ok(l) => {
-                let age =
-                    l.newest_file_age_seconds.map(|a| format!("{a:.0} s ago")).unwrap_or_else(|| "-".into());
-                match l.version {
-                    Some(v) => {
-                        let _ = writeln!(
-                            o,
-                            "{:<11} {} (Delta table version {v}, {} files, {} rows, last commit {age}, {} commits in \
-                             the last minute)",
-                            "Lake", l.path, l.files, l.rows, l.commits_last_minute
-                        );
-                    }
-                    None => {
-                        let _ = writeln!(
-                            o,
-                            "{:<11} {} ({} files, {} rows, newest file {age})",
-                            "Lake", l.path, l.files, l.rows
-                        );
-                    }
-                }
-                for p in &l.partitions {
-                    let _ = writeln!(o, "{:<11} date={}  {} files  {} rows", "", p.date, p.files, p.rows);
-                }
-            }
-            Part::Unreachable { error } => unreachable(&mut o, "Lake", error),
-        }
-        o
-    }
 }

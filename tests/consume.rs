@@ -864,12 +864,15 @@ fn an_unreachable_broker_at_start_is_retried_with_growing_intervals_until_sigter
     let closed = common::ClosedPort::new();
     let env = TestEnv::with_brokers("consume_nobroker", &closed.addr());
     let mut c = env.spawn(&["consume"]);
-    wait_until(Duration::from_secs(60), "two retries", || c.log_text().matches("retrying in").count() >= 2);
+    // One line when the outage begins; the next attempts are logged again only every minute.
+    wait_until(Duration::from_secs(60), "a retry", || c.log_text().matches("retrying in").count() >= 1);
+    std::thread::sleep(Duration::from_secs(4));
     assert_eq!(c.stop(), 0, "{}", c.log_text());
     let err = c.log_text();
     let retries: Vec<&str> = err.lines().filter(|l| l.contains("retrying in")).collect();
+    assert_eq!(retries.len(), 1, "{err}");
     assert!(retries[0].contains(&format!("broker {} unreachable", env.brokers)), "{err}");
-    assert!(retries[0].ends_with("retrying in 1 s") && retries[1].ends_with("retrying in 2 s"), "{err}");
+    assert!(retries[0].contains("retrying in 1 s (outage began; reminders every 60 s)"), "{err}");
     assert_clean_lake(&env.lake());
 }
 
@@ -1283,7 +1286,7 @@ fn a_reject_no_dead_letter_can_carry_is_quarantined_under_the_checkpoint_and_the
         c.log_text()
     );
     let (code, out, err) = env.run(&["status"]);
-    assert_eq!(code, 0, "{err}");
+    assert_eq!(code, 1, "the consumer is not running: {err}");
     assert!(out.contains("quarantined 1 (rejects no dead letter could carry:"), "{out}");
 }
 

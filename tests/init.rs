@@ -49,7 +49,9 @@ fn init_twice_leaves_exactly_the_ten_seed_orders_and_the_topics() {
         out.lines().collect::<Vec<_>>(),
         [
             format!("{db}: table {} already present", env.table),
-            format!("{db}: 0 seed orders inserted (101-110), 10 rows in the table"),
+            format!(
+                "{db}: rows left untouched (no seed orders in a table init did not create; `init --seed-orders` adds them)"
+            ),
             format!("kafka: topic {} already present with 3 partitions", env.topic),
             format!("kafka: topic {}_dlq already present with 3 partitions", env.topic),
         ]
@@ -84,6 +86,59 @@ fn init_twice_leaves_exactly_the_ten_seed_orders_and_the_topics() {
         .unwrap();
     assert_eq!(row.get::<_, i32>(0), 111);
     assert!(row.get::<_, f64>(1).abs() < 1.0);
+}
+
+#[test]
+fn init_on_an_existing_table_with_rows_touches_no_row_unless_asked_for_the_seed_orders() {
+    let env = TestEnv::logical("init_existing");
+    // A table of a real database: made by its owner, with its own orders.
+    pg().batch_execute(&format!(
+        "CREATE TABLE {t} (order_id serial PRIMARY KEY, customer_name varchar(255), restaurant_name varchar(255), \
+         item varchar(255), amount numeric(10,2), order_status varchar(50), created_at timestamp NOT NULL DEFAULT now()); \
+         INSERT INTO {t} (customer_name, restaurant_name, item, amount, order_status, created_at) VALUES \
+         ('Real One', 'Place', 'Soup', 12.50, 'PLACED', '2026-03-01 10:00:00'), \
+         ('Real Two', 'Place', 'Tea', 3.00, 'DELIVERED', '2026-03-01 10:05:00')",
+        t = env.t()
+    ))
+    .unwrap();
+    let before = rows(&env.table);
+    assert_eq!(before.len(), 2);
+    let (code, out, err) = env.run(&["init"]);
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert!(out.contains(&format!("table {} already present", env.table)), "{out}");
+    assert!(out.contains("rows left untouched"), "{out}");
+    assert_eq!(rows(&env.table), before, "init changed the rows of an existing table");
+    // The publication, the replica identity and the topics are there all the same.
+    let mut c = pg();
+    let published: bool = c
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND tablename = $2)",
+            &[&env.slot(), &env.table],
+        )
+        .unwrap()
+        .get(0);
+    assert!(published, "{out}");
+    let identity: String = c
+        .query_one("SELECT relreplident::text FROM pg_class WHERE oid = to_regclass($1)", &[&env.t()])
+        .unwrap()
+        .get(0);
+    assert_eq!(identity, "f");
+    assert_eq!(partitions(&env.brokers, &env.topic), Some(3));
+    assert_eq!(partitions(&env.brokers, &format!("{}_dlq", env.topic)), Some(3));
+
+    // Asked for, the seed orders join the existing rows, once.
+    let (code, out, err) = env.run(&["init", "--seed-orders"]);
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("10 seed orders inserted (101-110), 12 rows in the table"), "{out}");
+    let after = rows(&env.table);
+    assert_eq!(&after[..2], &before[..]);
+    assert_eq!(
+        after.iter().map(|r| r.0).collect::<Vec<_>>(),
+        [1, 2, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110]
+    );
+    let (code, out, _) = env.run(&["init", "--seed-orders"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("0 seed orders inserted (101-110), 12 rows in the table"), "{out}");
 }
 
 #[test]
@@ -341,4 +396,27 @@ fn no_output_holds_the_password_in_any_form() {
         let (_, out, err) = env.run(&["init"]);
         assert!(!format!("{out}{err}").contains(secret), "{var} init:\n{out}\n{err}");
     }
+}
+
+#[test]
+fn init_against_a_database_that_never_answers_fails_within_connect_timeout() {
+    // Listening, never accepting: the connection completes and nothing is ever said.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let mut env = TestEnv::new("init_silent");
+    env.set(
+        "ORDERSTREAM__POSTGRES__JDBC_URL",
+        &format!("jdbc:postgresql://127.0.0.1:{port}/food_delivery_db?connect_timeout=2"),
+    );
+    let started = std::time::Instant::now();
+    let (code, out, err) = env.run(&["init"]);
+    eprintln!("init against a silent server: {:.2} s", started.elapsed().as_secs_f64());
+    assert_eq!(code, 1, "stdout: {out}\nstderr: {err}");
+    assert_eq!(
+        err.lines().last().unwrap_or_default(),
+        format!(
+            "orderstream: PostgreSQL: cannot connect to 127.0.0.1:{port}/food_delivery_db: no answer within 2 s \
+             (connect_timeout in postgres.jdbc_url sets this bound)"
+        )
+    );
 }

@@ -151,7 +151,7 @@ fn verify_full_runs_init_produce_and_status_over_tls() {
     assert_eq!(producer.terminate(Duration::from_secs(30)), 0, "{}", producer.log_text());
 
     let (code, out, err) = env.run(&["status", "--json"]);
-    assert_eq!(code, 0, "{err}");
+    assert_eq!(code, 1, "nothing runs: {err}");
     let s: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert_eq!(s["postgres"]["rows"], 10, "{s:#}");
     assert_eq!(s["postgres"]["server"], format!("127.0.0.1:{}/postgres", tls.cluster.port), "{s:#}");

@@ -76,7 +76,7 @@ fn seed_keys_load_with_defaults() {
     assert_eq!(cfg.kafka.dlq_topic, "ROLL001_food_orders_raw_dlq");
     assert!(cfg.kafka.properties.is_empty());
     assert_eq!(cfg.streaming.batch_interval, Duration::from_secs(5));
-    assert_eq!(cfg.metrics.port, DEFAULT_METRICS_PORT);
+    assert_eq!(cfg.metrics.listen, Some(format!("127.0.0.1:{DEFAULT_METRICS_PORT}").parse().unwrap()));
     assert_eq!(cfg.streaming.max_batch_rows, DEFAULT_MAX_BATCH_ROWS);
     assert!(cfg.datalake.path.is_dir());
     assert!(cfg.streaming.checkpoint_location.is_dir());
@@ -142,7 +142,7 @@ fn environment_overrides_every_section() {
     assert_eq!(cfg.postgres.connect.get_password(), Some(&b"s3cret"[..]));
     assert_eq!(cfg.streaming.batch_interval, Duration::from_millis(500));
     assert_eq!(cfg.kafka.properties.get("session.timeout.ms").map(String::as_str), Some("6000"));
-    assert_eq!(cfg.metrics.port, 0);
+    assert_eq!(cfg.metrics.listen, None);
 }
 
 #[test]
@@ -778,4 +778,23 @@ fn no_error_repeats_a_secret_of_any_type() {
     // An env override of the password is a string: accepted as is.
     let cfg = load(GOOD, &[("ORDERSTREAM__POSTGRES__PASSWORD", "12345678")]).unwrap();
     assert_eq!(cfg.postgres.connect.get_password(), Some(&b"12345678"[..]));
+}
+
+#[test]
+fn metrics_listen_takes_an_address_and_metrics_port_still_works() {
+    let listen = |env: &[(&str, &str)]| load(GOOD, env).unwrap().metrics.listen.map(|a| a.to_string());
+    assert_eq!(listen(&[("ORDERSTREAM__METRICS__LISTEN", "0.0.0.0:9500")]).as_deref(), Some("0.0.0.0:9500"));
+    assert_eq!(listen(&[("ORDERSTREAM__METRICS__LISTEN", "[::]:9501")]).as_deref(), Some("[::]:9501"));
+    assert_eq!(listen(&[("ORDERSTREAM__METRICS__LISTEN", "127.0.0.1:0")]), None);
+    assert_eq!(listen(&[("ORDERSTREAM__METRICS__PORT", "9502")]).as_deref(), Some("127.0.0.1:9502"));
+    assert_eq!(
+        err(GOOD, &[("ORDERSTREAM__METRICS__LISTEN", "localhost")]),
+        "ORDERSTREAM__METRICS__LISTEN (metrics.listen): expected an IP address and a port, e.g. 127.0.0.1:9464, \
+         0.0.0.0:9464 or [::]:9464; got `localhost`"
+    );
+    let both = format!("{GOOD}metrics:\n  port: 9503\n  listen: \"0.0.0.0:9503\"\n");
+    assert_eq!(
+        err(&both, &[]),
+        "test.yml: metrics.listen: metrics.port is set too: keep one (metrics.port p is metrics.listen 127.0.0.1:p)"
+    );
 }

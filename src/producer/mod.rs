@@ -55,7 +55,7 @@ use std::time::{Duration, Instant};
 use crate::config::{Capture, Config};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::retry::Backoff;
+use crate::retry::{Backoff, Retry};
 use crate::shutdown::Shutdown;
 use crate::source::Change;
 use crate::source::Source;
@@ -105,12 +105,21 @@ pub async fn run<S: Source>(
         describe::<S>(&committed.position),
         path.display()
     );
-    let mut backoff = Backoff::new();
+    let mut backoff = Retry::new("producer", Backoff::new());
     loop {
         match session(&mut source, &mut committed, &path, cfg, metrics, shutdown, &mut backoff).await {
             Ok(()) => return Ok(()),
             Err(e @ (Error::Setup(_) | Error::Config(_))) => return Err(e),
-            Err(e) => retry_later(&e, metrics, &mut backoff, shutdown).await,
+            // A failure caused by the stop itself (a queue that stayed full) is not retried.
+            Err(e) if shutdown.is_triggered() => {
+                tracing::warn!("{e}; stopping");
+                return Ok(());
+            }
+            Err(e) => {
+                if retry_later(&e, metrics, &mut backoff, shutdown).await {
+                    return Ok(());
+                }
+            }
         }
     }
 }
@@ -123,17 +132,20 @@ async fn session<S: Source>(
     cfg: &Config,
     metrics: &Metrics,
     shutdown: &Shutdown,
-    backoff: &mut Backoff,
+    backoff: &mut Retry,
 ) -> Result<()> {
     let name = source.name();
     // Created first so that its connection and producer id are ready when recovery ends; it
     // sends nothing before that.
-    let publisher = Publisher::new(&cfg.kafka, &name, &committed.epoch)?;
+    let publisher = Publisher::new(&cfg.kafka, &name, &committed.epoch, shutdown)?;
     let mut owner = state::Owner {
         source: name.clone(),
         topic: cfg.kafka.topic.clone(),
         cluster: tokio::task::block_in_place(|| publisher.cluster_id()),
     };
+    if shutdown.is_triggered() {
+        return Ok(());
+    }
     if let Some(previous) = &committed.owner
         && !previous.fits(&owner)
     {
@@ -149,6 +161,10 @@ async fn session<S: Source>(
         owner.cluster = committed.owner.as_ref().and_then(|o| o.cluster.clone());
     }
     committed.owner = Some(owner);
+    // Nothing is saved before recovery ends: a stop may drop it halfway.
+    let Some(recovered) = shutdown.until(recover::<S>(cfg, &name, committed)).await else {
+        return Ok(());
+    };
     let Recovered {
         found: mut uncovered,
         ends: tail_ends,
@@ -157,7 +173,7 @@ async fn session<S: Source>(
         truncates,
         partitions,
         earlier,
-    } = recover::<S>(cfg, &name, committed).await?;
+    } = recovered?;
     source.recovered(highest, earlier);
     let mut seq = committed.seq.max(tail_seq);
     let limit = cfg.streaming.max_batch_rows;
@@ -169,15 +185,22 @@ async fn session<S: Source>(
             return Ok(());
         }
         let started = Instant::now();
+        // A poll's result is saved only once published: a stop may drop it halfway (a snapshot
+        // page, a wait for the writer lock or the slot, a server that does not answer).
         let polled = match prefetched.take() {
             Some(polled) => polled,
-            None => source.poll(&committed.position, limit).await,
+            None => match shutdown.until(source.poll(&committed.position, limit)).await {
+                Some(polled) => polled,
+                None => return Ok(()),
+            },
         };
         let batch = match polled {
             Ok(batch) => batch,
             // PostgreSQL trouble: the producer and what recovery found stay as they are.
             Err(e @ Error::Postgres(_)) => {
-                retry_later(&e, metrics, backoff, shutdown).await;
+                if retry_later(&e, metrics, backoff, shutdown).await {
+                    return Ok(());
+                }
                 continue;
             }
             Err(e) => return Err(e),
@@ -246,8 +269,9 @@ async fn session<S: Source>(
         // A stream's next changes are read while the broker acknowledges these (a poll source
         // reads ahead only during a catch-up).
         let (acked, next) = if full || S::STREAMING {
-            let (acked, next) = tokio::join!(publisher.finish(shutdown), source.poll(&batch.position, limit));
-            (acked, Some(next))
+            let (acked, next) =
+                tokio::join!(publisher.finish(shutdown), shutdown.until(source.poll(&batch.position, limit)));
+            (acked, next)
         } else {
             (publisher.finish(shutdown).await, None)
         };
@@ -303,16 +327,13 @@ async fn session<S: Source>(
     }
 }
 
-/// Logs a failure and sleeps the next backoff delay (or until a stop is requested).
-async fn retry_later(e: &Error, metrics: &Metrics, backoff: &mut Backoff, shutdown: &Shutdown) {
+/// Logs a failure (as an outage: its start, then reminders) and sleeps the next backoff delay;
+/// returns whether a stop was requested.
+async fn retry_later(e: &Error, metrics: &Metrics, backoff: &mut Retry, shutdown: &Shutdown) -> bool {
     metrics.producer.retries.inc();
     metrics.health.fail("producer", &e.to_string());
-    let delay = backoff.next_delay();
-    tracing::warn!("{e}; retrying in {:.1} s (position not advanced)", delay.as_secs_f64());
-    tokio::select! {
-        _ = tokio::time::sleep(delay) => {}
-        _ = shutdown.wait() => {}
-    }
+    let delay = backoff.failed(&format_args!("{e} (position not advanced)"));
+    shutdown.sleep(delay).await
 }
 
 /// What recovery found in the topic beyond the saved state.
@@ -418,10 +439,7 @@ fn report(
 
 /// Sleeps until one interval after `started`, or until a stop is requested.
 async fn pause(started: Instant, interval: Duration, shutdown: &Shutdown) {
-    tokio::select! {
-        _ = tokio::time::sleep_until((started + interval).into()) => {}
-        _ = shutdown.wait() => {}
-    }
+    shutdown.sleep((started + interval).saturating_duration_since(Instant::now())).await;
 }
 
 /// The first two state lines (watermark and id), for logs.

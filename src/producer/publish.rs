@@ -127,12 +127,15 @@ pub struct Publisher {
     /// The LSN and commit time headers of the last transaction, formatted once per transaction
     /// (every change carries both; chrono's formatting is the dearer part).
     txn_headers: Mutex<Option<(Lsn, String, String)>>,
+    /// A send waiting for room in a full queue gives up on a stop.
+    shutdown: Shutdown,
 }
 
 impl Publisher {
     /// Creates the producer; `source` and `epoch` are written in every message's
-    /// [`SOURCE_HEADER`] and [`EPOCH_HEADER`].
-    pub fn new(cfg: &KafkaConfig, source: &str, epoch: &str) -> Result<Publisher> {
+    /// [`SOURCE_HEADER`] and [`EPOCH_HEADER`];
+    /// a send waiting for room in a full queue gives up once `shutdown` triggers.
+    pub fn new(cfg: &KafkaConfig, source: &str, epoch: &str, shutdown: &Shutdown) -> Result<Publisher> {
         let context = Context {
             acks: Mutex::new(Acks::default()),
             topic: cfg.topic.clone(),
@@ -161,6 +164,7 @@ impl Publisher {
             source: source.to_string(),
             epoch: epoch.to_string(),
             txn_headers: Mutex::new(None),
+            shutdown: shutdown.clone(),
         })
     }
 
@@ -292,6 +296,17 @@ impl Publisher {
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
+                    if self.shutdown.is_triggered() =>
+                {
+                    // A broker that stopped answering keeps the queue full: the batch is given up.
+                    self.acks().outstanding -= 1;
+                    self.shutdown.abandon();
+                    return Err(Error::Kafka(format!(
+                        "stop requested while librdkafka's queue for {topic} is full: the batch is abandoned and \
+                         recovered at the next start"
+                    )));
+                }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     record = back;
                     tokio::time::sleep(Duration::from_millis(1)).await;
@@ -329,6 +344,7 @@ impl Publisher {
                         "stopping with {} messages unacknowledged: the batch is not saved and will be recovered at the next start",
                         self.acks().outstanding
                     );
+                    shutdown.abandon();
                     return Ok(None);
                 }
             }

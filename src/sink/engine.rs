@@ -646,11 +646,16 @@ impl Engine {
         Ok(())
     }
 
-    /// Commits the in-flight batch, or abandons it (without seeking) if that fails.
-    pub fn commit_or_abandon<C: ConsumerContext>(&mut self, consumer: &impl Consumer<C>) {
-        if let Err(e) = self.commit(consumer) {
-            tracing::error!("{e}; the in-flight batch is abandoned (it will be read again)");
-            let _ = self.abandon(consumer, false);
+    /// Commits the in-flight batch, or abandons it (without seeking) if that fails; returns
+    /// whether it was committed.
+    pub fn commit_or_abandon<C: ConsumerContext>(&mut self, consumer: &impl Consumer<C>) -> bool {
+        match self.commit(consumer) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!("{e}; the in-flight batch is abandoned (it will be read again)");
+                let _ = self.abandon(consumer, false);
+                false
+            }
         }
     }
 

@@ -130,7 +130,7 @@ use rdkafka::error::KafkaError;
 use crate::config::{Config, LakeFormat};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::retry::Backoff;
+use crate::retry::{Backoff, Retry};
 use crate::shutdown::Shutdown;
 use checkpoint::Checkpoint;
 use engine::{Engine, Limits};
@@ -156,15 +156,29 @@ pub fn consume(cfg: &Config, metrics: Arc<Metrics>, shutdown: Shutdown) -> Resul
     };
     let process = scratch.as_ref().map_or("delta".to_string(), |s| s.id().to_string());
     // The dead-letter topic must exist before anything is read: wait for the broker.
-    let mut backoff = Backoff::between(Duration::from_secs(1), Duration::from_secs(30));
+    let mut retry = Retry::new("consumer", Backoff::between(Duration::from_secs(1), Duration::from_secs(30)));
     let dlq = loop {
-        match dlq::DeadLetters::new(&cfg.kafka) {
-            Ok(d) => break d,
+        // On a thread of its own: its metadata request may wait out a broker that does not
+        // answer, and a stop must not wait with it.
+        let kafka = cfg.kafka.clone();
+        let attempt = std::thread::spawn(move || dlq::DeadLetters::new(&kafka));
+        while !attempt.is_finished() {
+            if shutdown.sleep_blocking(Duration::from_millis(50)) {
+                if let Some(scratch) = scratch {
+                    scratch.remove(&checkpoint);
+                }
+                return Ok(());
+            }
+        }
+        let made =
+            attempt.join().map_err(|_| Error::Kafka("the dead-letter producer's set-up panicked".into()))?;
+        match made {
+            Ok(d) => {
+                retry.reset();
+                break d;
+            }
             Err(e @ Error::Kafka(_)) => {
-                let delay = backoff.next_delay();
-                tracing::warn!("{e}; retrying in {} s", delay.as_secs());
-                sleep_unless(&shutdown, delay);
-                if shutdown.is_triggered() {
+                if shutdown.sleep_blocking(retry.failed(&e)) {
                     if let Some(scratch) = scratch {
                         scratch.remove(&checkpoint);
                     }
@@ -206,8 +220,8 @@ pub fn consume(cfg: &Config, metrics: Arc<Metrics>, shutdown: Shutdown) -> Resul
     let ctx = consumer.context().clone();
     {
         let mut engine = ctx.engine();
-        if result.is_ok() {
-            engine.commit_or_abandon(&consumer);
+        if result.is_ok() && !engine.commit_or_abandon(&consumer) {
+            shutdown.abandon();
         }
         engine.close();
     }
@@ -311,7 +325,7 @@ fn run(
                 metrics.consumer.retries.inc();
                 engine.abandon(consumer, true)?;
                 drop(engine);
-                sleep_unless(shutdown, delay);
+                shutdown.sleep_blocking(delay);
             }
         }
     }
@@ -394,13 +408,5 @@ pub(crate) fn failpoint(step: &str) {
     {
         eprintln!("failpoint {step}:{n} reached: exiting like a crash");
         std::process::exit(137);
-    }
-}
-
-/// Sleeps `d`, waking early on shutdown.
-fn sleep_unless(shutdown: &Shutdown, d: Duration) {
-    let end = Instant::now() + d;
-    while !shutdown.is_triggered() && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(50));
     }
 }

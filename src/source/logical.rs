@@ -598,12 +598,16 @@ fn replication_error(slot: &str, e: &PgWireError) -> Error {
     Error::Postgres(format!("replication slot {slot}: {text}"))
 }
 
+/// The advisory lock that makes a producer the slot's one writer: held while one runs.
+pub fn writer_lock(pg: &PostgresConfig) -> String {
+    format!("orderstream:{}", pg.slot)
+}
+
 /// Takes the session-level lock that makes this process the slot's one writer, also while
 /// the snapshot is read (when no replication session holds the slot yet). The error names the
 /// slot's walsender if one runs, else the lock's holder.
 async fn lock_writer(client: &Client, pg: &PostgresConfig) -> Result<()> {
-    let Err(holder) = db::lock_writer(client, &format!("orderstream:{}", pg.slot), SLOT_RELEASE).await?
-    else {
+    let Err(holder) = db::lock_writer(client, &writer_lock(pg), SLOT_RELEASE).await? else {
         return Ok(());
     };
     let active = client

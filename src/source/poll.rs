@@ -126,6 +126,12 @@ pub(crate) const COLUMNS: &str = "order_id::int8 AS id, customer_name, restauran
                        amount = 'NaN'::numeric AS amount_nan";
 
 impl PollSource {
+    /// The advisory lock that makes a producer the one writer of (table → topic): held while
+    /// one runs.
+    pub fn writer_lock(&self) -> &str {
+        &self.lock
+    }
+
     /// A source on the configured table, publishing to `topic`; connects on first use.
     /// `gauge` gets the count of each reconciliation.
     pub fn new(pg: &PostgresConfig, topic: &str, gauge: Gauge) -> PollSource {

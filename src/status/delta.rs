@@ -15,23 +15,26 @@ use crate::sink::PartitionState;
 
 /// How many recent commits are read for the counters and the commit rate.
 const RECENT_COMMITS: usize = 500;
-/// How long reading the table may take.
-const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The members of the consumer group (a Delta consumer holds no local lock that would say it
+/// runs; any machine may run one).
+pub fn group_members(cfg: &crate::config::KafkaConfig) -> Result<usize, Error> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = crate::kafka::Client::Status
+        .config(cfg)
+        .create()
+        .map_err(|e| Error::Kafka(format!("{}: {e}", cfg.brokers)))?;
+    let groups = consumer
+        .fetch_group_list(Some(&cfg.group_id), super::PART_TIMEOUT - Duration::from_millis(300))
+        .map_err(|e| {
+            Error::Kafka(format!("broker {}: cannot describe group {}: {e}", cfg.brokers, cfg.group_id))
+        })?;
+    Ok(groups.groups().iter().filter(|g| g.name() == cfg.group_id).map(|g| g.members().len()).sum())
+}
 
 /// The lake and the consumer, read from the table's log. A table not created yet shows as
 /// empty.
 pub async fn read(cfg: &Config) -> Result<(LakeStatus, ConsumerStatus), Error> {
-    match tokio::time::timeout(TIMEOUT, read_table(cfg)).await {
-        Ok(r) => r,
-        Err(_) => Err(Error::Storage(format!(
-            "Delta table {}: no answer within {} s",
-            cfg.datalake.location,
-            TIMEOUT.as_secs()
-        ))),
-    }
-}
-
-async fn read_table(cfg: &Config) -> Result<(LakeStatus, ConsumerStatus), Error> {
     let location = &cfg.datalake.location;
     let bad = |e: deltalake::DeltaTableError| Error::Storage(format!("Delta table {location}: {e}"));
     let url = deltalake::ensure_table_uri(location).map_err(bad)?;
@@ -57,6 +60,8 @@ async fn read_table(cfg: &Config) -> Result<(LakeStatus, ConsumerStatus), Error>
         tombstones: 0,
         duplicates: 0,
         batches: 0,
+        running: false,
+        pids: Vec::new(),
         rate_per_second: 0.0,
         quarantined: 0,
     };

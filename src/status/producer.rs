@@ -19,6 +19,9 @@ pub struct ProducerStatus {
     pub state_file: String,
     /// Messages published so far (the last sequence number).
     pub published: u64,
+    /// Whether a producer of this configuration runs (`None`: PostgreSQL, where its writer
+    /// lock is seen, did not answer).
+    pub running: Option<bool>,
     /// What the state file says, per capture mode.
     #[serde(flatten)]
     pub capture: CaptureStatus,
@@ -96,13 +99,19 @@ pub async fn read(cfg: &Config, client: Option<&Client>) -> Result<ProducerStatu
             Ok(ProducerStatus {
                 state_file,
                 published: saved.seq,
+                running: None,
                 capture: CaptureStatus::Logical(logical(&saved.position)),
             })
         }
         Capture::Poll => {
             let saved = state::load::<PollSource>(&path)?.unwrap_or_else(State::beginning::<PollSource>);
             let poll = poll(cfg, client, &saved.position).await?;
-            Ok(ProducerStatus { state_file, published: saved.seq, capture: CaptureStatus::Poll(poll) })
+            Ok(ProducerStatus {
+                state_file,
+                published: saved.seq,
+                running: None,
+                capture: CaptureStatus::Poll(poll),
+            })
         }
     }
 }
