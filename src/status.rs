@@ -92,6 +92,12 @@ pub struct PartitionStatus {
     pub committed: Option<i64>,
     /// End offset minus the committed offset.
     pub lag: Option<i64>,
+    /// Seconds since the consumer last committed this partition to the lake (its checkpoint
+    /// state's age), `None` before its first commit.
+    pub seconds_since_commit: Option<f64>,
+    /// Messages wait (lag) and nothing was committed for the stall window: no live member is
+    /// reading the partition (none holds it, or the one that does is stuck).
+    pub unread: bool,
 }
 
 /// The broker.
@@ -109,6 +115,9 @@ pub struct KafkaStatus {
     pub group_id: String,
     /// Messages the group has not committed yet.
     pub group_lag: i64,
+    /// How long a partition with lag may go without a commit before it counts as unread: the
+    /// consumer's stall window (twice `session.timeout.ms`, at least 10 s).
+    pub stall_window_seconds: f64,
     /// The dead-letter topic.
     pub dlq_topic: String,
     /// Messages in it (`None` if it does not exist).
@@ -184,6 +193,10 @@ pub async fn status(cfg: &Config) -> Status {
         .await
         .unwrap_or_else(|e| Err(Error::Kafka(format!("status task failed: {e}"))))
         .into();
+    let mut kafka = kafka;
+    if let Part::Ok(k) = &mut kafka {
+        mark_unread(k, &cfg.streaming.checkpoint_location);
+    }
     let lake = lake(&cfg.datalake.path);
     let consumer = consumer(cfg, lake.as_ref().ok()).into();
     Status { postgres, producer, slot, kafka, consumer, lake: lake.map(|(status, _)| status).into() }
@@ -253,6 +266,8 @@ fn kafka_status(cfg: &crate::config::KafkaConfig) -> Result<KafkaStatus, Error> 
             end_offset: p.high,
             committed: p.committed,
             lag: Some(p.lag()),
+            seconds_since_commit: None,
+            unread: false,
         })
         .collect();
     let dlq_messages = match ids(&cfg.dlq_topic) {
@@ -270,10 +285,27 @@ fn kafka_status(cfg: &crate::config::KafkaConfig) -> Result<KafkaStatus, Error> 
         messages: out.iter().map(|p| p.messages).sum(),
         group_id: cfg.group_id.clone(),
         group_lag: out.iter().filter_map(|p| p.lag).sum(),
+        stall_window_seconds: crate::sink::stall_window(cfg).as_secs_f64(),
         partitions: out,
         dlq_topic: cfg.dlq_topic.clone(),
         dlq_messages,
     })
+}
+
+/// Dates each partition's last commit (its checkpoint state file's age), and marks those with
+/// lag that nobody committed for the stall window: the same rule as the consumer's group
+/// watch, which also turns `/health` to 503 then, read from outside (so it holds when no
+/// consumer runs at all).
+fn mark_unread(k: &mut KafkaStatus, checkpoint: &Path) {
+    let window = k.stall_window_seconds;
+    for p in &mut k.partitions {
+        let state = checkpoint.join("state").join(format!("{}-{}.json", k.topic, p.partition));
+        p.seconds_since_commit = std::fs::metadata(&state)
+            .and_then(|m| m.modified())
+            .ok()
+            .map(|t| SystemTime::now().duration_since(t).unwrap_or_default().as_secs_f64());
+        p.unread = p.lag.unwrap_or(0) > 0 && p.seconds_since_commit.is_none_or(|s| s >= window);
+    }
 }
 
 /// The committed state of every partition of `topic`: the state files, or a committed manifest
@@ -447,6 +479,26 @@ impl Status {
                         p.messages,
                         p.end_offset,
                         p.lag.unwrap_or(0)
+                    );
+                }
+                let unread: Vec<&PartitionStatus> = k.partitions.iter().filter(|p| p.unread).collect();
+                if !unread.is_empty() {
+                    let since = unread
+                        .iter()
+                        .map(|p| p.seconds_since_commit)
+                        .min_by(|a, b| a.unwrap_or(f64::INFINITY).total_cmp(&b.unwrap_or(f64::INFINITY)));
+                    let _ = writeln!(
+                        o,
+                        "{:<11} UNREAD: partitions {} hold {} messages and nothing was committed {}: no live \
+                         member of group {} is reading them",
+                        "",
+                        unread.iter().map(|p| p.partition.to_string()).collect::<Vec<_>>().join(" "),
+                        unread.iter().filter_map(|p| p.lag).sum::<i64>(),
+                        match since.flatten() {
+                            Some(s) => format!("for {s:.0} s"),
+                            None => "yet".to_string(),
+                        },
+                        k.group_id
                     );
                 }
                 let dlq = k.dlq_messages.map(|n| n.to_string()).unwrap_or_else(|| "no topic".into());

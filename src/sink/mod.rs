@@ -119,6 +119,7 @@ pub use dlq::{
     DETAIL_HEADER, REASON_HEADER, SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER, SOURCE_TOPIC_HEADER,
 };
 pub use engine::{SEQ_HEADER, SOURCE_HEADER, SUCCESS_FILE};
+pub use watch::stall_window;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -212,7 +213,7 @@ fn run(
     topic: &str,
 ) -> Result<()> {
     let ctx = consumer.context();
-    let mut orphans = watch::Orphans::new(watch.window());
+    let mut orphans = watch::Orphans::new();
     let mut next_look = Instant::now();
     let mut backoff = Backoff::between(Duration::from_secs(1), Duration::from_secs(30));
     let mut kafka_errors = Backoff::between(Duration::from_secs(1), Duration::from_secs(60));

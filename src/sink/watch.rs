@@ -10,8 +10,9 @@
 //! has lost its partitions long before. The poll loop compares the stalled partitions with its
 //! own assignment: a stalled partition this member does not hold is nobody's, as far as it can
 //! tell; it reports them on `/health` (stage `consumer group`, 503) and rejoins the group, which
-//! makes the coordinator drop expired members and assign again. Rejoins back off (the window,
-//! doubling up to 5 minutes) so a live member that is merely slow is not rebalanced in a loop.
+//! makes the coordinator drop expired members and assign again. Rejoins back off (5 s, doubling
+//! up to [`REJOIN_MAX`]) so a live member that is merely slow is not rebalanced in a tight loop,
+//! while partitions nobody reads are never left for minutes.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +28,12 @@ use crate::kafka;
 
 /// librdkafka's default `session.timeout.ms`.
 const DEFAULT_SESSION_MS: u64 = 45_000;
+
+/// The first wait between two rejoins while partitions stay unread.
+const REJOIN_FIRST: Duration = Duration::from_secs(5);
+
+/// The longest wait between two rejoins while partitions stay unread.
+pub const REJOIN_MAX: Duration = Duration::from_secs(30);
 
 /// A partition with messages beyond its committed offset, which has not moved for `for_`.
 #[derive(Clone, Debug, PartialEq)]
@@ -52,15 +59,21 @@ pub struct Watch {
     thread: Option<JoinHandle<()>>,
 }
 
+/// How long a partition's committed offset must stand still, with messages beyond it, before
+/// it counts as read by nobody: twice `session.timeout.ms`, at least 10 s.
+pub fn stall_window(cfg: &KafkaConfig) -> Duration {
+    let session = cfg
+        .properties
+        .get("session.timeout.ms")
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(DEFAULT_SESSION_MS);
+    Duration::from_millis(session * 2).max(Duration::from_secs(10))
+}
+
 impl Watch {
     /// Starts watching `cfg.topic` for the group `cfg.group_id`.
     pub fn start(cfg: &KafkaConfig) -> Result<Watch> {
-        let session = cfg
-            .properties
-            .get("session.timeout.ms")
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(DEFAULT_SESSION_MS);
-        let window = Duration::from_millis(session * 2).max(Duration::from_secs(10));
+        let window = stall_window(cfg);
         let client: BaseConsumer = kafka::Client::Status
             .config(cfg)
             .create()
@@ -85,11 +98,6 @@ impl Watch {
                 .map_err(|e| Error::Kafka(format!("cannot start the group watch: {e}")))?
         };
         Ok(Watch { window, seen, stop, thread: Some(thread) })
-    }
-
-    /// How long a partition's committed offset must stand still, with messages beyond it.
-    pub fn window(&self) -> Duration {
-        self.window
     }
 
     /// The partitions stalled for the window or longer.
@@ -158,9 +166,16 @@ pub enum Verdict {
     Nothing,
 }
 
+impl Default for Orphans {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Orphans {
-    pub fn new(window: Duration) -> Orphans {
-        Orphans { next_rejoin: Instant::now(), delay: window, reported: false }
+    /// Nothing reported yet; a first rejoin is allowed at once.
+    pub fn new() -> Orphans {
+        Orphans { next_rejoin: Instant::now(), delay: REJOIN_FIRST, reported: false }
     }
 
     /// `held` is this member's assignment (owned or waiting for a lock).
@@ -168,7 +183,7 @@ impl Orphans {
         let orphans: Vec<Stalled> =
             watch.stalled().into_iter().filter(|s| !held.contains(&s.partition)).collect();
         if orphans.is_empty() {
-            self.delay = watch.window();
+            self.delay = REJOIN_FIRST;
             return if std::mem::take(&mut self.reported) { Verdict::Clear } else { Verdict::Nothing };
         }
         self.reported = true;
@@ -188,7 +203,7 @@ impl Orphans {
             return Verdict::Report(message);
         }
         self.next_rejoin = now + self.delay;
-        self.delay = (self.delay * 2).min(Duration::from_secs(300));
+        self.delay = (self.delay * 2).min(REJOIN_MAX);
         Verdict::Rejoin(message)
     }
 }
