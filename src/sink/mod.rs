@@ -325,9 +325,10 @@ fn rejoin_if_orphaned(
             tracing::info!("every partition with messages beyond its committed offset is held again");
         }
         watch::Verdict::Report(m) => metrics.health.fail(GROUP_STAGE, &m),
-        watch::Verdict::Rejoin(m) => {
+        watch::Verdict::Rejoin(m, unread) => {
             metrics.health.fail(GROUP_STAGE, &m);
             tracing::warn!("{m}: rejoining the group");
+            watch.nudge(&unread);
             metrics.consumer.rejoins.inc();
             consumer.unsubscribe();
             consumer
