@@ -554,3 +554,6 @@ impl Status {
         o
     }
 }
+
+#[cfg(test)]
+mod tests;
