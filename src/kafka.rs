@@ -48,6 +48,11 @@ pub const REFUSED: &[(&str, &str)] = &[
          consume and status must use the group that key names",
     ),
     (
+        "group.instance.id",
+        "sets this to kafka.member_name on the consumer alone because no other client may join the \
+         group under the consumer's name (a second member with one instance id fences the first)",
+    ),
+    (
         "acks",
         "sets this to all because both producers are idempotent, and a message acknowledged by the \
          leader alone is lost when that leader fails",
@@ -322,6 +327,13 @@ impl Client {
         }
         if let Some(group) = self.group_id(cfg) {
             c.set("group.id", group);
+        }
+        // Static membership: a restarted consumer takes back its place (and its partitions)
+        // in the group at once, instead of waiting for the coordinator to expire its old self.
+        if self == Client::Consumer
+            && let Some(name) = &cfg.member_name
+        {
+            c.set("group.instance.id", name);
         }
         c
     }

@@ -110,6 +110,12 @@ pub struct PartitionStatus {
     pub committed: Option<i64>,
     /// End offset minus the committed offset.
     pub lag: Option<i64>,
+    /// Seconds since the consumer last committed this partition to the lake (its checkpoint
+    /// state's age), `None` before its first commit.
+    pub seconds_since_commit: Option<f64>,
+    /// Messages wait (lag) and nothing was committed for the stall window: no live member is
+    /// reading the partition (none holds it, or the one that does is stuck).
+    pub unread: bool,
 }
 
 /// The broker.
@@ -127,6 +133,9 @@ pub struct KafkaStatus {
     pub group_id: String,
     /// Messages the group has not committed yet.
     pub group_lag: i64,
+    /// How long a partition with lag may go without a commit before it counts as unread: the
+    /// consumer's stall window (twice `session.timeout.ms`, at least 10 s).
+    pub stall_window_seconds: f64,
     /// The dead-letter topic.
     pub dlq_topic: String,
     /// Messages in it (`None` if it does not exist).
@@ -232,6 +241,10 @@ pub async fn status(cfg: &Config) -> Status {
         return Status { postgres, producer, slot, kafka: kafka.into(), consumer, lake };
     }
     let ((postgres, producer, slot), kafka, files) = tokio::join!(database_parts(cfg), kafka, files);
+    let kafka = kafka.map(|mut k| {
+        mark_unread(&mut k, &cfg.streaming.checkpoint_location);
+        k
+    });
     let (lake, consumer) = match files {
         Ok((lake, consumer)) => (lake.map(|(status, _)| status).into(), consumer_part(consumer)),
         Err(e) => (Part::down(e.to_string()), Part::down(e.to_string())),
@@ -398,6 +411,8 @@ fn kafka_status(cfg: &crate::config::KafkaConfig) -> Result<KafkaStatus, Error> 
             end_offset: p.high,
             committed: p.committed,
             lag: Some(p.lag()),
+            seconds_since_commit: None,
+            unread: false,
         })
         .collect();
     let dlq_messages = match ids(&cfg.dlq_topic) {
@@ -415,10 +430,27 @@ fn kafka_status(cfg: &crate::config::KafkaConfig) -> Result<KafkaStatus, Error> 
         messages: out.iter().map(|p| p.messages).sum(),
         group_id: cfg.group_id.clone(),
         group_lag: out.iter().filter_map(|p| p.lag).sum(),
+        stall_window_seconds: crate::sink::stall_window(cfg).as_secs_f64(),
         partitions: out,
         dlq_topic: cfg.dlq_topic.clone(),
         dlq_messages,
     })
+}
+
+/// Dates each partition's last commit (its checkpoint state file's age), and marks those with
+/// lag that nobody committed for the stall window: the same rule as the consumer's group
+/// watch, which also turns `/health` to 503 then, read from outside (so it holds when no
+/// consumer runs at all).
+fn mark_unread(k: &mut KafkaStatus, checkpoint: &Path) {
+    let window = k.stall_window_seconds;
+    for p in &mut k.partitions {
+        let state = checkpoint.join("state").join(format!("{}-{}.json", k.topic, p.partition));
+        p.seconds_since_commit = std::fs::metadata(&state)
+            .and_then(|m| m.modified())
+            .ok()
+            .map(|t| SystemTime::now().duration_since(t).unwrap_or_default().as_secs_f64());
+        p.unread = p.lag.unwrap_or(0) > 0 && p.seconds_since_commit.is_none_or(|s| s >= window);
+    }
 }
 
 /// The committed state of every partition of `topic`: the state files, or a committed manifest
@@ -547,3 +579,6 @@ fn lake(root: &Path) -> Result<(LakeStatus, Vec<LakeFile>), Error> {
     };
     Ok((status, files))
 }
+
+#[cfg(test)]
+mod tests;

@@ -436,6 +436,13 @@ fn refused_kafka_properties_are_named_with_the_reason() {
              because consume and status must use the group that key names; delete it",
         ),
         (
+            "group.instance.id",
+            "me",
+            "orderstream sets this to kafka.member_name on the consumer alone because no other client may join \
+             the group under the consumer's name (a second member with one instance id fences the first); \
+             delete it",
+        ),
+        (
             "acks",
             "1",
             "orderstream sets this to all because both producers are idempotent, and a message acknowledged by \
@@ -514,6 +521,33 @@ fn refused_kafka_properties_are_named_with_the_reason() {
          producers are idempotent, and a message acknowledged by the leader alone is lost when that leader \
          fails; delete it"
     );
+}
+
+#[test]
+fn member_name_is_the_consumers_group_instance_id_and_no_other_clients() {
+    let cfg = load(
+        &GOOD.replace(
+            "  topic: \"ROLL001_food_orders_raw\"\n",
+            "  topic: \"ROLL001_food_orders_raw\"\n  member_name: \" orders-host-1 \"\n",
+        ),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(cfg.kafka.member_name.as_deref(), Some("orders-host-1"));
+    assert_eq!(effective(Client::Consumer, &cfg, "group.instance.id"), "orders-host-1");
+    for client in [Client::Reader, Client::Status] {
+        assert_eq!(client.config(&cfg.kafka).get("group.instance.id"), None, "{client:?}");
+    }
+    // Without it: dynamic membership.
+    assert_eq!(Client::Consumer.config(&load(GOOD, &[]).unwrap().kafka).get("group.instance.id"), None);
+    let e = err(
+        &GOOD.replace(
+            "  topic: \"ROLL001_food_orders_raw\"\n",
+            "  topic: \"ROLL001_food_orders_raw\"\n  member_name: \"a b\"\n",
+        ),
+        &[],
+    );
+    assert_eq!(e, "test.yml: kafka.member_name: `a b` contains ` `; member names use only a-z A-Z 0-9 . _ -");
 }
 
 #[test]

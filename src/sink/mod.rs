@@ -120,6 +120,7 @@ pub use dlq::{
     DETAIL_HEADER, REASON_HEADER, SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER, SOURCE_TOPIC_HEADER,
 };
 pub use engine::{SEQ_HEADER, SOURCE_HEADER, SUCCESS_FILE};
+pub use watch::stall_window;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -242,7 +243,7 @@ fn run(
     topic: &str,
 ) -> Result<()> {
     let ctx = consumer.context();
-    let mut orphans = watch::Orphans::new(watch.window());
+    let mut orphans = watch::Orphans::new();
     let mut next_look = Instant::now();
     let mut backoff = Backoff::between(Duration::from_secs(1), Duration::from_secs(30));
     let mut kafka_errors = Backoff::between(Duration::from_secs(1), Duration::from_secs(60));
@@ -354,9 +355,10 @@ fn rejoin_if_orphaned(
             tracing::info!("every partition with messages beyond its committed offset is held again");
         }
         watch::Verdict::Report(m) => metrics.health.fail(GROUP_STAGE, &m),
-        watch::Verdict::Rejoin(m) => {
+        watch::Verdict::Rejoin(m, unread) => {
             metrics.health.fail(GROUP_STAGE, &m);
             tracing::warn!("{m}: rejoining the group");
+            watch.nudge(&unread);
             metrics.consumer.rejoins.inc();
             consumer.unsubscribe();
             consumer

@@ -10,8 +10,22 @@
 //! has lost its partitions long before. The poll loop compares the stalled partitions with its
 //! own assignment: a stalled partition this member does not hold is nobody's, as far as it can
 //! tell; it reports them on `/health` (stage `consumer group`, 503) and rejoins the group, which
-//! makes the coordinator drop expired members and assign again. Rejoins back off (the window,
-//! doubling up to 5 minutes) so a live member that is merely slow is not rebalanced in a loop.
+//! makes the coordinator drop expired members and assign again. Rejoins back off (5 s, doubling
+//! up to [`REJOIN_MAX`]) so a live member that is merely slow is not rebalanced in a tight loop,
+//! while partitions nobody reads are never left for minutes.
+//!
+//! Before each such rejoin the watch thread also commits the unread partitions' committed
+//! offsets once more, unchanged (the *nudge*). That is for tansu 0.6's group coordinator, which
+//! can wedge a group for good: when a leader's heartbeat reaches it later than the session
+//! timeout (a broker frozen or stalled for longer than `session.timeout.ms`), it drops the
+//! leader from the members but keeps it as the leader, so every later member is told to wait
+//! for a leader that will never come, and rejoining changes nothing (a plain librdkafka
+//! consumer is stuck the same way). The coordinator forgets a leader that is not a member only
+//! when it reloads the group from its storage, which an offset commit arriving while a joining
+//! member holds the group's state makes it do; the joining member then becomes the leader. The
+//! commit moves no offset (the unread partitions' offsets are not moving, or they would not be
+//! unread), and the consumer never reads Kafka's committed offsets (it starts from its
+//! checkpoint), so on any other broker the nudge changes nothing.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,6 +42,12 @@ use crate::kafka;
 /// librdkafka's default `session.timeout.ms`.
 const DEFAULT_SESSION_MS: u64 = 45_000;
 
+/// The first wait between two rejoins while partitions stay unread.
+const REJOIN_FIRST: Duration = Duration::from_secs(5);
+
+/// The longest wait between two rejoins while partitions stay unread.
+pub const REJOIN_MAX: Duration = Duration::from_secs(30);
+
 /// A partition with messages beyond its committed offset, which has not moved for `for_`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Stalled {
@@ -40,6 +60,8 @@ pub struct Stalled {
 /// What the watch thread last saw of one partition.
 struct Seen {
     committed: Option<i64>,
+    /// The first offset the broker still has (what no commit means).
+    low: i64,
     lag: i64,
     since: Instant,
 }
@@ -49,28 +71,37 @@ pub struct Watch {
     window: Duration,
     seen: Arc<Mutex<BTreeMap<i32, Seen>>>,
     stop: Arc<AtomicBool>,
+    /// Partitions whose committed offsets the thread is to commit again (see the module doc).
+    nudge: Arc<Mutex<Vec<i32>>>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// How long a partition's committed offset must stand still, with messages beyond it, before
+/// it counts as read by nobody: twice `session.timeout.ms`, at least 10 s.
+pub fn stall_window(cfg: &KafkaConfig) -> Duration {
+    let session = cfg
+        .properties
+        .get("session.timeout.ms")
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(DEFAULT_SESSION_MS);
+    Duration::from_millis(session * 2).max(Duration::from_secs(10))
 }
 
 impl Watch {
     /// Starts watching `cfg.topic` for the group `cfg.group_id`.
     pub fn start(cfg: &KafkaConfig) -> Result<Watch> {
-        let session = cfg
-            .properties
-            .get("session.timeout.ms")
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(DEFAULT_SESSION_MS);
-        let window = Duration::from_millis(session * 2).max(Duration::from_secs(10));
+        let window = stall_window(cfg);
         let client: BaseConsumer = kafka::Client::Status
             .config(cfg)
             .create()
             .map_err(|e| Error::Kafka(format!("cannot create the group watch for {}: {e}", cfg.brokers)))?;
         let seen = Arc::new(Mutex::new(BTreeMap::new()));
         let stop = Arc::new(AtomicBool::new(false));
+        let nudge = Arc::new(Mutex::new(Vec::new()));
         let every = (window / 4).clamp(Duration::from_secs(1), Duration::from_secs(5));
         let thread = {
-            let (seen, stop, topic, brokers) =
-                (seen.clone(), stop.clone(), cfg.topic.clone(), cfg.brokers.clone());
+            let (seen, stop, nudge, topic, brokers) =
+                (seen.clone(), stop.clone(), nudge.clone(), cfg.topic.clone(), cfg.brokers.clone());
             std::thread::Builder::new()
                 .name("group-watch".into())
                 .spawn(move || {
@@ -78,18 +109,21 @@ impl Watch {
                         look(&client, &brokers, &topic, &seen);
                         let end = Instant::now() + every;
                         while !stop.load(Ordering::SeqCst) && Instant::now() < end {
+                            recommit(&client, &topic, &seen, &nudge);
                             std::thread::sleep(Duration::from_millis(100));
                         }
                     }
                 })
                 .map_err(|e| Error::Kafka(format!("cannot start the group watch: {e}")))?
         };
-        Ok(Watch { window, seen, stop, thread: Some(thread) })
+        Ok(Watch { window, seen, stop, nudge, thread: Some(thread) })
     }
 
-    /// How long a partition's committed offset must stand still, with messages beyond it.
-    pub fn window(&self) -> Duration {
-        self.window
+    /// Has the watch thread commit these partitions' committed offsets again, unchanged.
+    pub fn nudge(&self, partitions: &[i32]) {
+        if let Ok(mut n) = self.nudge.lock() {
+            n.extend_from_slice(partitions);
+        }
     }
 
     /// The partitions stalled for the window or longer.
@@ -117,8 +151,9 @@ impl Drop for Watch {
 fn look(client: &BaseConsumer, brokers: &str, topic: &str, seen: &Mutex<BTreeMap<i32, Seen>>) {
     let timeout = Duration::from_secs(5);
     let now = Instant::now();
-    let observed = kafka::partition_progress(client, brokers, topic, timeout)
-        .map(|parts| parts.into_iter().map(|p| (p.partition, p.committed, p.lag())).collect::<Vec<_>>());
+    let observed = kafka::partition_progress(client, brokers, topic, timeout).map(|parts| {
+        parts.into_iter().map(|p| (p.partition, p.committed, p.low, p.lag())).collect::<Vec<_>>()
+    });
     let Ok(mut seen) = seen.lock() else { return };
     match observed {
         Err(_) => {
@@ -127,16 +162,45 @@ fn look(client: &BaseConsumer, brokers: &str, topic: &str, seen: &Mutex<BTreeMap
             }
         }
         Ok(parts) => {
-            seen.retain(|p, _| parts.iter().any(|(q, _, _)| q == p));
-            for (p, committed, lag) in parts {
-                let s = seen.entry(p).or_insert(Seen { committed, lag, since: now });
+            seen.retain(|p, _| parts.iter().any(|(q, _, _, _)| q == p));
+            for (p, committed, low, lag) in parts {
+                let s = seen.entry(p).or_insert(Seen { committed, low, lag, since: now });
                 if s.committed != committed || lag == 0 {
                     s.since = now;
                 }
                 s.committed = committed;
+                s.low = low;
                 s.lag = lag;
             }
         }
+    }
+}
+
+/// The nudge (see the module doc): commits the requested partitions' committed offsets as last
+/// seen (the first offset the broker has when the group committed none), unchanged.
+fn recommit(client: &BaseConsumer, topic: &str, seen: &Mutex<BTreeMap<i32, Seen>>, nudge: &Mutex<Vec<i32>>) {
+    use rdkafka::consumer::{CommitMode, Consumer};
+    let wanted: Vec<i32> = match nudge.lock() {
+        Ok(mut n) if !n.is_empty() => std::mem::take(&mut *n),
+        _ => return,
+    };
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    if let Ok(seen) = seen.lock() {
+        for p in wanted {
+            if let Some(s) = seen.get(&p) {
+                let _ =
+                    tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(s.committed.unwrap_or(s.low)));
+            }
+        }
+    }
+    if tpl.count() == 0 {
+        return;
+    }
+    match client.commit(&tpl, CommitMode::Sync) {
+        Ok(()) => {
+            tracing::info!("committed the offsets of unread partitions again, unchanged (a group nudge)")
+        }
+        Err(e) => tracing::warn!("cannot commit the offsets of unread partitions again: {e}"),
     }
 }
 
@@ -153,14 +217,21 @@ pub enum Verdict {
     Clear,
     /// Still stalled: keep the health entry (the message).
     Report(String),
-    /// Stalled and the back-off has passed: report, and rejoin the group.
-    Rejoin(String),
+    /// Stalled and the back-off has passed: report, nudge these partitions, and rejoin.
+    Rejoin(String, Vec<i32>),
     Nothing,
 }
 
+impl Default for Orphans {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Orphans {
-    pub fn new(window: Duration) -> Orphans {
-        Orphans { next_rejoin: Instant::now(), delay: window, reported: false }
+    /// Nothing reported yet; a first rejoin is allowed at once.
+    pub fn new() -> Orphans {
+        Orphans { next_rejoin: Instant::now(), delay: REJOIN_FIRST, reported: false }
     }
 
     /// `held` is this member's assignment (owned or waiting for a lock).
@@ -168,7 +239,7 @@ impl Orphans {
         let orphans: Vec<Stalled> =
             watch.stalled().into_iter().filter(|s| !held.contains(&s.partition)).collect();
         if orphans.is_empty() {
-            self.delay = watch.window();
+            self.delay = REJOIN_FIRST;
             return if std::mem::take(&mut self.reported) { Verdict::Clear } else { Verdict::Nothing };
         }
         self.reported = true;
@@ -188,7 +259,7 @@ impl Orphans {
             return Verdict::Report(message);
         }
         self.next_rejoin = now + self.delay;
-        self.delay = (self.delay * 2).min(Duration::from_secs(300));
-        Verdict::Rejoin(message)
+        self.delay = (self.delay * 2).min(REJOIN_MAX);
+        Verdict::Rejoin(message, orphans.iter().map(|s| s.partition).collect())
     }
 }

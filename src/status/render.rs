@@ -72,6 +72,26 @@ impl Status {
                     "{:<11} group {} lag {}   dead letters ({}) {dlq}",
                     "", k.group_id, k.group_lag, k.dlq_topic
                 );
+                let unread: Vec<&super::PartitionStatus> = k.partitions.iter().filter(|p| p.unread).collect();
+                if !unread.is_empty() {
+                    let since = unread
+                        .iter()
+                        .map(|p| p.seconds_since_commit)
+                        .min_by(|a, b| a.unwrap_or(f64::INFINITY).total_cmp(&b.unwrap_or(f64::INFINITY)));
+                    let _ = writeln!(
+                        o,
+                        "{:<11} UNREAD: partitions {} hold {} messages and nothing was committed {}: no live \
+                         member of group {} is reading them",
+                        "",
+                        unread.iter().map(|p| p.partition.to_string()).collect::<Vec<_>>().join(" "),
+                        unread.iter().filter_map(|p| p.lag).sum::<i64>(),
+                        match since.flatten() {
+                            Some(s) => format!("for {s:.0} s"),
+                            None => "yet".to_string(),
+                        },
+                        k.group_id
+                    );
+                }
             }
             None => unreachable(&mut o, "Kafka", &self.kafka.error),
         }

@@ -431,7 +431,8 @@ pub fn listens_on(pid: u32, port: u16) -> bool {
         .any(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
 }
 
-/// A private tansu broker with memory storage, for tests that stop or freeze their broker.
+/// A private tansu broker, for tests that stop, freeze or kill their broker: memory storage,
+/// or the stack broker's kind (PostgreSQL storage, in a database of its own).
 pub struct Broker {
     child: Option<Child>,
     /// `127.0.0.1:<port>`
@@ -440,6 +441,17 @@ pub struct Broker {
     pub cluster: String,
     /// What tansu printed.
     log: PathBuf,
+    /// `--storage-engine`.
+    storage: String,
+    /// The database holding its log (PostgreSQL storage), dropped with the broker.
+    database: Option<String>,
+}
+
+/// The stack broker's storage cluster (`dev/stack.sh`): where private PostgreSQL-storage
+/// brokers get a database each.
+fn storage_url(database: &str) -> String {
+    let port = std::env::var("ORDERSTREAM_KAFKA_PG_PORT").unwrap_or_else(|_| "55433".into());
+    format!("postgres://tansu:tansu@127.0.0.1:{port}/{database}")
 }
 
 impl Broker {
@@ -458,17 +470,56 @@ impl Broker {
     /// As [`Broker::start_memory`], telling clients (in metadata) to connect to 127.0.0.1:
     /// `advertised` instead of its own port: a proxy there then sees every client's traffic.
     pub fn start_memory_advertising(advertised: Option<u16>) -> Broker {
+        Self::start_on("memory://tansu/", None, advertised)
+    }
+
+    /// Starts a tansu like the stack's, storing its log in PostgreSQL: a new database on the
+    /// stack broker's storage cluster, with the tables `dev/stack.sh` creates. Unlike a memory
+    /// broker, it keeps every acknowledged message across [`Broker::kill`] and
+    /// [`Broker::restart`].
+    pub fn start_postgres() -> Broker {
+        let database = unique("tansu");
+        let mut admin =
+            postgres::Client::connect(&storage_url("tansu"), postgres::NoTls).unwrap_or_else(|e| {
+                panic!("the stack broker's storage cluster is not reachable ({e}); run `make up` first")
+            });
+        admin.batch_execute(&format!("CREATE DATABASE {database}")).unwrap();
+        let mut db = postgres::Client::connect(&storage_url(&database), postgres::NoTls).unwrap();
+        db.batch_execute(include_str!("../../dev/tansu-pg-schema.sql")).unwrap();
+        Self::start_on(&storage_url(&database), Some(database), None)
+    }
+
+    fn start_on(storage: &str, database: Option<String>, advertised: Option<u16>) -> Broker {
         const TRIES: usize = 5;
+        let mut database = database;
         for _ in 0..TRIES {
-            if let Some(broker) = Self::try_start(port_to_try(), advertised) {
+            if let Some(mut broker) = Self::try_start(port_to_try(), advertised, storage, unique("broker")) {
+                broker.database = database.take();
                 return broker;
             }
         }
         panic!("tansu found its port taken {TRIES} times in a row");
     }
 
+    /// After [`Broker::kill`]: the same broker (port, cluster id, storage) started again.
+    pub fn restart(&mut self) {
+        self.kill();
+        let port: u16 = self.addr.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(mut b) = Self::try_start(port, None, &self.storage, self.cluster.clone()) {
+                self.child = b.child.take();
+                let _ = std::fs::remove_file(&self.log);
+                self.log = std::mem::take(&mut b.log);
+                return;
+            }
+            assert!(Instant::now() < deadline, "port of {} still taken 30 s after the kill", self.addr);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// A started broker, or `None` when another process had the port.
-    fn try_start(port: u16, advertised: Option<u16>) -> Option<Broker> {
+    fn try_start(port: u16, advertised: Option<u16>, storage: &str, cluster: String) -> Option<Broker> {
         let tansu = std::env::var("ORDERSTREAM_TANSU").unwrap_or_else(|_| {
             let home = std::env::var("CARGO_HOME")
                 .unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()));
@@ -476,18 +527,24 @@ impl Broker {
         });
         let url = format!("tcp://127.0.0.1:{port}");
         let public = format!("tcp://127.0.0.1:{}", advertised.unwrap_or(port));
-        let cluster = unique("broker");
         let log = std::env::temp_dir().join(format!("{}.log", unique("tansu")));
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(&tansu)
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &public])
-            .args(["--storage-engine", "memory://tansu/", "--cluster-id", &cluster])
+            .args(["--storage-engine", storage, "--cluster-id", &cluster])
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {tansu} ({e}); run `make up` to install it"));
-        let mut broker = Broker { child: Some(child), addr: format!("127.0.0.1:{port}"), cluster, log };
+        let mut broker = Broker {
+            child: Some(child),
+            addr: format!("127.0.0.1:{port}"),
+            cluster,
+            log,
+            storage: storage.to_string(),
+            database: None,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let child = broker.child.as_mut().unwrap();
@@ -529,7 +586,7 @@ impl Broker {
         signal(self.pid(), libc::SIGCONT);
     }
 
-    /// Kills the broker (its data is gone).
+    /// SIGKILL: a memory broker's data is gone, a PostgreSQL-storage broker's is kept.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -543,6 +600,11 @@ impl Drop for Broker {
         self.thaw();
         self.kill();
         let _ = std::fs::remove_file(&self.log);
+        if let Some(db) = self.database.take()
+            && let Ok(mut admin) = postgres::Client::connect(&storage_url("tansu"), postgres::NoTls)
+        {
+            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
+        }
     }
 }
 
