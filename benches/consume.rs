@@ -113,7 +113,7 @@ fn run_once(brokers: &str, topic: &str, n: usize, lake: &str) -> Run {
     let mut child = env
         .orderstream(&["consume"])
         .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(env.dir.join("consume.log")).expect("cannot create the consumer's log"))
         .spawn()
         .expect("cannot start orderstream consume");
     let mut first = None;
@@ -128,7 +128,8 @@ fn run_once(brokers: &str, topic: &str, n: usize, lake: &str) -> Run {
             break;
         }
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("orderstream consume exited early: {status}");
+            let log = std::fs::read_to_string(env.dir.join("consume.log")).unwrap_or_default();
+            panic!("orderstream consume exited early: {status}\n{log}");
         }
         assert!(start.elapsed() < Duration::from_secs(600), "not done after 600 s: {done} of {n}");
         std::thread::sleep(Duration::from_millis(if delta { 50 } else { 5 }));

@@ -115,6 +115,8 @@ def duckdb_read(uri):
     import duckdb
     from duckdb_extensions import import_extension
     con = duckdb.connect()
+    # On a slow read DuckDB would print its progress bar onto the JSON.
+    con.execute("SET enable_progress_bar = false")
     import_extension("delta", con=con)
     con.execute("LOAD delta")
     con.execute("SET TimeZone='UTC'")

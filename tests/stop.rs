@@ -111,7 +111,7 @@ fn produce_stops_promptly_while_retrying_an_unreachable_database() {
         &format!("jdbc:postgresql://127.0.0.1:{}/food_delivery_db", closed.port),
     );
     let mut p = env.spawn(&["produce"]);
-    wait_logged(&p, "retrying in", 2);
+    wait_logged(&p, "retrying in", 1);
     let (code, _) = stop_timed(&mut p, "produce retrying an unreachable database");
     assert_eq!(code, 0, "{}", p.log_text());
 }
