@@ -74,12 +74,12 @@ impl TestEnv {
 
     /// The Delta table's URI as the readers take it.
     pub fn delta_uri(&self) -> String {
-        self.env
-            .iter()
-            .rev()
-            .find(|(k, _)| k == "ORDERSTREAM__DATALAKE__PATH")
-            .map(|(_, v)| v.clone())
-            .unwrap_or_else(|| self.lake().display().to_string())
+        self.override_of("ORDERSTREAM__DATALAKE__PATH").unwrap_or_else(|| self.lake().display().to_string())
+    }
+
+    /// The last value set for `key` with [`TestEnv::set`], if any.
+    fn override_of(&self, key: &str) -> Option<String> {
+        self.env.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.clone())
     }
 
     /// The Delta table read by `how` (`duckdb`, `replay`, `deltalake`); with `current`, each
@@ -109,7 +109,12 @@ impl TestEnv {
     /// commit files directly for a local table (every commit file stays for 30 days, so the
     /// highest version per app id is the current one), by the log replay on S3.
     pub fn delta_positions(&self) -> BTreeMap<i32, i64> {
-        let prefix = format!("orderstream/orderstream_{}/{}/", self.topic, self.topic);
+        // The topic and group of the config, or those set over it (the consume bench's).
+        let topic = self.override_of("ORDERSTREAM__KAFKA__TOPIC").unwrap_or_else(|| self.topic.clone());
+        let group = self
+            .override_of("ORDERSTREAM__KAFKA__GROUP_ID")
+            .unwrap_or_else(|| format!("orderstream_{topic}"));
+        let prefix = format!("orderstream/{group}/{topic}/");
         let txn: BTreeMap<String, i64> = if self.delta_uri().starts_with("s3://") {
             self.read_delta("replay", false).txn
         } else {
