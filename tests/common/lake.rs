@@ -416,32 +416,19 @@ pub fn wait_committed(env: &TestEnv, positions: &[(i32, i64)], timeout: Duration
     });
 }
 
-/// The current state of every order, as the README computes it in DuckDB: each order's last
-/// version by `(lsn, change_index)`, nulls first; an order whose last version is a delete is
-/// gone, and so is every order whose last version precedes the last truncate (`t`). `{src}` is
-/// the lake's files.
-pub const CURRENT_STATE_SQL: &str = "
-WITH lake AS (
-    SELECT * FROM {src}
-),
-last_truncate AS (
-    SELECT lsn, change_index FROM lake WHERE op = 't'
-    ORDER BY lsn DESC, change_index DESC LIMIT 1
-),
-versions AS (
-    SELECT *, row_number() OVER (
-        PARTITION BY order_id ORDER BY lsn DESC NULLS LAST, change_index DESC NULLS LAST
-    ) AS version
-    FROM lake WHERE op <> 't'
-)
-SELECT order_id, customer_name, restaurant_name, item, amount, order_status, created_at
-FROM versions LEFT JOIN last_truncate AS t ON true
-WHERE version = 1 AND coalesce(op, 'c') <> 'd'
-  AND (t.lsn IS NULL
-       OR versions.lsn > t.lsn
-       OR (versions.lsn = t.lsn AND versions.change_index > t.change_index))
-ORDER BY order_id
-";
+/// The current state of every order by docs/lake.md's DuckDB query, its source replaced by
+/// `{src}`: each order's last version by `(lsn, change_index)`, nulls first; an order whose
+/// last version is a delete is gone, and so is every order whose last version precedes the last
+/// truncate (`t`).
+pub fn current_state_sql() -> String {
+    let page = include_str!("../../docs/lake.md");
+    let start =
+        page.find("-- DuckDB: the current state of every order").expect("the query is in docs/lake.md");
+    let end = start + page[start..].find("```").expect("the query's block ends");
+    let source = "read_parquet('datalake/food/ROLL001/output/orders/*/*.parquet',\n                               hive_partitioning = true, union_by_name = true)";
+    assert!(page[start..end].contains(source), "docs/lake.md's query reads another source");
+    page[start..end].replace(source, "{src}")
+}
 
 const DUCKDB_QUERY: &str = r#"
 import duckdb, glob, json, sys
@@ -465,12 +452,13 @@ pub fn duckdb_query(lake: &Path, sql: &str) -> Vec<Vec<serde_json::Value>> {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("python printed something else ({e}): {out}"))
 }
 
-/// The lake's current state by [`CURRENT_STATE_SQL`] in DuckDB: per order, its six other
+/// The lake's current state by [`current_state_sql`] in DuckDB: per order, its six other
 /// columns as `Some("…")`/`None` joined by `|` (created_at `YYYY-MM-DDTHH:MM:SS.ffffff`).
 pub fn current_state_duckdb(lake: &Path) -> std::collections::BTreeMap<i64, String> {
     let sql = format!(
         "SELECT order_id, customer_name, restaurant_name, item, CAST(amount AS VARCHAR), order_status, \
-         strftime(created_at, '%Y-%m-%dT%H:%M:%S.%f') FROM ({CURRENT_STATE_SQL})"
+         strftime(created_at, '%Y-%m-%dT%H:%M:%S.%f') FROM ({}\n) ORDER BY order_id",
+        current_state_sql()
     );
     duckdb_query(lake, &sql)
         .into_iter()
