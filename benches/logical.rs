@@ -37,8 +37,10 @@
 //! (`bulk,live`), `ORDERSTREAM_BENCH_ROWS` (1000000), `ORDERSTREAM_BENCH_RUNS` (3, for both
 //! scenarios), `ORDERSTREAM_BENCH_RATE`, `ORDERSTREAM_BENCH_SECONDS`, `ORDERSTREAM_BENCH_INTERVALS`,
 //! `ORDERSTREAM_BENCH_BROKER` (another broker, e.g. the stack's durable one at 127.0.0.1:9092,
-//! instead of a private memory-storage tansu per run), `ORDERSTREAM_BENCH_LAKE` (`parquet`, or
-//! `delta` for a local Delta table: readable once its commit exists). A smoke run:
+//! instead of a private memory-storage tansu per run), `ORDERSTREAM_BENCH_LAKE` (`parquet`;
+//! `delta` for a local Delta table: readable once its commit exists; `delta-s3` for a table on
+//! the stack's S3 server, where commit → lake is not measured). With a Delta lake the median
+//! and p99 of the consumer's commits are printed too (from its debug log). A smoke run:
 //! `ORDERSTREAM_BENCH_ROWS=20000 ORDERSTREAM_BENCH_RUNS=1 ORDERSTREAM_BENCH_SECONDS=5 cargo bench --bench logical`.
 
 #[path = "../tests/common/mod.rs"]
@@ -531,7 +533,10 @@ fn tail(brokers: &str, topic: &str, stop: Arc<AtomicBool>) -> std::thread::JoinH
 /// Percentiles of one live run, in seconds.
 struct Live {
     topic: [f64; 3],
+    /// NaN for a table on S3 (no watcher lists it).
     lake: [f64; 3],
+    /// Delta lake: the consumer's commit of a batch (its own debug line), none for Parquet.
+    commit: Option<[f64; 3]>,
     queued: [f64; 3],
     achieved: f64,
     files: usize,
@@ -585,9 +590,16 @@ fn live_run(interval: &str, rate: u64, seconds: u64, clients: u64, given: Option
         .unwrap_or_else(|| broker.as_ref().map(|b| b.addr.clone()).unwrap_or_default());
     let mut env = logical_env("lg_live", &brokers, None);
     env.set("ORDERSTREAM__STREAMING__BATCH_INTERVAL", interval);
-    let delta = std::env::var("ORDERSTREAM_BENCH_LAKE").is_ok_and(|l| l == "delta");
-    if delta {
+    let kind = std::env::var("ORDERSTREAM_BENCH_LAKE").unwrap_or_default();
+    let (delta, s3) = (kind.starts_with("delta"), kind == "delta-s3");
+    if s3 {
+        env.use_delta(&common::delta::stack_s3("lg-live"));
+    } else if delta {
         env.use_delta(&common::delta::Store::Local);
+    }
+    if delta {
+        // Each commit's duration is on a debug line of the consumer's.
+        env.set("RUST_LOG", "info,orderstream=debug,deltalake=warn,deltalake_core=warn,delta_kernel=warn");
     }
     env.init();
     let mut pipeline = env.spawn(&["run"]);
@@ -601,23 +613,47 @@ fn live_run(interval: &str, rate: u64, seconds: u64, clients: u64, given: Option
     });
     let stop = Arc::new(AtomicBool::new(false));
     let tailer = tail(&brokers, &env.topic, stop.clone());
-    let mut watcher =
-        if delta { LakeWatcher::start_delta(env.lake()) } else { LakeWatcher::start(env.lake()) };
+    // No watcher lists a table on S3: its orders are awaited by the table's positions.
+    let mut watcher = match (delta, s3) {
+        (_, true) => None,
+        (true, false) => Some(LakeWatcher::start_delta(env.lake())),
+        (false, _) => Some(LakeWatcher::start(env.lake())),
+    };
 
     let (committed, achieved) = insert_paced(&env, rate, seconds, clients);
-    wait_for(Duration::from_secs(120), "every live order in the lake", || {
-        let seen = watcher.seen.lock().unwrap();
-        committed.keys().all(|id| seen.contains_key(id)).then_some(())
+    wait_for(Duration::from_secs(120), "every live order in the lake", || match &watcher {
+        Some(w) => {
+            let seen = w.seen.lock().unwrap();
+            committed.keys().all(|id| seen.contains_key(id)).then_some(())
+        }
+        None => {
+            std::thread::sleep(Duration::from_millis(500));
+            (env.delta_positions().values().sum::<i64>() >= 10 + committed.len() as i64).then_some(())
+        }
     });
-    let files = watcher.stop();
+    let files = match watcher.as_mut() {
+        Some(w) => w.stop(),
+        None => env.read_delta("replay", false).files.unwrap_or(0),
+    };
     stop.store(true, Ordering::SeqCst);
     let tailed = tailer.join().unwrap();
     let rss = pipeline.peak_rss() as f64 / MB;
     assert_eq!(pipeline.terminate(Duration::from_secs(60)), 0, "{}", pipeline.log_text());
+    let commits: Vec<f64> = pipeline
+        .log_text()
+        .lines()
+        .filter(|l| l.contains(" committed as version "))
+        .filter_map(|l| l.trim_end().strip_suffix(" s")?.rsplit(' ').next()?.parse().ok())
+        .collect();
 
-    let seen = watcher.seen.lock().unwrap();
     let since = |t: &Instant, c: &Instant| t.saturating_duration_since(*c).as_secs_f64();
-    let lake = committed.iter().map(|(id, c)| since(&seen[id], c)).collect();
+    let lake = match &watcher {
+        Some(w) => {
+            let seen = w.seen.lock().unwrap();
+            pcts(committed.iter().map(|(id, c)| since(&seen[id], c)).collect())
+        }
+        None => [f64::NAN; 3],
+    };
     let topic = committed
         .iter()
         .map(|(id, c)| since(&tailed.get(id).unwrap_or_else(|| panic!("order {id} not in the topic")).0, c))
@@ -629,7 +665,8 @@ fn live_run(interval: &str, rate: u64, seconds: u64, clients: u64, given: Option
             _ => None,
         })
         .collect();
-    Live { topic: pcts(topic), lake: pcts(lake), queued: pcts(queued), achieved, files, rss }
+    let commit = (!commits.is_empty()).then(|| pcts(commits));
+    Live { topic: pcts(topic), lake, commit, queued: pcts(queued), achieved, files, rss }
 }
 
 fn live(interval: &str, rate: u64, seconds: u64, clients: u64, runs: usize, given: Option<&str>) {
@@ -652,6 +689,9 @@ fn live(interval: &str, rate: u64, seconds: u64, clients: u64, runs: usize, give
             r.files,
             r.rss
         );
+        if let Some(c) = r.commit {
+            eprintln!("run {run}: Delta commit p50 {:.4} p99 {:.4} max {:.4} s", c[0], c[1], c[2]);
+        }
         results.push(r);
     }
     let col = |f: fn(&Live) -> f64| results.iter().map(f).collect::<Vec<f64>>();
@@ -667,18 +707,33 @@ fn live(interval: &str, rate: u64, seconds: u64, clients: u64, runs: usize, give
         summary(&col(|r| r.topic[0]), s),
         summary(&col(|r| r.topic[1]), s)
     );
-    println!(
-        "  commit → readable in the lake: p50 {}; p99 {}; files {}",
-        summary(&col(|r| r.lake[0]), s),
-        summary(&col(|r| r.lake[1]), s),
-        summary(&col(|r| r.files as f64), |v| format!("{v:.0}"))
-    );
+    if results.iter().any(|r| r.lake[0].is_nan()) {
+        println!(
+            "  commit → readable in the lake: not measured (a table on S3); files {}",
+            summary(&col(|r| r.files as f64), |v| format!("{v:.0}"))
+        );
+    } else {
+        println!(
+            "  commit → readable in the lake: p50 {}; p99 {}; files {}",
+            summary(&col(|r| r.lake[0]), s),
+            summary(&col(|r| r.lake[1]), s),
+            summary(&col(|r| r.files as f64), |v| format!("{v:.0}"))
+        );
+    }
     println!(
         "  of which commit_ts header → producer CreateTime (change reached the producer's queue): p50 {}; p99 {}; peak RSS {}",
         summary(&col(|r| r.queued[0]), s),
         summary(&col(|r| r.queued[1]), s),
         summary(&col(|r| r.rss), |v| format!("{v:.0} MB"))
     );
+    if results.iter().all(|r| r.commit.is_some()) {
+        let s4 = |v: f64| format!("{v:.4} s");
+        println!(
+            "  Delta commit of a batch (the consumer's debug line): p50 {}; p99 {}",
+            summary(&col(|r| r.commit.map_or(f64::NAN, |c| c[0])), s4),
+            summary(&col(|r| r.commit.map_or(f64::NAN, |c| c[1])), s4)
+        );
+    }
 }
 
 fn main() {
