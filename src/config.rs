@@ -495,6 +495,7 @@ impl Config {
             let key = apply_env_override(&mut root, var, value)?;
             from_env.push((key, var.clone()));
         }
+        drop_file_counterpart(&mut root, &from_env);
         collect_secrets(&root, secrets);
 
         let raw: RawConfig = serde_path_to_error::deserialize(root).map_err(|e| {
@@ -787,6 +788,22 @@ fn mention(text: &str, name: &str) -> Option<usize> {
         })
         .map(|(at, _)| at)
         .min()
+}
+
+/// `metrics.port` and `metrics.listen` say the same thing: one set by the environment replaces
+/// the other in the file (as any override replaces the file's value), so
+/// `ORDERSTREAM__METRICS__PORT` works with a file that sets `listen`. Both from the environment
+/// stay an error.
+fn drop_file_counterpart(root: &mut Value, from_env: &[(String, String)]) {
+    let by_env = |k: &str| from_env.iter().any(|(key, _)| key == k);
+    let drop = match (by_env("metrics.port"), by_env("metrics.listen")) {
+        (true, false) => "listen",
+        (false, true) => "port",
+        _ => return,
+    };
+    if let Some(metrics) = root.get_mut("metrics").and_then(Value::as_mapping_mut) {
+        metrics.remove(drop);
+    }
 }
 
 /// Puts one `ORDERSTREAM__SECTION__KEY[__PROPERTY]=value` into the YAML tree as a string and

@@ -831,4 +831,27 @@ fn metrics_listen_takes_an_address_and_metrics_port_still_works() {
         err(&both, &[]),
         "test.yml: metrics.listen: metrics.port is set too: keep one (metrics.port p is metrics.listen 127.0.0.1:p)"
     );
+    // One from the environment replaces the other in the file (the demo's Delta consumer turns
+    // its endpoint off with ORDERSTREAM__METRICS__PORT=0 over the shipped file's listen).
+    let in_file = |key: &str, env: &[(&str, &str)]| {
+        let text = format!("{GOOD}metrics:\n  {key}\n");
+        load(&text, env).unwrap().metrics.listen.map(|a| a.to_string())
+    };
+    assert_eq!(in_file("listen: \"0.0.0.0:9504\"", &[("ORDERSTREAM__METRICS__PORT", "0")]), None);
+    assert_eq!(
+        in_file("listen: \"0.0.0.0:9504\"", &[("ORDERSTREAM__METRICS__PORT", "9505")]).as_deref(),
+        Some("127.0.0.1:9505")
+    );
+    assert_eq!(
+        in_file("port: 9506", &[("ORDERSTREAM__METRICS__LISTEN", "0.0.0.0:9507")]).as_deref(),
+        Some("0.0.0.0:9507")
+    );
+    assert!(
+        err(
+            GOOD,
+            &[("ORDERSTREAM__METRICS__PORT", "9508"), ("ORDERSTREAM__METRICS__LISTEN", "0.0.0.0:9508")]
+        )
+        .contains("metrics.port is set too"),
+        "both from the environment stay an error"
+    );
 }
