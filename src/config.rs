@@ -16,16 +16,18 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_norway::{Mapping, Value};
 
+pub mod clients;
 mod datalake;
 pub use datalake::{DatalakeConfig, LakeFormat};
 
 /// The prefix of environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "ORDERSTREAM__";
 
-/// A configuration problem: one line that names the key and says what is wrong.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(pub String);
+pub use crate::error::ConfigError;
+pub use crate::tls::{PgTls, SslMode};
+
+/// How long connecting to PostgreSQL may take when postgres.jdbc_url sets no `connect_timeout`.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -60,96 +62,6 @@ pub struct PostgresConfig {
     /// Poll mode: how often unpublished orders at or below the watermark are counted
     /// (`postgres.reconcile_interval`); `None`: never.
     pub reconcile_interval: Option<Duration>,
-}
-
-/// `sslmode` as libpq spells it (`allow` is not offered: it tries plain text first).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SslMode {
-    /// Plain text only.
-    Disable,
-    /// TLS when the server offers it, unverified; plain text when the server refuses TLS.
-    Prefer,
-    /// TLS or fail; the certificate is not checked unless `sslrootcert` is given (then as
-    /// `verify-ca`, as libpq does).
-    Require,
-    /// TLS, and the server certificate must chain to a trusted CA.
-    VerifyCa,
-    /// As `verify-ca`, and the certificate must name the host connected to.
-    VerifyFull,
-}
-
-impl SslMode {
-    /// The value as written in a URL.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SslMode::Disable => "disable",
-            SslMode::Prefer => "prefer",
-            SslMode::Require => "require",
-            SslMode::VerifyCa => "verify-ca",
-            SslMode::VerifyFull => "verify-full",
-        }
-    }
-
-    fn parse(value: &str) -> Result<SslMode, String> {
-        Ok(match value {
-            "disable" => SslMode::Disable,
-            "prefer" => SslMode::Prefer,
-            "require" => SslMode::Require,
-            "verify-ca" => SslMode::VerifyCa,
-            "verify-full" => SslMode::VerifyFull,
-            "allow" => return Err(
-                "sslmode `allow` is not supported: use disable, prefer, require, verify-ca or verify-full"
-                    .into(),
-            ),
-            other => {
-                return Err(format!(
-                    "sslmode `{other}` is not one of disable, prefer, require, verify-ca, verify-full"
-                ));
-            }
-        })
-    }
-}
-
-impl fmt::Display for SslMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// TLS to PostgreSQL, for every connection (SQL and replication).
-#[derive(Clone)]
-pub struct PgTls {
-    /// `sslmode` (default `prefer`, as libpq).
-    pub mode: SslMode,
-    /// `sslrootcert`: the CA certificates (PEM) the server's chain must end in; without it,
-    /// `verify-ca` and `verify-full` trust the Mozilla root store.
-    pub root_cert: Option<PathBuf>,
-    /// `sslcert` and `sslkey`: a client certificate (PEM) and its key, for certificate login.
-    pub client_cert: Option<(PathBuf, PathBuf)>,
-    /// The rustls settings built from the above (`None` for `disable`); building them at load
-    /// time is what checks the files.
-    pub rustls: Option<std::sync::Arc<rustls::ClientConfig>>,
-}
-
-impl PgTls {
-    /// Whether the server's certificate chain is checked (`require` with a root cert is).
-    pub fn verifies_chain(&self) -> bool {
-        match self.mode {
-            SslMode::Disable | SslMode::Prefer => false,
-            SslMode::Require => self.root_cert.is_some(),
-            SslMode::VerifyCa | SslMode::VerifyFull => true,
-        }
-    }
-}
-
-impl fmt::Debug for PgTls {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PgTls")
-            .field("mode", &self.mode)
-            .field("root_cert", &self.root_cert)
-            .field("client_cert", &self.client_cert)
-            .finish()
-    }
 }
 
 /// `postgres.capture`: how changes leave PostgreSQL.
@@ -547,7 +459,7 @@ impl Config {
         connect.application_name("orderstream");
         // The URL's connect_timeout wins, as in libpq; it bounds the whole start-up (db::connect).
         if connect.get_connect_timeout().is_none() {
-            connect.connect_timeout(crate::db::CONNECT_TIMEOUT);
+            connect.connect_timeout(CONNECT_TIMEOUT);
         }
         let table = TableName::parse(&raw.postgres.table).map_err(|m| bad("postgres.table", m))?;
         let capture = match raw.postgres.capture.as_deref().map(str::trim) {
@@ -603,7 +515,7 @@ impl Config {
             member_name,
             properties,
         };
-        crate::kafka::check_clients(&kafka).map_err(|why| {
+        clients::check_clients(&kafka).map_err(|why| {
             // Name the user's property that librdkafka's message mentions first, if any.
             let named =
                 raw.kafka.properties.keys().filter_map(|name| Some((mention(&why, name)?, name))).min();
@@ -654,7 +566,7 @@ impl Config {
 }
 
 /// `kafka.properties` as strings, each under the name orderstream keeps its setting under
-/// ([`crate::kafka::canonical`]). A refused setting, two names of one setting, or a name or
+/// ([`clients::canonical`]). A refused setting, two names of one setting, or a name or
 /// value librdkafka rejects is an error naming the key.
 fn kafka_properties(
     raw: &BTreeMap<String, Value>,
@@ -663,11 +575,10 @@ fn kafka_properties(
     let mut properties = BTreeMap::new();
     for (name, value) in raw {
         let key = format!("kafka.properties.{name}");
-        if let Some(why) = crate::kafka::refusal(name) {
+        if let Some(why) = clients::refusal(name) {
             return Err(bad(&key, why));
         }
-        if let Some(other) =
-            crate::kafka::spellings(name).into_iter().find(|n| n != name && raw.contains_key(*n))
+        if let Some(other) = clients::spellings(name).into_iter().find(|n| n != name && raw.contains_key(*n))
         {
             return Err(bad(&key, format!("names the same setting as kafka.properties.{other}; delete one")));
         }
@@ -691,7 +602,7 @@ fn kafka_properties(
             }
             Err(e) => return Err(bad(&key, format!("rejected by librdkafka: {e}"))),
         }
-        properties.insert(crate::kafka::canonical(name).to_string(), value);
+        properties.insert(clients::canonical(name).to_string(), value);
     }
     Ok(properties)
 }
@@ -780,7 +691,7 @@ fn scrub(mut message: String, secrets: &[String]) -> String {
 /// Where `text` first names the setting `name` (under any of its names) as a whole word.
 fn mention(text: &str, name: &str) -> Option<usize> {
     let part_of_name = |c: char| c.is_ascii_alphanumeric() || c == '.' || c == '_';
-    crate::kafka::spellings(name)
+    clients::spellings(name)
         .into_iter()
         .flat_map(|n| text.match_indices(n).map(move |(at, _)| (at, n.len())))
         .filter(|&(at, len)| {
@@ -933,7 +844,7 @@ fn take_tls_params(url: &str) -> Result<(String, PgTls), String> {
         }
     };
     let mut tls = PgTls { mode, root_cert: root, client_cert, rustls: None };
-    tls.rustls = crate::db::rustls_config(&tls)?;
+    tls.rustls = crate::tls::rustls_config(&tls)?;
     let rest = if kept.is_empty() { base.to_string() } else { format!("{base}?{}", kept.join("&")) };
     Ok((rest, tls))
 }

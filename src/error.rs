@@ -1,6 +1,9 @@
 //! The library's error type: every variant is one line that says what failed and where.
 
-use crate::config::ConfigError;
+/// A configuration problem: one line that names the key and says what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
 
 /// Anything that stops a command.
 #[derive(Debug, thiserror::Error)]

@@ -13,6 +13,7 @@
 //! * [`config`]: the YAML file with the seed's keys, `ORDERSTREAM__*` overrides, validation.
 //! * [`order`]: THE order record: columns, JSON form, Arrow schema, validation.
 //! * [`db`]: PostgreSQL connections and the schema bootstrap (`sql/orders.sql`).
+//! * [`tls`]: TLS to PostgreSQL: libpq's `sslmode` rules as rustls settings.
 //! * [`kafka`]: Kafka clients built from the configuration, topic bootstrap.
 //! * [`source`]: how changes leave PostgreSQL, behind one trait ([`source::logical`],
 //!   [`source::poll`]); [`source::slot`] reads the replication slot for monitoring.
@@ -49,6 +50,7 @@ pub mod shutdown;
 pub mod sink;
 pub mod source;
 pub mod status;
+pub mod tls;
 pub mod wire;
 
 pub use config::Config;

@@ -1,5 +1,5 @@
 use super::*;
-use crate::kafka::{self, Client};
+use super::clients::{self, Client};
 use std::collections::BTreeSet;
 use std::sync::{Mutex, MutexGuard};
 
@@ -510,7 +510,7 @@ fn refused_kafka_properties_are_named_with_the_reason() {
     }
     // Every refused property has its case above.
     let tested: BTreeSet<&str> = cases.iter().map(|c| c.0).collect();
-    let refused: BTreeSet<&str> = kafka::REFUSED.iter().map(|r| r.0).collect();
+    let refused: BTreeSet<&str> = clients::REFUSED.iter().map(|r| r.0).collect();
     assert_eq!(tested, refused);
 
     // The example, from the environment: named by its variable.
@@ -615,7 +615,7 @@ fn honoured_kafka_properties_reach_every_client() {
         }
     }
     // Every choice of ours that a user may change is in HONOURED, so none is left untested.
-    let ours: BTreeSet<&str> = kafka::COMMON_DEFAULTS
+    let ours: BTreeSet<&str> = clients::COMMON_DEFAULTS
         .iter()
         .chain(Client::ALL.iter().flat_map(|c| c.defaults()))
         .map(|d| d.0)
@@ -659,7 +659,7 @@ fn without_kafka_properties_each_client_gets_our_choices() {
     for client in Client::ALL {
         for name in client.config(&cfg.kafka).config_map().keys() {
             assert!(
-                kafka::refusal(name).is_some() || changeable.contains(name),
+                clients::refusal(name).is_some() || changeable.contains(name),
                 "{name} of the {} is neither refused nor honoured",
                 client.name()
             );
@@ -750,7 +750,7 @@ fn building_the_clients_leaves_no_thread_behind() {
     let _serial = serial();
     let before = threads();
     for _ in 0..10 {
-        kafka::check_clients(&cfg.kafka).unwrap();
+        clients::check_clients(&cfg.kafka).unwrap();
     }
     assert_eq!(threads(), before);
 }

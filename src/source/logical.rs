@@ -188,7 +188,7 @@ impl LogicalSource {
         let port = c.get_ports().first().copied().unwrap_or(5432);
         let password = c.get_password().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
         let lsn = pgwire_replication::Lsn::from_u64(start.0);
-        let tls: TlsConfig = db::replication_tls(&self.pg.tls, &host);
+        let tls: TlsConfig = crate::tls::replication_tls(&self.pg.tls, &host);
         Ok(ReplicationConfig::new(
             host,
             c.get_user().unwrap_or_default(),
