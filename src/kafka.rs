@@ -81,6 +81,7 @@ pub async fn ensure_topic(cfg: &KafkaConfig, topic: &str, partitions: i32) -> Re
 /// One partition of a topic as the group sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionProgress {
+    /// The partition's number.
     pub partition: i32,
     /// The first offset the broker still has.
     pub low: i64,

@@ -115,7 +115,7 @@ impl fmt::Debug for PgTls {
 
 /// The rustls client settings for `tls` (`None` for `sslmode=disable`); reads and checks the
 /// certificate files, so a wrong path is a configuration error naming the parameter and file.
-pub fn rustls_config(tls: &PgTls) -> std::result::Result<Option<Arc<rustls::ClientConfig>>, String> {
+pub fn rustls_config(tls: &PgTls) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
     if tls.mode == SslMode::Disable {
         return Ok(None);
     }
@@ -169,10 +169,10 @@ pub fn rustls_config(tls: &PgTls) -> std::result::Result<Option<Arc<rustls::Clie
     Ok(Some(Arc::new(config)))
 }
 
-fn read_certs(param: &str, path: &Path) -> std::result::Result<Vec<CertificateDer<'static>>, String> {
+fn read_certs(param: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{param} {}: cannot read: {e}", path.display()))?;
     CertificateDer::pem_slice_iter(&bytes)
-        .collect::<std::result::Result<Vec<_>, _>>()
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{param} {}: not a PEM certificate file: {e}", path.display()))
 }
 
@@ -194,7 +194,7 @@ impl ServerCertVerifier for Verifier {
         server_name: &ServerName<'_>,
         ocsp: &[u8],
         now: UnixTime,
-    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+    ) -> Result<ServerCertVerified, rustls::Error> {
         let Some(webpki) = &self.webpki else { return Ok(ServerCertVerified::assertion()) };
         // webpki checks the chain before the name, so a name error means the chain was good.
         match webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
@@ -210,7 +210,7 @@ impl ServerCertVerifier for Verifier {
         message: &[u8],
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls12_signature(
             message,
             cert,
@@ -224,7 +224,7 @@ impl ServerCertVerifier for Verifier {
         message: &[u8],
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls13_signature(
             message,
             cert,
@@ -242,8 +242,8 @@ impl ServerCertVerifier for Verifier {
 #[derive(Debug)]
 pub(crate) struct TlsError(String);
 
-impl std::fmt::Display for TlsError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Display for TlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
 }
@@ -265,7 +265,7 @@ where
     type TlsConnect = RustlsConnect;
     type Error = TlsError;
 
-    fn make_tls_connect(&mut self, domain: &str) -> std::result::Result<RustlsConnect, TlsError> {
+    fn make_tls_connect(&mut self, domain: &str) -> Result<RustlsConnect, TlsError> {
         let name = ServerName::try_from(domain.to_string())
             .map_err(|_| TlsError(format!("`{domain}` is not a host name or IP address TLS can check")))?;
         Ok(RustlsConnect {
@@ -291,7 +291,7 @@ where
 {
     type Stream = RustlsStream<S>;
     type Error = TlsError;
-    type Future = Pin<Box<dyn Future<Output = std::result::Result<RustlsStream<S>, TlsError>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<RustlsStream<S>, TlsError>> + Send>>;
 
     fn connect(self, stream: S) -> Self::Future {
         Box::pin(async move {

@@ -16,6 +16,7 @@ use common::proc::{wait_for, wait_until};
 use common::topic::{Record, read_topic};
 use common::volume::{assert_exactly_once, produce_paced, produce_until, volume_message, wait_assigned};
 use common::{Broker, Rng, TestEnv};
+use orderstream::sink::{FAILPOINT_VAR, Failpoint};
 
 fn row(id: i64, customer: Option<&str>, amount: &str, created_at: &str, date: &str) -> LakeRow {
     LakeRow::polled(
@@ -811,10 +812,11 @@ fn a_crash_inside_every_step_of_the_commit_loses_and_duplicates_nothing() {
     const N: i64 = 12_000;
     let positions = produce_paced(&broker.addr, &env.topic, 0..N, N as usize, Duration::ZERO).join().unwrap();
     // Each run crashes in its second (the first run: third) commit, one step further each time.
-    for (step, nth) in [("files", 3), ("manifest", 2), ("renamed", 2), ("states", 2)] {
+    for (point, nth) in Failpoint::ALL.into_iter().zip([3, 2, 2, 2]) {
+        let step = point.name();
         let before = committed_total(&env);
         let mut cmd = env.orderstream(&["consume"]);
-        cmd.env("ORDERSTREAM_FAILPOINT", format!("{step}:{nth}"));
+        cmd.env(FAILPOINT_VAR, point.armed(nth));
         let mut c = env.spawn_cmd(cmd, "consume");
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while c.running() {

@@ -13,6 +13,7 @@ use common::proc::{wait_for, wait_until};
 use common::topic::read_topic;
 use common::volume::{produce_paced, volume_message, wait_assigned};
 use common::{Broker, Rng, TestEnv};
+use orderstream::sink::{FAILPOINT_VAR, Failpoint};
 
 /// The table holds exactly the valid messages of `0..n` (read by DuckDB and by the log
 /// replay, which must agree), and every reject is in the dead-letter topic.
@@ -199,9 +200,9 @@ fn crash_loop(store: &Store, tag: &str, kills: usize) {
         let mut cmd = env.orderstream(&["consume"]);
         // Every third round crashes inside the commit instead: after the files, or after it.
         if i % 3 == 1 {
-            cmd.env("ORDERSTREAM_FAILPOINT", format!("files:{}", 1 + rng.below(3)));
+            cmd.env(FAILPOINT_VAR, Failpoint::Files.armed(1 + rng.below(3)));
         } else if i % 3 == 2 {
-            cmd.env("ORDERSTREAM_FAILPOINT", format!("manifest:{}", 1 + rng.below(3)));
+            cmd.env(FAILPOINT_VAR, Failpoint::Manifest.armed(1 + rng.below(3)));
         }
         let mut c = env.spawn_cmd(cmd, "consume");
         wait_assigned(&c, Duration::from_secs(60));

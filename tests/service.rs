@@ -58,7 +58,7 @@ fn unit_value<'a>(unit: &'a str, key: &str) -> &'a str {
 
 #[test]
 fn the_systemd_unit_verifies_and_waits_longer_than_orderstream_takes_to_stop() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/orderstream.service");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/orderstream.service");
     let unit = std::fs::read_to_string(&path).unwrap();
     // systemd's SIGKILL must come after orderstream's own bound on a stop.
     let timeout: u64 = unit_value(&unit, "TimeoutStopSec").trim_end_matches('s').parse().unwrap();

@@ -345,7 +345,7 @@ impl ClientContext for Probe {
 /// the configuration). Bare librdkafka handles, not rdkafka's consumer, whose drop polls for
 /// 100 ms to leave a group it never joined: all six take about 25 ms, and destroying a handle
 /// joins its threads.
-pub fn check_clients(cfg: &KafkaConfig) -> std::result::Result<(), String> {
+pub fn check_clients(cfg: &KafkaConfig) -> Result<(), String> {
     for client in Client::ALL {
         let mut c = client.config(cfg);
         c.remove("bootstrap.servers");

@@ -1,5 +1,5 @@
-use super::*;
 use super::clients::{self, Client};
+use super::*;
 use std::collections::BTreeSet;
 use std::sync::{Mutex, MutexGuard};
 

@@ -49,6 +49,7 @@ pub struct State<P> {
 pub struct Owner {
     /// `poll:<database>.<table>` or `logical:<database>.<table>`.
     pub source: String,
+    /// The topic it publishes to.
     pub topic: String,
     /// The cluster id the broker reports, if it reports one.
     pub cluster: Option<String>,

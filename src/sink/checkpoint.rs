@@ -325,11 +325,11 @@ impl Checkpoint {
     /// state files, then the manifest is deleted.
     pub fn finish(&self, path: &Path, m: &Manifest) -> Result<()> {
         self.roll_forward(m)?;
-        super::failpoint("renamed");
+        super::failpoint(super::Failpoint::Renamed);
         for s in &m.partitions {
             self.write_state(s)?;
         }
-        super::failpoint("states");
+        super::failpoint(super::Failpoint::States);
         remove_manifest(path)
     }
 

@@ -362,7 +362,7 @@ impl Engine {
         };
         let process = scratch.id().to_string();
         let mut files = Vec::new();
-        let written = self.write_files(&mut files).inspect(|()| super::failpoint("files"));
+        let written = self.write_files(&mut files).inspect(|()| super::failpoint(super::Failpoint::Files));
         let refused = written.and_then(|()| self.dlq.flush());
         let quarantined = refused.and_then(|refused| {
             self.batch.quarantine.extend(refused);
@@ -376,7 +376,7 @@ impl Engine {
         });
         let (path, manifest) = match committed {
             Ok(c) => {
-                super::failpoint("manifest");
+                super::failpoint(super::Failpoint::Manifest);
                 c
             }
             Err(e) => {
@@ -487,11 +487,11 @@ impl Engine {
         let Some(delta) = self.delta.as_mut() else {
             return Err(Error::Storage("the consumer is closed".into()));
         };
-        super::failpoint("files");
+        super::failpoint(super::Failpoint::Files);
         let commit_start = Instant::now();
         let committed = delta.commit(dates, states.clone(), &expected)?;
         let commit_secs = commit_start.elapsed().as_secs_f64();
-        super::failpoint("manifest");
+        super::failpoint(super::Failpoint::Manifest);
         let c = &self.metrics.consumer;
         c.table_version.set(committed.version);
         c.last_commit.set(chrono::Utc::now().timestamp_micros() as f64 / 1e6);

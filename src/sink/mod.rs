@@ -390,25 +390,61 @@ fn recover(checkpoint: &Checkpoint, own: &str) {
     }
 }
 
-/// Test hook: with `ORDERSTREAM_FAILPOINT=<step>:<n>` the process exits at once (no cleanup,
-/// as in a crash) the n-th time a commit reaches `<step>`: `files` (temp files written),
-/// `manifest` (just after the commit point), `renamed` (files published, states not written),
-/// `states` (states written, manifest not deleted). Lets tests crash inside every step.
-pub(crate) fn failpoint(step: &str) {
+/// The environment variable that arms a [`Failpoint`]: `<name>:<n>` (n defaults to 1).
+pub const FAILPOINT_VAR: &str = "ORDERSTREAM_FAILPOINT";
+
+/// Test hook: the steps of a commit where, armed through [`FAILPOINT_VAR`], the process exits
+/// at once (no cleanup, as in a crash) the n-th time a commit reaches the step. Lets tests
+/// crash inside every step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failpoint {
+    /// The batch's files are written (temp files in Parquet mode, data files in Delta mode).
+    Files,
+    /// Just after the commit point (the manifest renamed into place, or the Delta commit).
+    Manifest,
+    /// Parquet mode: files published, partition states not written.
+    Renamed,
+    /// Parquet mode: states written, manifest not deleted.
+    States,
+}
+
+impl Failpoint {
+    /// Every failpoint, in the order a commit reaches them.
+    pub const ALL: [Failpoint; 4] =
+        [Failpoint::Files, Failpoint::Manifest, Failpoint::Renamed, Failpoint::States];
+
+    /// Its name in [`FAILPOINT_VAR`].
+    pub const fn name(self) -> &'static str {
+        match self {
+            Failpoint::Files => "files",
+            Failpoint::Manifest => "manifest",
+            Failpoint::Renamed => "renamed",
+            Failpoint::States => "states",
+        }
+    }
+
+    /// The value of [`FAILPOINT_VAR`] that crashes the n-th time a commit reaches this step.
+    pub fn armed(self, n: u64) -> String {
+        format!("{}:{n}", self.name())
+    }
+}
+
+/// Exits like a crash if [`FAILPOINT_VAR`] armed `step` and this is its n-th visit.
+pub(crate) fn failpoint(step: Failpoint) {
     use std::sync::OnceLock;
     use std::sync::atomic::{AtomicU64, Ordering};
     static AT: OnceLock<Option<(String, u64)>> = OnceLock::new();
     static HITS: AtomicU64 = AtomicU64::new(0);
     let at = AT.get_or_init(|| {
-        let v = std::env::var("ORDERSTREAM_FAILPOINT").ok()?;
+        let v = std::env::var(FAILPOINT_VAR).ok()?;
         let (s, n) = v.split_once(':').unwrap_or((&v, "1"));
         Some((s.to_string(), n.parse().unwrap_or(1)))
     });
     if let Some((s, n)) = at
-        && s == step
+        && s == step.name()
         && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *n
     {
-        eprintln!("failpoint {step}:{n} reached: exiting like a crash");
+        eprintln!("failpoint {}:{n} reached: exiting like a crash", step.name());
         std::process::exit(137);
     }
 }

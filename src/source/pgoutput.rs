@@ -35,13 +35,33 @@ pub enum Message {
     /// A table's description (sent before its first change and after every schema change).
     Relation(Relation),
     /// A row was inserted.
-    Insert { rel: u32, new: Tuple },
-    /// A row was updated; `old` is present with `REPLICA IDENTITY FULL` (or a key change).
-    Update { rel: u32, old: Option<Tuple>, new: Tuple },
-    /// A row was deleted; `old` is the whole row with `REPLICA IDENTITY FULL`, else the key.
-    Delete { rel: u32, old: Tuple },
+    Insert {
+        /// The table's relation id.
+        rel: u32,
+        /// The new row.
+        new: Tuple,
+    },
+    /// A row was updated.
+    Update {
+        /// The table's relation id.
+        rel: u32,
+        /// The old row: present with `REPLICA IDENTITY FULL` (or a key change).
+        old: Option<Tuple>,
+        /// The new row.
+        new: Tuple,
+    },
+    /// A row was deleted.
+    Delete {
+        /// The table's relation id.
+        rel: u32,
+        /// The whole old row with `REPLICA IDENTITY FULL`, else its key.
+        old: Tuple,
+    },
     /// Tables were truncated.
-    Truncate { rels: Vec<u32> },
+    Truncate {
+        /// The relation ids of the truncated tables.
+        rels: Vec<u32>,
+    },
     /// Anything else (Type, Origin, …).
     Other(u8),
 }

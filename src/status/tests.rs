@@ -44,7 +44,7 @@ fn partitions_with_lag_and_no_recent_commit_are_unread() {
         postgres: Part::down("x".into()),
         producer: Part::down("x".into()),
         slot: None,
-        kafka: Ok::<_, crate::error::Error>(k).into(),
+        kafka: Ok::<_, Error>(k).into(),
         consumer: Part::down("x".into()),
         lake: Part::down("x".into()),
     };

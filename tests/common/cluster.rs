@@ -60,7 +60,9 @@ pub fn os_user() -> String {
 
 /// `program args…` as the cluster's OS user (PostgreSQL refuses to run as root).
 pub fn as_pg_user(program: &str, args: &[&str]) -> Command {
-    let mut cmd = if unsafe { libc::geteuid() } == 0 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut cmd = if root {
         let mut c = Command::new("runuser");
         c.args(["-u", &os_user(), "--", program]);
         c

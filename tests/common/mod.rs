@@ -199,7 +199,7 @@ metrics:
     }
 
     /// Starts a prepared command in the background, logging to `<dir>/<name>-<n>.log`.
-    pub fn spawn_cmd(&self, cmd: std::process::Command, name: &str) -> proc::Proc {
+    pub fn spawn_cmd(&self, cmd: Command, name: &str) -> proc::Proc {
         use std::sync::atomic::{AtomicU32, Ordering};
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
@@ -393,7 +393,7 @@ impl ClosedPort {
         let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
         addr.sin_family = libc::AF_INET as libc::sa_family_t;
         addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
-        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
         let sa = &mut addr as *mut libc::sockaddr_in as *mut libc::sockaddr;
         // SAFETY: `sa` points to a sockaddr_in of `len` bytes that outlives both calls.
         let bound = unsafe { libc::bind(fd, sa, len) == 0 && libc::getsockname(fd, sa, &mut len) == 0 };
