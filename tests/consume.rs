@@ -37,7 +37,7 @@ fn dlq(env: &TestEnv) -> Vec<Record> {
 
 #[test]
 fn valid_rows_land_exactly_and_every_bad_input_goes_to_the_dead_letter_topic() {
-    let env = TestEnv::new("consume_bad");
+    let env = TestEnv::poll("consume_bad");
     create_topic(&env.brokers, &env.topic, 2);
 
     let seed = r#"{"order_id": 101, "customer_name": "John Doe", "restaurant_name": "Burger Junction", "item": "Veg Burger", "amount": 220.00, "order_status": "PLACED", "created_at": "2025-01-18T12:24:00Z"}"#;
@@ -164,7 +164,7 @@ fn valid_rows_land_exactly_and_every_bad_input_goes_to_the_dead_letter_topic() {
 
 #[test]
 fn timestamps_near_midnight_in_other_zones_land_in_their_utc_day() {
-    let env = TestEnv::new("consume_midnight");
+    let env = TestEnv::poll("consume_midnight");
     create_topic(&env.brokers, &env.topic, 1);
     let cases = [
         (1, "2025-01-18T23:30:00-05:00", "2025-01-19T04:30:00.000000Z", "2025-01-19"),
@@ -225,7 +225,7 @@ fn sourced(id: i64, partition: i32, source: &str, seq: &str) -> Msg {
 
 #[test]
 fn replays_are_dropped_by_source_and_seq_across_batches_and_restarts() {
-    let env = TestEnv::new("consume_replay");
+    let env = TestEnv::poll("consume_replay");
     create_topic(&env.brokers, &env.topic, 2);
     let src = "poll:food_delivery_db.orders";
     let first = vec![
@@ -314,7 +314,7 @@ fn lake_ids(env: &TestEnv) -> Vec<i64> {
 
 #[test]
 fn a_forged_huge_seq_with_the_producers_headers_does_not_turn_later_orders_into_replays() {
-    let env = TestEnv::new("consume_poison");
+    let env = TestEnv::poll("consume_poison");
     env.init();
     let mut producer = env.spawn(&["produce"]);
     let seed = wait_messages(&env, 10);
@@ -393,7 +393,7 @@ fn a_forged_huge_seq_with_the_producers_headers_does_not_turn_later_orders_into_
 
 #[test]
 fn a_producer_that_lost_its_state_starts_a_new_lineage_whose_orders_are_not_replays() {
-    let env = TestEnv::new("consume_lost_state");
+    let env = TestEnv::poll("consume_lost_state");
     env.init();
     let mut producer = env.spawn(&["produce"]);
     wait_messages(&env, 10);
@@ -447,7 +447,7 @@ fn a_producer_that_lost_its_state_starts_a_new_lineage_whose_orders_are_not_repl
 
 #[test]
 fn only_valid_orders_advance_the_replay_filter_and_a_dead_letter_fixed_and_republished_lands() {
-    let env = TestEnv::new("consume_dlq_again");
+    let env = TestEnv::poll("consume_dlq_again");
     create_topic(&env.brokers, &env.topic, 1);
     let src = "poll:food_delivery_db.orders";
     let numbered =
@@ -500,7 +500,7 @@ fn only_valid_orders_advance_the_replay_filter_and_a_dead_letter_fixed_and_repub
 /// ones); its log position, at or below the lineage's last one, marks it as a replay.
 #[test]
 fn a_late_partial_batch_and_its_renumbered_copies_land_once_by_log_position() {
-    let env = TestEnv::new("consume_partial");
+    let env = TestEnv::poll("consume_partial");
     create_topic(&env.brokers, &env.topic, 2);
     let src = "logical:food_delivery_db.orders";
     let change = |id: i64, p: i32, seq: u64, lsn: &str, index: i32, op: &str| -> Msg {
@@ -697,7 +697,7 @@ fn process_id(log: &str) -> String {
 
 #[test]
 fn an_unwritable_lake_commits_nothing_and_everything_lands_once_after_the_fix() {
-    let env = TestEnv::new("consume_unwritable");
+    let env = TestEnv::poll("consume_unwritable");
     create_topic(&env.brokers, &env.topic, 1);
     let msgs: Vec<Msg> = (0..40)
         .map(|i| {
@@ -923,7 +923,7 @@ fn current_state(lake: &std::path::Path) -> Vec<(i64, String)> {
 
 #[test]
 fn changes_land_with_op_lsn_index_and_commit_time_and_bad_change_headers_go_to_the_dead_letter_topic() {
-    let env = TestEnv::new("consume_changes");
+    let env = TestEnv::poll("consume_changes");
     create_topic(&env.brokers, &env.topic, 1);
     let day = "2025-01-18T12:00:00Z";
     let delete = logical("d", "1/0", "0", "2026-11-26T06:00:02Z");
@@ -1204,7 +1204,7 @@ fn a_consumer_holding_nothing_while_a_partition_stalls_says_so_rejoins_and_takes
 
 #[test]
 fn a_temp_folder_or_lake_deleted_while_running_stops_with_exit_1_naming_it_and_commits_nothing() {
-    let env = TestEnv::new("consume_deleted");
+    let env = TestEnv::poll("consume_deleted");
     create_topic(&env.brokers, &env.topic, 1);
     let batch = |from: i64| -> Vec<Msg> {
         (from..from + 10).map(|i| Msg::value(order_json(i, "3.50", "2025-01-18T08:00:00Z"))).collect()
@@ -1249,7 +1249,7 @@ fn a_temp_folder_or_lake_deleted_while_running_stops_with_exit_1_naming_it_and_c
 
 #[test]
 fn a_reject_no_dead_letter_can_carry_is_quarantined_under_the_checkpoint_and_the_rest_lands() {
-    let mut env = TestEnv::new("consume_quarantine");
+    let mut env = TestEnv::poll("consume_quarantine");
     // Dead letters above 3,000 bytes can never be sent.
     env.set("ORDERSTREAM__KAFKA__PROPERTIES__MESSAGE_MAX_BYTES", "3000");
     create_topic(&env.brokers, &env.topic, 1);
@@ -1294,7 +1294,7 @@ fn a_reject_no_dead_letter_can_carry_is_quarantined_under_the_checkpoint_and_the
 
 #[test]
 fn a_checkpoint_that_does_not_fit_the_topic_stops_the_consumer_instead_of_skipping_or_rereading() {
-    let env = TestEnv::new("consume_misfit");
+    let env = TestEnv::poll("consume_misfit");
     create_topic(&env.brokers, &env.topic, 1);
     let batch = |from: i64, n: i64| -> Vec<Msg> {
         (from..from + n).map(|i| Msg::value(order_json(i, "2.00", "2025-01-18T08:00:00Z")).to(0)).collect()

@@ -33,7 +33,7 @@ fn rows(table: &str) -> Vec<SeedRow> {
 
 #[test]
 fn init_twice_leaves_exactly_the_ten_seed_orders_and_the_topics() {
-    let env = TestEnv::new("init_twice");
+    let env = TestEnv::poll("init_twice");
     let (code, out, err) = env.run(&["init"]);
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
     assert!(out.contains(&format!("table {} created", env.table)), "{out}");
@@ -143,7 +143,7 @@ fn init_on_an_existing_table_with_rows_touches_no_row_unless_asked_for_the_seed_
 
 #[test]
 fn init_creates_the_configured_number_of_partitions() {
-    let mut env = TestEnv::new("init_parts");
+    let mut env = TestEnv::poll("init_parts");
     env.set("ORDERSTREAM__KAFKA__PARTITIONS", "6");
     let (code, out, err) = env.run(&["init"]);
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
@@ -152,7 +152,7 @@ fn init_creates_the_configured_number_of_partitions() {
 
 #[test]
 fn unquoted_psql_name_and_configured_name_are_the_same_table() {
-    let mut env = TestEnv::new("init_case");
+    let mut env = TestEnv::poll("init_case");
     // The configured name in upper case folds to the same table the harness names in lower case.
     env.set("ORDERSTREAM__POSTGRES__TABLE", &env.table.to_uppercase());
     let (code, _, err) = env.run(&["init"]);
@@ -164,7 +164,7 @@ fn unquoted_psql_name_and_configured_name_are_the_same_table() {
 
 #[test]
 fn init_against_a_stopped_database_fails_with_one_line() {
-    let mut env = TestEnv::new("init_nodb");
+    let mut env = TestEnv::poll("init_nodb");
     let closed = common::ClosedPort::new();
     let port = closed.port;
     env.set(
@@ -196,7 +196,7 @@ fn init_against_a_stopped_broker_fails_with_one_line() {
 
 #[test]
 fn configuration_errors_exit_2_before_contacting_anything() {
-    let env = TestEnv::new("init_badcfg");
+    let env = TestEnv::poll("init_badcfg");
     // An unreachable database proves nothing was contacted: the config error comes first.
     let mut cmd = env.orderstream(&["init"]);
     cmd.env("ORDERSTREAM__POSTGRES__JDBC_URL", "jdbc:postgresql://127.0.0.1:1/x");
@@ -234,7 +234,7 @@ fn config_error(env: &TestEnv, extra_kafka: &str, command: &str) -> (i32, String
 
 #[test]
 fn a_kafka_property_orderstream_sets_exits_2_naming_it_and_why() {
-    let env = TestEnv::new("init_acks");
+    let env = TestEnv::poll("init_acks");
     // `consume` used to retry the dead-letter producer this breaks forever; `produce` used to
     // overwrite it silently. Both now stop at the configuration.
     for command in ["init", "produce", "consume", "status"] {
@@ -266,7 +266,7 @@ fn a_kafka_property_orderstream_sets_exits_2_naming_it_and_why() {
 
 #[test]
 fn kafka_settings_no_client_can_be_built_with_exit_2_before_anything_runs() {
-    let env = TestEnv::new("init_linger");
+    let env = TestEnv::poll("init_linger");
     // `produce` makes no dead-letter producer, yet every client is built at load.
     let (code, err) = config_error(&env, "  properties:\n    linger.ms: 400000", "produce");
     assert_eq!(code, 2, "{err}");
@@ -282,7 +282,7 @@ fn kafka_settings_no_client_can_be_built_with_exit_2_before_anything_runs() {
 
 #[test]
 fn an_honoured_kafka_property_reaches_every_client() {
-    let env = TestEnv::new("init_honoured");
+    let env = TestEnv::poll("init_honoured");
     env.write_config(
         "  properties:\n    linger.ms: 20\n    message.timeout.ms: 60000\n    fetch.wait.max.ms: 200\n    \
          client.id: init_honoured",
@@ -320,7 +320,7 @@ fn no_output_holds_the_password_in_any_form() {
     };
     // Configuration errors: numeric, decimal, list and mapping in the file; a malformed URL
     // holding it; a Kafka secret beside a refused value. Each exits 2 at once.
-    let env = TestEnv::new("init_secret");
+    let env = TestEnv::poll("init_secret");
     let mut cases: Vec<(String, Vec<(&str, String)>)> = Vec::new();
     for form in [
         format!("password: {secret}"),
@@ -366,7 +366,7 @@ fn no_output_holds_the_password_in_any_form() {
     ];
     wrong.push(("", String::new()));
     for (var, value) in wrong {
-        let mut env = TestEnv::new("init_secret_wrong");
+        let mut env = TestEnv::poll("init_secret_wrong");
         // The table and topic exist, so the producer gets as far as PostgreSQL's refusal.
         env.init();
         if var.is_empty() {
@@ -403,7 +403,7 @@ fn init_against_a_database_that_never_answers_fails_within_connect_timeout() {
     // Listening, never accepting: the connection completes and nothing is ever said.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = silent.local_addr().unwrap().port();
-    let mut env = TestEnv::new("init_silent");
+    let mut env = TestEnv::poll("init_silent");
     env.set(
         "ORDERSTREAM__POSTGRES__JDBC_URL",
         &format!("jdbc:postgresql://127.0.0.1:{port}/food_delivery_db?connect_timeout=2"),

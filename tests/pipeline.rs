@@ -38,7 +38,7 @@ fn assert_lake_is_table(env: &TestEnv) -> Vec<LakeRow> {
 
 #[test]
 fn run_lands_seed_and_live_orders_exactly_once_across_a_restart() {
-    let env = TestEnv::new("pipe_run");
+    let env = TestEnv::poll("pipe_run");
     env.init();
     let mut run = env.spawn(&["run"]);
     wait_lake_rows(&env, 10);
@@ -101,7 +101,7 @@ fn status(env: &TestEnv) -> serde_json::Value {
 /// `status` panic. It now reports the table, the newest finite created_at, and the rows behind.
 #[test]
 fn status_reports_a_table_with_infinite_created_at_without_panicking() {
-    let env = TestEnv::new("pipe_status_inf");
+    let env = TestEnv::poll("pipe_status_inf");
     env.init();
     env.pg()
         .batch_execute(&format!(
@@ -126,7 +126,7 @@ fn status_reports_a_table_with_infinite_created_at_without_panicking() {
 
 #[test]
 fn status_reports_the_seed_state_and_what_it_cannot_reach() {
-    let env = TestEnv::new("pipe_status");
+    let env = TestEnv::poll("pipe_status");
     env.init();
     let mut run = env.spawn(&["run"]);
     wait_lake_rows(&env, 10);
@@ -302,7 +302,7 @@ print(json.dumps(out))
 
 #[test]
 fn metrics_parse_as_prometheus_text_and_count_what_was_processed() {
-    let env = TestEnv::new("pipe_metrics");
+    let env = TestEnv::poll("pipe_metrics");
     env.init();
     let (mut run, port) = env.spawn_serving(&["run"]);
     wait_lake_rows(&env, 10);
@@ -335,7 +335,7 @@ fn metrics_parse_as_prometheus_text_and_count_what_was_processed() {
 
 #[test]
 fn status_creates_no_folder() {
-    let env = TestEnv::new("pipe_status_ro");
+    let env = TestEnv::poll("pipe_status_ro");
     let (code, out, err) = env.run(&["status"]);
     assert_eq!(code, 1, "nothing runs: {err}");
     assert!(!err.contains("panicked"), "{err}");

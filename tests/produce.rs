@@ -70,7 +70,7 @@ fn assert_sequences_grow(msgs: &[Record]) {
 
 #[test]
 fn seed_orders_are_published_once_with_the_seed_json_and_live_inserts_follow() {
-    let env = TestEnv::new("prod_seed");
+    let env = TestEnv::poll("prod_seed");
     env.init();
     let mut producer = env.spawn(&["produce"]);
     let msgs = wait_messages(&env, 10, Duration::from_secs(60));
@@ -143,7 +143,7 @@ fn seed_orders_are_published_once_with_the_seed_json_and_live_inserts_follow() {
 
 #[test]
 fn orders_sharing_one_created_at_are_split_across_polls_without_loss() {
-    let mut env = TestEnv::new("prod_sharedts");
+    let mut env = TestEnv::poll("prod_sharedts");
     env.set("ORDERSTREAM__STREAMING__MAX_BATCH_ROWS", "3");
     env.init();
     let insert_at = |n: i64| {
@@ -192,7 +192,7 @@ fn insert_and_stay_open(env: &TestEnv) -> (postgres::Client, i64) {
 
 #[test]
 fn a_transaction_open_across_polls_is_published_when_it_commits() {
-    let env = TestEnv::new("prod_late");
+    let env = TestEnv::poll("prod_late");
     env.init();
     let mut producer = env.spawn(&["produce"]);
     wait_messages(&env, 10, Duration::from_secs(60));
@@ -472,7 +472,7 @@ fn a_broker_unresponsive_at_start_is_waited_for() {
 
 #[test]
 fn a_postgres_outage_at_start_and_mid_run_is_retried_without_loss() {
-    let mut env = TestEnv::new("prod_pgdown");
+    let mut env = TestEnv::poll("prod_pgdown");
     env.init();
     let proxy = Proxy::start(&format!("127.0.0.1:{}", common::pg_port()));
     env.set(
@@ -511,7 +511,7 @@ fn a_postgres_outage_at_start_and_mid_run_is_retried_without_loss() {
 
 #[test]
 fn a_missing_table_or_wrong_column_type_stops_with_exit_1() {
-    let env = TestEnv::new("prod_badtable");
+    let env = TestEnv::poll("prod_badtable");
     env.init();
     env.pg().execute(&format!("DROP TABLE {}", env.t()), &[]).unwrap();
     let (code, _, err) = env.run(&["produce"]);
@@ -544,7 +544,7 @@ fn a_missing_table_or_wrong_column_type_stops_with_exit_1() {
 /// Issue 9 item 6: the poll mode refuses what it would lose orders on, before anything starts.
 #[test]
 fn polling_refuses_a_nullable_created_at_and_a_hot_standby() {
-    let env = TestEnv::new("prod_nullable");
+    let env = TestEnv::poll("prod_nullable");
     env.init();
     env.pg()
         .batch_execute(&format!("ALTER TABLE {} ALTER COLUMN created_at DROP NOT NULL", env.t()))
@@ -567,7 +567,7 @@ fn polling_refuses_a_nullable_created_at_and_a_hot_standby() {
     let standby = Cluster::start_with(&ClusterOptions::default(), |data| {
         std::fs::write(data.join("standby.signal"), "").unwrap();
     });
-    let mut env = TestEnv::new("prod_standby");
+    let mut env = TestEnv::poll("prod_standby");
     env.set(
         "ORDERSTREAM__POSTGRES__JDBC_URL",
         &format!("jdbc:postgresql://127.0.0.1:{}/postgres", standby.port),
@@ -589,7 +589,7 @@ fn polling_refuses_a_nullable_created_at_and_a_hot_standby() {
 
 #[test]
 fn a_corrupt_state_file_is_an_error_not_a_restart_from_zero() {
-    let env = TestEnv::new("prod_corrupt");
+    let env = TestEnv::poll("prod_corrupt");
     env.init();
     let path = env.lastprocess().join("last_timestamp.txt");
     std::fs::create_dir_all(env.lastprocess()).unwrap();
@@ -603,7 +603,7 @@ fn a_corrupt_state_file_is_an_error_not_a_restart_from_zero() {
 
 #[test]
 fn a_second_producer_on_the_same_table_and_topic_is_refused_naming_the_holder() {
-    let env = TestEnv::new("prod_twice");
+    let env = TestEnv::poll("prod_twice");
     env.init();
     let mut first = env.spawn(&["produce"]);
     wait_messages(&env, 10, Duration::from_secs(60));
@@ -634,7 +634,7 @@ fn a_second_producer_on_the_same_table_and_topic_is_refused_naming_the_holder() 
 
 #[test]
 fn orders_with_an_infinite_created_at_are_skipped_with_a_warning_and_the_rest_flows() {
-    let env = TestEnv::new("prod_infinite");
+    let env = TestEnv::poll("prod_infinite");
     env.init();
     env.pg()
         .batch_execute(&format!(
@@ -670,7 +670,7 @@ fn orders_with_an_infinite_created_at_are_skipped_with_a_warning_and_the_rest_fl
 /// beyond 9999 is never reached by the watermark, so it is named like `infinity`. The rest flows.
 #[test]
 fn a_bc_created_at_is_dead_lettered_and_one_beyond_9999_named_while_the_rest_flows() {
-    let env = TestEnv::new("prod_bcdate");
+    let env = TestEnv::poll("prod_bcdate");
     env.init();
     env.pg()
         .batch_execute(&format!(
@@ -729,7 +729,7 @@ fn a_bc_created_at_is_dead_lettered_and_one_beyond_9999_named_while_the_rest_flo
 
 #[test]
 fn a_state_file_of_another_table_topic_or_cluster_is_refused_naming_both() {
-    let mut env = TestEnv::new("prod_owner");
+    let mut env = TestEnv::poll("prod_owner");
     env.init();
     let mut producer = env.spawn(&["produce"]);
     wait_messages(&env, 10, Duration::from_secs(60));
@@ -777,7 +777,7 @@ fn metric(port: u16, name: &str) -> Option<f64> {
 #[test]
 fn orders_committed_below_the_watermark_are_counted_and_named_as_unpublished() {
     const GAUGE: &str = "orderstream_producer_unpublished_below_watermark";
-    let mut env = TestEnv::new("prod_reconcile");
+    let mut env = TestEnv::poll("prod_reconcile");
     env.set("ORDERSTREAM__POSTGRES__RECONCILE_INTERVAL", "0.3");
     env.init();
     let (mut producer, port) = env.spawn_serving(&["produce"]);

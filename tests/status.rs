@@ -29,7 +29,7 @@ fn oks(s: &serde_json::Value) -> Vec<(String, bool)> {
 
 #[test]
 fn with_nothing_running_status_exits_1_naming_the_producer_and_the_consumer() {
-    let env = TestEnv::new("status_idle");
+    let env = TestEnv::poll("status_idle");
     env.init();
     let (code, s, err) = status(&env, "with nothing running");
     assert_eq!(code, 1, "{s:#}");
@@ -73,7 +73,7 @@ fn with_nothing_running_status_exits_1_naming_the_producer_and_the_consumer() {
 
 #[test]
 fn an_unreachable_database_or_broker_makes_status_exit_1_naming_it() {
-    let mut env = TestEnv::new("status_down");
+    let mut env = TestEnv::poll("status_down");
     env.init();
     let closed = ClosedPort::new();
     env.set(
@@ -88,7 +88,7 @@ fn an_unreachable_database_or_broker_makes_status_exit_1_naming_it() {
     assert_eq!(s["kafka"]["ok"], true, "{s:#}");
     assert!(err.contains("not answering or not running: postgres, producer, consumer"), "{err}");
 
-    let mut env = TestEnv::new("status_down_kafka");
+    let mut env = TestEnv::poll("status_down_kafka");
     env.init();
     env.set("ORDERSTREAM__KAFKA__BROKERS", &closed.addr());
     let (code, s, err) = status(&env, "with the broker unreachable");

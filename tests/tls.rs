@@ -228,7 +228,7 @@ fn certificate_and_encryption_failures_are_one_line_naming_the_cause() {
 #[test]
 fn require_against_a_server_without_tls_fails() {
     // The stack's cluster runs without TLS.
-    let mut env = TestEnv::new("tls_plain");
+    let mut env = TestEnv::poll("tls_plain");
     let url = format!("jdbc:postgresql://127.0.0.1:{}/food_delivery_db?sslmode=require", pg_port());
     env.set("ORDERSTREAM__POSTGRES__JDBC_URL", &url);
     let (code, _, err) = env.run(&["init"]);
@@ -242,13 +242,13 @@ fn require_against_a_server_without_tls_fails() {
         )
     );
     // prefer (the default) falls back to plain text there.
-    let (code, out, err) = TestEnv::new("tls_plain_prefer").run(&["init"]);
+    let (code, out, err) = TestEnv::poll("tls_plain_prefer").run(&["init"]);
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
 }
 
 #[test]
 fn an_unreadable_root_certificate_is_a_configuration_error() {
-    let mut env = TestEnv::new("tls_noca");
+    let mut env = TestEnv::poll("tls_noca");
     env.set(
         "ORDERSTREAM__POSTGRES__JDBC_URL",
         "jdbc:postgresql://127.0.0.1:5432/food_delivery_db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
@@ -260,7 +260,7 @@ fn an_unreadable_root_certificate_is_a_configuration_error() {
         "orderstream: configuration error: ORDERSTREAM__POSTGRES__JDBC_URL (postgres.jdbc_url): sslrootcert \
          /nonexistent/ca.pem: cannot read: No such file or directory (os error 2)"
     );
-    let mut env = TestEnv::new("tls_unknown");
+    let mut env = TestEnv::poll("tls_unknown");
     env.set(
         "ORDERSTREAM__POSTGRES__JDBC_URL",
         "jdbc:postgresql://127.0.0.1:5432/food_delivery_db?sslfactory=x",

@@ -71,8 +71,9 @@ pub struct TestEnv {
 }
 
 impl TestEnv {
-    /// A test world on the local stack's broker, capturing by polling.
-    pub fn new(tag: &str) -> TestEnv {
+    /// A test world on the local stack's broker, capturing by polling (the seed's mode, not
+    /// the default: its tests say so by calling this).
+    pub fn poll(tag: &str) -> TestEnv {
         Self::with_brokers(tag, &stack_brokers())
     }
 
@@ -90,7 +91,7 @@ impl TestEnv {
         format!("orderstream_{}", self.table)
     }
 
-    /// A test world on the given broker.
+    /// A test world on the given broker, capturing by polling.
     pub fn with_brokers(tag: &str, brokers: &str) -> TestEnv {
         let name = unique(tag);
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("runs").join(&name);
