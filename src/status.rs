@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::config::{Capture, Config, LakeFormat};
 use crate::error::Error;
 use crate::kafka;
-use crate::sink::{Manifest, PartitionState};
+use crate::sink::checkpoint;
 use crate::source::poll::format_ts;
 use crate::source::slot::{self, SlotStatus};
 pub use producer::{CaptureStatus, LogicalStatus, PollStatus, ProducerStatus, SnapshotStatus};
@@ -444,7 +444,7 @@ fn kafka_status(cfg: &crate::config::KafkaConfig) -> Result<KafkaStatus, Error> 
 fn mark_unread(k: &mut KafkaStatus, checkpoint: &Path) {
     let window = k.stall_window_seconds;
     for p in &mut k.partitions {
-        let state = checkpoint.join("state").join(format!("{}-{}.json", k.topic, p.partition));
+        let state = checkpoint::state_file(checkpoint, &k.topic, p.partition);
         p.seconds_since_commit = std::fs::metadata(&state)
             .and_then(|m| m.modified())
             .ok()
@@ -453,42 +453,8 @@ fn mark_unread(k: &mut KafkaStatus, checkpoint: &Path) {
     }
 }
 
-/// The committed state of every partition of `topic`: the state files, or a committed manifest
-/// not yet applied to them (a consumer died between the two), whichever is further.
-fn committed_states(checkpoint: &Path, topic: &str) -> Result<Vec<PartitionState>, Error> {
-    let mut best: BTreeMap<i32, PartitionState> = BTreeMap::new();
-    let mut consider = |s: PartitionState| {
-        if s.topic == topic && best.get(&s.partition).is_none_or(|b| b.next_offset < s.next_offset) {
-            best.insert(s.partition, s);
-        }
-    };
-    for (dir, is_manifest) in [("state", false), ("commits", true)] {
-        let dir = checkpoint.join(dir);
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(Error::Storage(format!("checkpoint {}: {e}", dir.display()))),
-        };
-        for entry in entries.filter_map(|e| e.ok()) {
-            let path = entry.path();
-            if path.extension().is_none_or(|x| x != "json") {
-                continue;
-            }
-            let bad = |e: String| Error::Storage(format!("checkpoint {}: {e}", path.display()));
-            let bytes = std::fs::read(&path).map_err(|e| bad(e.to_string()))?;
-            if is_manifest {
-                let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
-                m.partitions.into_iter().for_each(&mut consider);
-            } else {
-                consider(serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?);
-            }
-        }
-    }
-    Ok(best.into_values().collect())
-}
-
 fn consumer(cfg: &Config, lake: Option<&(LakeStatus, Vec<LakeFile>)>) -> Result<ConsumerStatus, Error> {
-    let states = committed_states(&cfg.streaming.checkpoint_location, &cfg.kafka.topic)?;
+    let states = checkpoint::committed_states(&cfg.streaming.checkpoint_location, &cfg.kafka.topic)?;
     let pids = running::consumer(&cfg.streaming.checkpoint_location, &cfg.kafka.topic)?;
     let mut rejected = BTreeMap::new();
     for s in &states {

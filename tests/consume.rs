@@ -569,7 +569,8 @@ fn a_late_partial_batch_and_its_renumbered_copies_land_once_by_log_position() {
 #[test]
 fn crash_loop_sigkill_at_random_moments_keeps_every_valid_message_exactly_once() {
     let mut rng = Rng::from_env("crash_loop");
-    let broker = Broker::start_memory();
+    // The stack's kind of broker (PostgreSQL storage), the one users run the pipeline on.
+    let broker = Broker::start_postgres();
     let mut env = TestEnv::with_brokers("consume_crash", &broker.addr);
     // Small batches: many commits, so kills land in every step of the protocol.
     env.set("ORDERSTREAM__STREAMING__MAX_BATCH_ROWS", "2000");

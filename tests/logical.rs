@@ -279,7 +279,8 @@ fn write_mix(
 
 #[test]
 fn crash_loop_publishes_every_change_exactly_once() {
-    let broker = Broker::start_memory();
+    // The stack's kind of broker (PostgreSQL storage), the one users run the pipeline on.
+    let broker = Broker::start_postgres();
     let mut env = TestEnv::logical("lg_crash");
     env.brokers = broker.addr.clone();
     env.write_config("");

@@ -145,6 +145,48 @@ fn finalize_file(temp: &Path, path: &Path) -> Result<bool> {
     Ok(true)
 }
 
+/// Where the state file of a partition lives under the checkpoint folder `dir`.
+pub fn state_file(dir: &Path, topic: &str, partition: i32) -> PathBuf {
+    dir.join(STATE_DIR).join(format!("{topic}-{partition}.json"))
+}
+
+/// The committed state of every partition of `topic` under the checkpoint folder `checkpoint`:
+/// the state files, or a committed manifest not yet applied to them (a consumer died between
+/// the two), whichever is further. This is the rule the consumer's recovery applies by rolling
+/// such manifests forward; read here without opening the checkpoint (nothing is created or
+/// locked), for `status`.
+pub fn committed_states(checkpoint: &Path, topic: &str) -> Result<Vec<PartitionState>> {
+    let mut best: BTreeMap<i32, PartitionState> = BTreeMap::new();
+    let mut consider = |s: PartitionState| {
+        if s.topic == topic && best.get(&s.partition).is_none_or(|b| b.next_offset < s.next_offset) {
+            best.insert(s.partition, s);
+        }
+    };
+    for (dir, is_manifest) in [(STATE_DIR, false), (COMMITS_DIR, true)] {
+        let dir = checkpoint.join(dir);
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(crate::error::Error::Storage(format!("checkpoint {}: {e}", dir.display()))),
+        };
+        for entry in entries.filter_map(|e| e.ok()) {
+            let path = entry.path();
+            if path.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            let bad = |e: String| crate::error::Error::Storage(format!("checkpoint {}: {e}", path.display()));
+            let bytes = fs::read(&path).map_err(|e| bad(e.to_string()))?;
+            if is_manifest {
+                let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+                m.partitions.into_iter().for_each(&mut consider);
+            } else {
+                consider(serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?);
+            }
+        }
+    }
+    Ok(best.into_values().collect())
+}
+
 impl Checkpoint {
     /// Opens (creating if needed) the checkpoint folder of a lake.
     pub fn open(dir: &Path, lake: &Path) -> Result<Checkpoint> {
@@ -203,7 +245,7 @@ impl Checkpoint {
 
     /// Where the state of a partition lives.
     pub fn state_path(&self, topic: &str, partition: i32) -> PathBuf {
-        self.state.join(format!("{topic}-{partition}.json"))
+        state_file(self.dir(), topic, partition)
     }
 
     /// The committed state of a partition, `None` when nothing was committed yet.

@@ -104,7 +104,7 @@
 //! and return.
 
 mod batch;
-mod checkpoint;
+pub mod checkpoint;
 pub mod delta;
 mod dlq;
 mod engine;
