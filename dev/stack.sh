@@ -127,7 +127,7 @@ ensure_packages() {
       echo "  as $(id -un):  Rust $rust_min or newer with cargo (rustup: https://rustup.rs), cargo on PATH"
     fi
     if ! tansu_installed; then
-      echo "  then \`make up\` builds tansu $TANSU_VERSION with cargo install (about 17 minutes, once per user)"
+      echo "  then \`make up\` builds tansu $TANSU_VERSION with cargo install (about 9 minutes on 2 cores, once per user)"
     fi
   } >&2
   exit 1
@@ -149,7 +149,7 @@ EOF
 ensure_tansu() {
   if tansu_installed; then return; fi
   mkdir -p "$STACK/logs"
-  log "installing tansu $TANSU_VERSION (features $TANSU_FEATURES) with cargo (about 17 minutes, once per machine; log: .stack/logs/tansu-install.log)"
+  log "installing tansu $TANSU_VERSION (features $TANSU_FEATURES) with cargo (about 9 minutes on 2 cores, once per machine; log: .stack/logs/tansu-install.log)"
   if ! cargo install tansu --locked --version "$TANSU_VERSION" --features "$TANSU_FEATURES" \
       >"$STACK/logs/tansu-install.log" 2>&1; then
     tail -n 30 "$STACK/logs/tansu-install.log" >&2
