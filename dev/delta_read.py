@@ -1,6 +1,6 @@
 """Reads an orderstream Delta table with a reader other than orderstream's writer.
 
-    python dev/delta_read.py duckdb|replay|deltalake URI [current]
+    python dev/delta_read.py duckdb|replay|deltalake|polars URI [current]
 
 URI is a local path, file:// or s3://bucket/prefix; for S3 the endpoint and keys come from
 AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION.
@@ -9,6 +9,7 @@ AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION.
   replay     no Delta library at all: the _delta_log is replayed here (add and remove actions,
              the last checkpoint's Parquet), and the listed files are read with pyarrow
   deltalake  Python deltalake (delta-rs itself: convenient, not independent)
+  polars     Polars' read_delta (the table's file list from delta-rs, the files read by Polars)
 
 Prints JSON: {"schema": [[name, type], ...], "rows": [...], "version": N, "files": N,
 "txn": {app_id: version}} with rows ordered by (order_id, created_at, lsn, change_index).
@@ -139,8 +140,8 @@ def duckdb_read(uri):
     return {"schema": schema, "rows": rows}
 
 
-def deltalake_read(uri):
-    from deltalake import DeltaTable
+def object_store_options(uri):
+    """The storage options of delta-rs (and so of Polars) for the stack's S3 server."""
     opts = {}
     if uri.startswith(("s3://", "s3a://")):
         for k in ["AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"]:
@@ -148,14 +149,30 @@ def deltalake_read(uri):
                 opts[k] = os.environ[k]
         opts["AWS_ALLOW_HTTP"] = "true"
         opts["AWS_S3_ADDRESSING_STYLE"] = "path"
-    dt = DeltaTable(uri if "://" in uri else os.path.abspath(uri), storage_options=opts)
-    t = dt.to_pyarrow_table()
-    rows = t.to_pylist()
+    return opts
+
+
+def as_json_values(rows):
     for r in rows:
         r["created_at"] = utc(r["created_at"])
         r["committed_at"] = utc(r["committed_at"])
         r["amount"] = str(r["amount"])
+    return rows
+
+
+def deltalake_read(uri):
+    from deltalake import DeltaTable
+    dt = DeltaTable(uri if "://" in uri else os.path.abspath(uri), storage_options=object_store_options(uri))
+    t = dt.to_pyarrow_table()
+    rows = as_json_values(t.to_pylist())
     return {"schema": [[f.name, str(f.type)] for f in t.schema], "rows": rows, "version": dt.version()}
+
+
+def polars_read(uri):
+    import polars as pl
+    df = pl.read_delta(uri if "://" in uri else os.path.abspath(uri), storage_options=object_store_options(uri))
+    rows = as_json_values(df.to_dicts())
+    return {"schema": [[name, str(dtype)] for name, dtype in df.schema.items()], "rows": rows}
 
 
 def current(rows):
@@ -177,7 +194,7 @@ def current(rows):
 
 def main():
     how, uri = sys.argv[1], sys.argv[2]
-    out = {"duckdb": duckdb_read, "replay": replay, "deltalake": deltalake_read}[how](uri)
+    out = {"duckdb": duckdb_read, "replay": replay, "deltalake": deltalake_read, "polars": polars_read}[how](uri)
     if len(sys.argv) > 3 and sys.argv[3] == "current":
         out["rows"] = current(out["rows"])
 

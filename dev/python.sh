@@ -13,10 +13,10 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV="$ROOT/.stack/venv"
 # DuckDB is pinned to the last release whose delta and httpfs extensions ship as wheels (no
 # extension download at run time); ministack is the tests' and the demo's S3 server; boto3
-# drives its put-if-absent race probe; deltalake (Python delta-rs) is a convenience reader; DuckDB
-# 1.5 needs pytz to hand timestamps with a time zone to Python.
+# drives its put-if-absent race probe; deltalake (Python delta-rs) and Polars are readers users
+# pick; DuckDB 1.5 needs pytz to hand timestamps with a time zone to Python.
 REQUIREMENTS="duckdb==1.5.5 duckdb-extensions==1.5.5 duckdb-extension-delta==1.5.5 duckdb-extension-httpfs==1.5.5 \
-pyarrow==26.0.1 pyspark==4.3.0 prometheus-client==0.26.0 deltalake==1.6.6 ministack==1.5.33 boto3==1.43.106 pytz==2026.6"
+pyarrow==26.0.1 pyspark==4.3.0 prometheus-client==0.26.0 deltalake==1.6.6 polars==1.44.2 ministack==1.5.33 boto3==1.43.106 pytz==2026.6"
 STAMP="$VENV/.requirements"
 JAVA_MIN=17
 

@@ -117,6 +117,7 @@ fn changes_land_once(env: &mut TestEnv) {
     assert_eq!(run.stop(), 0, "{}", run.log_text());
     let all = env.read_delta("deltalake", false).rows;
     assert_eq!(all.len(), changes + 2, "Python deltalake sees another number of rows");
+    assert!(env.read_delta("polars", false).rows == all, "Polars reads other rows than Python deltalake");
 }
 
 #[test]
