@@ -112,6 +112,11 @@ def replay(uri):
     return {"schema": schema, "rows": rows, "version": version, "files": len(files), "txn": txn}
 
 
+def table_uri(uri):
+    """What a Delta reader opens: a URI as given, a plain path made absolute."""
+    return uri if "://" in uri else os.path.abspath(uri)
+
+
 def duckdb_read(uri):
     import duckdb
     from duckdb_extensions import import_extension
@@ -131,7 +136,7 @@ def duckdb_read(uri):
              os.environ.get("AWS_REGION", "us-east-1"), endpoint.split("://", 1)[-1],
              not endpoint.startswith("http://")],
         )
-    src = f"delta_scan('{uri if '://' in uri else os.path.abspath(uri)}')"
+    src = f"delta_scan('{table_uri(uri)}')"
     schema = [[r[0], r[1]] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()]
     q = f"""SELECT order_id, customer_name, restaurant_name, item, CAST(amount AS VARCHAR), order_status,
             strftime(created_at, '%Y-%m-%dT%H:%M:%S.%fZ'), op, lsn, change_index,
@@ -162,7 +167,7 @@ def as_json_values(rows):
 
 def deltalake_read(uri):
     from deltalake import DeltaTable
-    dt = DeltaTable(uri if "://" in uri else os.path.abspath(uri), storage_options=object_store_options(uri))
+    dt = DeltaTable(table_uri(uri), storage_options=object_store_options(uri))
     t = dt.to_pyarrow_table()
     rows = as_json_values(t.to_pylist())
     return {"schema": [[f.name, str(f.type)] for f in t.schema], "rows": rows, "version": dt.version()}
@@ -170,7 +175,7 @@ def deltalake_read(uri):
 
 def polars_read(uri):
     import polars as pl
-    df = pl.read_delta(uri if "://" in uri else os.path.abspath(uri), storage_options=object_store_options(uri))
+    df = pl.read_delta(table_uri(uri), storage_options=object_store_options(uri))
     rows = as_json_values(df.to_dicts())
     return {"schema": [[name, str(dtype)] for name, dtype in df.schema.items()], "rows": rows}
 

@@ -82,7 +82,7 @@ impl TestEnv {
         self.env.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.clone())
     }
 
-    /// The Delta table read by `how` (`duckdb`, `replay`, `deltalake`); with `current`, each
+    /// The Delta table read by `how` (`duckdb`, `replay`, `deltalake`, `polars`); with `current`, each
     /// order's current state instead of every change.
     pub fn read_delta(&self, how: &str, current: bool) -> DeltaRead {
         let mut cmd = Command::new(python());
