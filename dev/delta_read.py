@@ -1,6 +1,8 @@
 """Reads an orderstream Delta table with a reader other than orderstream's writer.
 
     python dev/delta_read.py duckdb|replay|deltalake|polars URI [current]
+    python dev/delta_read.py watch URI SECONDS
+    python dev/delta_read.py state-duckdb|state-polars URI
 
 URI is a local path, file:// or s3://bucket/prefix; for S3 the endpoint and keys come from
 AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION.
@@ -14,6 +16,15 @@ AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION.
 Prints JSON: {"schema": [[name, type], ...], "rows": [...], "version": N, "files": N,
 "txn": {app_id: version}} with rows ordered by (order_id, created_at, lsn, change_index).
 With `current`, rows are the current state instead: each order's last change, deletes dropped.
+
+`state-duckdb` and `state-polars` read a current-state table (datalake.current_path) with DuckDB's
+delta extension or Polars: {"rows": [...], "files": N} ordered by order_id, each row the seven
+order columns, lsn and committed_at (timestamps as above, amount as text).
+
+`watch` reads the table again and again for SECONDS while it is written and compacted, in turn
+with DuckDB and with the log replay, and checks each read: no row twice, and every row an earlier
+read saw still there. Prints JSON: {"reads": N, "rows": N (of the last read), "versions": [first,
+last], "problems": [the first ten]}.
 """
 
 import datetime
@@ -117,7 +128,8 @@ def table_uri(uri):
     return uri if "://" in uri else os.path.abspath(uri)
 
 
-def duckdb_read(uri):
+def duckdb_connect(uri):
+    """A DuckDB connection with the delta extension, and S3 settings for an s3:// URI."""
     import duckdb
     from duckdb_extensions import import_extension
     con = duckdb.connect()
@@ -136,6 +148,11 @@ def duckdb_read(uri):
              os.environ.get("AWS_REGION", "us-east-1"), endpoint.split("://", 1)[-1],
              not endpoint.startswith("http://")],
         )
+    return con
+
+
+def duckdb_read(uri):
+    con = duckdb_connect(uri)
     src = f"delta_scan('{table_uri(uri)}')"
     schema = [[r[0], r[1]] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()]
     q = f"""SELECT order_id, customer_name, restaurant_name, item, CAST(amount AS VARCHAR), order_status,
@@ -197,7 +214,63 @@ def current(rows):
     return [r for r in last.values() if r["op"] != "d" and (cut is None or pos(r) > cut)]
 
 
+STATE_COLS = ["order_id", "customer_name", "restaurant_name", "item", "amount", "order_status", "created_at",
+              "lsn", "committed_at"]
+
+
+def state_read(how, uri):
+    if how == "state-duckdb":
+        con = duckdb_connect(uri)
+        q = f"""SELECT order_id, customer_name, restaurant_name, item, CAST(amount AS VARCHAR), order_status,
+                strftime(created_at, '%Y-%m-%dT%H:%M:%S.%fZ'), lsn, strftime(committed_at, '%Y-%m-%dT%H:%M:%S.%fZ'),
+                filename FROM delta_scan('{table_uri(uri)}', filename=true) ORDER BY order_id"""
+        got = con.execute(q).fetchall()
+        rows = [dict(zip(STATE_COLS, r[:9])) for r in got]
+        return {"rows": rows, "files": len({r[9] for r in got})}
+    import polars as pl
+    df = pl.read_delta(table_uri(uri), storage_options=object_store_options(uri)).sort("order_id")
+    rows = [{k: r[k] for k in STATE_COLS} for r in df.to_dicts()]
+    for r in rows:
+        r["created_at"] = utc(r["created_at"])
+        r["committed_at"] = utc(r["committed_at"])
+        r["amount"] = None if r["amount"] is None else str(r["amount"])
+    return {"rows": rows}
+
+
+def watch(uri, seconds):
+    import time
+    deadline = time.monotonic() + seconds
+    seen, problems, reads, versions = set(), [], 0, []
+    while time.monotonic() < deadline:
+        how = "duckdb" if reads % 2 == 0 else "replay"
+        try:
+            got = duckdb_read(uri) if how == "duckdb" else replay(uri)
+        except Exception as e:  # a table not yet created, or a file vacuumed under the read
+            problems.append(f"read {reads} ({how}) failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+            reads += 1
+            continue
+        if "version" in got:
+            versions.append(got["version"])
+        keys = [(r["order_id"], r["created_at"], r["op"], r["lsn"], r["change_index"]) for r in got["rows"]]
+        now = set(keys)
+        if len(now) != len(keys):
+            problems.append(f"read {reads} ({how}): {len(keys) - len(now)} rows twice")
+        lost = seen - now
+        if lost:
+            problems.append(f"read {reads} ({how}): {len(lost)} rows an earlier read saw are missing, e.g. {sorted(lost)[0]}")
+        seen |= now
+        reads += 1
+    print(json.dumps({"reads": reads, "rows": len(seen), "versions": versions[:1] + versions[-1:],
+                      "problems": problems[:10]}))
+
+
 def main():
+    if sys.argv[1] == "watch":
+        watch(sys.argv[2], float(sys.argv[3]))
+        return
+    if sys.argv[1].startswith("state-"):
+        print(json.dumps(state_read(sys.argv[1], sys.argv[2])))
+        return
     how, uri = sys.argv[1], sys.argv[2]
     out = {"duckdb": duckdb_read, "replay": replay, "deltalake": deltalake_read, "polars": polars_read}[how](uri)
     if len(sys.argv) > 3 and sys.argv[3] == "current":

@@ -7,7 +7,8 @@
 #   4. wait until the lake's current state of every order equals the table, then show the change
 #      rows and the current-state query's answer, read back from the Parquet files with DuckDB
 #   5. the same topic written to a Delta table on the stack's S3 server by a second consumer in
-#      its own group, read back with DuckDB's delta extension
+#      its own group, with a current-state table beside it (datalake.current_path), both read back
+#      with DuckDB's delta extension
 # The pipeline keeps running afterwards; `make down` stops it with the stack.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -21,9 +22,12 @@ S3_PORT=${ORDERSTREAM_S3_PORT:-9000}
 # The Delta consumer: the same configuration, the lake a Delta table on the stack's S3 server
 # (keys test/test), its own group and scratch folder.
 DELTA_URI=s3://orderstream/food/ROLL001/orders_delta
+# ... with a current-state table beside it: one row per order as it is now.
+CURRENT_URI=s3://orderstream/food/ROLL001/orders_current
 DELTA_ENV=(
   ORDERSTREAM__DATALAKE__FORMAT=delta
   ORDERSTREAM__DATALAKE__PATH=$DELTA_URI
+  ORDERSTREAM__DATALAKE__CURRENT_PATH=$CURRENT_URI
   ORDERSTREAM__DATALAKE__STORAGE_OPTIONS__AWS_ENDPOINT_URL=http://127.0.0.1:$S3_PORT
   ORDERSTREAM__DATALAKE__STORAGE_OPTIONS__AWS_ALLOW_HTTP=true
   ORDERSTREAM__DATALAKE__STORAGE_OPTIONS__AWS_S3_ADDRESSING_STYLE=path
@@ -195,9 +199,24 @@ for i in $(seq 1 60); do
   sleep 1
 done
 echo "the Delta table's current state equals the table: $total orders"
+current_state() {
+  env "${DELTA_ENV[@]}" "$PY" dev/delta_read.py state-duckdb "$CURRENT_URI" 2>/dev/null \
+    | "$PY" -c 'import json, sys
+for r in json.load(sys.stdin)["rows"]: print(str(r["order_id"]) + "|" + (r["order_status"] or ""))' \
+    | md5sum
+}
+for i in $(seq 1 60); do
+  [ "$(current_state)" = "$want" ] && break
+  if [ "$i" = 60 ]; then
+    echo "demo: the current-state table $CURRENT_URI did not match the table within 60 s (log $DELTA_LOG)" >&2
+    exit 1
+  fi
+  sleep 1
+done
+echo "the current-state table $CURRENT_URI, read by DuckDB, equals the table: $total orders"
 
-say "the Delta table, read back with DuckDB's delta extension (delta_scan)"
-env "${DELTA_ENV[@]}" "$PY" - "$DELTA_URI" <<'PYEOF'
+say "the Delta tables, read back with DuckDB's delta extension (delta_scan)"
+env "${DELTA_ENV[@]}" "$PY" - "$DELTA_URI" "$CURRENT_URI" <<'PYEOF'
 import os, duckdb
 from duckdb_extensions import import_extension
 import sys
@@ -218,6 +237,10 @@ rows = con.sql(f"""
         SELECT *, row_number() OVER (PARTITION BY order_id
             ORDER BY lsn DESC NULLS LAST, change_index DESC NULLS LAST) AS version FROM {src})
     WHERE version = 1 AND op <> 'd' GROUP BY order_status ORDER BY order_status""").fetchall()
+for status, n in rows:
+    print(f"  {status or '':<10} {n}")
+print("the same from the current-state table, without a window:")
+rows = con.sql(f"SELECT order_status, count(*) FROM delta_scan('{sys.argv[2]}') GROUP BY 1 ORDER BY 1").fetchall()
 for status, n in rows:
     print(f"  {status or '':<10} {n}")
 PYEOF

@@ -18,7 +18,7 @@ use serde_norway::{Mapping, Value};
 
 pub mod clients;
 mod datalake;
-pub use datalake::{DatalakeConfig, LakeFormat};
+pub use datalake::{DatalakeConfig, LakeFormat, Maintenance};
 
 /// The prefix of environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "ORDERSTREAM__";

@@ -39,10 +39,14 @@ pub fn init(format: LogFormat) {
     // PostgreSQL's NOTICEs ("already exists, skipping") and librdkafka's own retry chatter are
     // not worth a line each.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        // delta-rs and its object store log every request at info.
+        // delta-rs and its object store log every request at info; its transaction logs a
+        // warning for every commit that lands beside another (a compaction, another member) and
+        // an error for every conflict, which orderstream settles and reports itself; the kernel
+        // logs an error for the probe of a table not created yet.
         tracing_subscriber::EnvFilter::new(
             "info,tokio_postgres=warn,rdkafka=off,librdkafka=off,deltalake_core=warn,deltalake_aws=warn,\
-             buoyant_kernel=warn,buoyant_kernel_engine=warn,object_store=warn,aws_config=warn",
+             deltalake_core::kernel::transaction=off,buoyant_kernel=warn,buoyant_kernel::snapshot::builder=off,\
+             buoyant_kernel_engine=warn,object_store=warn,aws_config=warn",
         )
     });
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);

@@ -69,6 +69,14 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Rewrite the small files of a Delta lake's date partitions into files of about
+    /// `datalake.target_file_size`, one commit per date; readers never see a row twice or miss
+    /// one. The consumer also does it by itself (`datalake.compact_min_files`).
+    Compact {
+        /// Only this date partition (YYYY-MM-DD).
+        #[arg(long)]
+        date: Option<String>,
+    },
     /// Show the monitoring points of every stage, each read within 2.5 s; exit 0 only when
     /// every part answered and the producer and the consumer run, else 1 naming the others.
     Status {
@@ -119,7 +127,10 @@ async fn serve(cfg: &Config, shutdown: &Shutdown) -> Result<(Arc<Metrics>, Shutd
 
 fn run(cli: Cli, shutdown: &Shutdown) -> Result<(), Error> {
     let mut cfg = Config::load(&cli.config)?;
-    if !matches!(cli.command, Command::Status { .. } | Command::Check | Command::Vacuum { .. }) {
+    if !matches!(
+        cli.command,
+        Command::Status { .. } | Command::Check | Command::Vacuum { .. } | Command::Compact { .. }
+    ) {
         cfg.create_folders()?;
     }
     if let Command::Consume { from_beginning: true } | Command::Run { from_beginning: true } = cli.command {
@@ -179,6 +190,33 @@ fn run(cli: Cli, shutdown: &Shutdown) -> Result<(), Error> {
                 }
                 let verb = if dry_run { "would delete" } else { "deleted" };
                 eprintln!("{verb} {} files", files.len());
+                Ok(())
+            }
+            Command::Compact { date } => {
+                if cfg.datalake.format != orderstream::config::LakeFormat::Delta {
+                    return Err(Error::Setup(
+                        "compact needs datalake.format: delta (a Parquet lake cannot be rewritten atomically for its \
+                         readers)"
+                            .into(),
+                    ));
+                }
+                if let Some(d) = &date
+                    && chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").is_err()
+                {
+                    return Err(Error::Config(orderstream::error::ConfigError(format!(
+                        "compact --date: expected a date YYYY-MM-DD, got `{d}`"
+                    ))));
+                }
+                let cfg = cfg.clone();
+                let done = tokio::task::spawn_blocking(move || {
+                    orderstream::sink::compact::compact(&cfg.datalake, date.as_deref())
+                })
+                .await
+                .map_err(|e| Error::Storage(format!("the compaction thread failed: {e}")))??;
+                for c in &done {
+                    println!("{c}");
+                }
+                eprintln!("{} date partitions compacted", done.len());
                 Ok(())
             }
             Command::Status { json } => {

@@ -101,6 +101,18 @@ pub struct ConsumerMetrics {
     pub last_commit: FloatGauge,
     /// Delta lake: commits that lost to another writer's commit (settled by reading the table).
     pub commit_conflicts: Counter,
+    /// Delta lake: compactions this member committed.
+    pub compactions: Counter,
+    /// Delta lake: small files those compactions replaced.
+    pub compacted_files: Counter,
+    /// Delta lake: the bytes of those files.
+    pub compacted_bytes: Counter,
+    /// Delta lake: when this member's last compaction landed (Unix time; 0 before the first).
+    pub last_compaction: FloatGauge,
+    /// Delta lake: small files in the table's newest version, over all date partitions.
+    pub small_files: Gauge,
+    /// Delta lake: the version of the table's newest log checkpoint (-1 while it has none).
+    pub checkpoint_version: Gauge,
 }
 
 /// The replication slot of logical capture, refreshed every few seconds by the running producer
@@ -245,6 +257,32 @@ impl Metrics {
                 "commit_conflicts",
                 "Delta lake: commits that lost to another writer and were settled from the table",
                 consumer.commit_conflicts.clone(),
+            );
+            c.register("compactions", "Delta lake: compactions committed", consumer.compactions.clone());
+            c.register(
+                "compacted_files",
+                "Delta lake: small files replaced by compactions",
+                consumer.compacted_files.clone(),
+            );
+            c.register(
+                "compacted_bytes",
+                "Delta lake: bytes of the small files replaced by compactions",
+                consumer.compacted_bytes.clone(),
+            );
+            c.register(
+                "last_compaction_timestamp_seconds",
+                "Delta lake: when the last compaction landed (Unix time)",
+                consumer.last_compaction.clone(),
+            );
+            c.register(
+                "small_files",
+                "Delta lake: small files in the newest version",
+                consumer.small_files.clone(),
+            );
+            c.register(
+                "checkpoint_version",
+                "Delta lake: version of the newest log checkpoint (-1: none)",
+                consumer.checkpoint_version.clone(),
             );
             c.register(
                 "batch_duration_seconds",

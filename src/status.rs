@@ -198,6 +198,55 @@ pub struct LakeStatus {
     pub version: Option<i64>,
     /// A Delta table's commits in the last minute.
     pub commits_last_minute: u64,
+    /// A Delta table's compaction, vacuum, log checkpoint and current table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<TableMaintenance>,
+}
+
+/// A Delta table's upkeep, as its log tells it.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct TableMaintenance {
+    /// Files below half of `datalake.target_file_size`, over all date partitions.
+    pub small_files: u64,
+    /// The most small files of one date partition: the consumer compacts it when this exceeds
+    /// `datalake.compact_min_files`.
+    pub most_small_files_in_a_date: u64,
+    /// The last compaction among the recent commits.
+    pub last_compaction: Option<CompactionStatus>,
+    /// Seconds since the last vacuum that deleted files, among the recent commits.
+    pub last_vacuum_age_seconds: Option<f64>,
+    /// The version of the newest log checkpoint.
+    pub checkpoint_version: Option<i64>,
+    /// `datalake.current_path`: the current-state table.
+    pub current: Option<CurrentStatus>,
+}
+
+/// One compaction, from its commit.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CompactionStatus {
+    /// Seconds ago.
+    pub age_seconds: f64,
+    /// The date partition.
+    pub date: String,
+    /// Files removed.
+    pub files_in: u64,
+    /// Files added.
+    pub files_out: u64,
+    /// Bytes removed.
+    pub bytes_in: u64,
+    /// Bytes added.
+    pub bytes_out: u64,
+}
+
+/// The current-state table.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CurrentStatus {
+    /// Its URL.
+    pub path: String,
+    /// Its version (`None`: not created yet).
+    pub version: Option<i64>,
+    /// Messages of the change table not yet applied to it, over all partitions.
+    pub lag_messages: i64,
 }
 
 /// Reads every part, side by side, each within [`PART_TIMEOUT`].
@@ -542,6 +591,7 @@ fn lake(root: &Path) -> Result<(LakeStatus, Vec<LakeFile>), Error> {
         newest_file_age_seconds: newest.and_then(|t| t.elapsed().ok()).map(|d| d.as_secs_f64()),
         version: None,
         commits_last_minute: 0,
+        maintenance: None,
     };
     Ok((status, files))
 }

@@ -432,3 +432,241 @@ fn the_delta_consumer_reports_its_table_version_and_last_commit_in_metrics() {
     assert!(text.contains("orderstream_consumer_last_commit_timestamp_seconds"), "{text}");
     assert_eq!(c.stop(), 0, "{}", c.log_text());
 }
+
+/// The consumer compacts the table by itself while it writes, `orderstream compact` races it,
+/// and a reader loops over the table all along, in turn with DuckDB and with the log replay:
+/// no read sees a row twice or misses one an earlier read saw, and the table ends with every
+/// message once, in one file per date after a last `compact`.
+#[test]
+fn compaction_racing_appends_and_another_compaction_never_shows_a_reader_a_row_twice_or_misses_one() {
+    let broker = Broker::start_memory();
+    let mut env = delta_env("delta_compact", &broker.addr, &Store::Local);
+    env.set("ORDERSTREAM__STREAMING__BATCH_INTERVAL", "0.2");
+    env.set("ORDERSTREAM__DATALAKE__COMPACT_MIN_FILES", "4");
+    env.set("ORDERSTREAM__DATALAKE__TARGET_FILE_SIZE", "1048576");
+    create_topic(&broker.addr, &env.topic, 3);
+    const N: i64 = 6_000;
+    let (mut c, port) = env.spawn_serving(&["consume"]);
+    wait_assigned(&c, Duration::from_secs(60));
+    let stream = produce_paced(&broker.addr, &env.topic, 0..N, 100, Duration::from_millis(300));
+    let watcher = {
+        let mut cmd = std::process::Command::new(python());
+        cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/dev/delta_read.py")).args([
+            "watch",
+            &env.delta_uri(),
+            "25",
+        ]);
+        std::thread::spawn(move || common::proc::run(cmd, None, Duration::from_secs(120)))
+    };
+    let mut by_hand = Vec::new();
+    while !stream.is_finished() {
+        let (code, out, err) = env.run(&["compact"]);
+        assert_eq!(code, 0, "orderstream compact failed: {err}");
+        by_hand.extend(out.lines().map(str::to_string));
+        // Seldom enough that the consumer's own compactions get their turn.
+        std::thread::sleep(Duration::from_millis(2_500));
+    }
+    let positions = stream.join().unwrap();
+    env.wait_delta_committed(&positions, Duration::from_secs(120));
+    let (code, out, err) = watcher.join().unwrap();
+    assert_eq!(code, 0, "the watching reader failed: {err}");
+    let watched: serde_json::Value = serde_json::from_str(&out).unwrap();
+    println!("reader: {watched}; compactions by hand: {}", by_hand.len());
+    assert_eq!(watched["problems"], serde_json::json!([]), "a reader saw a row twice or lost one: {watched}");
+    assert!(watched["reads"].as_u64().unwrap_or(0) >= 10, "too few reads to mean anything: {watched}");
+    let log = c.log_text();
+    assert!(log.contains("compacted date="), "the consumer never compacted:\n{log}");
+    assert!(!by_hand.is_empty(), "orderstream compact never found anything to do");
+    let (_, metrics) = common::http_get(port, "/metrics");
+    let compactions = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("orderstream_consumer_compactions_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert!(compactions.is_some_and(|n| n >= 1.0), "no compaction counted in /metrics:\n{metrics}");
+    for name in ["orderstream_consumer_small_files", "orderstream_consumer_checkpoint_version"] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+
+    let (code, out, err) = env.run(&["compact"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(c.stop(), 0, "{}", c.log_text());
+    assert_delta_exactly_once(&env, N, &positions);
+    let read = env.read_delta("replay", false);
+    let dates: std::collections::BTreeSet<String> = read.rows.iter().map(|r| r.date.clone()).collect();
+    assert_eq!(read.files, Some(dates.len()), "after a last compact, one file per date; it printed:\n{out}");
+
+    let (code, _, err) = env.run(&["compact", "--date", "2025-13-01"]);
+    assert_eq!((code, err.lines().count()), (2, 1), "{err}");
+    assert!(err.contains("--date") && err.contains("2025-13-01"), "{err}");
+    let (code, out, err) = env.run(&["compact", "--date", "2030-01-01"]);
+    assert_eq!((code, out.as_str()), (0, ""), "{err}");
+    assert!(err.contains("0 date partitions compacted"), "{err}");
+}
+
+/// An order as the comparisons see it: (order_id, customer_name, order_status, amount).
+type OrderNow = (i64, String, String, String);
+
+/// The current table (`datalake.current_path`) read by `how` (`state-duckdb`, `state-polars`):
+/// (order_id, customer_name, order_status, amount) by order_id, and its data files.
+fn current_table(env: &TestEnv, how: &str) -> (Vec<OrderNow>, Option<u64>) {
+    let mut cmd = std::process::Command::new(python());
+    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/dev/delta_read.py")).arg(how).arg(env.dir.join("current"));
+    let (code, out, err) = common::proc::run(cmd, None, Duration::from_secs(120));
+    assert_eq!(code, 0, "dev/delta_read.py {how} failed: {err}");
+    let read: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("NULL").to_string();
+    let rows = read["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["order_id"].as_i64().unwrap(),
+                text(&r["customer_name"]),
+                text(&r["order_status"]),
+                text(&r["amount"]),
+            )
+        })
+        .collect();
+    (rows, read["files"].as_u64())
+}
+
+/// The orders table as (order_id, customer_name, order_status, amount).
+fn table_now(env: &TestEnv) -> Vec<OrderNow> {
+    env.pg()
+        .query(
+            &format!(
+                "SELECT order_id::int8, coalesce(customer_name, 'NULL'), coalesce(order_status, 'NULL'), amount::text \
+                 FROM {} ORDER BY 1",
+                env.t()
+            ),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect()
+}
+
+/// Inserts, updates, deletes and multi-row transactions while `run` is SIGKILLed again and
+/// again, in every step of a commit (after the current table's commit and before the change
+/// table's among them): the current table then equals PostgreSQL's, read by DuckDB and by
+/// Polars, with one file per bucket of order ids. The current table is configured on a change
+/// table that already holds the seed orders, and starts from them. Replay with
+/// ORDERSTREAM_TEST_SEED.
+#[test]
+fn the_current_table_equals_postgresql_after_a_mixed_workload_under_sigkills() {
+    let tag = "delta_current";
+    let mut rng = Rng::from_env(tag);
+    let mut env = TestEnv::logical(tag);
+    env.use_delta(&Store::Local);
+    env.set("ORDERSTREAM__STREAMING__BATCH_INTERVAL", "0.3");
+    env.set("ORDERSTREAM__KAFKA__PROPERTIES__SESSION_TIMEOUT_MS", "6000");
+    env.init();
+    // A change table first, without a current table: the current table starts from its rows.
+    let mut run = env.spawn(&["run"]);
+    wait_until(Duration::from_secs(90), "the ten seed orders in the change table", || {
+        std::thread::sleep(Duration::from_millis(300));
+        env.lake().join("_delta_log").is_dir() && env.read_delta("replay", false).rows.len() == 10
+    });
+    assert_eq!(run.stop(), 0, "{}", run.log_text());
+    let current = env.dir.join("current");
+    env.set("ORDERSTREAM__DATALAKE__CURRENT_PATH", &current.display().to_string());
+    let t = env.t();
+    let workload = {
+        let (mut pg, mut rng, t) = (env.pg(), Rng(rng.below(u64::MAX)), t.clone());
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(25);
+            let mut statements = 0;
+            while std::time::Instant::now() < deadline {
+                let ids: Vec<i64> = pg
+                    .query(&format!("SELECT order_id::int8 FROM {t} ORDER BY random() LIMIT 5"), &[])
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                let pick = |i: usize| ids.get(i).copied().unwrap_or(0);
+                let sql = match rng.below(5) {
+                    0 => format!(
+                        "INSERT INTO {t} (customer_name, restaurant_name, item, amount, order_status) \
+                         SELECT 'c' || g, 'R', 'I', g + 0.5, 'PLACED' FROM generate_series(1, {}) g",
+                        1 + rng.below(20)
+                    ),
+                    1 => format!(
+                        "UPDATE {t} SET order_status = 'DELIVERED', amount = amount + 1 WHERE order_id = {}",
+                        pick(0)
+                    ),
+                    2 => format!("DELETE FROM {t} WHERE order_id = {}", pick(1)),
+                    3 => format!(
+                        "BEGIN; UPDATE {t} SET order_status = 'PREPARING' WHERE order_id IN ({}, {}); \
+                         DELETE FROM {t} WHERE order_id = {}; INSERT INTO {t} (customer_name, restaurant_name, item, amount, order_status) \
+                         VALUES ('tx', 'R', 'I', 1.25, 'PLACED'); UPDATE {t} SET customer_name = 'renamed' WHERE order_id = {}; COMMIT;",
+                        pick(2),
+                        pick(3),
+                        pick(4),
+                        pick(2)
+                    ),
+                    _ => format!(
+                        "BEGIN; INSERT INTO {t} (customer_name, restaurant_name, item, amount, order_status) \
+                         VALUES ('gone', 'R', 'I', 2, 'PLACED'); DELETE FROM {t} WHERE customer_name = 'gone'; COMMIT;"
+                    ),
+                };
+                pg.batch_execute(&sql).unwrap();
+                statements += 1;
+                std::thread::sleep(Duration::from_millis(20 + rng.below(60)));
+            }
+            statements
+        })
+    };
+    let mut kills = Vec::new();
+    let points = [Failpoint::Current, Failpoint::Files, Failpoint::Manifest];
+    for i in 0..6 {
+        let mut cmd = env.orderstream(&["run"]);
+        let armed = i % 2 == 1;
+        if armed {
+            cmd.env(FAILPOINT_VAR, points[(i / 2) % 3].armed(1 + rng.below(3)));
+        }
+        let mut run = env.spawn_cmd(cmd, "run");
+        wait_assigned(&run, Duration::from_secs(60));
+        let after = Duration::from_millis(500 + rng.below(3_000));
+        if armed {
+            // The workload keeps batches coming: the failpoint is reached within seconds.
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while run.running() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        } else {
+            std::thread::sleep(after);
+        }
+        run.kill();
+        let log = run.log_text();
+        let crashed =
+            log.lines().find(|l| l.contains("failpoint") && l.contains("reached")).map(str::to_string);
+        kills.push((after.as_millis(), crashed));
+    }
+    let statements = workload.join().unwrap();
+    println!("killed after assignment +ms (or crashed at a failpoint): {kills:?}; {statements} statements");
+    assert!(
+        kills.iter().any(|(_, c)| c.as_deref().is_some_and(|l| l.contains("current:"))),
+        "no run crashed between the current table's commit and the change table's: {kills:?}"
+    );
+    let mut run = env.spawn(&["run"]);
+    let want = table_now(&env);
+    wait_until(Duration::from_secs(120), "the current table to equal PostgreSQL's", || {
+        std::thread::sleep(Duration::from_millis(500));
+        current_table(&env, "state-duckdb").0 == want
+    });
+    assert_eq!(run.stop(), 0, "{}", run.log_text());
+    let (duck, files) = current_table(&env, "state-duckdb");
+    assert_eq!(current_table(&env, "state-polars").0, duck, "Polars reads another current table than DuckDB");
+    let buckets: std::collections::BTreeSet<i64> = want.iter().map(|r| r.0 / 10_000).collect();
+    assert_eq!(files, Some(buckets.len() as u64), "one file per bucket of 10,000 order ids");
+    // The change table's own current state (the documented window query) agrees.
+    let from_changes: Vec<i64> = env.read_delta("replay", true).rows.iter().map(|r| r.order_id).collect();
+    assert_eq!(from_changes, want.iter().map(|r| r.0).collect::<Vec<_>>());
+    // `status` shows the current table caught up (exit 1: nothing runs any more).
+    let (_, out, err) = env.run(&["status"]);
+    let line = out.lines().find(|l| l.starts_with("Current")).unwrap_or_else(|| panic!("{out}{err}"));
+    assert!(line.contains("0 messages behind the change table"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("Upkeep")), "{out}");
+}

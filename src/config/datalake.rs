@@ -47,6 +47,41 @@ pub struct DatalakeConfig {
     pub storage_options: BTreeMap<String, String>,
     /// `datalake.retention_hours`: how long `vacuum` keeps files no commit references.
     pub retention: std::time::Duration,
+    /// Compaction and log checkpoints of a Delta table.
+    pub maintenance: Maintenance,
+    /// `datalake.current_path` as a table URL: the current-state table, when set.
+    pub current_location: Option<String>,
+}
+
+/// `datalake.target_file_size`, `datalake.compact_min_files`, `datalake.checkpoint_interval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Maintenance {
+    /// Compaction rewrites a date partition's small files into files of about this many bytes;
+    /// a file at or above half of it counts as compacted.
+    pub target_file_size: u64,
+    /// The consumer compacts a date partition once it holds more than this many small files;
+    /// 0 leaves compaction to `orderstream compact`.
+    pub compact_min_files: usize,
+    /// A log checkpoint every this many commits (the table property `delta.checkpointInterval`).
+    pub checkpoint_interval: u64,
+}
+
+/// Default `datalake.target_file_size`: 128 MiB, as Delta's OPTIMIZE.
+pub const DEFAULT_TARGET_FILE_SIZE: u64 = 128 * 1024 * 1024;
+/// Default `datalake.compact_min_files`: at one file a second, a compaction every 20 s or so
+/// keeps a partition near 20 files, well below the 50 a reader should have to list.
+pub const DEFAULT_COMPACT_MIN_FILES: usize = 20;
+/// Default `datalake.checkpoint_interval`: Delta's own default.
+pub const DEFAULT_CHECKPOINT_INTERVAL: u64 = 100;
+
+impl Default for Maintenance {
+    fn default() -> Maintenance {
+        Maintenance {
+            target_file_size: DEFAULT_TARGET_FILE_SIZE,
+            compact_min_files: DEFAULT_COMPACT_MIN_FILES,
+            checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
+        }
+    }
 }
 
 /// Default `datalake.retention_hours`: a week, Delta's own default, so that a reader of an older
@@ -71,6 +106,14 @@ pub(super) struct RawDatalake {
     storage_options: BTreeMap<String, Value>,
     #[serde(default, deserialize_with = "super::number")]
     retention_hours: Option<f64>,
+    #[serde(default, deserialize_with = "super::number")]
+    target_file_size: Option<u64>,
+    #[serde(default, deserialize_with = "super::number")]
+    compact_min_files: Option<usize>,
+    #[serde(default, deserialize_with = "super::number")]
+    checkpoint_interval: Option<u64>,
+    #[serde(default)]
+    current_path: Option<PathBuf>,
 }
 
 fn default_format() -> String {
@@ -130,7 +173,9 @@ impl RawDatalake {
             ));
         }
         let retention = std::time::Duration::from_secs_f64(hours * 3600.0);
-        match (format, scheme.as_deref()) {
+        let maintenance = self.maintenance()?;
+        let current_path = self.current_path.clone();
+        let mut cfg = match (format, scheme.as_deref()) {
             (LakeFormat::Parquet, Some(s)) => Err((
                 "datalake.path",
                 format!("a `parquet` lake is a local folder; `{s}://` needs datalake.format: delta"),
@@ -143,22 +188,128 @@ impl RawDatalake {
                     ));
                 }
                 let path = super::ensure_dir(&self.path, create).map_err(|m| ("datalake.path", m))?;
-                Ok(DatalakeConfig { location: written, path, format, storage_options, retention })
+                Ok(DatalakeConfig {
+                    location: written,
+                    path,
+                    format,
+                    storage_options,
+                    retention,
+                    maintenance,
+                    current_location: None,
+                })
             }
             (LakeFormat::Delta, Some("s3" | "s3a")) => {
                 check_commit_safety(&storage_options)?;
-                Ok(DatalakeConfig { path: self.path, format, location: written, storage_options, retention })
+                Ok(DatalakeConfig {
+                    path: self.path,
+                    format,
+                    location: written,
+                    storage_options,
+                    retention,
+                    maintenance,
+                    current_location: None,
+                })
             }
             (LakeFormat::Delta, Some("file")) => {
                 let local = PathBuf::from(&written["file://".len()..]);
-                local_delta(&local, create, storage_options, retention)
+                local_delta(&local, create, storage_options, retention, maintenance)
             }
             (LakeFormat::Delta, Some(other)) => Err((
                 "datalake.path",
                 format!("`{other}://` is not supported; use a local path, file:// or s3://bucket/prefix"),
             )),
-            (LakeFormat::Delta, None) => local_delta(&self.path, create, storage_options, retention),
+            (LakeFormat::Delta, None) => {
+                local_delta(&self.path, create, storage_options, retention, maintenance)
+            }
+        }?;
+        if let Some(at) = current_path {
+            cfg.current_location = Some(current_location(&cfg, &at, create)?);
         }
+        Ok(cfg)
+    }
+}
+
+/// `datalake.current_path` as a table URL: a Delta table of its own, beside the change table
+/// (never inside it: the change table's vacuum would delete its files, and the reverse).
+fn current_location(cfg: &DatalakeConfig, at: &Path, create: bool) -> Result<String, (&'static str, String)> {
+    const KEY: &str = "datalake.current_path";
+    if cfg.format != LakeFormat::Delta {
+        return Err((KEY, "the current-state table needs datalake.format: delta".into()));
+    }
+    let written = at.to_string_lossy().into_owned();
+    let location = match written.split_once("://").map(|(s, _)| s.to_ascii_lowercase()).as_deref() {
+        Some("s3" | "s3a") => written.trim_end_matches('/').to_string(),
+        Some("file") => {
+            local_delta(
+                Path::new(&written["file://".len()..]),
+                create,
+                BTreeMap::new(),
+                cfg.retention,
+                cfg.maintenance,
+            )
+            .map_err(|(_, m)| (KEY, m))?
+            .location
+        }
+        Some(other) => {
+            return Err((
+                KEY,
+                format!("`{other}://` is not supported; use a local path, file:// or s3://bucket/prefix"),
+            ));
+        }
+        None if written.is_empty() => {
+            return Err((KEY, "must not be empty (leave the key out to have no current table)".into()));
+        }
+        None => {
+            local_delta(at, create, BTreeMap::new(), cfg.retention, cfg.maintenance)
+                .map_err(|(_, m)| (KEY, m))?
+                .location
+        }
+    };
+    let (a, b) = (format!("{}/", cfg.location.trim_end_matches('/')), format!("{location}/"));
+    if a.starts_with(&b) || b.starts_with(&a) {
+        return Err((
+            KEY,
+            format!(
+                "{location} is, or is inside or around, the change table {}: give it a location of its own",
+                cfg.location
+            ),
+        ));
+    }
+    Ok(location)
+}
+
+impl RawDatalake {
+    /// The compaction and checkpoint keys, each within its range.
+    fn maintenance(&self) -> Result<Maintenance, (&'static str, String)> {
+        let d = Maintenance::default();
+        let target_file_size = self.target_file_size.unwrap_or(d.target_file_size);
+        // Below 1 MiB a "compacted" file is still a small file; above 4 GiB one rewrite holds
+        // more than a consumer should keep in memory.
+        if !(1 << 20..=4 << 30).contains(&target_file_size) {
+            return Err((
+                "datalake.target_file_size",
+                format!(
+                    "must be between 1048576 (1 MiB) and 4294967296 (4 GiB) bytes, got {target_file_size}"
+                ),
+            ));
+        }
+        let compact_min_files = self.compact_min_files.unwrap_or(d.compact_min_files);
+        if compact_min_files == 1 || compact_min_files > 10_000 {
+            return Err((
+                "datalake.compact_min_files",
+                format!(
+                    "must be 0 (no automatic compaction) or between 2 and 10000, got {compact_min_files}"
+                ),
+            ));
+        }
+        let checkpoint_interval = self.checkpoint_interval.unwrap_or(d.checkpoint_interval);
+        if !(1..=100_000).contains(&checkpoint_interval) {
+            return Err((
+                "datalake.checkpoint_interval",
+                format!("must be between 1 and 100000 commits, got {checkpoint_interval}"),
+            ));
+        }
+        Ok(Maintenance { target_file_size, compact_min_files, checkpoint_interval })
     }
 }
 
@@ -168,12 +319,21 @@ fn local_delta(
     create: bool,
     storage_options: BTreeMap<String, String>,
     retention: std::time::Duration,
+    maintenance: Maintenance,
 ) -> Result<DatalakeConfig, (&'static str, String)> {
     let path = super::ensure_dir(path, create).map_err(|m| ("datalake.path", m))?;
     let absolute = std::path::absolute(&path)
         .map_err(|e| ("datalake.path", format!("cannot make {} absolute: {e}", path.display())))?;
     let location = format!("file://{}", absolute.display());
-    Ok(DatalakeConfig { path, format: LakeFormat::Delta, location, storage_options, retention })
+    Ok(DatalakeConfig {
+        path,
+        format: LakeFormat::Delta,
+        location,
+        storage_options,
+        retention,
+        maintenance,
+        current_location: None,
+    })
 }
 
 /// The options as strings under their upper-case names. A key neither delta-rs nor its object

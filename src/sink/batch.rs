@@ -18,9 +18,20 @@ const MICROS_PER_DAY: i64 = 86_400_000_000;
 /// early instead of holding thousands of builders and writing thousands of tiny files at once.
 pub const MAX_DATES: usize = 64;
 
+/// One date's rows of a batch, with the Kafka partition and offset of each row.
+pub struct DateBatch {
+    /// `YYYY-MM-DD`.
+    pub date: String,
+    /// The rows, in the lake's columns.
+    pub rows: RecordBatch,
+    /// Row `i` came from message `sources[i]` (partition, offset).
+    pub sources: Vec<(i32, i64)>,
+}
+
 /// The columns of one date.
 struct DateRows {
     day: i64,
+    sources: Vec<(i32, i64)>,
     order_id: Int64Builder,
     customer_name: StringBuilder,
     restaurant_name: StringBuilder,
@@ -39,6 +50,7 @@ impl DateRows {
         let schema = arrow_schema();
         DateRows {
             day,
+            sources: Vec::new(),
             order_id: Int64Builder::new(),
             customer_name: StringBuilder::new(),
             restaurant_name: StringBuilder::new(),
@@ -94,7 +106,7 @@ impl DateRows {
         self.push_change(change);
     }
 
-    fn finish(mut self) -> Result<(String, RecordBatch)> {
+    fn finish(mut self) -> Result<DateBatch> {
         let columns: Vec<ArrayRef> = vec![
             Arc::new(self.order_id.finish()),
             Arc::new(self.customer_name.finish()),
@@ -110,7 +122,7 @@ impl DateRows {
         ];
         let batch = RecordBatch::try_new(arrow_schema(), columns)
             .map_err(|e| Error::Storage(format!("cannot assemble the rows of one batch: {e}")))?;
-        Ok((date_of_day(self.day), batch))
+        Ok(DateBatch { date: date_of_day(self.day), rows: batch, sources: self.sources })
     }
 }
 
@@ -133,8 +145,9 @@ pub struct Rows {
 
 impl Rows {
     /// Appends one valid order, and the change that produced it, to its date's columns; `None`:
-    /// the row of a truncate, filed under the date of its commit.
-    pub fn push(&mut self, o: Option<&Order<'_>>, change: &Change) {
+    /// the row of a truncate, filed under the date of its commit. `source`: the message's
+    /// partition and offset.
+    pub fn push(&mut self, o: Option<&Order<'_>>, change: &Change, source: (i32, i64)) {
         let micros = match o {
             Some(o) => o.created_at_micros(),
             None => change.committed_at.unwrap_or_default(),
@@ -152,6 +165,7 @@ impl Rows {
             },
         };
         self.last = i;
+        self.dates[i].sources.push(source);
         match o {
             Some(o) => self.dates[i].push(o, change, micros),
             None => self.dates[i].push_truncate(change),
@@ -171,6 +185,11 @@ impl Rows {
 
     /// The rows as one Arrow batch per date (`YYYY-MM-DD`), leaving this empty.
     pub fn finish(&mut self) -> Result<Vec<(String, RecordBatch)>> {
+        Ok(self.finish_sourced()?.into_iter().map(|d| (d.date, d.rows)).collect())
+    }
+
+    /// As [`Rows::finish`], with each row's partition and offset.
+    pub fn finish_sourced(&mut self) -> Result<Vec<DateBatch>> {
         self.rows = 0;
         self.last = 0;
         std::mem::take(&mut self.dates).into_iter().map(DateRows::finish).collect()
@@ -194,7 +213,7 @@ mod tests {
                 r#"{{"order_id": {id}, "customer_name": "a", "restaurant_name": null, "item": "i", "amount": 1.5, "order_status": "PLACED", "created_at": "{ts}"}}"#
             );
             let o = Order::parse(json.as_bytes()).unwrap_or_else(|r| panic!("{r}"));
-            rows.push(Some(&o), &Change::default());
+            rows.push(Some(&o), &Change::default(), (0, 0));
         }
         assert_eq!((rows.len(), rows.dates()), (4, 3));
         let out = rows.finish().unwrap();
@@ -234,7 +253,7 @@ mod tests {
         for (id, change) in changes.iter().enumerate() {
             let text = json(id as i64);
             let o = Order::parse(text.as_bytes()).unwrap_or_else(|r| panic!("{r}"));
-            rows.push(Some(&o), change);
+            rows.push(Some(&o), change, (0, id as i64));
         }
         let out = rows.finish().unwrap();
         assert_eq!(out.len(), 1);
@@ -269,7 +288,7 @@ mod tests {
             change_index: Some(2),
             committed_at: Some(1_764_136_800_000_000),
         };
-        rows.push(None, &change);
+        rows.push(None, &change, (0, 0));
         let out = rows.finish().unwrap();
         assert_eq!(out[0].0, "2025-11-26");
         let batch = &out[0].1;

@@ -46,7 +46,9 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
+use super::batch::DateBatch;
 use super::checkpoint::PartitionState;
+use super::current::CurrentTable;
 use crate::config::DatalakeConfig;
 use crate::error::{Error, Result};
 use crate::order::arrow_schema;
@@ -58,6 +60,9 @@ pub const DATE_COLUMN: &str = "date";
 const TOPIC_PROPERTY: &str = "orderstream.topic";
 /// The table property naming the consumer group that writes it.
 const GROUP_PROPERTY: &str = "orderstream.group";
+/// Delta's table property: a log checkpoint every this many commits (delta-rs writes it after
+/// the commit whose version + 1 is a multiple of it).
+const CHECKPOINT_INTERVAL_PROPERTY: &str = "delta.checkpointInterval";
 /// The `commitInfo` key of the partition states.
 const COMMIT_INFO_KEY: &str = "orderstream";
 /// How many commits back a partition's state is looked for in `commitInfo`.
@@ -92,6 +97,8 @@ pub struct DeltaLake {
     group: String,
     topic: String,
     batches: i64,
+    /// `datalake.current_path`: the current-state table, written before each commit here.
+    current: Option<CurrentTable>,
 }
 
 impl DeltaLake {
@@ -99,13 +106,7 @@ impl DeltaLake {
     /// line: a Parquet lake of the other format at that path, a table whose columns are not
     /// ours (naming the first that differs), or a table another topic or group writes.
     pub fn open(cfg: &DatalakeConfig, group: &str, topic: &str) -> Result<DeltaLake> {
-        // Multi-threaded: delta-kernel blocks on futures of its own inside ours.
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("delta")
-            .enable_all()
-            .build()
-            .map_err(|e| Error::Storage(format!("cannot start the Delta table's runtime: {e}")))?;
+        let rt = runtime()?;
         let location = cfg.location.clone();
         if cfg.is_local() {
             refuse_parquet_lake(&cfg.path, &location)?;
@@ -121,13 +122,34 @@ impl DeltaLake {
         match loaded {
             Ok(()) => {}
             Err(DeltaTableError::NotATable(_)) => {
-                table = rt.block_on(create(&location, options, group, topic))?;
+                table = rt.block_on(create(
+                    &location,
+                    options.clone(),
+                    group,
+                    topic,
+                    cfg.maintenance.checkpoint_interval,
+                ))?;
             }
             Err(e) => return Err(storage_error(&location, "cannot read", &e)),
         }
-        let lake =
-            DeltaLake { rt, table, location, group: group.to_string(), topic: topic.to_string(), batches: 0 };
+        table =
+            rt.block_on(set_checkpoint_interval(table, &location, cfg.maintenance.checkpoint_interval))?;
+        let current = match &cfg.current_location {
+            Some(at) => Some(rt.block_on(CurrentTable::open(at, options, group, topic))?),
+            None => None,
+        };
+        let lake = DeltaLake {
+            rt,
+            table,
+            location,
+            group: group.to_string(),
+            topic: topic.to_string(),
+            batches: 0,
+            current,
+        };
         lake.check_table()?;
+        let mut lake = lake;
+        lake.fill_current()?;
         Ok(lake)
     }
 
@@ -141,12 +163,30 @@ impl DeltaLake {
         self.table.version().map_or(-1, |v| v as i64)
     }
 
-    /// Reads the table's newest version.
+    /// Reads the table's newest version (and the current table's).
     pub fn refresh(&mut self) -> Result<()> {
         let table = &mut self.table;
         self.rt
             .block_on(timed(table.update_state()))
-            .map_err(|e| storage_error(&self.location, "cannot read", &e))
+            .map_err(|e| storage_error(&self.location, "cannot read", &e))?;
+        if let Some(current) = &mut self.current {
+            self.rt.block_on(current.refresh())?;
+        }
+        Ok(())
+    }
+
+    /// Takes `partition` in the current table at the position its version last read holds
+    /// (after [`DeltaLake::refresh`]: on assignment, and when a failed commit is settled).
+    pub fn own(&mut self, partition: i32) -> Result<()> {
+        match &mut self.current {
+            Some(current) => self.rt.block_on(current.own(partition)),
+            None => Ok(()),
+        }
+    }
+
+    /// The current table's URL and version, when there is one.
+    pub fn current_version(&self) -> Option<i64> {
+        self.current.as_ref().map(CurrentTable::version)
     }
 
     /// Whether the table holds any data file.
@@ -201,7 +241,7 @@ impl DeltaLake {
     /// now says otherwise, another process wrote the partition and nothing is committed.
     pub fn commit(
         &mut self,
-        dates: Vec<(String, RecordBatch)>,
+        dates: Vec<DateBatch>,
         states: Vec<PartitionState>,
         expected: &[(i32, Option<i64>)],
     ) -> Result<Committed> {
@@ -218,6 +258,14 @@ impl DeltaLake {
                 )));
             }
         }
+        // The current table first: after a crash between the two, the batch is read again from
+        // this table's position, and the current table skips what it holds (see super::current).
+        if let Some(current) = &mut self.current {
+            let offsets: Vec<(i32, i64)> = states.iter().map(|s| (s.partition, s.next_offset - 1)).collect();
+            self.rt.block_on(current.apply(&dates, &offsets))?;
+            super::failpoint(super::Failpoint::Current);
+        }
+        let dates: Vec<(String, RecordBatch)> = dates.into_iter().map(|d| (d.date, d.rows)).collect();
         self.batches += 1;
         let txns =
             states.iter().map(|s| Transaction::new(self.app_id(s.partition), s.next_offset - 1)).collect();
@@ -236,7 +284,7 @@ impl DeltaLake {
         };
         let (location, table) = (&self.location, &mut self.table);
         self.rt.block_on(async {
-            let adds = write_files(table, dates)
+            let adds = write_files(table, dates, None)
                 .await
                 .map_err(|e| storage_error(location, "cannot write to", &e))?;
             let files = adds.len();
@@ -263,6 +311,34 @@ impl DeltaLake {
                 .map_err(|e| storage_error(location, "cannot read", &e))?;
             Ok(Committed { version: version as i64, files, bytes })
         })
+    }
+
+    /// A new current table beside a change table that holds rows starts from those rows.
+    fn fill_current(&mut self) -> Result<()> {
+        let Some(current) = self.current.as_ref() else { return Ok(()) };
+        if !current.is_new() || !self.table.snapshot().is_ok_and(|s| s.log_data().num_files() > 0) {
+            return Ok(());
+        }
+        let infos: Vec<_> = self
+            .rt
+            .block_on(timed(self.table.history(Some(STATE_LOOKBACK)).try_collect::<Vec<_>>()))
+            .map_err(|e| storage_error(&self.location, "cannot read the history of", &e))?;
+        let mut partitions: Vec<i32> = infos
+            .iter()
+            .filter_map(|i| serde_json::from_value::<CommitNote>(i.info.get(COMMIT_INFO_KEY)?.clone()).ok())
+            .flat_map(|n| n.partitions.into_iter().filter(|s| s.topic == self.topic).map(|s| s.partition))
+            .collect();
+        partitions.sort_unstable();
+        partitions.dedup();
+        let mut offsets = Vec::new();
+        for p in partitions {
+            if let Some(last) = self.last_offset(p)? {
+                offsets.push((p, last));
+            }
+        }
+        let (rt, table, location) = (&self.rt, &self.table, &self.location);
+        let Some(current) = self.current.as_mut() else { return Ok(()) };
+        rt.block_on(current.fill(table, location, &offsets))
     }
 
     /// Refuses a table whose columns or owner are not ours.
@@ -326,15 +402,21 @@ async fn create(
     options: HashMap<String, String>,
     group: &str,
     topic: &str,
+    checkpoint_interval: u64,
 ) -> Result<DeltaTable> {
     let schema = table_schema()?;
+    let interval = checkpoint_interval.to_string();
     let columns: Vec<StructField> = schema.fields().cloned().collect();
     let created = deltalake::operations::create::CreateBuilder::new()
         .with_location(location)
         .with_storage_options(options.clone())
         .with_columns(columns)
         .with_partition_columns([DATE_COLUMN])
-        .with_configuration([(TOPIC_PROPERTY, Some(topic)), (GROUP_PROPERTY, Some(group))])
+        .with_configuration([
+            (TOPIC_PROPERTY, Some(topic)),
+            (GROUP_PROPERTY, Some(group)),
+            (CHECKPOINT_INTERVAL_PROPERTY, Some(interval.as_str())),
+        ])
         .with_raise_if_key_not_exists(false)
         .with_comment("orderstream change table: one row per captured change of the orders table")
         .await;
@@ -359,14 +441,16 @@ async fn create(
 
 /// Writes each date's rows as Parquet files of the table (zstd, as the Parquet lake) and
 /// returns their `add` actions.
-async fn write_files(
+/// With `target_file_size`, a file that reaches it is closed and another begun.
+pub(super) async fn write_files(
     table: &DeltaTable,
     dates: Vec<(String, RecordBatch)>,
+    target_file_size: Option<u64>,
 ) -> Result<Vec<deltalake::kernel::Add>, DeltaTableError> {
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
-        .build();
-    let mut writer = RecordBatchWriter::for_table(table)?.with_writer_properties(props);
+    let mut writer = RecordBatchWriter::for_table(table)?.with_writer_properties(writer_properties());
+    if let Some(size) = target_file_size {
+        writer = writer.with_target_file_size(size);
+    }
     for (date, rows) in dates {
         // The partition column, one value per file: the writer splits by it.
         let mut fields: Vec<Field> = rows.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
@@ -381,8 +465,17 @@ async fn write_files(
     timed(writer.flush()).await
 }
 
+/// The Parquet settings of every data file: zstd, as the Parquet lake.
+pub(super) fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
+        .build()
+}
+
 /// `fut`, failing with a timeout error after [`CALL_TIMEOUT`].
-async fn timed<T>(fut: impl Future<Output = Result<T, DeltaTableError>>) -> Result<T, DeltaTableError> {
+pub(super) async fn timed<T>(
+    fut: impl Future<Output = Result<T, DeltaTableError>>,
+) -> Result<T, DeltaTableError> {
     match tokio::time::timeout(CALL_TIMEOUT, fut).await {
         Ok(r) => r,
         Err(_) => Err(DeltaTableError::Generic(format!("no answer within {} s", CALL_TIMEOUT.as_secs()))),
@@ -411,7 +504,7 @@ fn refuse_parquet_lake(path: &Path, location: &str) -> Result<()> {
 }
 
 /// One line for a failed storage call: what, where, and delta-rs's reason.
-fn storage_error(location: &str, what: &str, e: &DeltaTableError) -> Error {
+pub(super) fn storage_error(location: &str, what: &str, e: &DeltaTableError) -> Error {
     Error::Storage(format!("Delta table {location}: {what} the table: {}", one_line(&e.to_string())))
 }
 
@@ -427,21 +520,10 @@ fn show(o: Option<i64>) -> String {
 /// (replaced by a rewrite, or written by a batch that crashed before its commit), older than
 /// `retention`: listed with `dry_run`, else deleted. Returns their paths.
 pub fn vacuum(cfg: &DatalakeConfig, retention: Duration, dry_run: bool) -> Result<Vec<String>> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Storage(format!("cannot start the Delta table's runtime: {e}")))?;
+    let rt = runtime()?;
     let location = cfg.location.clone();
-    let url = deltalake::ensure_table_uri(&location)
-        .map_err(|e| Error::Setup(format!("datalake.path {location}: not a table location: {e}")))?;
-    let options: HashMap<String, String> =
-        cfg.storage_options.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     rt.block_on(async {
-        let mut table = DeltaTableBuilder::from_url(url)
-            .and_then(|b| b.with_storage_options(options).build())
-            .map_err(|e| storage_error(&location, "cannot open", &e))?;
-        timed(table.load()).await.map_err(|e| storage_error(&location, "cannot read", &e))?;
+        let table = load(cfg).await?;
         let retention = chrono::Duration::from_std(retention)
             .map_err(|e| Error::Storage(format!("retention out of range: {e}")))?;
         let (_, metrics) = table
@@ -455,4 +537,72 @@ pub fn vacuum(cfg: &DatalakeConfig, retention: Duration, dry_run: bool) -> Resul
             .map_err(|e| storage_error(&location, "cannot vacuum", &e))?;
         Ok(metrics.files_deleted)
     })
+}
+
+/// A runtime for delta-rs calls. Multi-threaded: delta-kernel blocks on futures of its own
+/// inside ours.
+pub(super) fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("delta")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Storage(format!("cannot start the Delta table's runtime: {e}")))
+}
+
+/// Opens the existing table at `cfg.location` (one line when there is none).
+pub(super) async fn load(cfg: &DatalakeConfig) -> Result<DeltaTable> {
+    let location = &cfg.location;
+    let url = deltalake::ensure_table_uri(location)
+        .map_err(|e| Error::Setup(format!("datalake.path {location}: not a table location: {e}")))?;
+    let options: HashMap<String, String> =
+        cfg.storage_options.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut table = DeltaTableBuilder::from_url(url)
+        .and_then(|b| b.with_storage_options(options).build())
+        .map_err(|e| storage_error(location, "cannot open", &e))?;
+    match timed(table.load()).await {
+        Ok(()) => Ok(table),
+        Err(DeltaTableError::NotATable(_)) => Err(Error::Setup(format!(
+            "datalake.path {location}: no Delta table there yet (`orderstream consume` creates it)"
+        ))),
+        Err(e) => Err(storage_error(location, "cannot read", &e)),
+    }
+}
+
+/// Gives the table the configured `delta.checkpointInterval` when it has another (a table made
+/// before the key was set, or with another value): one metadata commit, which changes no data.
+async fn set_checkpoint_interval(table: DeltaTable, location: &str, interval: u64) -> Result<DeltaTable> {
+    let now = table
+        .snapshot()
+        .ok()
+        .and_then(|s| s.metadata().configuration().get(CHECKPOINT_INTERVAL_PROPERTY).cloned());
+    let want = interval.to_string();
+    if now.as_deref() == Some(want.as_str()) {
+        return Ok(table);
+    }
+    let properties = HashMap::from([(CHECKPOINT_INTERVAL_PROPERTY.to_string(), want)]);
+    let set = table.clone().set_tbl_properties().with_properties(properties);
+    match timed(set.into_future()).await {
+        Ok(t) => {
+            tracing::info!("Delta table {location}: a log checkpoint every {interval} commits from now on");
+            Ok(t)
+        }
+        // Another member set it at the same moment: its value is ours too.
+        Err(e) => {
+            tracing::debug!("Delta table {location}: checkpoint interval not set: {e}");
+            let mut table = table;
+            timed(table.update_state()).await.map_err(|e| storage_error(location, "cannot read", &e))?;
+            Ok(table)
+        }
+    }
+}
+
+/// The version of the table's newest log checkpoint (`_delta_log/_last_checkpoint`), if any.
+pub async fn last_checkpoint(table: &DeltaTable) -> Option<i64> {
+    use deltalake::logstore::object_store::ObjectStoreExt;
+    let store = table.log_store().object_store(None);
+    let path = deltalake::logstore::object_store::path::Path::from("_delta_log/_last_checkpoint");
+    let bytes = store.get(&path).await.ok()?.bytes().await.ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    value.get("version")?.as_i64()
 }

@@ -289,7 +289,7 @@ impl Engine {
                     }
                     replay::advance_position(&mut state.positions, &self.key, at);
                 }
-                batch.rows.push(order.as_ref(), &change);
+                batch.rows.push(order.as_ref(), &change, (msg.partition(), offset));
                 state.rows_written += 1;
                 if let Some(l) = &lineage
                     && let Some(from) = replay::advance(&mut state.sources, &self.key, l.seq)
@@ -477,7 +477,7 @@ impl Engine {
         let refused = self.dlq.flush()?;
         self.batch.quarantine.extend(refused);
         self.write_quarantine()?;
-        let dates = self.batch.rows.finish()?;
+        let dates = self.batch.rows.finish_sourced()?;
         let states = self.new_states(&batch_id, "delta");
         let expected: Vec<(i32, Option<i64>)> = states
             .iter()
@@ -522,6 +522,7 @@ impl Engine {
         let mut moved = false;
         for (p, owned) in self.owned.iter_mut() {
             let state = delta.state(*p)?;
+            delta.own(*p)?;
             let before = owned.committed.next_offset;
             owned.stored = state.is_some();
             owned.committed = state.unwrap_or_else(|| PartitionState::empty(&self.topic, *p));
@@ -741,6 +742,7 @@ impl Engine {
         };
         delta.refresh()?;
         let state = delta.state(partition)?;
+        delta.own(partition)?;
         let stored = state.is_some();
         let committed = state.unwrap_or_else(|| PartitionState::empty(topic, partition));
         self.same_cluster(&committed)?;

@@ -105,6 +105,9 @@
 
 mod batch;
 pub mod checkpoint;
+pub mod compact;
+pub mod current;
+pub use batch::DateBatch;
 pub mod delta;
 mod dlq;
 mod engine;
@@ -211,6 +214,16 @@ pub fn consume(cfg: &Config, metrics: Arc<Metrics>, shutdown: Shutdown) -> Resul
         metrics.consumer.table_version.set(delta.version());
         engine = engine.with_delta(delta);
     }
+    // Its own thread and table handle: a compaction never holds up a batch.
+    let compactor = match cfg.datalake.format {
+        LakeFormat::Delta => compact::Compactor::start(
+            &cfg.datalake,
+            (cfg.streaming.batch_interval * 5).max(Duration::from_secs(1)),
+            metrics.clone(),
+            shutdown.clone(),
+        )?,
+        LakeFormat::Parquet => None,
+    };
     let consumer = group::consumer(cfg, engine, metrics.clone())?;
     consumer
         .subscribe(&[&cfg.kafka.topic])
@@ -228,6 +241,7 @@ pub fn consume(cfg: &Config, metrics: Arc<Metrics>, shutdown: Shutdown) -> Resul
     }
     // Leaves the group (the revoke callback finds nothing left to commit).
     drop(consumer);
+    drop(compactor);
     if result.is_ok() {
         tracing::info!("stopped cleanly");
     }
@@ -402,6 +416,8 @@ pub enum Failpoint {
     Files,
     /// Just after the commit point (the manifest renamed into place, or the Delta commit).
     Manifest,
+    /// Delta mode with a current table: its commit done, the change table's not yet.
+    Current,
     /// Parquet mode: files published, partition states not written.
     Renamed,
     /// Parquet mode: states written, manifest not deleted.
@@ -409,7 +425,7 @@ pub enum Failpoint {
 }
 
 impl Failpoint {
-    /// Every failpoint, in the order a commit reaches them.
+    /// Every failpoint of a Parquet lake's commit, in the order it reaches them.
     pub const ALL: [Failpoint; 4] =
         [Failpoint::Files, Failpoint::Manifest, Failpoint::Renamed, Failpoint::States];
 
@@ -418,6 +434,7 @@ impl Failpoint {
         match self {
             Failpoint::Files => "files",
             Failpoint::Manifest => "manifest",
+            Failpoint::Current => "current",
             Failpoint::Renamed => "renamed",
             Failpoint::States => "states",
         }

@@ -8,7 +8,9 @@ use std::time::Duration;
 use deltalake::DeltaTableBuilder;
 use futures_util::TryStreamExt;
 
-use super::{ConsumerStatus, DateStatus, LakeFile, LakeStatus};
+use super::{
+    CompactionStatus, ConsumerStatus, CurrentStatus, DateStatus, LakeFile, LakeStatus, TableMaintenance,
+};
 use crate::config::Config;
 use crate::error::Error;
 use crate::sink::PartitionState;
@@ -51,6 +53,7 @@ pub async fn read(cfg: &Config) -> Result<(LakeStatus, ConsumerStatus), Error> {
         newest_file_age_seconds: None,
         version: None,
         commits_last_minute: 0,
+        maintenance: None,
     };
     let mut consumer = ConsumerStatus {
         checkpoint: format!("{location} (the table's log)"),
@@ -115,8 +118,82 @@ pub async fn read(cfg: &Config) -> Result<(LakeStatus, ConsumerStatus), Error> {
         }
     }
     consumer.rejected_total = consumer.rejected.values().sum();
+    lake.maintenance = Some(maintenance(cfg, &table, &infos, &states).await?);
     let minute_ago = std::time::SystemTime::now() - Duration::from_secs(60);
     consumer.rate_per_second =
         files.iter().filter(|f| f.modified > minute_ago).map(|f| f.rows).sum::<u64>() as f64 / 60.0;
     Ok((lake, consumer))
+}
+
+/// Small files, the last compaction and vacuum among `infos` (newest first), the newest log
+/// checkpoint, and the current table's version and lag behind `states`.
+async fn maintenance(
+    cfg: &Config,
+    table: &deltalake::DeltaTable,
+    infos: &[deltalake::kernel::CommitInfo],
+    states: &BTreeMap<i32, PartitionState>,
+) -> Result<TableMaintenance, Error> {
+    let parts = crate::sink::compact::partitions(table, cfg.datalake.maintenance.target_file_size)
+        .map_err(|e| Error::Storage(e.to_string()))?;
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let age = |t: Option<i64>| t.map(|t| (now_ms - t).max(0) as f64 / 1000.0);
+    let last_compaction = infos.iter().find_map(|i| {
+        let c = i.info.get(crate::sink::compact::COMMIT_INFO_KEY)?;
+        let n = |k: &str| c.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+        Some(CompactionStatus {
+            age_seconds: age(i.timestamp).unwrap_or(0.0),
+            date: c.get("date").and_then(|d| d.as_str()).unwrap_or_default().to_string(),
+            files_in: n("files_in"),
+            files_out: n("files_out"),
+            bytes_in: n("bytes_in"),
+            bytes_out: n("bytes_out"),
+        })
+    });
+    let last_vacuum_age_seconds =
+        infos.iter().find(|i| i.operation.as_deref() == Some("VACUUM END")).and_then(|i| age(i.timestamp));
+    let current = match &cfg.datalake.current_location {
+        None => None,
+        Some(at) => Some(current_status(cfg, at, states).await?),
+    };
+    Ok(TableMaintenance {
+        small_files: parts.iter().map(|p| p.small as u64).sum(),
+        most_small_files_in_a_date: parts.iter().map(|p| p.small as u64).max().unwrap_or(0),
+        last_compaction,
+        last_vacuum_age_seconds,
+        checkpoint_version: crate::sink::delta::last_checkpoint(table).await,
+        current,
+    })
+}
+
+/// The current table's version, and the messages of the change table's partitions (`states`)
+/// it has not applied.
+async fn current_status(
+    cfg: &Config,
+    at: &str,
+    states: &BTreeMap<i32, PartitionState>,
+) -> Result<CurrentStatus, Error> {
+    let bad = |e: deltalake::DeltaTableError| Error::Storage(format!("current table {at}: {e}"));
+    let url = deltalake::ensure_table_uri(at).map_err(bad)?;
+    let options: HashMap<String, String> =
+        cfg.datalake.storage_options.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut table = DeltaTableBuilder::from_url(url)
+        .and_then(|b| b.with_storage_options(options).build())
+        .map_err(bad)?;
+    let mut status = CurrentStatus { path: at.to_string(), version: None, lag_messages: 0 };
+    match table.load().await {
+        Ok(()) => {}
+        Err(deltalake::DeltaTableError::NotATable(_)) => {
+            status.lag_messages = states.values().map(|s| s.next_offset).sum();
+            return Ok(status);
+        }
+        Err(e) => return Err(bad(e)),
+    }
+    status.version = table.version().map(|v| v as i64);
+    let snapshot = table.snapshot().map_err(bad)?;
+    for (p, s) in states {
+        let app = format!("orderstream-current/{}/{}/{p}", cfg.kafka.group_id, cfg.kafka.topic);
+        let applied = snapshot.transaction_version(table.log_store().as_ref(), app).await.map_err(bad)?;
+        status.lag_messages += (s.next_offset - 1 - applied.unwrap_or(-1)).max(0);
+    }
+    Ok(status)
 }

@@ -142,9 +142,42 @@ impl Status {
                 for p in &l.partitions {
                     let _ = writeln!(o, "{:<11} date={}  {} files  {} rows", "", p.date, p.files, p.rows);
                 }
+                if let Some(m) = &l.maintenance {
+                    render_maintenance(&mut o, m);
+                }
             }
             None => unreachable(&mut o, "Lake", &self.lake.error),
         }
         o
+    }
+}
+
+/// A Delta table's upkeep: compaction, vacuum, checkpoint, current table.
+fn render_maintenance(o: &mut String, m: &super::TableMaintenance) {
+    let compaction = match &m.last_compaction {
+        Some(c) => format!(
+            "last compaction {:.0} s ago (date={}: {} files, {} bytes into {}, {} bytes)",
+            c.age_seconds, c.date, c.files_in, c.bytes_in, c.files_out, c.bytes_out
+        ),
+        None => "no compaction among the recent commits".into(),
+    };
+    let vacuum = m
+        .last_vacuum_age_seconds
+        .map_or("no vacuum among them".into(), |a| format!("last vacuum {a:.0} s ago"));
+    let checkpoint = m
+        .checkpoint_version
+        .map_or("no log checkpoint yet".into(), |v| format!("log checkpoint at version {v}"));
+    let _ = writeln!(
+        o,
+        "{:<11} {} small files ({} in the fullest date); {compaction}; {vacuum}; {checkpoint}",
+        "Upkeep", m.small_files, m.most_small_files_in_a_date
+    );
+    if let Some(c) = &m.current {
+        let version = c.version.map_or("not created yet".into(), |v| format!("version {v}"));
+        let _ = writeln!(
+            o,
+            "{:<11} {} ({version}, {} messages behind the change table)",
+            "Current", c.path, c.lag_messages
+        );
     }
 }

@@ -1,0 +1,431 @@
+//! Compaction of the Delta change table: a date partition's small files rewritten into files
+//! of about `datalake.target_file_size`, in one commit that removes the old files and adds the
+//! new ones, both marked `dataChange: false`.
+//!
+//! # Why no reader sees a row twice or misses one
+//!
+//! A Delta reader reads one version of the log. A version either holds the small files or the
+//! compacted file that replaced them, never both and never neither: the removes and the adds
+//! land in one atomic log append. The old files stay on disk until `vacuum` deletes them after
+//! `datalake.retention_hours`, so a reader still on an older version finds them.
+//!
+//! # Races
+//!
+//! * **With appends.** A compaction rewrites only files of the version it read; an append that
+//!   lands meanwhile adds new files, which the compaction neither removes nor rewrites. delta-rs
+//!   lets a commit that changes no data pass over appends (snapshot isolation), and an append
+//!   pass over a compaction (it read no file), so neither blocks nor retries the other for long.
+//! * **With another compaction.** Two compactions of the same files would each add a copy of
+//!   the rows: delta-rs does not treat two `dataChange: false` removes of one file as a
+//!   conflict. So every compaction of a date also writes a `txn` action of the app id
+//!   `orderstream/compact/<date>`, and delta-rs refuses a commit when a commit
+//!   that landed after its read version wrote a `txn` of the same app id. The loser deletes the
+//!   files it wrote and gives up; the next round starts from the new version.
+
+use std::time::{Duration, Instant};
+
+use arrow_array::RecordBatch;
+use deltalake::DeltaTable;
+use deltalake::DeltaTableError;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
+use deltalake::kernel::{Action, Remove, Transaction};
+use deltalake::logstore::object_store::path::Path as StorePath;
+use deltalake::logstore::object_store::{ObjectStore, ObjectStoreExt};
+use deltalake::protocol::DeltaOperation;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::delta::{DATE_COLUMN, load, runtime, storage_error, timed, write_files};
+use crate::config::{DatalakeConfig, Maintenance};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+
+/// The date partitions of a table version and their files: how many, how many small.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PartitionFiles {
+    /// The partition's date.
+    pub date: String,
+    /// Data files in the version.
+    pub files: usize,
+    /// Of which below half of `datalake.target_file_size`.
+    pub small: usize,
+    /// Bytes of all its files.
+    pub bytes: u64,
+}
+
+/// What one compaction of a date partition did.
+#[derive(Debug, Clone)]
+pub struct Compaction {
+    /// The partition's date.
+    pub date: String,
+    /// Small files removed.
+    pub files_in: usize,
+    /// Their bytes.
+    pub bytes_in: u64,
+    /// Files written in their place.
+    pub files_out: usize,
+    /// Their bytes.
+    pub bytes_out: u64,
+    /// Rows rewritten.
+    pub rows: usize,
+    /// The version the compaction committed.
+    pub version: i64,
+    /// How long it took, reading and writing included.
+    pub elapsed: Duration,
+}
+
+/// How a compaction of one date partition ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Rewritten and committed.
+    Done(Compaction),
+    /// Another compaction of the same date committed first; nothing was committed.
+    Lost,
+    /// Fewer small files than asked for: nothing to do.
+    Nothing,
+}
+
+/// One live data file of the table.
+struct DataFile {
+    remove: Remove,
+    /// When it was written (ms since the epoch): compaction keeps commit order within a file.
+    written: i64,
+    location: StorePath,
+    size: u64,
+}
+
+/// The live files of each date partition in the table's loaded version, oldest commit first.
+fn files_by_date(table: &DeltaTable) -> Result<Vec<(String, Vec<DataFile>)>> {
+    let snapshot = table.snapshot().map_err(|e| storage_error("", "cannot read", &e))?;
+    let mut dates: Vec<(String, Vec<DataFile>)> = Vec::new();
+    for file in snapshot.log_data().iter() {
+        let date = file.partition_values_map().get(DATE_COLUMN).cloned().flatten().unwrap_or_default();
+        let data = DataFile {
+            remove: file.remove_action(false),
+            written: file.modification_time(),
+            location: file.object_store_path(),
+            size: file.size().max(0) as u64,
+        };
+        match dates.iter_mut().find(|(d, _)| *d == date) {
+            Some((_, files)) => files.push(data),
+            None => dates.push((date, vec![data])),
+        }
+    }
+    for (_, files) in &mut dates {
+        files.sort_by_key(|f| f.written);
+    }
+    dates.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(dates)
+}
+
+/// Files, small files and bytes of each date partition in the table's loaded version.
+pub fn partitions(table: &DeltaTable, target_file_size: u64) -> Result<Vec<PartitionFiles>> {
+    Ok(files_by_date(table)?
+        .into_iter()
+        .map(|(date, files)| PartitionFiles {
+            date,
+            files: files.len(),
+            small: files.iter().filter(|f| is_small(f.size, target_file_size)).count(),
+            bytes: files.iter().map(|f| f.size).sum(),
+        })
+        .collect())
+}
+
+fn is_small(size: u64, target_file_size: u64) -> bool {
+    size < target_file_size / 2
+}
+
+/// The dates whose small files number at least `min_small`, most small files first; only
+/// `date` when given.
+pub fn due(
+    table: &DeltaTable,
+    settings: &Maintenance,
+    min_small: usize,
+    date: Option<&str>,
+) -> Result<Vec<String>> {
+    let mut due: Vec<PartitionFiles> = partitions(table, settings.target_file_size)?
+        .into_iter()
+        .filter(|p| p.small >= min_small.max(2) && date.is_none_or(|d| d == p.date))
+        .collect();
+    due.sort_by_key(|p| std::cmp::Reverse(p.small));
+    Ok(due.into_iter().map(|p| p.date).collect())
+}
+
+/// Compacts one date partition of the table's loaded version: its small files, in commit
+/// order, packed into files of about `target_file_size` (a group of one file stays as it is).
+pub async fn compact_date(
+    table: &mut DeltaTable,
+    location: &str,
+    settings: &Maintenance,
+    date: &str,
+) -> Result<Outcome> {
+    let start = Instant::now();
+    let target = settings.target_file_size;
+    let Some((_, files)) = files_by_date(table)?.into_iter().find(|(d, _)| d == date) else {
+        return Ok(Outcome::Nothing);
+    };
+    let small: Vec<DataFile> = files.into_iter().filter(|f| is_small(f.size, target)).collect();
+    let mut groups: Vec<Vec<DataFile>> = Vec::new();
+    let mut size = 0u64;
+    for file in small {
+        match groups.last_mut() {
+            Some(group) if size + file.size <= target => {
+                size += file.size;
+                group.push(file);
+            }
+            _ => {
+                size = file.size;
+                groups.push(vec![file]);
+            }
+        }
+    }
+    groups.retain(|g| g.len() > 1);
+    if groups.is_empty() {
+        return Ok(Outcome::Nothing);
+    }
+    let app_id = format!("orderstream/compact/{date}");
+    let snapshot = table.snapshot().map_err(|e| storage_error(location, "cannot read", &e))?.clone();
+    let last = timed(snapshot.transaction_version(table.log_store().as_ref(), app_id.clone()))
+        .await
+        .map_err(|e| storage_error(location, "cannot read the transactions of", &e))?;
+    let store = table.log_store().object_store(None);
+    let mut actions = Vec::new();
+    let mut written = Vec::new();
+    let (mut files_in, mut bytes_in, mut rows) = (0, 0, 0);
+    for group in groups {
+        let mut dates = Vec::new();
+        for file in &group {
+            for batch in read_file(store.as_ref(), &file.location, location).await? {
+                rows += batch.num_rows();
+                dates.push((date.to_string(), batch));
+            }
+        }
+        let adds = write_files(table, dates, Some(target))
+            .await
+            .map_err(|e| storage_error(location, "cannot write to", &e))?;
+        for mut add in adds {
+            add.data_change = false;
+            written.push(add.clone());
+            actions.push(Action::Add(add));
+        }
+        for file in group {
+            files_in += 1;
+            bytes_in += file.size;
+            actions.push(Action::Remove(file.remove));
+        }
+    }
+    let bytes_out: u64 = written.iter().map(|a| a.size.max(0) as u64).sum();
+    let figures = serde_json::json!({
+        "date": date, "files_in": files_in, "files_out": written.len(), "bytes_in": bytes_in, "bytes_out": bytes_out,
+    });
+    let props = CommitProperties::default()
+        .with_application_transactions(vec![Transaction::new(app_id, last.unwrap_or(0) + 1)])
+        .with_metadata([(COMMIT_INFO_KEY.to_string(), figures)])
+        .with_max_retries(15);
+    let operation = DeltaOperation::Optimize {
+        predicate: Some(format!("{DATE_COLUMN} = '{date}'")),
+        target_size: target as i64,
+    };
+    let commit =
+        CommitBuilder::from(props).with_actions(actions).build(Some(&snapshot), table.log_store(), operation);
+    let version = match timed(commit.into_future()).await {
+        Ok(finalized) => finalized.version(),
+        Err(DeltaTableError::Transaction { source: TransactionError::CommitConflict(_) }) => {
+            // No commit names these files: delete them now rather than leave them to vacuum.
+            for add in &written {
+                let _ = store.delete(&StorePath::from(add.path.as_str())).await;
+            }
+            return Ok(Outcome::Lost);
+        }
+        Err(e) => return Err(storage_error(location, "cannot commit a compaction to", &e)),
+    };
+    timed(table.update_incremental(Some(version)))
+        .await
+        .map_err(|e| storage_error(location, "cannot read", &e))?;
+    Ok(Outcome::Done(Compaction {
+        date: date.to_string(),
+        files_in,
+        bytes_in,
+        files_out: written.len(),
+        bytes_out,
+        rows,
+        version: version as i64,
+        elapsed: start.elapsed(),
+    }))
+}
+
+/// The rows of one data file.
+pub(super) async fn read_file(
+    store: &dyn ObjectStore,
+    path: &StorePath,
+    location: &str,
+) -> Result<Vec<RecordBatch>> {
+    let bad = |what: String| Error::Storage(format!("Delta table {location}: data file {path}: {what}"));
+    let bytes =
+        match tokio::time::timeout(Duration::from_secs(60), async { store.get(path).await?.bytes().await })
+            .await
+        {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => return Err(bad(format!("cannot read it: {e}"))),
+            Err(_) => return Err(bad("no answer within 60 s".into())),
+        };
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .and_then(|b| b.build())
+        .map_err(|e| bad(format!("not a readable Parquet file: {e}")))?;
+    reader.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| bad(format!("cannot decode it: {e}")))
+}
+
+/// The `commitInfo` key of a compaction's figures (read by `status`).
+pub const COMMIT_INFO_KEY: &str = "orderstream.compaction";
+
+/// How often a compaction that lost to another one is tried again from the newer version.
+const ATTEMPTS: usize = 3;
+
+/// `orderstream compact [--date D]`: compacts every date partition holding two or more small
+/// files (only `date` when given), each in its own commit. Returns what was done.
+pub fn compact(cfg: &DatalakeConfig, date: Option<&str>) -> Result<Vec<Compaction>> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let mut table = load(cfg).await?;
+        let mut done = Vec::new();
+        for d in due(&table, &cfg.maintenance, 2, date)? {
+            for _ in 0..ATTEMPTS {
+                match compact_date(&mut table, &cfg.location, &cfg.maintenance, &d).await? {
+                    Outcome::Done(c) => {
+                        done.push(c);
+                        break;
+                    }
+                    Outcome::Nothing => break,
+                    Outcome::Lost => {
+                        tracing::info!(
+                            "date={d}: another compaction committed first; trying again from its version"
+                        );
+                        timed(table.update_state())
+                            .await
+                            .map_err(|e| storage_error(&cfg.location, "cannot read", &e))?;
+                    }
+                }
+            }
+        }
+        Ok(done)
+    })
+}
+
+/// The consumer's automatic compaction: a thread with its own handle on the table, so that a
+/// compaction never holds up a batch. Every `every` it reads the table's newest version and
+/// compacts the date partition with the most small files, when it has more than
+/// `datalake.compact_min_files`.
+pub struct Compactor {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Compactor {
+    /// Starts it; `None` when `datalake.compact_min_files` is 0.
+    pub fn start(
+        cfg: &DatalakeConfig,
+        every: Duration,
+        metrics: Arc<Metrics>,
+        shutdown: Shutdown,
+    ) -> Result<Option<Compactor>> {
+        if cfg.maintenance.compact_min_files == 0 {
+            return Ok(None);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let (cfg, flag) = (cfg.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("compactor".into())
+            .spawn(move || {
+                let stopped = || flag.load(Ordering::Relaxed) || shutdown.is_triggered();
+                let rt = match runtime() {
+                    Ok(rt) => rt,
+                    Err(e) => return tracing::warn!("compaction is off: {e}"),
+                };
+                let mut table = None;
+                while !stopped() {
+                    let wake = Instant::now() + every;
+                    while !stopped() && Instant::now() < wake {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    if stopped() {
+                        break;
+                    }
+                    if let Err(e) = rt.block_on(round(&cfg, &mut table, &metrics)) {
+                        // The next round reads the table afresh.
+                        table = None;
+                        tracing::warn!("compaction: {e}");
+                    }
+                }
+            })
+            .map_err(|e| Error::Storage(format!("cannot start the compaction thread: {e}")))?;
+        Ok(Some(Compactor { stop, thread: Some(thread) }))
+    }
+}
+
+impl Drop for Compactor {
+    /// Stops the thread, waiting a second at most: a compaction cut off commits nothing, and
+    /// `vacuum` deletes the files it wrote.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(1);
+        if let Some(thread) = self.thread.take() {
+            while !thread.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+/// One round of the automatic compaction.
+async fn round(cfg: &DatalakeConfig, table: &mut Option<DeltaTable>, metrics: &Metrics) -> Result<()> {
+    let table = match table {
+        Some(t) => {
+            timed(t.update_state()).await.map_err(|e| storage_error(&cfg.location, "cannot read", &e))?;
+            t
+        }
+        None => table.insert(load(cfg).await?),
+    };
+    let settings = &cfg.maintenance;
+    let parts = partitions(table, settings.target_file_size)?;
+    let c = &metrics.consumer;
+    c.small_files.set(parts.iter().map(|p| p.small as i64).sum());
+    c.checkpoint_version.set(super::delta::last_checkpoint(table).await.unwrap_or(-1));
+    let Some(date) = due(table, settings, settings.compact_min_files + 1, None)?.into_iter().next() else {
+        return Ok(());
+    };
+    match compact_date(table, &cfg.location, settings, &date).await? {
+        Outcome::Done(done) => {
+            c.compactions.inc();
+            c.compacted_files.inc_by(done.files_in as u64);
+            c.compacted_bytes.inc_by(done.bytes_in);
+            c.last_compaction.set(chrono::Utc::now().timestamp_micros() as f64 / 1e6);
+            tracing::info!("{}", done);
+        }
+        Outcome::Lost => tracing::debug!("date={date}: another compaction committed first"),
+        Outcome::Nothing => {}
+    }
+    Ok(())
+}
+
+impl std::fmt::Display for Compaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "compacted date={}: {} files ({} bytes) into {} ({} bytes), {} rows, version {}, in {:.2} s",
+            self.date,
+            self.files_in,
+            self.bytes_in,
+            self.files_out,
+            self.bytes_out,
+            self.rows,
+            self.version,
+            self.elapsed.as_secs_f64()
+        )
+    }
+}
