@@ -19,26 +19,13 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::bench::{knob, median};
+use common::bench::{CUSTOMERS, ITEMS, RESTAURANTS, knob, median};
 
 use std::time::{Duration, Instant};
 
 use common::lake::{Msg, committed_total, create_topic, files, produce};
 use common::{Broker, TestEnv};
 
-const CUSTOMERS: [&str; 8] = [
-    "John Doe",
-    "Jane Smith",
-    "Amit Kumar",
-    "Sara Lee",
-    "Li Wei",
-    "Maria Garcia",
-    "Omar Haddad",
-    "Zoë Müller",
-];
-const RESTAURANTS: [&str; 5] =
-    ["Burger Junction", "Pizza Palace", "Sushi Central", "Curry House", "Taco Town"];
-const ITEMS: [&str; 6] = ["Veg Burger", "Margherita", "California Roll", "Butter Chicken", "Tacos", "Fries"];
 const STATUSES: [&str; 4] = ["PLACED", "PREPARING", "DELIVERED", "CANCELLED"];
 
 /// Order `i` in the seed's message format; created_at walks through two days in 0.1 s steps.

@@ -33,7 +33,7 @@
 #[allow(dead_code)]
 mod bench;
 
-use bench::{knob, median};
+use bench::{CUSTOMERS, ITEMS, RESTAURANTS, knob, median};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::error::Error;
@@ -76,19 +76,6 @@ const START_US: i64 = 1_737_158_400_000_000;
 /// 100 orders/s.
 const ORDER_EVERY_US: i64 = 10_000;
 
-const CUSTOMERS: [&str; 8] = [
-    "John Doe",
-    "Jane Smith",
-    "Amit Kumar",
-    "Sara Lee",
-    "Li Wei",
-    "Maria Garcia",
-    "Omar Haddad",
-    "Zoë Müller",
-];
-const RESTAURANTS: [&str; 5] =
-    ["Burger Junction", "Pizza Palace", "Sushi Central", "Curry House", "Taco Town"];
-const ITEMS: [&str; 6] = ["Veg Burger", "Margherita", "California Roll", "Butter Chicken", "Tacos", "Fries"];
 const LATER: [&str; 3] = ["PREPARING", "DELIVERED", "CANCELLED"];
 
 /// One change of one order, as the consumer's batch holds it.

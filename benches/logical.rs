@@ -40,7 +40,9 @@
 //! instead of a private memory-storage tansu per run), `ORDERSTREAM_BENCH_LAKE` (`parquet`;
 //! `delta` for a local Delta table: readable once its commit exists; `delta-s3` for a table on
 //! the stack's S3 server, where commit → lake is not measured). With a Delta lake the median
-//! and p99 of the consumer's commits are printed too (from its debug log). A smoke run:
+//! and p99 of the consumer's commits are printed too (from its debug log), with the table's data
+//! files at the end and the consumer's compactions. `ORDERSTREAM__*` variables are passed to
+//! `run` (`ORDERSTREAM__DATALAKE__COMPACT_MIN_FILES=0`: compaction off). A smoke run:
 //! `ORDERSTREAM_BENCH_ROWS=20000 ORDERSTREAM_BENCH_RUNS=1 ORDERSTREAM_BENCH_SECONDS=5 cargo bench --bench logical`.
 
 #[path = "../tests/common/mod.rs"]
@@ -540,6 +542,9 @@ struct Live {
     queued: [f64; 3],
     achieved: f64,
     files: usize,
+    /// Delta lake: the data files of the table's last version, and the compactions that made it.
+    table_files: Option<usize>,
+    compactions: usize,
     rss: f64,
 }
 
@@ -590,6 +595,12 @@ fn live_run(interval: &str, rate: u64, seconds: u64, clients: u64, given: Option
         .unwrap_or_else(|| broker.as_ref().map(|b| b.addr.clone()).unwrap_or_default());
     let mut env = logical_env("lg_live", &brokers, None);
     env.set("ORDERSTREAM__STREAMING__BATCH_INTERVAL", interval);
+    // E.g. ORDERSTREAM__DATALAKE__COMPACT_MIN_FILES=0: the same run with compaction off.
+    for (k, v) in std::env::vars() {
+        if k.starts_with("ORDERSTREAM__") {
+            env.set(&k, &v);
+        }
+    }
     let kind = std::env::var("ORDERSTREAM_BENCH_LAKE").unwrap_or_default();
     let (delta, s3) = (kind.starts_with("delta"), kind == "delta-s3");
     if s3 {
@@ -635,6 +646,8 @@ fn live_run(interval: &str, rate: u64, seconds: u64, clients: u64, given: Option
         Some(w) => w.stop(),
         None => env.read_delta("replay", false).files.unwrap_or(0),
     };
+    // What a reader lists at the end: the table's files, after the consumer's compactions.
+    let table_files = delta.then(|| env.read_delta("replay", false).files.unwrap_or(0));
     stop.store(true, Ordering::SeqCst);
     let tailed = tailer.join().unwrap();
     let rss = pipeline.peak_rss() as f64 / MB;
@@ -666,7 +679,18 @@ fn live_run(interval: &str, rate: u64, seconds: u64, clients: u64, given: Option
         })
         .collect();
     let commit = (!commits.is_empty()).then(|| pcts(commits));
-    Live { topic: pcts(topic), lake, commit, queued: pcts(queued), achieved, files, rss }
+    let compactions = pipeline.log_text().lines().filter(|l| l.contains("compacted date=")).count();
+    Live {
+        topic: pcts(topic),
+        lake,
+        commit,
+        queued: pcts(queued),
+        achieved,
+        files,
+        table_files,
+        compactions,
+        rss,
+    }
 }
 
 fn live(interval: &str, rate: u64, seconds: u64, clients: u64, runs: usize, given: Option<&str>) {
@@ -691,6 +715,12 @@ fn live(interval: &str, rate: u64, seconds: u64, clients: u64, runs: usize, give
         );
         if let Some(c) = r.commit {
             eprintln!("run {run}: Delta commit p50 {:.4} p99 {:.4} max {:.4} s", c[0], c[1], c[2]);
+        }
+        if let Some(t) = r.table_files {
+            eprintln!(
+                "run {run}: {t} data files in the table at the end, after {} compactions",
+                r.compactions
+            );
         }
         results.push(r);
     }
@@ -732,6 +762,13 @@ fn live(interval: &str, rate: u64, seconds: u64, clients: u64, runs: usize, give
             "  Delta commit of a batch (the consumer's debug line): p50 {}; p99 {}",
             summary(&col(|r| r.commit.map_or(f64::NAN, |c| c[0])), s4),
             summary(&col(|r| r.commit.map_or(f64::NAN, |c| c[1])), s4)
+        );
+    }
+    if results.iter().all(|r| r.table_files.is_some()) {
+        println!(
+            "  data files in the table at the end: {}; compactions {}",
+            summary(&col(|r| r.table_files.unwrap_or(0) as f64), |v| format!("{v:.0}")),
+            summary(&col(|r| r.compactions as f64), |v| format!("{v:.0}"))
         );
     }
 }

@@ -181,7 +181,7 @@ fn run(cli: Cli, shutdown: &Shutdown) -> Result<(), Error> {
                 }
                 let cfg = cfg.clone();
                 let files = tokio::task::spawn_blocking(move || {
-                    orderstream::sink::delta::vacuum(&cfg.datalake, cfg.datalake.retention, dry_run)
+                    orderstream::sink::compact::vacuum(&cfg.datalake, cfg.datalake.retention, dry_run)
                 })
                 .await
                 .map_err(|e| Error::Storage(format!("the vacuum thread failed: {e}")))??;

@@ -228,13 +228,7 @@ fn crash_loop(store: &Store, tag: &str, kills: usize) {
         // Files of batches that crashed before their commit stay on disk, in no commit, until
         // `vacuum` deletes them once older than the retention (here: made 3 hours old).
         let listed = env.read_delta("replay", false).files.unwrap_or_default();
-        let data = |env: &TestEnv| -> Vec<String> {
-            common::lake::files(&env.lake())
-                .into_iter()
-                .filter(|f| f.ends_with(".parquet") && !f.starts_with("_delta_log"))
-                .collect()
-        };
-        let on_disk = data(&env);
+        let on_disk = data_files(&env);
         println!("data files: {listed} in the table, {} on disk", on_disk.len());
         for f in &on_disk {
             let (code, _, err) = common::proc::run(
@@ -253,10 +247,10 @@ fn crash_loop(store: &Store, tag: &str, kills: usize) {
         assert_eq!(code, 0, "{err}");
         let orphans = out.lines().count();
         assert_eq!(orphans, on_disk.len() - listed, "vacuum --dry-run listed:\n{out}");
-        assert_eq!(data(&env).len(), on_disk.len(), "a dry run deleted files");
+        assert_eq!(data_files(&env).len(), on_disk.len(), "a dry run deleted files");
         let (code, _, err) = env.run(&["vacuum"]);
         assert_eq!(code, 0, "{err}");
-        assert_eq!(data(&env).len(), listed, "vacuum left files no commit references");
+        assert_eq!(data_files(&env).len(), listed, "vacuum left files no commit references");
         assert_delta_exactly_once(&env, N, &positions);
     }
 }
@@ -444,6 +438,7 @@ fn compaction_racing_appends_and_another_compaction_never_shows_a_reader_a_row_t
     env.set("ORDERSTREAM__STREAMING__BATCH_INTERVAL", "0.2");
     env.set("ORDERSTREAM__DATALAKE__COMPACT_MIN_FILES", "4");
     env.set("ORDERSTREAM__DATALAKE__TARGET_FILE_SIZE", "1048576");
+    env.set("ORDERSTREAM__DATALAKE__CHECKPOINT_INTERVAL", "10");
     create_topic(&broker.addr, &env.topic, 3);
     const N: i64 = 6_000;
     let (mut c, port) = env.spawn_serving(&["consume"]);
@@ -483,9 +478,15 @@ fn compaction_racing_appends_and_another_compaction_never_shows_a_reader_a_row_t
         .find_map(|l| l.strip_prefix("orderstream_consumer_compactions_total "))
         .and_then(|v| v.trim().parse::<f64>().ok());
     assert!(compactions.is_some_and(|n| n >= 1.0), "no compaction counted in /metrics:\n{metrics}");
-    for name in ["orderstream_consumer_small_files", "orderstream_consumer_checkpoint_version"] {
-        assert!(metrics.contains(name), "{name} missing from /metrics");
-    }
+    assert!(metrics.contains("orderstream_consumer_small_files"), "small_files missing from /metrics");
+    // A log checkpoint every 10 commits (the table property set at creation).
+    let log = env.lake().join("_delta_log");
+    let created = std::fs::read_to_string(log.join(format!("{:020}.json", 0))).unwrap();
+    assert!(created.contains(r#""delta.checkpointInterval":"10""#), "{created}");
+    let last: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(log.join("_last_checkpoint")).unwrap()).unwrap();
+    let checkpoint = last["version"].as_i64().unwrap_or(-1);
+    assert!(checkpoint >= 9 && checkpoint % 10 == 9, "last checkpoint at version {checkpoint}");
 
     let (code, out, err) = env.run(&["compact"]);
     assert_eq!(code, 0, "{err}");
@@ -501,6 +502,16 @@ fn compaction_racing_appends_and_another_compaction_never_shows_a_reader_a_row_t
     let (code, out, err) = env.run(&["compact", "--date", "2030-01-01"]);
     assert_eq!((code, out.as_str()), (0, ""), "{err}");
     assert!(err.contains("0 date partitions compacted"), "{err}");
+}
+
+/// The table's data files on local disk (its log's checkpoints left out), by path.
+fn data_files(env: &TestEnv) -> Vec<String> {
+    let mut files: Vec<String> = common::lake::files(&env.lake())
+        .into_iter()
+        .filter(|f| f.ends_with(".parquet") && !f.starts_with("_delta_log"))
+        .collect();
+    files.sort();
+    files
 }
 
 /// An order as the comparisons see it: (order_id, customer_name, order_status, amount).

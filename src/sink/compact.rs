@@ -19,8 +19,10 @@
 //!   the rows: delta-rs does not treat two `dataChange: false` removes of one file as a
 //!   conflict. So every compaction of a date also writes a `txn` action of the app id
 //!   `orderstream/compact/<date>`, and delta-rs refuses a commit when a commit
-//!   that landed after its read version wrote a `txn` of the same app id. The loser deletes the
-//!   files it wrote and gives up; the next round starts from the new version.
+//!   that landed after its read version wrote a `txn` of the same app id. The loser gives up
+//!   (the files it wrote are left to `vacuum`); the next round starts from the new version.
+//!
+//! `vacuum` is here too: it deletes what compaction replaced, once past the retention.
 
 use std::time::{Duration, Instant};
 
@@ -37,7 +39,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::delta::{DATE_COLUMN, load, runtime, storage_error, timed, write_files};
+use super::delta::{DATE_COLUMN, load, load_at, runtime, storage_error, timed, write_files};
 use crate::config::{DatalakeConfig, Maintenance};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -156,18 +158,32 @@ pub fn due(
 
 /// Compacts one date partition of the table's loaded version: its small files, in commit
 /// order, packed into files of about `target_file_size` (a group of one file stays as it is).
+/// `tiered` (the consumer's rounds): a file as large as the other small files together is left
+/// out; `orderstream compact` packs them all.
 pub async fn compact_date(
     table: &mut DeltaTable,
     location: &str,
     settings: &Maintenance,
     date: &str,
+    tiered: bool,
 ) -> Result<Outcome> {
     let start = Instant::now();
     let target = settings.target_file_size;
     let Some((_, files)) = files_by_date(table)?.into_iter().find(|(d, _)| d == date) else {
         return Ok(Outcome::Nothing);
     };
-    let small: Vec<DataFile> = files.into_iter().filter(|f| is_small(f.size, target)).collect();
+    let mut small: Vec<DataFile> = files.into_iter().filter(|f| is_small(f.size, target)).collect();
+    if tiered {
+        // A file as large as all the others together (an earlier compaction's) waits until they
+        // have grown to its size: each row is then rewritten a few times, not once per round.
+        while let Some((i, largest)) =
+            small.iter().enumerate().max_by_key(|(_, f)| f.size).map(|(i, f)| (i, f.size))
+            && small.len() > 1
+            && largest >= small.iter().map(|f| f.size).sum::<u64>() - largest
+        {
+            small.remove(i);
+        }
+    }
     let mut groups: Vec<Vec<DataFile>> = Vec::new();
     let mut size = 0u64;
     for file in small {
@@ -233,11 +249,9 @@ pub async fn compact_date(
         CommitBuilder::from(props).with_actions(actions).build(Some(&snapshot), table.log_store(), operation);
     let version = match timed(commit.into_future()).await {
         Ok(finalized) => finalized.version(),
+        // The files written stay for `vacuum`: a store that retried a conditional put which had
+        // landed reports our own commit as a conflict, and its files must not go.
         Err(DeltaTableError::Transaction { source: TransactionError::CommitConflict(_) }) => {
-            // No commit names these files: delete them now rather than leave them to vacuum.
-            for add in &written {
-                let _ = store.delete(&StorePath::from(add.path.as_str())).await;
-            }
             return Ok(Outcome::Lost);
         }
         Err(e) => return Err(storage_error(location, "cannot commit a compaction to", &e)),
@@ -293,7 +307,7 @@ pub fn compact(cfg: &DatalakeConfig, date: Option<&str>) -> Result<Vec<Compactio
         let mut done = Vec::new();
         for d in due(&table, &cfg.maintenance, 2, date)? {
             for _ in 0..ATTEMPTS {
-                match compact_date(&mut table, &cfg.location, &cfg.maintenance, &d).await? {
+                match compact_date(&mut table, &cfg.location, &cfg.maintenance, &d, false).await? {
                     Outcome::Done(c) => {
                         done.push(c);
                         break;
@@ -399,7 +413,7 @@ async fn round(cfg: &DatalakeConfig, table: &mut Option<DeltaTable>, metrics: &M
     let Some(date) = due(table, settings, settings.compact_min_files + 1, None)?.into_iter().next() else {
         return Ok(());
     };
-    match compact_date(table, &cfg.location, settings, &date).await? {
+    match compact_date(table, &cfg.location, settings, &date, true).await? {
         Outcome::Done(done) => {
             c.compactions.inc();
             c.compacted_files.inc_by(done.files_in as u64);
@@ -428,4 +442,36 @@ impl std::fmt::Display for Compaction {
             self.elapsed.as_secs_f64()
         )
     }
+}
+
+/// `orderstream vacuum`: the data files no commit of the table's current version references
+/// (replaced by a rewrite, or written by a batch that crashed before its commit), older than
+/// `retention`: listed with `dry_run`, else deleted. Returns their paths.
+pub fn vacuum(cfg: &DatalakeConfig, retention: Duration, dry_run: bool) -> Result<Vec<String>> {
+    let rt = runtime()?;
+    let retention = chrono::Duration::from_std(retention)
+        .map_err(|e| Error::Storage(format!("retention out of range: {e}")))?;
+    rt.block_on(async {
+        let mut files = Vec::new();
+        // The current table's replaced buckets too, listed under its location.
+        for (location, prefix) in std::iter::once((&cfg.location, None))
+            .chain(cfg.current_location.iter().map(|c| (c, Some(c.trim_end_matches('/')))))
+        {
+            let table = load_at(location, &cfg.storage_options).await?;
+            let (_, metrics) = table
+                .vacuum()
+                .with_retention_period(retention)
+                // The retention is ours (datalake.retention_hours), checked when it is configured.
+                .with_enforce_retention_duration(false)
+                .with_mode(deltalake::operations::vacuum::VacuumMode::Full)
+                .with_dry_run(dry_run)
+                .await
+                .map_err(|e| storage_error(location, "cannot vacuum", &e))?;
+            files.extend(metrics.files_deleted.into_iter().map(|f| match prefix {
+                Some(p) => format!("{p}/{f}"),
+                None => f,
+            }));
+        }
+        Ok(files)
+    })
 }

@@ -36,7 +36,6 @@ use arrow_schema::{DataType as ArrowType, Field, Schema, SchemaRef};
 use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
 use deltalake::kernel::{Action, Remove, StructField, StructType, Transaction};
-use deltalake::logstore::object_store::ObjectStoreExt;
 use deltalake::logstore::object_store::path::Path as StorePath;
 use deltalake::protocol::{DeltaOperation, OutputMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
@@ -57,7 +56,7 @@ pub const BUCKET_SIZE: i64 = 10_000;
 const KEPT: [usize; 9] = [0, 1, 2, 3, 4, 5, 6, 8, 10];
 const OP: usize = 7;
 /// How often a commit that lost to another member's commit of the same buckets is redone.
-const ATTEMPTS: usize = 8;
+const ATTEMPTS: usize = 16;
 
 /// The current table's columns without the bucket: what its data files hold.
 pub fn file_schema() -> SchemaRef {
@@ -212,7 +211,7 @@ impl CurrentTable {
     /// its positions, so that the table's lag behind the change table means orders not yet in it.
     /// Returns the version.
     pub async fn apply(&mut self, batches: &[DateBatch], offsets: &[(i32, i64)]) -> Result<Option<i64>> {
-        let changes = self.changes(batches);
+        let changes = self.changes(batches)?;
         let behind =
             offsets.iter().any(|(p, last)| self.applied.get(p).copied().flatten().is_none_or(|c| c < *last));
         if changes.is_empty() && !behind {
@@ -234,8 +233,13 @@ impl CurrentTable {
                     }
                     return Ok(Some(version));
                 }
-                // Another member rewrote a bucket first: read its version and merge again.
-                None if attempt < ATTEMPTS => self.refresh().await?,
+                // Another member committed first: read its version and merge again, after a
+                // pause that grows and differs between members, so that they stop colliding.
+                None if attempt < ATTEMPTS => {
+                    let jitter = u64::from(std::process::id() % 7) * 15;
+                    tokio::time::sleep(std::time::Duration::from_millis(50 * attempt as u64 + jitter)).await;
+                    self.refresh().await?
+                }
                 None => {}
             }
         }
@@ -264,12 +268,12 @@ impl CurrentTable {
     }
 
     /// Each order's last change among the batch's messages the table does not hold yet.
-    fn changes(&self, batches: &[DateBatch]) -> Changes {
+    fn changes(&self, batches: &[DateBatch]) -> Result<Changes> {
         let mut out = Changes::default();
         for (bi, b) in batches.iter().enumerate() {
-            let ids = b.rows.column(0).as_primitive::<Int64Type>();
-            let ops = b.rows.column(OP).as_string::<i32>();
-            let lsns = b.rows.column(8).as_primitive::<Int64Type>();
+            let ids = int64(&b.rows, 0, "order_id")?;
+            let ops = b.rows.column(OP).as_string_opt::<i32>().ok_or_else(|| not_ours("op"))?;
+            let lsns = int64(&b.rows, 8, "lsn")?;
             for (row, &(p, offset)) in b.sources.iter().enumerate().take(b.rows.num_rows()) {
                 if self.applied.get(&p).copied().flatten().is_some_and(|c| offset <= c) {
                     continue;
@@ -295,7 +299,7 @@ impl CurrentTable {
                     .or_insert(change);
             }
         }
-        out
+        Ok(out)
     }
 
     /// One attempt: the touched buckets rewritten and committed. `None`: another member's
@@ -357,11 +361,13 @@ impl CurrentTable {
                     .map_err(|e| storage_error(&location, "cannot read", &e))?;
                 Ok(Some(version as i64))
             }
+            // The files written stay for `vacuum`: a store that retried a conditional put which
+            // had landed reports our own commit as a conflict, and its files must not go.
             Err(DeltaTableError::Transaction { source: TransactionError::CommitConflict(c) }) => {
-                for path in &written {
-                    let _ = store.delete(&StorePath::from(path.as_str())).await;
-                }
-                tracing::debug!("current table {location}: commit lost ({c}); merging again");
+                tracing::debug!(
+                    "current table {location}: commit lost ({c}, {} files left to vacuum); merging again",
+                    written.len()
+                );
                 Ok(None)
             }
             Err(e) => Err(storage_error(&location, "cannot commit to", &e)),
@@ -405,8 +411,12 @@ impl CurrentTable {
         // Commit order: the log position where there is one, else the order of the files.
         let mut order: Vec<(i64, i64, usize, usize)> = Vec::with_capacity(rows);
         for (bi, b) in batches.iter().enumerate() {
-            let lsns = b.rows.column(8).as_primitive::<Int64Type>();
-            let index = b.rows.column(9).as_primitive::<arrow_array::types::Int32Type>();
+            let lsns = int64(&b.rows, 8, "lsn")?;
+            let index = b
+                .rows
+                .column(9)
+                .as_primitive_opt::<arrow_array::types::Int32Type>()
+                .ok_or_else(|| not_ours("change_index"))?;
             for r in 0..b.rows.num_rows() {
                 let lsn = if lsns.is_null(r) { -1 } else { lsns.value(r) };
                 let i = if index.is_null(r) { -1 } else { i64::from(index.value(r)) };
@@ -473,8 +483,8 @@ fn merge_bucket(
     // (order_id, source, row): sources are the existing batches, then the batch's.
     let mut keep: Vec<(i64, usize, usize)> = Vec::new();
     for (si, rows) in existing.iter().enumerate() {
-        let ids = rows.column(0).as_primitive::<Int64Type>();
-        let lsns = rows.column(7).as_primitive::<Int64Type>();
+        let ids = int64(rows, 0, "order_id")?;
+        let lsns = int64(rows, 7, "lsn")?;
         for r in 0..rows.num_rows() {
             let lsn = if lsns.is_null(r) { -1 } else { lsns.value(r) };
             if ids.is_null(r) || changes.last.contains_key(&ids.value(r)) || lsn < cut {
@@ -510,4 +520,15 @@ fn merge_bucket(
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
         .map(Some)
         .map_err(|e| Error::Storage(format!("cannot assemble bucket {bucket} of the current table: {e}")))
+}
+
+/// Column `i` of `rows` as 64-bit integers: a file another tool wrote may hold another type.
+fn int64<'a>(rows: &'a RecordBatch, i: usize, name: &str) -> Result<&'a Int64Array> {
+    rows.column(i).as_primitive_opt::<Int64Type>().ok_or_else(|| not_ours(name))
+}
+
+fn not_ours(column: &str) -> Error {
+    Error::Storage(format!(
+        "a data file holds column `{column}` in another type than orderstream writes (written by another tool?)"
+    ))
 }

@@ -177,11 +177,27 @@ impl DeltaLake {
 
     /// Takes `partition` in the current table at the position its version last read holds
     /// (after [`DeltaLake::refresh`]: on assignment, and when a failed commit is settled).
+    /// Refused when the current table holds less of the partition than this table: the
+    /// changes between would never reach it (a current table left behind while it was off).
     pub fn own(&mut self, partition: i32) -> Result<()> {
-        match &mut self.current {
-            Some(current) => self.rt.block_on(current.own(partition)),
-            None => Ok(()),
+        let Some(current) = self.current.as_ref() else { return Ok(()) };
+        let location = current.location().to_string();
+        let here = self.last_offset(partition)?;
+        let Some(current) = self.current.as_mut() else { return Ok(()) };
+        self.rt.block_on(current.own(partition))?;
+        let there = self.rt.block_on(current.last_offset(partition))?;
+        if there.unwrap_or(-1) < here.unwrap_or(-1) {
+            return Err(Error::Setup(format!(
+                "datalake.current_path {location}: holds partition {}/{partition} up to offset {} and the change table \
+                 {} up to {}: the changes between never reached it (was it off meanwhile?). Delete the current table; \
+                 the consumer fills it again from the change table",
+                self.topic,
+                show(there),
+                self.location,
+                show(here)
+            )));
         }
+        Ok(())
     }
 
     /// The current table's URL and version, when there is one.
@@ -316,7 +332,7 @@ impl DeltaLake {
     /// A new current table beside a change table that holds rows starts from those rows.
     fn fill_current(&mut self) -> Result<()> {
         let Some(current) = self.current.as_ref() else { return Ok(()) };
-        if !current.is_new() || !self.table.snapshot().is_ok_and(|s| s.log_data().num_files() > 0) {
+        if !current.is_new() || self.version() <= 0 {
             return Ok(());
         }
         let infos: Vec<_> = self
@@ -335,6 +351,9 @@ impl DeltaLake {
             if let Some(last) = self.last_offset(p)? {
                 offsets.push((p, last));
             }
+        }
+        if offsets.is_empty() {
+            return Ok(());
         }
         let (rt, table, location) = (&self.rt, &self.table, &self.location);
         let Some(current) = self.current.as_mut() else { return Ok(()) };
@@ -516,29 +535,6 @@ fn show(o: Option<i64>) -> String {
     o.map_or("none".into(), |v| v.to_string())
 }
 
-/// `orderstream vacuum`: the data files no commit of the table's current version references
-/// (replaced by a rewrite, or written by a batch that crashed before its commit), older than
-/// `retention`: listed with `dry_run`, else deleted. Returns their paths.
-pub fn vacuum(cfg: &DatalakeConfig, retention: Duration, dry_run: bool) -> Result<Vec<String>> {
-    let rt = runtime()?;
-    let location = cfg.location.clone();
-    rt.block_on(async {
-        let table = load(cfg).await?;
-        let retention = chrono::Duration::from_std(retention)
-            .map_err(|e| Error::Storage(format!("retention out of range: {e}")))?;
-        let (_, metrics) = table
-            .vacuum()
-            .with_retention_period(retention)
-            // The retention is ours (datalake.retention_hours), checked when it is configured.
-            .with_enforce_retention_duration(false)
-            .with_mode(deltalake::operations::vacuum::VacuumMode::Full)
-            .with_dry_run(dry_run)
-            .await
-            .map_err(|e| storage_error(&location, "cannot vacuum", &e))?;
-        Ok(metrics.files_deleted)
-    })
-}
-
 /// A runtime for delta-rs calls. Multi-threaded: delta-kernel blocks on futures of its own
 /// inside ours.
 pub(super) fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -552,18 +548,24 @@ pub(super) fn runtime() -> Result<tokio::runtime::Runtime> {
 
 /// Opens the existing table at `cfg.location` (one line when there is none).
 pub(super) async fn load(cfg: &DatalakeConfig) -> Result<DeltaTable> {
-    let location = &cfg.location;
+    load_at(&cfg.location, &cfg.storage_options).await
+}
+
+/// Opens the existing table at `location`.
+pub(super) async fn load_at(
+    location: &str,
+    options: &std::collections::BTreeMap<String, String>,
+) -> Result<DeltaTable> {
     let url = deltalake::ensure_table_uri(location)
-        .map_err(|e| Error::Setup(format!("datalake.path {location}: not a table location: {e}")))?;
-    let options: HashMap<String, String> =
-        cfg.storage_options.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        .map_err(|e| Error::Setup(format!("{location}: not a table location: {e}")))?;
+    let options: HashMap<String, String> = options.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let mut table = DeltaTableBuilder::from_url(url)
         .and_then(|b| b.with_storage_options(options).build())
         .map_err(|e| storage_error(location, "cannot open", &e))?;
     match timed(table.load()).await {
         Ok(()) => Ok(table),
         Err(DeltaTableError::NotATable(_)) => Err(Error::Setup(format!(
-            "datalake.path {location}: no Delta table there yet (`orderstream consume` creates it)"
+            "{location}: no Delta table there yet (`orderstream consume` creates it)"
         ))),
         Err(e) => Err(storage_error(location, "cannot read", &e)),
     }

@@ -10,6 +10,24 @@ use std::time::{Duration, Instant};
 use arrow_array::Int64Array;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
+/// Customers of the benchmarks' generated orders.
+pub const CUSTOMERS: [&str; 8] = [
+    "John Doe",
+    "Jane Smith",
+    "Amit Kumar",
+    "Sara Lee",
+    "Li Wei",
+    "Maria Garcia",
+    "Omar Haddad",
+    "Zoë Müller",
+];
+/// Their restaurants.
+pub const RESTAURANTS: [&str; 5] =
+    ["Burger Junction", "Pizza Palace", "Sushi Central", "Curry House", "Taco Town"];
+/// Their items.
+pub const ITEMS: [&str; 6] =
+    ["Veg Burger", "Margherita", "California Roll", "Butter Chicken", "Tacos", "Fries"];
+
 /// The value of the environment variable `name`, or `default` when unset or unparsable.
 pub fn knob<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
