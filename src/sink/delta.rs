@@ -551,17 +551,27 @@ pub(super) async fn load(cfg: &DatalakeConfig) -> Result<DeltaTable> {
     load_at(&cfg.location, &cfg.storage_options).await
 }
 
+/// The table at `location` with the lake's storage options, not read yet.
+pub fn unloaded(
+    location: &str,
+    options: &std::collections::BTreeMap<String, String>,
+) -> std::result::Result<DeltaTable, DeltaTableError> {
+    let url = deltalake::ensure_table_uri(location)?;
+    let options: HashMap<String, String> = options.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    DeltaTableBuilder::from_url(url).and_then(|b| b.with_storage_options(options).build())
+}
+
 /// Opens the existing table at `location`.
 pub(super) async fn load_at(
     location: &str,
     options: &std::collections::BTreeMap<String, String>,
 ) -> Result<DeltaTable> {
-    let url = deltalake::ensure_table_uri(location)
-        .map_err(|e| Error::Setup(format!("{location}: not a table location: {e}")))?;
-    let options: HashMap<String, String> = options.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let mut table = DeltaTableBuilder::from_url(url)
-        .and_then(|b| b.with_storage_options(options).build())
-        .map_err(|e| storage_error(location, "cannot open", &e))?;
+    let mut table = match unloaded(location, options) {
+        Err(DeltaTableError::InvalidTableLocation(e)) => {
+            return Err(Error::Setup(format!("{location}: not a table location: {e}")));
+        }
+        other => other.map_err(|e| storage_error(location, "cannot open", &e))?,
+    };
     match timed(table.load()).await {
         Ok(()) => Ok(table),
         Err(DeltaTableError::NotATable(_)) => Err(Error::Setup(format!(

@@ -2,10 +2,10 @@
 //! commit's age and the commit rate, and the consumer's counters, all from the table's log
 //! (a Delta consumer keeps no checkpoint folder of its own).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use deltalake::DeltaTableBuilder;
+use crate::sink::delta::unloaded;
 use futures_util::TryStreamExt;
 
 use super::{
@@ -39,7 +39,7 @@ pub fn group_members(cfg: &crate::config::KafkaConfig) -> Result<usize, Error> {
 pub async fn read(cfg: &Config) -> Result<(LakeStatus, ConsumerStatus), Error> {
     let location = &cfg.datalake.location;
     let bad = |e: deltalake::DeltaTableError| Error::Storage(format!("Delta table {location}: {e}"));
-    let mut table = unloaded(cfg, location).map_err(bad)?;
+    let mut table = unloaded(location, &cfg.datalake.storage_options).map_err(bad)?;
     let mut lake = LakeStatus {
         path: location.clone(),
         files: 0,
@@ -168,7 +168,7 @@ async fn current_status(
     states: &BTreeMap<i32, PartitionState>,
 ) -> Result<CurrentStatus, Error> {
     let bad = |e: deltalake::DeltaTableError| Error::Storage(format!("current table {at}: {e}"));
-    let mut table = unloaded(cfg, at).map_err(bad)?;
+    let mut table = unloaded(at, &cfg.datalake.storage_options).map_err(bad)?;
     let mut status = CurrentStatus { path: at.to_string(), version: None, lag_messages: 0 };
     match table.load().await {
         Ok(()) => {}
@@ -186,12 +186,4 @@ async fn current_status(
         status.lag_messages += (s.next_offset - 1 - applied.unwrap_or(-1)).max(0);
     }
     Ok(status)
-}
-
-/// The table at `location` with the lake's storage options, not read yet.
-fn unloaded(cfg: &Config, location: &str) -> Result<deltalake::DeltaTable, deltalake::DeltaTableError> {
-    let url = deltalake::ensure_table_uri(location)?;
-    let options: HashMap<String, String> =
-        cfg.datalake.storage_options.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    DeltaTableBuilder::from_url(url).and_then(|b| b.with_storage_options(options).build())
 }
