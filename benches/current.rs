@@ -280,7 +280,7 @@ fn measure(rt: &tokio::runtime::Runtime, dir: &Path, orders: i64, runs: usize) -
     std::fs::create_dir_all(dir)?;
     let at = location(dir)?;
     let mut table = rt.block_on(async {
-        let mut t = CurrentTable::open(&at, HashMap::new(), GROUP, TOPIC).await?;
+        let mut t = CurrentTable::open(&at, HashMap::new(), GROUP, TOPIC, &[]).await?;
         t.own(PARTITION).await?;
         Ok::<_, orderstream::Error>(t)
     })?;
@@ -358,7 +358,7 @@ fn fill(rt: &tokio::runtime::Runtime, from: &str, into: &str) -> Res<()> {
     rt.block_on(async {
         let mut change = DeltaTableBuilder::from_url(deltalake::ensure_table_uri(from)?)?.build()?;
         change.load().await?;
-        let mut current = CurrentTable::open(into, HashMap::new(), GROUP, TOPIC).await?;
+        let mut current = CurrentTable::open(into, HashMap::new(), GROUP, TOPIC, &[]).await?;
         if !current.is_new() {
             return Err(format!("{into} already holds a current table").into());
         }

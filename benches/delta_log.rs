@@ -5,7 +5,7 @@
 //! `DeltaTableBuilder::from_url(url)?.build()?` then `table.load().await`; after it, the bench
 //! also times reading the `txn` version of one app id from the loaded snapshot
 //! (`snapshot.transaction_version(log_store, app_id)`), which the consumer does on every
-//! partition assignment. Three cases (two tables) are opened, each `ORDERSTREAM_BENCH_RUNS`
+//! partition assignment. Four cases (three tables) are opened, each `ORDERSTREAM_BENCH_RUNS`
 //! times, on local disk (under `target/tmp`, deleted at the end), in one process with a 2-thread
 //! tokio runtime and jemalloc, as the consumer:
 //!
@@ -31,6 +31,13 @@
 //! (within the 7-day tombstone retention) accumulate as they would. Only the newest checkpoint is
 //! written (with `_last_checkpoint`), by `deltalake::checkpoints::create_checkpoint`; opening
 //! uses only the newest. The log is in the page cache (just written).
+//!
+//! * the same number of commits in a table with `delta.logRetentionDuration` and
+//!   `delta.deletedFileRetentionDuration` of 1 hour (what orderstream sets from
+//!   `datalake.retention_hours: 1`), after delta-rs's log cleanup (`cleanup_metadata`, which it
+//!   runs after each checkpoint): each commit file's modification time is its commit time, so
+//!   the cleanup keeps the last hour's commits (back to the checkpoint before them, which is
+//!   written too), and the checkpoint the last hour's tombstones.
 //!
 //! Prints every open, the medians per table, and the setup (log size, checkpoint size).
 //!
@@ -223,9 +230,10 @@ fn sample_rows(date: &str, ms: i64) -> Res<RecordBatch> {
     Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
 }
 
-/// Creates the table at `dir` as src/sink/delta.rs `create` does, writes its one real data
-/// file, then commits 1..=`commits` as log files.
-async fn build(dir: &Path, commits: u64) -> Res<Table> {
+/// Creates the table at `dir` as src/sink/delta.rs `create` does (with `retention` as its
+/// log and tombstone retention, else Delta's defaults), writes its one real data file, then
+/// commits 1..=`commits` as log files, each with its commit time as its modification time.
+async fn build(dir: &Path, commits: u64, retention: Option<&str>) -> Res<Table> {
     std::fs::create_dir_all(dir)?;
     let location = dir.to_str().ok_or("the temp dir's path is not UTF-8")?;
     let columns: Vec<StructField> = table_schema()?.fields().cloned().collect();
@@ -233,7 +241,13 @@ async fn build(dir: &Path, commits: u64) -> Res<Table> {
         .with_location(location)
         .with_columns(columns)
         .with_partition_columns([DATE_COLUMN])
-        .with_configuration([("orderstream.topic", Some(TOPIC)), ("orderstream.group", Some(GROUP))])
+        .with_configuration(
+            [("orderstream.topic", Some(TOPIC)), ("orderstream.group", Some(GROUP))].into_iter().chain(
+                retention.into_iter().flat_map(|r| {
+                    [("delta.logRetentionDuration", Some(r)), ("delta.deletedFileRetentionDuration", Some(r))]
+                }),
+            ),
+        )
         .with_raise_if_key_not_exists(false)
         .with_comment("orderstream change table: one row per captured change of the orders table")
         .await?;
@@ -248,8 +262,14 @@ async fn build(dir: &Path, commits: u64) -> Res<Table> {
     writer.write(sample_rows(&first_date, first_ms)?).await?;
     let real = writer.flush().await?.into_iter().next().ok_or("the writer wrote no file")?;
     let table = Table { location: location.to_string(), log: dir.join("_delta_log"), commits, real, end_ms };
-    for v in 1..=commits {
-        std::fs::write(table.log.join(format!("{v:020}.json")), table.commit_bytes(v)?)?;
+    for v in 0..=commits {
+        let path = table.log.join(format!("{v:020}.json"));
+        if v > 0 {
+            std::fs::write(&path, table.commit_bytes(v)?)?;
+        }
+        // The log cleanup goes by the files' modification times.
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(table.commit_ms(v).max(0) as u64);
+        std::fs::File::options().write(true).open(&path)?.set_modified(at)?;
     }
     Ok(table)
 }
@@ -324,9 +344,9 @@ fn log_bytes(table: &Table) -> u64 {
 }
 
 /// Builds a table of `commits` commits and reports how long that took.
-fn setup(rt: &tokio::runtime::Runtime, dir: &Path, commits: u64) -> Res<Table> {
+fn setup(rt: &tokio::runtime::Runtime, dir: &Path, commits: u64, retention: Option<&str>) -> Res<Table> {
     let start = Instant::now();
-    let table = rt.block_on(build(dir, commits))?;
+    let table = rt.block_on(build(dir, commits, retention))?;
     println!(
         "{commits} commits written in {:.1} s: {:.1} MB of commit JSON, {} live files, real file {} bytes",
         start.elapsed().as_secs_f64(),
@@ -353,19 +373,38 @@ fn add_checkpoint(rt: &tokio::runtime::Runtime, table: &Table) -> Res<Option<u64
     Ok(Some(version))
 }
 
+/// Deletes the commit files the table's log retention lets go (delta-rs does it after each
+/// checkpoint it writes); returns how many commit files are left.
+fn clean_log(rt: &tokio::runtime::Runtime, table: &Table) -> Res<usize> {
+    let start = Instant::now();
+    let deleted = rt.block_on(async {
+        let t = DeltaTableBuilder::from_url(deltalake::ensure_table_uri(&table.location)?)?.load().await?;
+        deltalake::checkpoints::cleanup_metadata(&t, None).await
+    })?;
+    let left = std::fs::read_dir(&table.log)?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .count();
+    println!(
+        "log cleanup in {:.1} s: {deleted} commit files deleted, {left} left",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(left)
+}
+
 fn run(root: &Path) -> Res<()> {
     let runs: usize = knob("ORDERSTREAM_BENCH_RUNS", 5).max(1);
     let commits: u64 = knob("ORDERSTREAM_BENCH_COMMITS", 100_000).max(1);
     // As the consumer's (src/sink/delta.rs): delta-kernel blocks on futures inside ours.
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
 
-    let small = setup(&rt, &root.join("small"), 100)?;
+    let small = setup(&rt, &root.join("small"), 100, None)?;
     let small_at = add_checkpoint(&rt, &small)?;
     let small_what =
         format!("100 commits, checkpoint at {}", small_at.map_or("none".into(), |v| v.to_string()));
     let (small_open, small_txn) = measure(&rt, &small_what, &small, runs)?;
 
-    let large = setup(&rt, &root.join("large"), commits)?;
+    let large = setup(&rt, &root.join("large"), commits, None)?;
     let bare_what = format!("{commits} commits, no checkpoint");
     let (bare_open, bare_txn) = measure(&rt, &bare_what, &large, runs)?;
     let large_at = add_checkpoint(&rt, &large)?;
@@ -373,11 +412,30 @@ fn run(root: &Path) -> Res<()> {
         format!("{commits} commits, checkpoint at {}", large_at.map_or("none".into(), |v| v.to_string()));
     let (large_open, large_txn) = measure(&rt, &large_what, &large, runs)?;
 
+    std::fs::remove_dir_all(root.join("large"))?;
+
+    // As orderstream's tables with `datalake.retention_hours: 1`: the log and the tombstones
+    // of the last hour only (3,600 commits at one a second), the rest cleaned up.
+    let kept = setup(&rt, &root.join("kept"), commits, Some("interval 3600 seconds"))?;
+    // The cleanup deletes only what a checkpoint older than the hour covers: the one the
+    // checkpoint interval put there.
+    if let Some(older) = commits.checked_sub(3600).and_then(checkpoint_version) {
+        rt.block_on(checkpoint(&kept, older))?;
+    }
+    let kept_at = add_checkpoint(&rt, &kept)?;
+    let left = clean_log(&rt, &kept)?;
+    let kept_what = format!(
+        "{commits} commits, checkpoint at {}, log and tombstones kept 1 h ({left} commit files)",
+        kept_at.map_or("none".into(), |v| v.to_string())
+    );
+    let (kept_open, kept_txn) = measure(&rt, &kept_what, &kept, runs)?;
+
     println!("medians of {runs} opens (open = build + load; txn = one app id's version after it):");
     for (what, o, r) in [
         (&small_what, small_open, small_txn),
         (&large_what, large_open, large_txn),
         (&bare_what, bare_open, bare_txn),
+        (&kept_what, kept_open, kept_txn),
     ] {
         println!("  {what}: open {o:.4} s, txn version {r:.4} s");
     }

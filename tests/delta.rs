@@ -485,6 +485,10 @@ fn compaction_racing_appends_and_another_compaction_never_shows_a_reader_a_row_t
     let log = env.lake().join("_delta_log");
     let created = std::fs::read_to_string(log.join(format!("{:020}.json", 0))).unwrap();
     assert!(created.contains(r#""delta.checkpointInterval":"10""#), "{created}");
+    // The log and the tombstones are kept for datalake.retention_hours (a week by default).
+    for key in ["delta.logRetentionDuration", "delta.deletedFileRetentionDuration"] {
+        assert!(created.contains(&format!(r#""{key}":"interval 604800 seconds""#)), "{created}");
+    }
     let last: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(log.join("_last_checkpoint")).unwrap()).unwrap();
     let checkpoint = last["version"].as_i64().unwrap_or(-1);
@@ -680,4 +684,124 @@ fn the_current_table_equals_postgresql_after_a_mixed_workload_under_sigkills() {
     let line = out.lines().find(|l| l.starts_with("Current")).unwrap_or_else(|| panic!("{out}{err}"));
     assert!(line.contains("0 messages behind the change table"), "{out}");
     assert!(out.lines().any(|l| l.starts_with("Upkeep")), "{out}");
+}
+
+/// Makes what `vacuum` judges by age `hours` older in the local Delta table at `table`: its
+/// data files' modification times and the `deletionTimestamp` of every `remove` in its commits.
+/// Its checkpoints, which hold the same removes, are deleted (readers replay the commits). The
+/// clock itself cannot move for one process: libfaketime hangs in jemalloc's start.
+fn age_table(table: &std::path::Path, hours: u64) {
+    let shift = (hours * 3_600_000) as i64;
+    for e in std::fs::read_dir(table.join("_delta_log")).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.contains(".checkpoint.") || name == "_last_checkpoint" {
+            std::fs::remove_file(e.path()).unwrap();
+        } else if name.ends_with(".json") {
+            let mut aged = String::new();
+            for line in std::fs::read_to_string(e.path()).unwrap().lines() {
+                let mut action: serde_json::Value = serde_json::from_str(line).unwrap();
+                if let Some(at) = action.pointer_mut("/remove/deletionTimestamp") {
+                    *at = (at.as_i64().unwrap() - shift).into();
+                }
+                aged += &format!("{action}\n");
+            }
+            std::fs::write(e.path(), aged).unwrap();
+        }
+    }
+    let then = std::time::SystemTime::now() - Duration::from_secs(hours * 3600);
+    for f in table_files(table) {
+        std::fs::File::options().write(true).open(table.join(f)).unwrap().set_modified(then).unwrap();
+    }
+}
+
+/// The data files of the local Delta table at `table` (its log's checkpoints left out).
+fn table_files(table: &std::path::Path) -> Vec<String> {
+    common::lake::files(table)
+        .into_iter()
+        .filter(|f| f.ends_with(".parquet") && !f.starts_with("_delta_log"))
+        .collect()
+}
+
+/// `vacuum` keeps what compaction and the current table's MERGEs replaced while it is younger
+/// than `datalake.retention_hours`, then deletes it from both tables, and both still read
+/// whole. A current table left behind while the consumer ran without it is refused in one line
+/// that says what to do, and once deleted it is filled again from the change table.
+#[test]
+fn vacuum_deletes_what_both_tables_replaced_and_a_current_table_left_behind_is_refused() {
+    let broker = Broker::start_memory();
+    let mut env = delta_env("delta_vacuum", &broker.addr, &Store::Local);
+    env.set("ORDERSTREAM__STREAMING__BATCH_INTERVAL", "0.2");
+    env.set("ORDERSTREAM__DATALAKE__CHECKPOINT_INTERVAL", "100000");
+    let current = env.dir.join("current");
+    let current_path = current.display().to_string();
+    env.set("ORDERSTREAM__DATALAKE__CURRENT_PATH", &current_path);
+    create_topic(&broker.addr, &env.topic, 3);
+    const N: i64 = 2_000;
+    let valid =
+        |to: i64| -> Vec<i64> { (0..to).filter_map(|i| volume_message(i).1).map(|r| r.order_id).collect() };
+    let current_ids =
+        |env: &TestEnv| -> Vec<i64> { current_table(env, "state-duckdb").0.iter().map(|r| r.0).collect() };
+
+    let mut c = env.spawn(&["consume"]);
+    wait_assigned(&c, Duration::from_secs(60));
+    let mut positions =
+        produce_paced(&broker.addr, &env.topic, 0..N / 2, 50, Duration::from_millis(150)).join().unwrap();
+    env.wait_delta_committed(&positions, Duration::from_secs(120));
+    let (code, _, err) = env.run(&["compact"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(c.stop(), 0, "{}", c.log_text());
+    assert_eq!(current_ids(&env), valid(N / 2));
+
+    let listed =
+        (env.read_delta("replay", false).files.unwrap_or_default(), current_table(&env, "state-duckdb").1);
+    let on_disk = (data_files(&env).len(), table_files(&current).len());
+    println!("data files referenced (change, current): {listed:?}; on disk: {on_disk:?}");
+    assert!(on_disk.0 > listed.0, "compaction replaced no file of the change table");
+    assert!(on_disk.1 as u64 > listed.1.unwrap_or_default(), "no MERGE replaced a file of the current table");
+    env.set("ORDERSTREAM__DATALAKE__RETENTION_HOURS", "2");
+    let (code, out, err) = env.run(&["vacuum", "--dry-run"]);
+    assert_eq!((code, out.as_str()), (0, ""), "vacuum listed files younger than the retention: {err}");
+
+    age_table(&env.lake(), 3);
+    age_table(&current, 3);
+    let (code, out, err) = env.run(&["vacuum", "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    let replaced = (on_disk.0 - listed.0) + (on_disk.1 - listed.1.unwrap_or_default() as usize);
+    assert_eq!(out.lines().count(), replaced, "vacuum --dry-run listed:\n{out}");
+    assert_eq!((data_files(&env).len(), table_files(&current).len()), on_disk, "a dry run deleted files");
+    let (code, _, err) = env.run(&["vacuum"]);
+    assert_eq!(code, 0, "{err}");
+    let left = (data_files(&env).len(), table_files(&current).len() as u64);
+    assert_eq!(
+        left,
+        (listed.0, listed.1.unwrap_or_default()),
+        "vacuum left a replaced file or took a live one"
+    );
+    assert_delta_exactly_once(&env, N / 2, &positions);
+    assert_eq!(current_ids(&env), valid(N / 2), "the current table after vacuum");
+
+    // Without the current table for a while: it falls behind the change table.
+    env.unset("ORDERSTREAM__DATALAKE__CURRENT_PATH");
+    let mut c = env.spawn(&["consume"]);
+    wait_assigned(&c, Duration::from_secs(60));
+    positions.extend(produce_paced(&broker.addr, &env.topic, N / 2..N, 200, Duration::ZERO).join().unwrap());
+    env.wait_delta_committed(&positions, Duration::from_secs(120));
+    assert_eq!(c.stop(), 0, "{}", c.log_text());
+    env.set("ORDERSTREAM__DATALAKE__CURRENT_PATH", &current_path);
+    let mut c = env.spawn(&["consume"]);
+    let code = c.wait(Duration::from_secs(90));
+    let log = c.log_text();
+    let refusal: Vec<&str> = log.lines().filter(|l| l.contains("datalake.current_path")).collect();
+    assert_eq!((code, refusal.len()), (1, 1), "{log}");
+    assert!(refusal[0].contains("Delete the current table"), "{log}");
+    assert_eq!(current_ids(&env), valid(N / 2), "a refused consumer changed the current table");
+
+    std::fs::remove_dir_all(&current).unwrap();
+    let mut c = env.spawn(&["consume"]);
+    wait_until(Duration::from_secs(120), "the current table filled again from the change table", || {
+        std::thread::sleep(Duration::from_millis(500));
+        current.join("_delta_log").is_dir() && current_ids(&env) == valid(N)
+    });
+    assert_eq!(c.stop(), 0, "{}", c.log_text());
+    assert_delta_exactly_once(&env, N, &positions);
 }

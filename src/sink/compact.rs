@@ -22,8 +22,10 @@
 //!   that landed after its read version wrote a `txn` of the same app id. The loser gives up
 //!   (the files it wrote are left to `vacuum`); the next round starts from the new version.
 //!
-//! `vacuum` is here too: it deletes what compaction replaced, once past the retention.
+//! `vacuum` is here too: it deletes what compaction replaced, once past the retention; and the
+//! table properties that keep the log short (checkpoints, log and tombstone retention).
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
@@ -474,4 +476,59 @@ pub fn vacuum(cfg: &DatalakeConfig, retention: Duration, dry_run: bool) -> Resul
         }
         Ok(files)
     })
+}
+
+/// Delta's table property: a log checkpoint every this many commits (delta-rs writes it after
+/// the commit whose version + 1 is a multiple of it).
+const CHECKPOINT_INTERVAL_PROPERTY: &str = "delta.checkpointInterval";
+/// How long commit files are kept once a later checkpoint covers them.
+const LOG_RETENTION_PROPERTY: &str = "delta.logRetentionDuration";
+/// How long a checkpoint keeps the `remove` of a replaced file (a reader of an older version
+/// may still read it).
+const TOMBSTONE_RETENTION_PROPERTY: &str = "delta.deletedFileRetentionDuration";
+
+/// The table properties orderstream keeps on its tables: a log checkpoint every
+/// `datalake.checkpoint_interval` commits, and the log and the replaced files' tombstones kept
+/// for `datalake.retention_hours` (Delta's defaults are 30 and 7 days). Opening a table lists
+/// its whole log folder on local disk and reads every tombstone in the checkpoint, so these two
+/// bound what an open costs, whatever the table's age.
+pub(super) fn upkeep_properties(cfg: &DatalakeConfig) -> Vec<(&'static str, String)> {
+    let retention = format!("interval {} seconds", cfg.retention.as_secs().max(1));
+    vec![
+        (CHECKPOINT_INTERVAL_PROPERTY, cfg.maintenance.checkpoint_interval.to_string()),
+        (LOG_RETENTION_PROPERTY, retention.clone()),
+        (TOMBSTONE_RETENTION_PROPERTY, retention),
+    ]
+}
+
+/// Gives the table the `upkeep` properties it lacks or has with another value (a table made
+/// before a key was set, or with another value): one metadata commit, which changes no data.
+pub(super) async fn set_properties(
+    table: DeltaTable,
+    location: &str,
+    upkeep: &[(&'static str, String)],
+) -> Result<DeltaTable> {
+    let have = table.snapshot().ok().map(|s| s.metadata().configuration().clone()).unwrap_or_default();
+    let properties: HashMap<String, String> = upkeep
+        .iter()
+        .filter(|(k, v)| have.get(*k) != Some(v))
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    if properties.is_empty() {
+        return Ok(table);
+    }
+    let set = table.clone().set_tbl_properties().with_properties(properties.clone());
+    match timed(set.into_future()).await {
+        Ok(t) => {
+            tracing::info!("Delta table {location}: properties set from now on: {properties:?}");
+            Ok(t)
+        }
+        // Another member set them at the same moment: its values are ours too.
+        Err(e) => {
+            tracing::debug!("Delta table {location}: properties not set: {e}");
+            let mut table = table;
+            timed(table.update_state()).await.map_err(|e| storage_error(location, "cannot read", &e))?;
+            Ok(table)
+        }
+    }
 }

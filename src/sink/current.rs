@@ -107,13 +107,14 @@ pub struct CurrentTable {
 }
 
 impl CurrentTable {
-    /// Opens the table at `location`, creating it when nothing is there; refuses a table that
-    /// is not an orderstream current table.
+    /// Opens the table at `location`, creating it when nothing is there, with the `upkeep`
+    /// table properties; refuses a table that is not an orderstream current table.
     pub async fn open(
         location: &str,
         options: HashMap<String, String>,
         group: &str,
         topic: &str,
+        upkeep: &[(&'static str, String)],
     ) -> Result<CurrentTable> {
         let url = deltalake::ensure_table_uri(location).map_err(|e| {
             Error::Setup(format!("datalake.current_path {location}: not a table location: {e}"))
@@ -130,6 +131,7 @@ impl CurrentTable {
                     .with_storage_options(options)
                     .with_columns(columns)
                     .with_partition_columns([BUCKET_COLUMN])
+                    .with_configuration(upkeep.iter().map(|(k, v)| (*k, Some(v.as_str()))))
                     .with_raise_if_key_not_exists(false)
                     .with_comment("orderstream current table: one row per order as it is now")
                     .await;
@@ -144,6 +146,7 @@ impl CurrentTable {
             }
             Err(e) => return Err(storage_error(location, "cannot read", &e)),
         }
+        let table = super::compact::set_properties(table, location, upkeep).await?;
         let current = CurrentTable {
             table,
             location: location.to_string(),

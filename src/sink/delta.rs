@@ -48,6 +48,7 @@ use serde::{Deserialize, Serialize};
 
 use super::batch::DateBatch;
 use super::checkpoint::PartitionState;
+use super::compact::{set_properties, upkeep_properties};
 use super::current::CurrentTable;
 use crate::config::DatalakeConfig;
 use crate::error::{Error, Result};
@@ -60,9 +61,6 @@ pub const DATE_COLUMN: &str = "date";
 const TOPIC_PROPERTY: &str = "orderstream.topic";
 /// The table property naming the consumer group that writes it.
 const GROUP_PROPERTY: &str = "orderstream.group";
-/// Delta's table property: a log checkpoint every this many commits (delta-rs writes it after
-/// the commit whose version + 1 is a multiple of it).
-const CHECKPOINT_INTERVAL_PROPERTY: &str = "delta.checkpointInterval";
 /// The `commitInfo` key of the partition states.
 const COMMIT_INFO_KEY: &str = "orderstream";
 /// How many commits back a partition's state is looked for in `commitInfo`.
@@ -118,24 +116,18 @@ impl DeltaLake {
         let mut table = DeltaTableBuilder::from_url(url)
             .and_then(|b| b.with_storage_options(options.clone()).build())
             .map_err(|e| storage_error(&location, "cannot open", &e))?;
+        let upkeep = upkeep_properties(cfg);
         let loaded = rt.block_on(timed(table.load()));
         match loaded {
             Ok(()) => {}
             Err(DeltaTableError::NotATable(_)) => {
-                table = rt.block_on(create(
-                    &location,
-                    options.clone(),
-                    group,
-                    topic,
-                    cfg.maintenance.checkpoint_interval,
-                ))?;
+                table = rt.block_on(create(&location, options.clone(), group, topic, &upkeep))?;
             }
             Err(e) => return Err(storage_error(&location, "cannot read", &e)),
         }
-        table =
-            rt.block_on(set_checkpoint_interval(table, &location, cfg.maintenance.checkpoint_interval))?;
+        table = rt.block_on(set_properties(table, &location, &upkeep))?;
         let current = match &cfg.current_location {
-            Some(at) => Some(rt.block_on(CurrentTable::open(at, options, group, topic))?),
+            Some(at) => Some(rt.block_on(CurrentTable::open(at, options, group, topic, &upkeep))?),
             None => None,
         };
         let lake = DeltaLake {
@@ -421,21 +413,20 @@ async fn create(
     options: HashMap<String, String>,
     group: &str,
     topic: &str,
-    checkpoint_interval: u64,
+    upkeep: &[(&'static str, String)],
 ) -> Result<DeltaTable> {
     let schema = table_schema()?;
-    let interval = checkpoint_interval.to_string();
     let columns: Vec<StructField> = schema.fields().cloned().collect();
     let created = deltalake::operations::create::CreateBuilder::new()
         .with_location(location)
         .with_storage_options(options.clone())
         .with_columns(columns)
         .with_partition_columns([DATE_COLUMN])
-        .with_configuration([
-            (TOPIC_PROPERTY, Some(topic)),
-            (GROUP_PROPERTY, Some(group)),
-            (CHECKPOINT_INTERVAL_PROPERTY, Some(interval.as_str())),
-        ])
+        .with_configuration(
+            [(TOPIC_PROPERTY, Some(topic)), (GROUP_PROPERTY, Some(group))]
+                .into_iter()
+                .chain(upkeep.iter().map(|(k, v)| (*k, Some(v.as_str())))),
+        )
         .with_raise_if_key_not_exists(false)
         .with_comment("orderstream change table: one row per captured change of the orders table")
         .await;
@@ -578,34 +569,6 @@ pub(super) async fn load_at(
             "{location}: no Delta table there yet (`orderstream consume` creates it)"
         ))),
         Err(e) => Err(storage_error(location, "cannot read", &e)),
-    }
-}
-
-/// Gives the table the configured `delta.checkpointInterval` when it has another (a table made
-/// before the key was set, or with another value): one metadata commit, which changes no data.
-async fn set_checkpoint_interval(table: DeltaTable, location: &str, interval: u64) -> Result<DeltaTable> {
-    let now = table
-        .snapshot()
-        .ok()
-        .and_then(|s| s.metadata().configuration().get(CHECKPOINT_INTERVAL_PROPERTY).cloned());
-    let want = interval.to_string();
-    if now.as_deref() == Some(want.as_str()) {
-        return Ok(table);
-    }
-    let properties = HashMap::from([(CHECKPOINT_INTERVAL_PROPERTY.to_string(), want)]);
-    let set = table.clone().set_tbl_properties().with_properties(properties);
-    match timed(set.into_future()).await {
-        Ok(t) => {
-            tracing::info!("Delta table {location}: a log checkpoint every {interval} commits from now on");
-            Ok(t)
-        }
-        // Another member set it at the same moment: its value is ours too.
-        Err(e) => {
-            tracing::debug!("Delta table {location}: checkpoint interval not set: {e}");
-            let mut table = table;
-            timed(table.update_state()).await.map_err(|e| storage_error(location, "cannot read", &e))?;
-            Ok(table)
-        }
     }
 }
 

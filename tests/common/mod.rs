@@ -168,6 +168,11 @@ metrics:
         self.env.push((var.to_string(), value.to_string()));
     }
 
+    /// Takes back every [`TestEnv::set`] of `var`: the config file's value holds again.
+    pub fn unset(&mut self, var: &str) {
+        self.env.retain(|(k, _)| k != var);
+    }
+
     /// `orderstream --config <this test's file> <args>`.
     pub fn orderstream(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_orderstream"));
