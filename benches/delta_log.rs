@@ -14,7 +14,14 @@
 //!   commit file);
 //! * the same table after its checkpoint at the last version delta-rs would checkpoint with its
 //!   default `delta.checkpointInterval` of 100 (the version v with v + 1 a multiple of 100, so
-//!   99,999 for 100,000 commits, and one commit file after it).
+//!   99,999 for 100,000 commits, and one commit file after it);
+//! * the same number of commits in a table with `delta.logRetentionDuration` and
+//!   `delta.deletedFileRetentionDuration` of 1 hour (what orderstream sets from
+//!   `datalake.retention_hours: 1`), after the log cleanup (delta-rs's `cleanup_metadata`,
+//!   which the consumer's upkeep thread runs every minute): each commit file's modification
+//!   time is its commit time, so the cleanup keeps the last hour's commits (back to the
+//!   checkpoint before them, which is written too), and the checkpoint the last hour's
+//!   tombstones.
 //!
 //! The table is created with deltalake's `CreateBuilder` (the consumer's columns, `date`
 //! partition and table properties); commits 1..N are then written as `_delta_log/<version>.json`
@@ -31,13 +38,6 @@
 //! (within the 7-day tombstone retention) accumulate as they would. Only the newest checkpoint is
 //! written (with `_last_checkpoint`), by `deltalake::checkpoints::create_checkpoint`; opening
 //! uses only the newest. The log is in the page cache (just written).
-//!
-//! * the same number of commits in a table with `delta.logRetentionDuration` and
-//!   `delta.deletedFileRetentionDuration` of 1 hour (what orderstream sets from
-//!   `datalake.retention_hours: 1`), after delta-rs's log cleanup (`cleanup_metadata`, which it
-//!   runs after each checkpoint): each commit file's modification time is its commit time, so
-//!   the cleanup keeps the last hour's commits (back to the checkpoint before them, which is
-//!   written too), and the checkpoint the last hour's tombstones.
 //!
 //! Prints every open, the medians per table, and the setup (log size, checkpoint size).
 //!
@@ -373,8 +373,8 @@ fn add_checkpoint(rt: &tokio::runtime::Runtime, table: &Table) -> Res<Option<u64
     Ok(Some(version))
 }
 
-/// Deletes the commit files the table's log retention lets go (delta-rs does it after each
-/// checkpoint it writes); returns how many commit files are left.
+/// Deletes the commit files the table's log retention lets go (as the consumer's upkeep thread
+/// does every minute); returns how many commit files are left.
 fn clean_log(rt: &tokio::runtime::Runtime, table: &Table) -> Res<usize> {
     let start = Instant::now();
     let deleted = rt.block_on(async {

@@ -692,6 +692,11 @@ fn the_current_table_equals_postgresql_after_a_mixed_workload_under_sigkills() {
 /// clock itself cannot move for one process: libfaketime hangs in jemalloc's start.
 fn age_table(table: &std::path::Path, hours: u64) {
     let shift = (hours * 3_600_000) as i64;
+    // Without its checkpoints a reader replays every commit from the first.
+    assert!(
+        table.join("_delta_log").join(format!("{:020}.json", 0)).is_file(),
+        "a commit file was cleaned up"
+    );
     for e in std::fs::read_dir(table.join("_delta_log")).unwrap().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.contains(".checkpoint.") || name == "_last_checkpoint" {
@@ -700,8 +705,10 @@ fn age_table(table: &std::path::Path, hours: u64) {
             let mut aged = String::new();
             for line in std::fs::read_to_string(e.path()).unwrap().lines() {
                 let mut action: serde_json::Value = serde_json::from_str(line).unwrap();
-                if let Some(at) = action.pointer_mut("/remove/deletionTimestamp") {
-                    *at = (at.as_i64().unwrap() - shift).into();
+                if let Some(at) = action.pointer_mut("/remove/deletionTimestamp")
+                    && let Some(ms) = at.as_i64()
+                {
+                    *at = (ms - shift).into();
                 }
                 aged += &format!("{action}\n");
             }
@@ -804,4 +811,34 @@ fn vacuum_deletes_what_both_tables_replaced_and_a_current_table_left_behind_is_r
     });
     assert_eq!(c.stop(), 0, "{}", c.log_text());
     assert_delta_exactly_once(&env, N, &positions);
+    // Made with a week's retention, the change table has the 2 hours configured since; the
+    // current table was made with them.
+    for table in [env.lake(), current] {
+        for key in ["delta.logRetentionDuration", "delta.deletedFileRetentionDuration"] {
+            let value = table_property(&table, key);
+            assert_eq!(value.as_deref(), Some("interval 7200 seconds"), "{key} of {}", table.display());
+        }
+    }
+}
+
+/// The value of the table property `key` in the newest `metaData` of the local table's commits
+/// (a table without checkpoints).
+fn table_property(table: &std::path::Path, key: &str) -> Option<String> {
+    let mut commits: Vec<_> = std::fs::read_dir(table.join("_delta_log"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    commits.sort();
+    let mut value = None;
+    for commit in commits {
+        for line in std::fs::read_to_string(commit).unwrap().lines() {
+            let action: serde_json::Value = serde_json::from_str(line).unwrap();
+            if let Some(config) = action.pointer("/metaData/configuration") {
+                value = config.get(key).and_then(|v| v.as_str()).map(str::to_string);
+            }
+        }
+    }
+    value
 }

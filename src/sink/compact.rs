@@ -242,7 +242,8 @@ pub async fn compact_date(
     let props = CommitProperties::default()
         .with_application_transactions(vec![Transaction::new(app_id, last.unwrap_or(0) + 1)])
         .with_metadata([(COMMIT_INFO_KEY.to_string(), figures)])
-        .with_max_retries(15);
+        .with_max_retries(15)
+        .with_cleanup_expired_logs(Some(false));
     let operation = DeltaOperation::Optimize {
         predicate: Some(format!("{DATE_COLUMN} = '{date}'")),
         target_size: target as i64,
@@ -333,23 +334,20 @@ pub fn compact(cfg: &DatalakeConfig, date: Option<&str>) -> Result<Vec<Compactio
 /// The consumer's automatic compaction: a thread with its own handle on the table, so that a
 /// compaction never holds up a batch. Every `every` it reads the table's newest version and
 /// compacts the date partition with the most small files, when it has more than
-/// `datalake.compact_min_files`.
+/// `datalake.compact_min_files`; every minute it deletes both tables' expired commit files.
 pub struct Compactor {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Compactor {
-    /// Starts it; `None` when `datalake.compact_min_files` is 0.
+    /// Starts it (with `datalake.compact_min_files` 0 it only cleans the log).
     pub fn start(
         cfg: &DatalakeConfig,
         every: Duration,
         metrics: Arc<Metrics>,
         shutdown: Shutdown,
     ) -> Result<Option<Compactor>> {
-        if cfg.maintenance.compact_min_files == 0 {
-            return Ok(None);
-        }
         let stop = Arc::new(AtomicBool::new(false));
         let (cfg, flag) = (cfg.clone(), stop.clone());
         let thread = std::thread::Builder::new()
@@ -361,6 +359,7 @@ impl Compactor {
                     Err(e) => return tracing::warn!("compaction is off: {e}"),
                 };
                 let mut table = None;
+                let mut cleaned: Option<Instant> = None;
                 while !stopped() {
                     let wake = Instant::now() + every;
                     while !stopped() && Instant::now() < wake {
@@ -369,10 +368,20 @@ impl Compactor {
                     if stopped() {
                         break;
                     }
-                    if let Err(e) = rt.block_on(round(&cfg, &mut table, &metrics)) {
+                    // compact_min_files 0: no automatic compaction, the log cleanup still.
+                    let compacting = cfg.maintenance.compact_min_files > 0;
+                    if compacting && let Err(e) = rt.block_on(round(&cfg, &mut table, &metrics)) {
                         // The next round reads the table afresh.
                         table = None;
                         tracing::warn!("compaction: {e}");
+                    }
+                    if cleaned.is_none_or(|at| at.elapsed() >= LOG_CLEANUP_EVERY) {
+                        cleaned = Some(Instant::now());
+                        match rt.block_on(clean_logs(&cfg)) {
+                            Ok(0) => {}
+                            Ok(n) => tracing::info!("{n} expired commit files deleted from the log"),
+                            Err(e) => tracing::warn!("log cleanup: {e}"),
+                        }
                     }
                 }
             })
@@ -446,9 +455,28 @@ impl std::fmt::Display for Compaction {
     }
 }
 
+/// How often the consumer's upkeep thread deletes expired commit files. delta-rs would do it
+/// after every commit, listing the whole log on the batch's path, and two committers deleting
+/// the same file would make a landed commit report an error.
+const LOG_CLEANUP_EVERY: Duration = Duration::from_secs(60);
+
+/// Deletes the commit files of both tables that are older than their log retention and that a
+/// later checkpoint covers (delta-rs's `cleanup_metadata`). Returns how many.
+pub async fn clean_logs(cfg: &DatalakeConfig) -> Result<usize> {
+    let mut deleted = 0;
+    for location in std::iter::once(&cfg.location).chain(cfg.current_location.iter()) {
+        let table = load_at(location, &cfg.storage_options).await?;
+        deleted += timed(deltalake::checkpoints::cleanup_metadata(&table, None))
+            .await
+            .map_err(|e| storage_error(location, "cannot clean the log of", &e))?;
+    }
+    Ok(deleted)
+}
+
 /// `orderstream vacuum`: the data files no commit of the table's current version references
 /// (replaced by a rewrite, or written by a batch that crashed before its commit), older than
-/// `retention`: listed with `dry_run`, else deleted. Returns their paths.
+/// `retention`: listed with `dry_run`, else deleted, with the expired commit files
+/// ([`clean_logs`]). Returns the data files' paths.
 pub fn vacuum(cfg: &DatalakeConfig, retention: Duration, dry_run: bool) -> Result<Vec<String>> {
     let rt = runtime()?;
     let retention = chrono::Duration::from_std(retention)
@@ -473,6 +501,10 @@ pub fn vacuum(cfg: &DatalakeConfig, retention: Duration, dry_run: bool) -> Resul
                 Some(p) => format!("{p}/{f}"),
                 None => f,
             }));
+        }
+        if !dry_run {
+            let n = clean_logs(cfg).await?;
+            tracing::info!("{n} expired commit files deleted from the log");
         }
         Ok(files)
     })

@@ -146,14 +146,15 @@ impl CurrentTable {
             }
             Err(e) => return Err(storage_error(location, "cannot read", &e)),
         }
-        let table = super::compact::set_properties(table, location, upkeep).await?;
-        let current = CurrentTable {
+        let mut current = CurrentTable {
             table,
             location: location.to_string(),
             app: format!("orderstream-current/{group}/{topic}"),
             applied: HashMap::new(),
         };
+        // Another's table is refused before anything of it changes.
         current.check_columns()?;
+        current.table = super::compact::set_properties(current.table.clone(), location, upkeep).await?;
         Ok(current)
     }
 
@@ -344,7 +345,11 @@ impl CurrentTable {
         let mut actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
         actions.extend(removes.into_iter().map(Action::Remove));
         let txns = offsets.iter().map(|&(p, last)| Transaction::new(self.app_id(p), last)).collect();
-        let props = CommitProperties::default().with_application_transactions(txns).with_max_retries(15);
+        let props = CommitProperties::default()
+            .with_application_transactions(txns)
+            .with_max_retries(15)
+            // Not on a batch's path: the upkeep thread and `vacuum` clean the log (see compact.rs).
+            .with_cleanup_expired_logs(Some(false));
         let operation = DeltaOperation::StreamingUpdate {
             output_mode: OutputMode::Update,
             query_id: self.app.clone(),

@@ -65,6 +65,8 @@ const GROUP_PROPERTY: &str = "orderstream.group";
 const COMMIT_INFO_KEY: &str = "orderstream";
 /// How many commits back a partition's state is looked for in `commitInfo`.
 const STATE_LOOKBACK: usize = 2000;
+/// Partitions in a row without a `txn` after which filling a new current table stops probing.
+const PROBE_MISSES: i32 = 256;
 /// How long one storage call may take before it counts as failed (its outcome settled by
 /// reading the log again).
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -125,22 +127,21 @@ impl DeltaLake {
             }
             Err(e) => return Err(storage_error(&location, "cannot read", &e)),
         }
-        table = rt.block_on(set_properties(table, &location, &upkeep))?;
-        let current = match &cfg.current_location {
-            Some(at) => Some(rt.block_on(CurrentTable::open(at, options, group, topic, &upkeep))?),
-            None => None,
-        };
-        let lake = DeltaLake {
+        let mut lake = DeltaLake {
             rt,
             table,
             location,
             group: group.to_string(),
             topic: topic.to_string(),
             batches: 0,
-            current,
+            current: None,
         };
+        // Another's table is refused before anything of it changes.
         lake.check_table()?;
-        let mut lake = lake;
+        lake.table = lake.rt.block_on(set_properties(lake.table.clone(), &lake.location, &upkeep))?;
+        if let Some(at) = &cfg.current_location {
+            lake.current = Some(lake.rt.block_on(CurrentTable::open(at, options, group, topic, &upkeep))?);
+        }
         lake.fill_current()?;
         Ok(lake)
     }
@@ -284,7 +285,9 @@ impl DeltaLake {
             .with_metadata([(COMMIT_INFO_KEY.to_string(), note)])
             // Appends of other members are merged in by the conflict checker; a conflict on a
             // partition is settled by the caller, never retried here.
-            .with_max_retries(15);
+            .with_max_retries(15)
+            // Not on a batch's path: the upkeep thread and `vacuum` clean the log (see compact.rs).
+            .with_cleanup_expired_logs(Some(false));
         let operation = DeltaOperation::StreamingUpdate {
             output_mode: OutputMode::Append,
             query_id: format!("orderstream/{}/{}", self.group, self.topic),
@@ -336,6 +339,19 @@ impl DeltaLake {
             .filter_map(|i| serde_json::from_value::<CommitNote>(i.info.get(COMMIT_INFO_KEY)?.clone()).ok())
             .flat_map(|n| n.partitions.into_iter().filter(|s| s.topic == self.topic).map(|s| s.partition))
             .collect();
+        // A partition idle for longer than the lookback or the log's retention is in no commit
+        // read above, but its `txn` is in every version: Kafka numbers partitions from 0, so
+        // probe upwards until a long run of partitions the table has nothing of.
+        let (mut p, mut misses) = (0, 0);
+        while misses < PROBE_MISSES {
+            if self.last_offset(p)?.is_some() {
+                partitions.push(p);
+                misses = 0;
+            } else {
+                misses += 1;
+            }
+            p += 1;
+        }
         partitions.sort_unstable();
         partitions.dedup();
         let mut offsets = Vec::new();

@@ -106,7 +106,7 @@ impl TestEnv {
     }
 
     /// Each partition's next offset as the table's `txn` actions hold it: read from the
-    /// commit files directly for a local table (every commit file stays for 30 days, so the
+    /// commit files directly for a local table (a test's commit files stay for the retention, so the
     /// highest version per app id is the current one), by the log replay on S3.
     pub fn delta_positions(&self) -> BTreeMap<i32, i64> {
         // The topic and group of the config, or those set over it (the consume bench's).
