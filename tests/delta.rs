@@ -842,3 +842,89 @@ fn table_property(table: &std::path::Path, key: &str) -> Option<String> {
     }
     value
 }
+
+/// The versions of the commit files in the local table's log.
+fn commit_versions(table: &std::path::Path) -> Vec<u64> {
+    let mut versions: Vec<u64> = std::fs::read_dir(table.join("_delta_log"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".json")?.parse().ok())
+        .collect();
+    versions.sort_unstable();
+    versions
+}
+
+/// Makes every file of the local table's log `hours` older.
+fn age_log(table: &std::path::Path, hours: u64) {
+    let then = std::time::SystemTime::now() - Duration::from_secs(hours * 3600);
+    for e in std::fs::read_dir(table.join("_delta_log")).unwrap().flatten() {
+        if e.path().is_file() {
+            std::fs::File::options().write(true).open(e.path()).unwrap().set_modified(then).unwrap();
+        }
+    }
+}
+
+/// Commit files older than the log's retention (`datalake.retention_hours`) that a checkpoint
+/// covers are deleted by the running consumer's upkeep thread, and by `vacuum` (not by a dry
+/// run); the table then reads whole and takes further batches exactly once.
+#[test]
+fn expired_commit_files_are_deleted_by_the_consumer_and_by_vacuum_and_the_table_reads_whole() {
+    let broker = Broker::start_memory();
+    let mut env = delta_env("delta_logclean", &broker.addr, &Store::Local);
+    env.set("ORDERSTREAM__STREAMING__BATCH_INTERVAL", "0.2");
+    env.set("ORDERSTREAM__DATALAKE__CHECKPOINT_INTERVAL", "5");
+    env.set("ORDERSTREAM__DATALAKE__RETENTION_HOURS", "1");
+    env.set("ORDERSTREAM__DATALAKE__COMPACT_MIN_FILES", "0");
+    create_topic(&broker.addr, &env.topic, 3);
+    let lake = env.lake();
+    let checkpoint = |lake: &std::path::Path| -> u64 {
+        let text = std::fs::read_to_string(lake.join("_delta_log").join("_last_checkpoint")).unwrap();
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()["version"].as_u64().unwrap()
+    };
+    let rows = |env: &TestEnv| env.read_delta("replay", false).rows.len();
+    let valid = |to: i64| (0..to).filter(|i| volume_message(*i).1.is_some()).count();
+
+    let mut c = env.spawn(&["consume"]);
+    wait_assigned(&c, Duration::from_secs(60));
+    let mut positions =
+        produce_paced(&broker.addr, &env.topic, 0..1_000, 50, Duration::from_millis(150)).join().unwrap();
+    env.wait_delta_committed(&positions, Duration::from_secs(120));
+    assert_eq!(c.stop(), 0, "{}", c.log_text());
+    let first = checkpoint(&lake);
+    let before = commit_versions(&lake);
+    println!("commit files {}..={}, checkpoint at {first}", before[0], before[before.len() - 1]);
+    assert!(first >= 9 && before.first() == Some(&0), "too few commits to mean anything: {before:?}");
+
+    // Two hours later, by the files' times: a dry run keeps them, a running consumer does not.
+    age_log(&lake, 2);
+    let (code, _, err) = env.run(&["vacuum", "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(commit_versions(&lake), before, "a dry run deleted commit files");
+    let mut c = env.spawn(&["consume"]);
+    wait_until(Duration::from_secs(60), "the consumer to delete the expired commit files", || {
+        std::thread::sleep(Duration::from_millis(200));
+        commit_versions(&lake).first().is_some_and(|v| *v >= first)
+    });
+    positions.extend(
+        produce_paced(&broker.addr, &env.topic, 1_000..1_500, 50, Duration::from_millis(150)).join().unwrap(),
+    );
+    wait_until(Duration::from_secs(120), "the new batches in the table", || {
+        std::thread::sleep(Duration::from_millis(300));
+        rows(&env) == valid(1_500)
+    });
+    assert_eq!(c.stop(), 0, "{}", c.log_text());
+    assert_delta_exactly_once(&env, 1_500, &positions);
+
+    // And by `vacuum`, without a consumer.
+    let second = checkpoint(&lake);
+    assert!(second > first, "no checkpoint after the new batches");
+    age_log(&lake, 2);
+    let (code, _, err) = env.run(&["vacuum"]);
+    assert_eq!(code, 0, "{err}");
+    let after = commit_versions(&lake);
+    assert!(
+        after.first().is_some_and(|v| *v >= second),
+        "vacuum left commit files before {second}: {after:?}"
+    );
+    assert_delta_exactly_once(&env, 1_500, &positions);
+}
