@@ -512,10 +512,7 @@ fn compaction_racing_appends_and_another_compaction_never_shows_a_reader_a_row_t
 
 /// The table's data files on local disk (its log's checkpoints left out).
 fn data_files(env: &TestEnv) -> Vec<String> {
-    common::lake::files(&env.lake())
-        .into_iter()
-        .filter(|f| f.ends_with(".parquet") && !f.starts_with("_delta_log"))
-        .collect()
+    table_files(&env.lake())
 }
 
 /// An order as the comparisons see it: (order_id, customer_name, order_status, amount).

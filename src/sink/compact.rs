@@ -347,7 +347,7 @@ impl Compactor {
         every: Duration,
         metrics: Arc<Metrics>,
         shutdown: Shutdown,
-    ) -> Result<Option<Compactor>> {
+    ) -> Result<Compactor> {
         let stop = Arc::new(AtomicBool::new(false));
         let (cfg, flag) = (cfg.clone(), stop.clone());
         let thread = std::thread::Builder::new()
@@ -386,7 +386,7 @@ impl Compactor {
                 }
             })
             .map_err(|e| Error::Storage(format!("cannot start the compaction thread: {e}")))?;
-        Ok(Some(Compactor { stop, thread: Some(thread) }))
+        Ok(Compactor { stop, thread: Some(thread) })
     }
 }
 

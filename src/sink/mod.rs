@@ -216,12 +216,12 @@ pub fn consume(cfg: &Config, metrics: Arc<Metrics>, shutdown: Shutdown) -> Resul
     }
     // Its own thread and table handle: a compaction never holds up a batch.
     let compactor = match cfg.datalake.format {
-        LakeFormat::Delta => compact::Compactor::start(
+        LakeFormat::Delta => Some(compact::Compactor::start(
             &cfg.datalake,
             (cfg.streaming.batch_interval * 5).max(Duration::from_secs(1)),
             metrics.clone(),
             shutdown.clone(),
-        )?,
+        )?),
         LakeFormat::Parquet => None,
     };
     let consumer = group::consumer(cfg, engine, metrics.clone())?;
