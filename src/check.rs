@@ -127,7 +127,7 @@ async fn postgres(cfg: &Config, report: &mut CheckReport) {
 
 async fn table(cfg: &Config, client: &Client) -> Result<String, String> {
     let t = &cfg.postgres.table;
-    match tokio::time::timeout(TIMEOUT, crate::source::poll::check_table(client, t)).await {
+    match tokio::time::timeout(TIMEOUT, crate::source::table::check_table(client, t)).await {
         Ok(Ok(())) => Ok(format!("{t} has the order columns")),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("table {t}: no answer within {} s", TIMEOUT.as_secs())),

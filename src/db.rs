@@ -118,6 +118,22 @@ pub fn error_text(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// A PostgreSQL error: connection trouble is transient ([`Error::Postgres`], retried), a
+/// missing table or column is not ([`Error::Setup`]).
+pub fn pg_error(table: &TableName, e: &tokio_postgres::Error) -> Error {
+    let fatal = e.as_db_error().is_some_and(|db| {
+        let class = &db.code().code()[..2];
+        // 08 connection, 40 rollback (serialization, deadlock), 53 resources, 57 shutdown.
+        !matches!(class, "08" | "40" | "53" | "57")
+    });
+    let text = error_text(e);
+    if fatal {
+        Error::Setup(format!("PostgreSQL: table {table}: {text}"))
+    } else {
+        Error::Postgres(format!("table {table}: {text}"))
+    }
+}
+
 /// `sql/orders.sql` with the configured table in place of `ROLL001_orders`.
 ///
 /// Only whole identifier tokens are replaced; inside a string literal the quoted identifier is

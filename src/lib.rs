@@ -16,7 +16,7 @@
 //! * [`tls`]: TLS to PostgreSQL: libpq's `sslmode` rules as rustls settings.
 //! * [`kafka`]: Kafka clients built from the configuration, topic bootstrap.
 //! * [`source`]: how changes leave PostgreSQL, behind one trait ([`source::logical`],
-//!   [`source::poll`]); [`source::slot`] reads the replication slot for monitoring.
+//!   [`source::poll`]); [`source::logical::slot`] reads the replication slot for monitoring.
 //! * [`producer`]: source → Kafka, exactly once (idempotent producer, state file, recovery).
 //! * [`sink`]: the consumer: micro-batches into the Parquet lake, exactly once, dead letters.
 //! * [`status`]: the `status` command: every stage's monitoring points, from the live systems.

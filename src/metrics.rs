@@ -116,7 +116,7 @@ pub struct ConsumerMetrics {
 }
 
 /// The replication slot of logical capture, refreshed every few seconds by the running producer
-/// (see [`crate::producer::monitor`]); all 0 in poll mode and while the slot does not exist.
+/// (see [`crate::source::logical::monitor`]); all 0 in poll mode and while the slot does not exist.
 #[derive(Default)]
 pub struct SlotMetrics {
     /// 1 while a replication session uses the slot, else 0.
@@ -131,7 +131,7 @@ pub struct SlotMetrics {
     /// the slot has confirmed the current position. A lower bound, short by at most one
     /// sampling interval; when that WAL predates the producer's start, it is dated by the
     /// commit time of the newest published change beyond the confirmed position (see
-    /// [`crate::source::slot::LagClock`]).
+    /// [`crate::source::logical::slot::LagClock`]).
     pub lag_seconds: FloatGauge,
 }
 

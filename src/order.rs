@@ -209,6 +209,15 @@ pub fn format_utc(ts: &NaiveDateTime) -> String {
     }
 }
 
+/// `2025-01-18 12:33:00`, with microseconds when there are any (the seed's format).
+pub fn format_ts(ts: &NaiveDateTime) -> String {
+    if ts.and_utc().timestamp_subsec_micros() == 0 {
+        ts.format("%Y-%m-%d %H:%M:%S").to_string()
+    } else {
+        ts.format("%Y-%m-%d %H:%M:%S%.6f").to_string()
+    }
+}
+
 /// Appends [`format_utc`]'s text to `out` without going through a format string (a snapshot
 /// writes millions of them; chrono's formatter was 7% of the producer's CPU there).
 pub fn write_utc(out: &mut Vec<u8>, ts: &NaiveDateTime) {

@@ -2,7 +2,7 @@
 //! (PostgreSQL, the producer's state file, the broker, the consumer's checkpoint, the lake).
 //! It works whether or not the pipeline runs; a part it cannot reach says so and the rest is
 //! still shown. `--json` prints the same as one object. With logical capture a sixth part, the
-//! replication slot ([`crate::source::slot`]), sits between the producer and the broker.
+//! replication slot ([`crate::source::logical::slot`]), sits between the producer and the broker.
 
 mod delta;
 mod producer;
@@ -19,10 +19,12 @@ use serde::Serialize;
 use crate::config::{Capture, Config, LakeFormat};
 use crate::error::Error;
 use crate::kafka;
+use crate::order::format_ts;
 use crate::sink::checkpoint;
-use crate::source::poll::format_ts;
-use crate::source::slot::{self, SlotStatus};
-pub use producer::{CaptureStatus, LogicalStatus, PollStatus, ProducerStatus, SnapshotStatus};
+use crate::source::logical::slot::{self, SlotStatus};
+pub use crate::source::logical::{LogicalStatus, SnapshotStatus};
+pub use crate::source::poll::PollStatus;
+pub use producer::{CaptureStatus, ProducerStatus};
 
 /// Each part of the status: whether it answered (and, for the producer and the consumer,
 /// runs), why not, and what was read.

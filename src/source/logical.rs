@@ -7,7 +7,7 @@
 //!
 //! `pgwire-replication` speaks the streaming replication protocol (START_REPLICATION, keepalives,
 //! standby status, SCRAM, TLS) and nothing else; the row messages are decoded by
-//! [`super::pgoutput`], ours, a few documented message formats. The crate sends the slot
+//! [`pgoutput`], ours, a few documented message formats. The crate sends the slot
 //! only the position we declare durable ([`Source::saved`]), never more.
 //!
 //! # Positions, and why each change is published once
@@ -43,24 +43,35 @@
 //! (`pg_logical_emit_message`, every [`HEARTBEAT`]) give positions that are confirmed once no
 //! change is pending.
 
-use std::collections::HashMap;
+mod monitor;
+pub mod pgoutput;
+mod preflight;
+pub mod slot;
+mod snapshot;
+mod status;
+mod stream;
+
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use futures_util::TryStreamExt;
-use pgwire_replication::{PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
+
+use pgwire_replication::{PgWireError, ReplicationConfig, TlsConfig};
+use tokio::sync::watch;
 use tokio_postgres::Client;
 use tokio_postgres::config::Host;
-use tokio_postgres::types::ToSql;
 
-use super::pgoutput::{self, Layout, Message};
-use super::poll::{check_table, pg_error, to_order};
 use super::{Batch, Change, Source};
 use crate::config::PostgresConfig;
-use crate::db;
+use crate::db::{self, pg_error};
 use crate::error::{Error, Result};
 use crate::order::Order;
 use crate::wire::{ChangeMeta, Lsn, Op};
+pub use monitor::run as monitor;
+pub use preflight::writer_lock;
+use preflight::{lock_writer, preflight};
+pub use status::{LogicalStatus, SnapshotStatus, status};
+use stream::Stream;
 
 /// How often an idle stream writes a heartbeat into the log, so the slot can advance while
 /// other tables fill the WAL.
@@ -113,6 +124,10 @@ pub enum LogicalKey {
     Change(Lsn, i32, bool),
 }
 
+/// The commit LSN and time of the newest change published from the log and saved (`None`
+/// before the first, and during the snapshot, whose reads carry no commit time).
+pub type Published = watch::Receiver<Option<(Lsn, DateTime<Utc>)>>;
+
 /// The logical replication source on one table.
 pub struct LogicalSource {
     pg: PostgresConfig,
@@ -133,16 +148,10 @@ pub struct LogicalSource {
     /// every change before them, those of orders deleted while no slot existed included.
     supersede: bool,
     heartbeat_at: Instant,
-}
-
-struct Stream {
-    client: ReplicationClient,
-    /// Relation OID → the layout of our table (`None`: another table).
-    layouts: HashMap<u32, Option<Layout>>,
-    /// The transaction being read: commit LSN, commit time, next index.
-    txn: Option<(Lsn, DateTime<Utc>, i32)>,
-    /// The position as events are consumed.
-    cursor: LogicalPosition,
+    /// The commit of the last change of each streamed batch returned and not yet saved.
+    returned: VecDeque<(Lsn, DateTime<Utc>)>,
+    /// Where [`Source::saved`] hands on the newest of `returned` that the saved position covers.
+    published: watch::Sender<Option<(Lsn, DateTime<Utc>)>>,
 }
 
 impl LogicalSource {
@@ -162,7 +171,14 @@ impl LogicalSource {
             own_pid: None,
             supersede: false,
             heartbeat_at: Instant::now(),
+            returned: VecDeque::new(),
+            published: watch::Sender::new(None),
         }
+    }
+
+    /// The newest published change's commit, for the slot monitor.
+    pub fn published(&self) -> Published {
+        self.published.subscribe()
     }
 
     /// The SQL connection, checked: wal_level, REPLICATION, table, publication, and the
@@ -259,317 +275,6 @@ impl LogicalSource {
             }
         }
     }
-
-    /// Reads the next page of the initial snapshot.
-    async fn snapshot_page(
-        &mut self,
-        position: &LogicalPosition,
-        limit: usize,
-    ) -> Result<Batch<LogicalPosition>> {
-        let table = self.pg.table.clone();
-        let mut position = position.clone();
-        let mut opening = None;
-        if position.snapshot == Snapshot::Pending {
-            position.snapshot = self.begin_snapshot().await?;
-            if self.supersede
-                && let Snapshot::Running { at, next, .. } = &mut position.snapshot
-            {
-                // First in the snapshot's order, before every read (`(at, 0)`, the reads from 1).
-                opening = Some(Change::truncate((*at, *next), Utc::now()));
-                *next += 1;
-                tracing::info!(
-                    "the topic holds changes of an earlier capture of {table} (another producer state): the new \
-                     snapshot opens with a truncate, so that its reads replace every change before them"
-                );
-            }
-        } else if !self.in_snapshot {
-            self.open_new_snapshot().await?;
-            tracing::warn!(
-                "snapshot of {table}: resumed after a restart in a new snapshot; rows changed since the slot's \
-                 consistent point are read with their newer values (the changes also follow from the log)"
-            );
-        }
-        let Snapshot::Running { at, after, next } = position.snapshot else {
-            return Ok(Batch { changes: Vec::new(), position });
-        };
-        let next = next.max(self.next_floor);
-        let sql = format!(
-            "SELECT {} FROM {} WHERE order_id > $1::int8 ORDER BY order_id LIMIT $2::int8",
-            super::poll::COLUMNS,
-            table.quoted()
-        );
-        let client = self.sql().await?;
-        let (after_id, page) = (after.unwrap_or(i64::MIN), limit as i64);
-        let params: [&(dyn ToSql + Sync); 2] = [&after_id, &page];
-        // Each row becomes a change as it arrives, so a page is never held twice (as rows and
-        // as changes): the snapshot's peak memory is one page of changes.
-        let rows = client.query_raw(&sql, params).await.map_err(|e| pg_error(&table, &e))?;
-        let mut rows = std::pin::pin!(rows);
-        let ts: DateTime<Utc> = Utc::now();
-        let mut changes = Vec::with_capacity(limit.min(100_000));
-        changes.extend(opening);
-        let opened = changes.len();
-        while let Some(row) = rows.try_next().await.map_err(|e| pg_error(&table, &e))? {
-            let (order, reject) = to_order(&row, &table)?;
-            let index = next
-                .checked_add((changes.len() - opened) as i32)
-                .ok_or_else(|| Error::Setup(format!("snapshot of {table}: more than 2^31 rows")))?;
-            changes.push(Change { order, op: Op::Read, at: Some((at, index)), commit_ts: Some(ts), reject });
-        }
-        let n = changes.len() - opened;
-        let last_id = changes[opened..].last().map(|c| c.order.order_id).or(after);
-        if n < limit {
-            // Complete: close the snapshot; the stream starts at the consistent point.
-            client.batch_execute("COMMIT").await.map_err(|e| pg_error(&table, &e))?;
-            self.in_snapshot = false;
-            position.snapshot = Snapshot::Done;
-            position.flush = position.flush.max(at);
-            tracing::info!("snapshot of {table} complete; streaming from {at}");
-        } else {
-            position.snapshot = Snapshot::Running { at, after: last_id, next: next + n as i32 };
-        }
-        if let Some(c) = changes.last() {
-            position.last = c.at;
-        }
-        Ok(Batch { changes, position })
-    }
-
-    /// Opens a snapshot of the table's present state (not the slot's exported one, which died
-    /// with the session that made it) for the rest of the initial read.
-    async fn open_new_snapshot(&mut self) -> Result<()> {
-        let table = self.pg.table.clone();
-        let client = self.sql().await?;
-        client
-            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await
-            .map_err(|e| pg_error(&table, &e))?;
-        self.in_snapshot = true;
-        Ok(())
-    }
-
-    /// Creates the slot with an exported snapshot and opens that snapshot (or, when the slot
-    /// already exists, a new snapshot at or after its consistent point).
-    async fn begin_snapshot(&mut self) -> Result<Snapshot> {
-        let table = self.pg.table.clone();
-        let slot = self.pg.slot.clone();
-        if let Some(at) = self.slot_free().await? {
-            self.open_new_snapshot().await?;
-            tracing::warn!(
-                "replication slot {slot} exists but the state file has no snapshot progress: reading {table} from the \
-                 slot's position {at} in a new snapshot"
-            );
-            return Ok(Snapshot::Running { at, after: None, next: 0 });
-        }
-        let mut repl = ReplicationClient::connect_gated(self.replication_config(Lsn(0))?)
-            .await
-            .map_err(|e| replication_error(&slot, &e))?;
-        let rows = repl
-            .simple_query(&format!("CREATE_REPLICATION_SLOT {slot} LOGICAL pgoutput EXPORT_SNAPSHOT"))
-            .await
-            .map_err(|e| replication_error(&slot, &e))?;
-        let text = |i: usize| {
-            rows.first()
-                .and_then(|r| r.get(i))
-                .and_then(|v| v.as_ref())
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-        };
-        let (Some(at), Some(name)) = (text(1).and_then(|s| s.parse::<Lsn>().ok()), text(2)) else {
-            return Err(Error::Postgres(format!("CREATE_REPLICATION_SLOT {slot}: unexpected answer")));
-        };
-        let client = self.sql().await?;
-        // The exported snapshot lives while `repl` stays idle: import it first.
-        client
-            .batch_execute(&format!(
-                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
-                name.replace('\'', "''")
-            ))
-            .await
-            .map_err(|e| pg_error(&table, &e))?;
-        self.in_snapshot = true;
-        drop(repl);
-        tracing::info!("replication slot {slot} created at {at}; reading the snapshot of {table}");
-        Ok(Snapshot::Running { at, after: None, next: 0 })
-    }
-
-    /// Opens the replication stream at `position.flush`.
-    async fn start_stream(&mut self, position: &LogicalPosition) -> Result<()> {
-        if let Some(old) = self.stream.take() {
-            let mut client = old.client;
-            let _ = tokio::time::timeout(Duration::from_secs(5), client.shutdown()).await;
-        }
-        let slot = self.pg.slot.clone();
-        if self.slot_free().await?.is_none() {
-            return Err(Error::Setup(format!(
-                "PostgreSQL: replication slot {slot} is missing, but the state file says capture was streaming \
-                 (dropped, or lost in a failover): changes may have been missed. To start over on purpose, remove \
-                 the producer's state file (last_timestamp.txt): a new slot and a full snapshot follow"
-            )));
-        }
-        let mut client = ReplicationClient::connect_gated(self.replication_config(position.flush)?)
-            .await
-            .map_err(|e| replication_error(&slot, &e))?;
-        let pid =
-            client.simple_query("SELECT pg_backend_pid()").await.map_err(|e| replication_error(&slot, &e))?;
-        self.own_pid = pid
-            .first()
-            .and_then(|r| r.first())
-            .and_then(|v| v.as_ref())
-            .and_then(|b| std::str::from_utf8(b).ok())
-            .and_then(|s| s.parse().ok());
-        client.start().await.map_err(|e| replication_error(&slot, &e))?;
-        client.wait_started().await.map_err(|e| replication_error(&slot, &e))?;
-        tracing::info!("streaming {} from slot {slot} at {}", self.pg.table, position.flush);
-        self.stream = Some(Stream { client, layouts: HashMap::new(), txn: None, cursor: position.clone() });
-        self.heartbeat_at = Instant::now();
-        Ok(())
-    }
-
-    async fn poll_stream(
-        &mut self,
-        position: &LogicalPosition,
-        limit: usize,
-    ) -> Result<Batch<LogicalPosition>> {
-        if self.stream.is_none() || self.expected.as_ref() != Some(position) {
-            self.start_stream(position).await?;
-        }
-        let started = Instant::now();
-        let mut first_change: Option<Instant> = None;
-        let mut changes = Vec::new();
-        loop {
-            let Some(stream) = self.stream.as_mut() else { return Err(Error::Postgres("no stream".into())) };
-            if first_change.is_none() && !changes.is_empty() {
-                first_change = Some(Instant::now());
-            }
-            let wait = if changes.len() >= limit
-                || (stream.txn.is_none() && first_change.is_some_and(|t| t.elapsed() >= GATHER_MAX))
-            {
-                break;
-            } else if stream.txn.is_some() {
-                Duration::from_secs(60)
-            } else if !changes.is_empty() {
-                GATHER
-            } else {
-                self.interval.saturating_sub(started.elapsed())
-            };
-            let event = match tokio::time::timeout(wait, stream.client.recv()).await {
-                Err(_) if stream.txn.is_some() => {
-                    return Err(Error::Postgres("no data from the replication stream for 60 s".into()));
-                }
-                Err(_) => break,
-                Ok(Err(e)) => return Err(replication_error(&self.pg.slot, &e)),
-                Ok(Ok(None)) => return Err(Error::Postgres("the replication stream ended".into())),
-                Ok(Ok(Some(event))) => event,
-            };
-            stream.handle(event, &self.pg, &mut changes)?;
-        }
-        let Some(stream) = self.stream.as_mut() else { return Err(Error::Postgres("no stream".into())) };
-        if changes.is_empty() && stream.txn.is_none() && self.heartbeat_at.elapsed() >= HEARTBEAT {
-            self.heartbeat_at = Instant::now();
-            if let Some(sql) = &self.sql
-                && let Err(e) =
-                    sql.execute("SELECT pg_logical_emit_message(false, $1, '')", &[&HEARTBEAT_PREFIX]).await
-            {
-                tracing::debug!("heartbeat: {}", db::error_text(&e));
-            }
-        }
-        Ok(Batch { changes, position: stream.cursor.clone() })
-    }
-}
-
-impl Stream {
-    /// Applies one replication event; changes beyond the cursor go to `out`.
-    fn handle(&mut self, event: ReplicationEvent, pg: &PostgresConfig, out: &mut Vec<Change>) -> Result<()> {
-        match event {
-            ReplicationEvent::Begin { final_lsn, commit_time_micros, .. } => {
-                let ts = pg_time(commit_time_micros);
-                self.txn = Some((Lsn(final_lsn.as_u64()), ts, 0));
-            }
-            ReplicationEvent::Commit { end_lsn, .. } => {
-                self.txn = None;
-                self.cursor.flush = self.cursor.flush.max(Lsn(end_lsn.as_u64()));
-            }
-            // Everything before the server's sent position has reached us.
-            ReplicationEvent::KeepAlive { wal_end, .. }
-                if self.txn.is_none() && self.cursor.last.is_none_or(|l| l.0.0 <= wal_end.as_u64()) =>
-            {
-                self.cursor.flush = self.cursor.flush.max(Lsn(wal_end.as_u64()));
-            }
-            ReplicationEvent::Message { transactional: false, lsn, prefix, .. }
-                if self.txn.is_none() && prefix == HEARTBEAT_PREFIX =>
-            {
-                self.cursor.flush = self.cursor.flush.max(Lsn(lsn.as_u64()));
-            }
-            ReplicationEvent::XLogData { data, .. } => {
-                let msg = pgoutput::decode(&data).map_err(|e| {
-                    Error::Postgres(format!("replication slot {}: undecodable message: {e}", pg.slot))
-                })?;
-                self.apply(msg, pg, out)?;
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-
-    fn apply(&mut self, msg: Message, pg: &PostgresConfig, out: &mut Vec<Change>) -> Result<()> {
-        let table = &pg.table;
-        let (rel, op, tuple, old) = match msg {
-            Message::Relation(rel) => {
-                let ours =
-                    rel.name == table.name && table.schema.as_deref().is_none_or(|s| s == rel.namespace);
-                let layout = if ours {
-                    Some(Layout::of(&rel).map_err(|e| Error::Setup(format!("PostgreSQL: {e}")))?)
-                } else {
-                    None
-                };
-                self.layouts.insert(rel.id, layout);
-                return Ok(());
-            }
-            Message::Insert { rel, new } => (rel, Op::Insert, new, None),
-            Message::Update { rel, old, new } => (rel, Op::Update, new, old),
-            Message::Delete { rel, old } => (rel, Op::Delete, old, None),
-            Message::Truncate { rels } => {
-                if !rels.iter().any(|r| matches!(self.layouts.get(r), Some(Some(_)))) {
-                    return Ok(());
-                }
-                let Some((lsn, ts, index)) = self.txn.as_mut() else {
-                    return Err(Error::Postgres("a truncate outside a transaction".into()));
-                };
-                let at = (*lsn, *index);
-                *index += 1;
-                if self.cursor.last.is_none_or(|last| at > last) {
-                    tracing::info!("TRUNCATE of {table} at {}: published to every partition", at.0);
-                    self.cursor.last = Some(at);
-                    out.push(Change::truncate(at, *ts));
-                }
-                return Ok(());
-            }
-            Message::Other(_) => return Ok(()),
-        };
-        let Some(layout) = self.layouts.get(&rel) else {
-            return Err(Error::Postgres(format!("a change of relation {rel} came before its description")));
-        };
-        let Some(layout) = layout else { return Ok(()) };
-        let Some((lsn, ts, index)) = self.txn.as_mut() else {
-            return Err(Error::Postgres("a change outside a transaction".into()));
-        };
-        let at = (*lsn, *index);
-        *index += 1;
-        if self.cursor.last.is_some_and(|last| at <= last) {
-            return Ok(());
-        }
-        let (order, reject) = layout
-            .order(tuple, old.as_ref())
-            .map_err(|e| Error::Setup(format!("PostgreSQL: table {table}: change at {}: {e}", at.0)))?;
-        self.cursor.last = Some(at);
-        out.push(Change { order, op, at: Some(at), commit_ts: Some(*ts), reject });
-        Ok(())
-    }
-}
-
-/// PostgreSQL's timestamps count microseconds from 2000-01-01.
-fn pg_time(micros: i64) -> DateTime<Utc> {
-    const PG_EPOCH_OFFSET: i64 = 946_684_800_000_000;
-    DateTime::from_timestamp_micros(micros.saturating_add(PG_EPOCH_OFFSET)).unwrap_or_default()
 }
 
 fn slot_in_use(slot: &str, pid: i32) -> Error {
@@ -598,71 +303,6 @@ fn replication_error(slot: &str, e: &PgWireError) -> Error {
     Error::Postgres(format!("replication slot {slot}: {text}"))
 }
 
-/// The advisory lock that makes a producer the slot's one writer: held while one runs.
-pub fn writer_lock(pg: &PostgresConfig) -> String {
-    format!("orderstream:{}", pg.slot)
-}
-
-/// Takes the session-level lock that makes this process the slot's one writer, also while
-/// the snapshot is read (when no replication session holds the slot yet). The error names the
-/// slot's walsender if one runs, else the lock's holder.
-async fn lock_writer(client: &Client, pg: &PostgresConfig) -> Result<()> {
-    let Err(holder) = db::lock_writer(client, &writer_lock(pg), SLOT_RELEASE).await? else {
-        return Ok(());
-    };
-    let active = client
-        .query_opt("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", &[&pg.slot])
-        .await
-        .map_err(|e| pg_error(&pg.table, &e))?
-        .and_then(|r| r.get::<_, Option<i32>>(0));
-    Err(slot_in_use(&pg.slot, active.unwrap_or(holder)))
-}
-
-/// Checks once per connection what logical capture needs, each failure one line with its fix.
-async fn preflight(client: &Client, pg: &PostgresConfig) -> Result<()> {
-    let table = &pg.table;
-    let err = |e: tokio_postgres::Error| pg_error(table, &e);
-    let wal_level: String = client.query_one("SHOW wal_level", &[]).await.map_err(err)?.get(0);
-    if wal_level != "logical" {
-        return Err(Error::Setup(format!(
-            "PostgreSQL: wal_level is `{wal_level}`, logical capture needs `logical`: set wal_level = logical in \
-             postgresql.conf and restart PostgreSQL, or set postgres.capture: poll"
-        )));
-    }
-    let row = client
-        .query_one("SELECT current_user::text, rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user", &[])
-        .await
-        .map_err(err)?;
-    let (user, can): (String, bool) = (row.get(0), row.get(1));
-    if !can {
-        return Err(Error::Setup(format!(
-            "PostgreSQL: role {user} lacks the REPLICATION attribute that logical capture needs: \
-             ALTER ROLE {user} REPLICATION (or set postgres.capture: poll)"
-        )));
-    }
-    check_table(client, table).await?;
-    let publication = client
-        .query_opt(
-            "SELECT EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = \
-             (SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass($2)) \
-             AND tablename = $3) FROM pg_publication WHERE pubname = $1",
-            &[&pg.publication, &table.quoted(), &table.name],
-        )
-        .await
-        .map_err(err)?;
-    match publication.map(|r| r.get::<_, bool>(0)) {
-        None => Err(Error::Setup(format!(
-            "PostgreSQL: publication {} does not exist (run `orderstream init`)",
-            pg.publication
-        ))),
-        Some(false) => Err(Error::Setup(format!(
-            "PostgreSQL: publication {} does not include table {table} (run `orderstream init`)",
-            pg.publication
-        ))),
-        Some(true) => Ok(()),
-    }
-}
-
 impl Source for LogicalSource {
     type Position = LogicalPosition;
     type Key = LogicalKey;
@@ -679,7 +319,14 @@ impl Source for LogicalSource {
             _ => self.snapshot_page(position, limit).await,
         };
         match &result {
-            Ok(batch) => self.expected = Some(batch.position.clone()),
+            Ok(batch) => {
+                self.expected = Some(batch.position.clone());
+                if position.snapshot == Snapshot::Done
+                    && let Some((at, ts)) = batch.changes.last().and_then(|c| Some((c.at?.0, c.commit_ts?)))
+                {
+                    self.returned.push_back((at, ts));
+                }
+            }
             Err(e) => {
                 self.expected = None;
                 self.stream = None;
@@ -724,12 +371,24 @@ impl Source for LogicalSource {
         {
             stream.client.update_applied_lsn(pgwire_replication::Lsn::from_u64(position.flush.0));
         }
+        let Some((saved, _)) = position.last else { return };
+        let mut newest = None;
+        while let Some(&(lsn, ts)) = self.returned.front()
+            && lsn <= saved
+        {
+            newest = Some((lsn, ts));
+            self.returned.pop_front();
+        }
+        if newest.is_some() {
+            self.published.send_replace(newest);
+        }
     }
 
     fn recovered(&mut self, highest: Option<(Lsn, i32)>, earlier: bool) {
         self.next_floor = highest.map_or(0, |h| h.1.saturating_add(1));
         self.expected = None;
         self.supersede = earlier;
+        self.returned.clear();
     }
 
     fn encode(position: &LogicalPosition) -> Vec<String> {
@@ -871,10 +530,5 @@ mod tests {
         assert!(LogicalSource::covers(&pos, &LogicalKey::Change(Lsn(200), 3, true)));
         assert!(!LogicalSource::covers(&pos, &LogicalKey::Change(Lsn(200), 4, false)));
         assert!(!LogicalSource::covers(&pos, &LogicalKey::Change(Lsn(201), 0, false)));
-    }
-
-    #[test]
-    fn postgres_time_is_from_2000() {
-        assert_eq!(pg_time(0).to_rfc3339(), "2000-01-01T00:00:00+00:00");
     }
 }

@@ -33,22 +33,25 @@
 //! are still picked up). That count is `unpublished_below_watermark` in `/metrics` and
 //! `status`, and a warning names up to ten of the orders.
 
-use std::borrow::Cow;
+mod status;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDateTime;
 use prometheus_client::metrics::gauge::Gauge;
-use rust_decimal::Decimal;
-use tokio_postgres::{Client, GenericClient, IsolationLevel, Row, Statement};
+
+use tokio_postgres::{Client, GenericClient, IsolationLevel, Statement};
 
 use super::ids::IdRanges;
-use super::{Batch, Change, Source, Unencodable};
+use super::table::{SELECT_COLUMNS, check_table, to_order};
+use super::{Batch, Change, Source};
 use crate::config::{PostgresConfig, TableName};
-use crate::db;
+use crate::db::{self, pg_error};
 use crate::error::{Error, Result};
-use crate::order::{AMOUNT_PRECISION, AMOUNT_SCALE, Order};
+use crate::order::{Order, format_ts};
 use crate::wire::ChangeMeta;
+pub use status::{PollStatus, status};
 
 /// How long a writer lock still held by a process that just died is waited for.
 const WRITER_WAIT: Duration = Duration::from_secs(10);
@@ -113,18 +116,6 @@ struct Connection {
     after: Statement,
 }
 
-// `id`, not `order_id`: ORDER BY order_id must name the column (and its index), not this cast.
-// `created_at` comes twice: as a timestamp when finite and below the year 10000 (aliased, so
-// ORDER BY created_at still names the column; a BC time keeps its place in watermark order),
-// and as text when no message can carry it (`infinity`, `-infinity`, BC, beyond 9999), for the
-// reject.
-pub(crate) const COLUMNS: &str = "order_id::int8 AS id, customer_name, restaurant_name, item, \
-                       NULLIF(amount, 'NaN'::numeric), order_status, \
-                       CASE WHEN isfinite(created_at) AND created_at < '10000-01-01' THEN created_at END AS created_ts, \
-                       CASE WHEN NOT isfinite(created_at) OR created_at < '0001-01-01' OR created_at >= '10000-01-01' \
-                       THEN created_at::text END AS created_raw, \
-                       amount = 'NaN'::numeric AS amount_nan";
-
 impl PollSource {
     /// The advisory lock that makes a producer the one writer of (table → topic): held while
     /// one runs.
@@ -182,17 +173,17 @@ impl PollSource {
         )
         .await?;
         let late = prepare(format!(
-            "SELECT {COLUMNS} FROM {t} WHERE created_at = ANY($1::timestamp[]) \
+            "SELECT {SELECT_COLUMNS} FROM {t} WHERE created_at = ANY($1::timestamp[]) \
              AND (created_at, order_id) <= ($2::timestamp, $3::int8) ORDER BY created_at, order_id"
         ))
         .await?;
         let first = prepare(format!(
-            "SELECT {COLUMNS} FROM {t} WHERE created_at < $1::timestamp AND created_at > '-infinity'::timestamp \
+            "SELECT {SELECT_COLUMNS} FROM {t} WHERE created_at < $1::timestamp AND created_at > '-infinity'::timestamp \
              ORDER BY created_at, order_id LIMIT $2::int8"
         ))
         .await?;
         let after = prepare(format!(
-            "SELECT {COLUMNS} FROM {t} WHERE (created_at, order_id) > ($1::timestamp, $2::int8) \
+            "SELECT {SELECT_COLUMNS} FROM {t} WHERE (created_at, order_id) > ($1::timestamp, $2::int8) \
              AND created_at < $3::timestamp ORDER BY created_at, order_id LIMIT $4::int8"
         ))
         .await?;
@@ -512,72 +503,10 @@ impl Source for PollSource {
     }
 }
 
-/// `2025-01-18 12:33:00`, with microseconds when there are any (the seed's format).
-pub fn format_ts(ts: &NaiveDateTime) -> String {
-    if ts.and_utc().timestamp_subsec_micros() == 0 {
-        ts.format("%Y-%m-%d %H:%M:%S").to_string()
-    } else {
-        ts.format("%Y-%m-%d %H:%M:%S%.6f").to_string()
-    }
-}
-
 fn parse_ts(s: &str) -> Option<NaiveDateTime> {
     NaiveDateTime::parse_from_str(s.trim(), "%Y-%m-%d %H:%M:%S%.f").ok()
 }
 
-/// The order of a row read with [`COLUMNS`], and its reject when no message can carry it (its
-/// `created_at` then a placeholder, except for a BC time, which keeps its place in watermark
-/// order).
-pub(crate) fn to_order(row: &Row, table: &TableName) -> Result<(Order<'static>, Option<Box<Unencodable>>)> {
-    let bad = |e: tokio_postgres::Error| {
-        Error::Setup(format!("PostgreSQL: table {table}: unreadable row: {}", db::error_text(&e)))
-    };
-    let text = |i: usize| -> Result<Option<Cow<'static, str>>> {
-        Ok(row.try_get::<_, Option<String>>(i).map_err(bad)?.map(Cow::Owned))
-    };
-    let created_at = row.try_get::<_, Option<NaiveDateTime>>(6).map_err(bad)?;
-    let raw = row.try_get::<_, Option<String>>(7).map_err(bad)?;
-    let order = Order {
-        order_id: row.try_get(0).map_err(bad)?,
-        customer_name: text(1)?,
-        restaurant_name: text(2)?,
-        item: text(3)?,
-        amount: row.try_get::<_, Option<Decimal>>(4).map_err(bad)?,
-        order_status: text(5)?,
-        created_at: created_at.unwrap_or_default(),
-    };
-    if created_at.is_none() || raw.is_some() {
-        let reject = Unencodable::created_at(&order, raw.as_deref());
-        return Ok((order, Some(reject)));
-    }
-    if row.try_get::<_, Option<bool>>(8).map_err(bad)? == Some(true) {
-        // JSON has no NaN: as `null` the consumer could not tell it from a NULL amount.
-        let reject = Unencodable::amount(&order, "NaN", Some(&format_ts(&order.created_at)));
-        return Ok((order, Some(reject)));
-    }
-    if order.amount.is_none() {
-        tracing::warn!(order_id = order.order_id, "order has no amount (NULL): published with amount null");
-    }
-    Ok((order, None))
-}
-
-/// A PostgreSQL error: connection trouble is transient ([`Error::Postgres`], retried), a
-/// missing table or column is not ([`Error::Setup`]).
-pub(crate) fn pg_error(table: &TableName, e: &tokio_postgres::Error) -> Error {
-    let fatal = e.as_db_error().is_some_and(|db| {
-        let class = &db.code().code()[..2];
-        // 08 connection, 40 rollback (serialization, deadlock), 53 resources, 57 shutdown.
-        !matches!(class, "08" | "40" | "53" | "57")
-    });
-    let text = db::error_text(e);
-    if fatal {
-        Error::Setup(format!("PostgreSQL: table {table}: {text}"))
-    } else {
-        Error::Postgres(format!("table {table}: {text}"))
-    }
-}
-
-/// Checks that the table exists with columns the order record can hold.
 /// Polling a hot standby loses orders silently: the late-commit tracking reads the open
 /// transactions in `pg_stat_activity`, and a standby's lists none of the primary's, so a
 /// transaction that commits below the watermark is never picked up.
@@ -642,56 +571,6 @@ async fn check_created_at_not_null(client: &Client, table: &TableName) -> Result
     Ok(())
 }
 
-pub(crate) async fn check_table(client: &Client, table: &TableName) -> Result<()> {
-    let rows = client
-        .query(
-            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttypmod \
-             FROM pg_attribute a WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
-            &[&table.quoted()],
-        )
-        .await
-        .map_err(|e| pg_error(table, &e))?;
-    if rows.is_empty() {
-        return Err(Error::Setup(format!(
-            "PostgreSQL: table {table} does not exist (run `orderstream init`)"
-        )));
-    }
-    let types: BTreeMap<String, (String, i32)> =
-        rows.iter().map(|r| (r.get::<_, String>(0), (r.get::<_, String>(1), r.get::<_, i32>(2)))).collect();
-    let text_types = ["text", "character varying", "character", "name"];
-    for column in crate::order::COLUMNS {
-        let Some((ty, typmod)) = types.get(column) else {
-            return Err(Error::Setup(format!("PostgreSQL: table {table}: column {column} is missing")));
-        };
-        let base = ty.split('(').next().unwrap_or(ty).trim();
-        let ok = match column {
-            "order_id" => matches!(base, "integer" | "bigint" | "smallint"),
-            "amount" => {
-                // numeric(p,s): typmod = ((p << 16) | s) + 4
-                let (p, s) = ((typmod - 4) >> 16, (typmod - 4) & 0xffff);
-                base == "numeric"
-                    && *typmod >= 4
-                    && p <= i32::from(AMOUNT_PRECISION)
-                    && s == AMOUNT_SCALE as i32
-            }
-            "created_at" => base == "timestamp without time zone",
-            _ => text_types.contains(&base),
-        };
-        if !ok {
-            let want = match column {
-                "order_id" => "an integer type",
-                "amount" => "numeric(10,2)",
-                "created_at" => "timestamp (without time zone)",
-                _ => "a text type",
-            };
-            return Err(Error::Setup(format!(
-                "PostgreSQL: table {table}: column {column} is {ty}, expected {want}"
-            )));
-        }
-    }
-    Ok(())
-}
-
 /// Warns when this role cannot see other roles' open transactions: their late commits could
 /// then be missed.
 async fn check_visibility(client: &Client) {
@@ -707,73 +586,4 @@ async fn check_visibility(client: &Client) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use chrono::NaiveDate;
-
-    fn ts(s: &str) -> NaiveDateTime {
-        parse_ts(s).unwrap()
-    }
-
-    #[test]
-    fn position_round_trips_through_the_state_lines() {
-        let mut pos =
-            PollPosition { watermark: Some((ts("2025-01-18 12:33:00"), 110)), ..PollPosition::default() };
-        pos.open.insert(ts("2025-01-18 12:30:00.250000"), [107, 111].into());
-        pos.open.insert(ts("2025-01-18 12:40:00"), BTreeSet::new());
-        let lines = PollSource::encode(&pos);
-        assert_eq!(
-            lines,
-            [
-                "2025-01-18 12:33:00",
-                "order_id=110",
-                "open=2025-01-18 12:30:00.250000 ids=107,111",
-                "open=2025-01-18 12:40:00 ids="
-            ]
-        );
-        let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
-        assert_eq!(PollSource::decode(&lines).unwrap(), pos);
-    }
-
-    #[test]
-    fn a_bc_watermark_round_trips() {
-        // A BC row is dead-lettered in its turn, and its time becomes the watermark.
-        let bc = NaiveDate::from_ymd_opt(-43, 3, 15).unwrap().and_hms_opt(12, 0, 0).unwrap();
-        let pos = PollPosition { watermark: Some((bc, 7)), ..PollSource::beginning() };
-        let lines = PollSource::encode(&pos);
-        let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
-        assert_eq!(PollSource::decode(&lines).unwrap(), pos, "{lines:?}");
-    }
-
-    #[test]
-    fn the_seed_file_means_everything_at_or_before_it() {
-        let pos = PollSource::decode(&["2025-01-18 12:33:00"]).unwrap();
-        assert_eq!(pos.watermark, Some((ts("2025-01-18 12:33:00"), i64::MAX)));
-    }
-
-    #[test]
-    fn corrupt_lines_are_named() {
-        assert!(PollSource::decode(&["yesterday"]).unwrap_err().starts_with("line 1"));
-        assert!(
-            PollSource::decode(&["2025-01-18 12:33:00", "order_id=x"]).unwrap_err().starts_with("line 2")
-        );
-        assert!(PollSource::decode(&["2025-01-18 12:33:00", "what"]).unwrap_err().starts_with("line 2"));
-    }
-
-    #[test]
-    fn covers_the_watermark_and_tracked_ids() {
-        let mut pos =
-            PollPosition { watermark: Some((ts("2025-01-18 12:33:00"), 110)), ..PollPosition::default() };
-        pos.open.insert(ts("2025-01-18 12:40:00"), [120].into());
-        let order = |id: i64, at: &str| (ts(at), id);
-        assert!(PollSource::covers(&pos, &order(110, "2025-01-18 12:33:00")));
-        assert!(PollSource::covers(&pos, &order(5, "2025-01-18 12:00:00")));
-        assert!(!PollSource::covers(&pos, &order(111, "2025-01-18 12:33:00")));
-        assert!(PollSource::covers(&pos, &order(120, "2025-01-18 12:40:00")));
-        assert!(!PollSource::covers(&pos, &order(121, "2025-01-18 12:40:00")));
-        // A tracked start time at or below the watermark: its unpublished orders are read again.
-        pos.open.insert(ts("2025-01-18 12:30:00"), [107].into());
-        assert!(PollSource::covers(&pos, &order(107, "2025-01-18 12:30:00")));
-        assert!(!PollSource::covers(&pos, &order(108, "2025-01-18 12:30:00")));
-    }
-}
+mod tests;

@@ -3,38 +3,34 @@
 //! gauges. It only reads; a failed reading is logged at debug level and the gauges keep their
 //! last values until the next one succeeds.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use tokio_postgres::Client;
 
-use super::state;
+use super::Published;
+use super::slot::{self, LagClock, SlotStatus};
 use crate::config::PostgresConfig;
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, SlotMetrics};
 use crate::shutdown::Shutdown;
-use crate::source::logical::{LogicalSource, Snapshot};
-use crate::source::slot::{self, LagClock, SlotStatus};
-use crate::wire::Lsn;
 
 /// How often the slot is read.
 pub const INTERVAL: Duration = Duration::from_secs(5);
 
-/// Reads the slot every [`INTERVAL`] until a stop is requested. `state_file`: the producer's,
-/// for the position of the newest published change.
-pub async fn run(pg: PostgresConfig, state_file: PathBuf, metrics: Arc<Metrics>, shutdown: Shutdown) {
+/// Reads the slot every [`INTERVAL`] until a stop is requested. `published`: the commit of the
+/// newest change the producer has published and saved, as the source hands it on.
+pub async fn run(pg: PostgresConfig, published: Published, metrics: Arc<Metrics>, shutdown: Shutdown) {
     let mut client: Option<Client> = None;
     let mut clock = LagClock::new();
     loop {
-        if let Err(e) = tick(&pg, &mut client, &mut clock, &state_file, &metrics).await {
+        if let Err(e) = tick(&pg, &mut client, &mut clock, &published, &metrics).await {
             tracing::debug!("slot monitor: {e}");
             client = None;
         }
-        tokio::select! {
-            _ = tokio::time::sleep(INTERVAL) => {}
-            _ = shutdown.wait() => return,
+        if shutdown.sleep(INTERVAL).await {
+            return;
         }
     }
 }
@@ -43,7 +39,7 @@ async fn tick(
     pg: &PostgresConfig,
     client: &mut Option<Client>,
     clock: &mut LagClock,
-    state_file: &std::path::Path,
+    published: &Published,
     metrics: &Metrics,
 ) -> Result<()> {
     if client.is_none() {
@@ -55,9 +51,7 @@ async fn tick(
     let Some(c) = client.as_ref() else { return Ok(()) };
     let reading = slot::read(c, &pg.slot).await?;
     let lag_seconds = match reading.state.as_ref().and_then(|s| s.confirmed_flush_lsn) {
-        Some(confirmed) => {
-            clock.observe(Utc::now(), reading.current_wal_lsn, confirmed, newest(state_file, metrics))
-        }
+        Some(confirmed) => clock.observe(Utc::now(), reading.current_wal_lsn, confirmed, *published.borrow()),
         None => {
             clock.reset();
             0.0
@@ -65,20 +59,6 @@ async fn tick(
     };
     export(&metrics.slot, &reading, lag_seconds);
     Ok(())
-}
-
-/// The commit LSN and time of the newest change published from the log: the state file's last
-/// position and the producer's watermark (set from the same batch). `None` during the snapshot,
-/// whose reads carry no commit time.
-fn newest(state_file: &std::path::Path, metrics: &Metrics) -> Option<(Lsn, DateTime<Utc>)> {
-    let saved = state::load::<LogicalSource>(state_file).ok().flatten()?;
-    if saved.position.snapshot != Snapshot::Done {
-        return None;
-    }
-    let (lsn, _) = saved.position.last?;
-    let watermark = metrics.producer.watermark.get();
-    let at = DateTime::from_timestamp_micros((watermark * 1e6) as i64).filter(|_| watermark > 0.0)?;
-    Some((lsn, at))
 }
 
 fn export(m: &SlotMetrics, reading: &SlotStatus, lag_seconds: f64) {

@@ -13,8 +13,8 @@ use std::str::FromStr;
 use chrono::{Datelike, NaiveDateTime};
 use rust_decimal::Decimal;
 
-use super::Unencodable;
 use crate::order::{AMOUNT_SCALE, COLUMNS, Order};
+use crate::source::Unencodable;
 
 /// PostgreSQL type OIDs the orders table may use.
 mod oid {

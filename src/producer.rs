@@ -42,7 +42,6 @@
 //! twice with identical headers; the consumer's replay filter drops the second copy (tested
 //! with the dead producer's bytes held in a proxy; the README says what is not covered).
 
-pub mod monitor;
 pub mod publish;
 pub mod recovery;
 pub mod state;
@@ -57,10 +56,9 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::retry::{Backoff, Retry};
 use crate::shutdown::Shutdown;
-use crate::source::Change;
-use crate::source::Source;
-use crate::source::logical::LogicalSource;
+use crate::source::logical::{self, LogicalSource};
 use crate::source::poll::PollSource;
+use crate::source::{Batch, Change, Source};
 use crate::wire::{Lsn, Op, TRUNCATE_KEY, TRUNCATE_VALUE};
 use publish::Publisher;
 use state::State;
@@ -69,10 +67,10 @@ use state::State;
 pub async fn produce(cfg: &Config, metrics: Arc<Metrics>, shutdown: Shutdown) -> Result<()> {
     match cfg.postgres.capture {
         Capture::Logical => {
-            let state_file = state::path(&cfg.streaming.last_processed_timestamp_location);
-            let slot = monitor::run(cfg.postgres.clone(), state_file, metrics.clone(), shutdown.clone());
-            let slot = tokio::spawn(slot);
             let source = LogicalSource::new(&cfg.postgres, cfg.streaming.batch_interval);
+            let monitor =
+                logical::monitor(cfg.postgres.clone(), source.published(), metrics.clone(), shutdown.clone());
+            let slot = tokio::spawn(monitor);
             let result = run(source, cfg, &metrics, &shutdown).await;
             slot.abort();
             result
@@ -138,7 +136,7 @@ async fn session<S: Source>(
     // Created first so that its connection and producer id are ready when recovery ends; it
     // sends nothing before that.
     let publisher = Publisher::new(&cfg.kafka, &name, &committed.epoch, shutdown)?;
-    let mut owner = state::Owner {
+    let owner = state::Owner {
         source: name.clone(),
         topic: cfg.kafka.topic.clone(),
         cluster: tokio::task::block_in_place(|| publisher.cluster_id()),
@@ -146,6 +144,77 @@ async fn session<S: Source>(
     if shutdown.is_triggered() {
         return Ok(());
     }
+    claim(committed, owner, path)?;
+    // Nothing is saved before recovery ends: a stop may drop it halfway.
+    let Some(recovered) = shutdown.until(recover::<S>(cfg, &name, committed)).await else {
+        return Ok(());
+    };
+    let mut recovered = recovered?;
+    source.recovered(recovered.highest, recovered.earlier);
+    let mut seq = committed.seq.max(recovered.max_seq);
+    let limit = cfg.streaming.max_batch_rows;
+    // During a catch-up, the next page is read while the broker acknowledges the current one.
+    let mut prefetched = None;
+    loop {
+        if shutdown.is_triggered() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let batch = match next_batch(
+            source,
+            prefetched.take(),
+            &committed.position,
+            limit,
+            metrics,
+            backoff,
+            shutdown,
+        )
+        .await?
+        {
+            Polled::Batch(batch) => batch,
+            Polled::Retry => continue,
+            Polled::Stopped => return Ok(()),
+        };
+        let full = batch.changes.len() >= limit;
+        metrics.health.ok("producer");
+        if batch.changes.is_empty() && batch.position == committed.position {
+            backoff.reset();
+            if !S::STREAMING {
+                pause(started, cfg.streaming.batch_interval, shutdown).await;
+            }
+            continue;
+        }
+
+        publisher.begin();
+        let sent =
+            publish_changes::<S>(&publisher, &batch.changes, &recovered, &mut seq, cfg, metrics).await?;
+        let read_ahead = full || S::STREAMING;
+        let (acked, next) =
+            finish(&publisher, read_ahead.then_some(&mut *source), &batch.position, limit, shutdown).await;
+        let Some(ends) = acked? else { return Ok(()) };
+
+        save(source, committed, &mut recovered, batch.position, seq, &ends, path)?;
+        prefetched = next;
+        backoff.reset();
+
+        report_batch::<S>(metrics, &batch.changes, sent, started.elapsed(), &committed.position);
+        if !full && !S::STREAMING {
+            pause(started, cfg.streaming.batch_interval, shutdown).await;
+        }
+    }
+}
+
+/// What one batch sent: orders published, found already in the topic, and bytes.
+#[derive(Debug, Default, Clone, Copy)]
+struct Sent {
+    published: u64,
+    skipped: u64,
+    bytes: u64,
+}
+
+/// Writes this instance's owner into the state, refusing a state that belongs to another
+/// source, topic or cluster.
+fn claim<P>(committed: &mut State<P>, mut owner: state::Owner, path: &Path) -> Result<()> {
     if let Some(previous) = &committed.owner
         && !previous.fits(&owner)
     {
@@ -161,170 +230,199 @@ async fn session<S: Source>(
         owner.cluster = committed.owner.as_ref().and_then(|o| o.cluster.clone());
     }
     committed.owner = Some(owner);
-    // Nothing is saved before recovery ends: a stop may drop it halfway.
-    let Some(recovered) = shutdown.until(recover::<S>(cfg, &name, committed)).await else {
-        return Ok(());
-    };
-    let Recovered {
-        found: mut uncovered,
-        ends: tail_ends,
-        max_seq: tail_seq,
-        highest,
-        truncates,
-        partitions,
-        earlier,
-    } = recovered?;
-    source.recovered(highest, earlier);
-    let mut seq = committed.seq.max(tail_seq);
-    let limit = cfg.streaming.max_batch_rows;
+    Ok(())
+}
+
+/// Sends one batch's changes (those recovery did not find in the topic already) to the
+/// publisher, unencodable and oversized ones to the dead-letter topic; returns what was sent.
+async fn publish_changes<S: Source>(
+    publisher: &Publisher,
+    changes: &[Change],
+    recovered: &Recovered<S::Key>,
+    seq: &mut u64,
+    cfg: &Config,
+    metrics: &Metrics,
+) -> Result<Sent> {
+    let mut sent = Sent::default();
     let mut value = Vec::with_capacity(256);
-    // During a catch-up, the next page is read while the broker acknowledges the current one.
-    let mut prefetched = None;
-    loop {
-        if shutdown.is_triggered() {
-            return Ok(());
-        }
-        let started = Instant::now();
-        // A poll's result is saved only once published: a stop may drop it halfway (a snapshot
-        // page, a wait for the writer lock or the slot, a server that does not answer).
-        let polled = match prefetched.take() {
-            Some(polled) => polled,
-            None => match shutdown.until(source.poll(&committed.position, limit)).await {
-                Some(polled) => polled,
-                None => return Ok(()),
-            },
-        };
-        let batch = match polled {
-            Ok(batch) => batch,
-            // PostgreSQL trouble: the producer and what recovery found stay as they are.
-            Err(e @ Error::Postgres(_)) => {
-                if retry_later(&e, metrics, backoff, shutdown).await {
-                    return Ok(());
-                }
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        let full = batch.changes.len() >= limit;
-        metrics.health.ok("producer");
-        if batch.changes.is_empty() && batch.position == committed.position {
-            backoff.reset();
-            if !S::STREAMING {
-                pause(started, cfg.streaming.batch_interval, shutdown).await;
-            }
+    for change in changes {
+        if change.op == Op::Truncate {
+            let (published, found) =
+                publish_truncate(publisher, change, &recovered.partitions, &recovered.truncates, seq).await?;
+            sent.published += published;
+            sent.skipped += found;
             continue;
         }
-
-        publisher.begin();
-        let (mut published, mut skipped, mut bytes) = (0u64, 0u64, 0u64);
-        for change in &batch.changes {
-            if change.op == Op::Truncate {
-                let (sent, found) =
-                    publish_truncate(&publisher, change, &partitions, &truncates, &mut seq).await?;
-                (published, skipped) = (published + sent, skipped + found);
-                continue;
-            }
-            let key = change.order.order_id.to_string();
-            if uncovered.contains(&S::key(change, false)) {
-                skipped += 1;
-            } else {
-                value.clear();
-                let rejected = match &change.reject {
-                    // No message can carry it, and the consumer would reject it.
-                    Some(r) => {
-                        value.extend_from_slice(r.row.as_bytes());
-                        Some(("unencodable", r.detail.clone()))
-                    }
-                    // The broker cannot take it, and every later change would wait behind it.
-                    None => {
-                        change.order.write_json(&mut value);
-                        publisher.too_large(key.as_bytes(), &value).map(|limit| {
-                            let size = key.len() + value.len();
-                            ("too_large", format!("order {key}: its message of {size} bytes exceeds message.max.bytes {limit}"))
-                        })
-                    }
-                };
-                if let Some((reason, detail)) = rejected {
-                    publisher
-                        .dead_letter(key.as_bytes(), &value, reason, &detail, &change.meta(false))
-                        .await?;
-                    tracing::warn!(
-                        "{detail}: sent to the dead-letter topic {} instead (reason {reason})",
-                        cfg.kafka.dlq_topic
-                    );
-                    metrics.producer.dead_letters.inc();
-                } else {
-                    seq += 1;
-                    publisher.send(key.as_bytes(), Some(&value), seq, &change.meta(false)).await?;
-                    published += 1;
-                    bytes += value.len() as u64;
+        let key = change.order.order_id.to_string();
+        if recovered.found.contains(&S::key(change, false)) {
+            sent.skipped += 1;
+        } else {
+            value.clear();
+            let rejected = match &change.reject {
+                // No message can carry it, and the consumer would reject it.
+                Some(r) => {
+                    value.extend_from_slice(r.row.as_bytes());
+                    Some(("unencodable", r.detail.clone()))
                 }
-            }
-            // A delete is followed by a tombstone, so a compacted topic forgets the order.
-            if change.has_tombstone() && !uncovered.contains(&S::key(change, true)) {
-                seq += 1;
-                publisher.send(key.as_bytes(), None, seq, &change.meta(true)).await?;
+                // The broker cannot take it, and every later change would wait behind it.
+                None => {
+                    change.order.write_json(&mut value);
+                    publisher.too_large(key.as_bytes(), &value).map(|limit| {
+                        let size = key.len() + value.len();
+                        (
+                            "too_large",
+                            format!(
+                                "order {key}: its message of {size} bytes exceeds message.max.bytes {limit}"
+                            ),
+                        )
+                    })
+                }
+            };
+            if let Some((reason, detail)) = rejected {
+                publisher.dead_letter(key.as_bytes(), &value, reason, &detail, &change.meta(false)).await?;
+                tracing::warn!(
+                    "{detail}: sent to the dead-letter topic {} instead (reason {reason})",
+                    cfg.kafka.dlq_topic
+                );
+                metrics.producer.dead_letters.inc();
+            } else {
+                *seq += 1;
+                publisher.send(key.as_bytes(), Some(&value), *seq, &change.meta(false)).await?;
+                sent.published += 1;
+                sent.bytes += value.len() as u64;
             }
         }
-        // A stream's next changes are read while the broker acknowledges these (a poll source
-        // reads ahead only during a catch-up).
-        let (acked, next) = if full || S::STREAMING {
-            let (acked, next) =
-                tokio::join!(publisher.finish(shutdown), shutdown.until(source.poll(&batch.position, limit)));
-            (acked, next)
-        } else {
-            (publisher.finish(shutdown).await, None)
-        };
-        let Some(ends) = acked? else { return Ok(()) };
-
-        // The saved offsets pass the recovered messages only once the position covers them all.
-        uncovered.retain(|k| !S::covers(&batch.position, k));
-        let offsets = if uncovered.is_empty() {
-            let mut m = committed.offsets.clone().unwrap_or_default();
-            for (p, end) in tail_ends.iter().chain(ends.iter()) {
-                let e = m.entry(*p).or_insert(0);
-                *e = (*e).max(*end);
-            }
-            Some(m)
-        } else {
-            committed.offsets.clone()
-        };
-        let next_state = State {
-            position: batch.position,
-            seq,
-            epoch: committed.epoch.clone(),
-            offsets,
-            owner: committed.owner.clone(),
-        };
-        state::save::<S>(path, &next_state)?;
-        source.saved(&next_state.position);
-        *committed = next_state;
-        prefetched = next;
-        backoff.reset();
-
-        let newest = batch
-            .changes
-            .iter()
-            .filter(|c| c.reject.is_none() || c.commit_ts.is_some())
-            .map(|c| c.commit_ts.map_or(c.order.created_at, |t| t.naive_utc()))
-            .max();
-        if published + skipped > 0 {
-            report(metrics, published, skipped, bytes, newest, started.elapsed());
-            let lag = newest.map(|t| (chrono::Utc::now().naive_utc() - t).as_seconds_f64()).unwrap_or(0.0);
-            tracing::info!(
-                rows = published,
-                skipped,
-                bytes,
-                lag_s = (lag * 1000.0).round() / 1000.0,
-                duration_ms = started.elapsed().as_millis() as u64,
-                "batch published; watermark {}",
-                describe::<S>(&committed.position)
-            );
-        }
-        if !full && !S::STREAMING {
-            pause(started, cfg.streaming.batch_interval, shutdown).await;
+        // A delete is followed by a tombstone, so a compacted topic forgets the order.
+        if change.has_tombstone() && !recovered.found.contains(&S::key(change, true)) {
+            *seq += 1;
+            publisher.send(key.as_bytes(), None, *seq, &change.meta(true)).await?;
         }
     }
+    Ok(sent)
+}
+
+/// Waits for the broker to acknowledge the batch; with `source`, reads the next batch from
+/// `position` meanwhile (a stream always, a poll source during a catch-up).
+async fn finish<S: Source>(
+    publisher: &Publisher,
+    source: Option<&mut S>,
+    position: &S::Position,
+    limit: usize,
+    shutdown: &Shutdown,
+) -> (Result<Option<BTreeMap<i32, i64>>>, Option<Result<Batch<S::Position>>>) {
+    match source {
+        Some(source) => {
+            tokio::join!(publisher.finish(shutdown), shutdown.until(source.poll(position, limit)))
+        }
+        None => (publisher.finish(shutdown).await, None),
+    }
+}
+
+/// What the producer's next poll gave.
+enum Polled<P> {
+    /// Changes, or none and a new position.
+    Batch(Batch<P>),
+    /// PostgreSQL failed; the backoff has been slept.
+    Retry,
+    /// A stop was asked for.
+    Stopped,
+}
+
+/// The prefetched batch, or the next poll from `position`. A poll's result is saved only once
+/// published, so a stop may drop it halfway (a snapshot page, a wait for the writer lock or
+/// the slot, a server that does not answer).
+async fn next_batch<S: Source>(
+    source: &mut S,
+    prefetched: Option<Result<Batch<S::Position>>>,
+    position: &S::Position,
+    limit: usize,
+    metrics: &Metrics,
+    backoff: &mut Retry,
+    shutdown: &Shutdown,
+) -> Result<Polled<S::Position>> {
+    let polled = match prefetched {
+        Some(polled) => polled,
+        None => match shutdown.until(source.poll(position, limit)).await {
+            Some(polled) => polled,
+            None => return Ok(Polled::Stopped),
+        },
+    };
+    match polled {
+        Ok(batch) => Ok(Polled::Batch(batch)),
+        // PostgreSQL trouble: the producer and what recovery found stay as they are.
+        Err(e @ Error::Postgres(_)) => {
+            let stopped = retry_later(&e, metrics, backoff, shutdown).await;
+            Ok(if stopped { Polled::Stopped } else { Polled::Retry })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Saves the state after a batch the broker acknowledged (`ends`: per partition, the offset
+/// after its last message) and tells the source.
+fn save<S: Source>(
+    source: &mut S,
+    committed: &mut State<S::Position>,
+    recovered: &mut Recovered<S::Key>,
+    position: S::Position,
+    seq: u64,
+    ends: &BTreeMap<i32, i64>,
+    path: &Path,
+) -> Result<()> {
+    // The saved offsets pass the recovered messages only once the position covers them all.
+    recovered.found.retain(|k| !S::covers(&position, k));
+    let offsets = if recovered.found.is_empty() {
+        Some(advance(committed.offsets.clone().unwrap_or_default(), recovered.ends.iter().chain(ends.iter())))
+    } else {
+        committed.offsets.clone()
+    };
+    let next =
+        State { position, seq, epoch: committed.epoch.clone(), offsets, owner: committed.owner.clone() };
+    state::save::<S>(path, &next)?;
+    source.saved(&next.position);
+    *committed = next;
+    Ok(())
+}
+
+/// `offsets` with each partition raised to the highest of `ends` for it.
+fn advance<'a>(
+    mut offsets: BTreeMap<i32, i64>,
+    ends: impl Iterator<Item = (&'a i32, &'a i64)>,
+) -> BTreeMap<i32, i64> {
+    for (p, end) in ends {
+        let e = offsets.entry(*p).or_insert(0);
+        *e = (*e).max(*end);
+    }
+    offsets
+}
+
+/// Counts a saved batch in the metrics and logs it.
+fn report_batch<S: Source>(
+    metrics: &Metrics,
+    changes: &[Change],
+    sent: Sent,
+    took: Duration,
+    position: &S::Position,
+) {
+    let newest = changes
+        .iter()
+        .filter(|c| c.reject.is_none() || c.commit_ts.is_some())
+        .map(|c| c.commit_ts.map_or(c.order.created_at, |t| t.naive_utc()))
+        .max();
+    if sent.published + sent.skipped == 0 {
+        return;
+    }
+    report(metrics, sent.published, sent.skipped, sent.bytes, newest, took);
+    let lag = newest.map(|t| (chrono::Utc::now().naive_utc() - t).as_seconds_f64()).unwrap_or(0.0);
+    tracing::info!(
+        rows = sent.published,
+        skipped = sent.skipped,
+        bytes = sent.bytes,
+        lag_s = (lag * 1000.0).round() / 1000.0,
+        duration_ms = took.as_millis() as u64,
+        "batch published; watermark {}",
+        describe::<S>(position)
+    );
 }
 
 /// Logs a failure (as an outage: its start, then reminders) and sleeps the next backoff delay;

@@ -5,9 +5,8 @@
 
 pub mod ids;
 pub mod logical;
-pub mod pgoutput;
 pub mod poll;
-pub mod slot;
+pub mod table;
 
 use std::future::Future;
 use std::hash::Hash;
