@@ -169,6 +169,76 @@ impl Health {
     }
 }
 
+/// Registers a table of `(name, help, metric)` rows, each metric a clone sharing its value.
+macro_rules! register {
+    ($registry:expr, $(($name:literal, $help:literal, $metric:expr)),* $(,)?) => {
+        $($registry.register($name, $help, $metric.clone());)*
+    };
+}
+
+impl ProducerMetrics {
+    /// Registers every metric as `orderstream_producer_*`.
+    fn register(&self, registry: &mut Registry) {
+        register! {
+            registry,
+            ("orders_published", "Orders published and acknowledged", self.orders_published),
+            ("bytes_published", "Bytes of message values published", self.bytes_published),
+            ("orders_recovered", "Orders found already in the topic after a restart", self.orders_recovered),
+            ("batches", "Batches published and saved", self.batches),
+            ("batch_duration_seconds", "Poll to saved position", self.batch_duration.0),
+            ("watermark_timestamp_seconds", "created_at of the newest published order (Unix time)", self.watermark),
+            ("lag_seconds", "Now minus created_at of the newest published order", self.lag_seconds),
+            ("retries", "Retries after PostgreSQL or broker failures", self.retries),
+            ("dead_letters", "Changes sent to the dead-letter topic instead (too large or unencodable)", self.dead_letters),
+            ("unpublished_below_watermark", "Poll mode: orders at or below the watermark never published (lost to polling)", self.unpublished_below_watermark),
+        }
+    }
+}
+
+impl ConsumerMetrics {
+    /// Registers every metric as `orderstream_consumer_*`.
+    fn register(&self, registry: &mut Registry) {
+        register! {
+            registry,
+            ("messages", "Messages read from the topic", self.messages),
+            ("rows_written", "Rows committed to the lake", self.rows_written),
+            ("rejected", "Messages rejected, by reason", self.rejected),
+            ("tombstones", "Empty values skipped", self.tombstones),
+            ("duplicates", "Replayed messages dropped", self.duplicates),
+            ("batches", "Lake batches committed", self.batches),
+            ("files_written", "Parquet files written", self.files_written),
+            ("table_version", "Delta lake: table version of the last commit", self.table_version),
+            ("last_commit_timestamp_seconds", "Delta lake: when the last commit landed (Unix time)", self.last_commit),
+            ("commit_conflicts", "Delta lake: commits that lost to another writer and were settled from the table", self.commit_conflicts),
+            ("compactions", "Delta lake: compactions committed", self.compactions),
+            ("compacted_files", "Delta lake: small files replaced by compactions", self.compacted_files),
+            ("compacted_bytes", "Delta lake: bytes of the small files replaced by compactions", self.compacted_bytes),
+            ("last_compaction_timestamp_seconds", "Delta lake: when the last compaction landed (Unix time)", self.last_compaction),
+            ("small_files", "Delta lake: small files in the newest version", self.small_files),
+            ("checkpoint_version", "Delta lake: version of the newest log checkpoint (-1: none)", self.checkpoint_version),
+            ("batch_duration_seconds", "Write and commit of one batch", self.batch_duration.0),
+            ("lag_messages", "Messages not yet in the lake", self.lag_messages),
+            ("retries", "Retries after broker or lake failures", self.retries),
+            ("quarantined", "Rejects written under the checkpoint because no dead letter could carry them", self.quarantined),
+            ("rejoins", "Group rejoins because stalled partitions had no holder", self.rejoins),
+        }
+    }
+}
+
+impl SlotMetrics {
+    /// Registers every metric as `orderstream_slot_*`.
+    fn register(&self, registry: &mut Registry) {
+        register! {
+            registry,
+            ("active", "1 while a replication session uses the slot", self.active),
+            ("confirmed_lsn", "The slot's confirmed_flush_lsn as a number", self.confirmed_lsn),
+            ("retained_wal_bytes", "WAL the slot keeps: current WAL position minus restart_lsn", self.retained_wal_bytes),
+            ("lag_bytes", "WAL not yet confirmed: current WAL position minus confirmed_flush_lsn", self.lag_bytes),
+            ("lag_seconds", "Age of the oldest WAL the slot has not confirmed (0 when caught up)", self.lag_seconds),
+        }
+    }
+}
+
 /// All counters, and the registry that exports them.
 pub struct Metrics {
     /// Failing stages, for `/health`.
@@ -193,139 +263,9 @@ impl Metrics {
             let _ = consumer.rejected.get_or_create(&ReasonLabel { reason: reason.as_str().into() });
         }
         let mut registry = Registry::with_prefix("orderstream");
-        {
-            let p = registry.sub_registry_with_prefix("producer");
-            p.register(
-                "orders_published",
-                "Orders published and acknowledged",
-                producer.orders_published.clone(),
-            );
-            p.register(
-                "bytes_published",
-                "Bytes of message values published",
-                producer.bytes_published.clone(),
-            );
-            p.register(
-                "orders_recovered",
-                "Orders found already in the topic after a restart",
-                producer.orders_recovered.clone(),
-            );
-            p.register("batches", "Batches published and saved", producer.batches.clone());
-            p.register("batch_duration_seconds", "Poll to saved position", producer.batch_duration.0.clone());
-            p.register(
-                "watermark_timestamp_seconds",
-                "created_at of the newest published order (Unix time)",
-                producer.watermark.clone(),
-            );
-            p.register(
-                "lag_seconds",
-                "Now minus created_at of the newest published order",
-                producer.lag_seconds.clone(),
-            );
-            p.register("retries", "Retries after PostgreSQL or broker failures", producer.retries.clone());
-            p.register(
-                "dead_letters",
-                "Changes sent to the dead-letter topic instead (too large or unencodable)",
-                producer.dead_letters.clone(),
-            );
-            p.register(
-                "unpublished_below_watermark",
-                "Poll mode: orders at or below the watermark never published (lost to polling)",
-                producer.unpublished_below_watermark.clone(),
-            );
-        }
-        {
-            let c = registry.sub_registry_with_prefix("consumer");
-            c.register("messages", "Messages read from the topic", consumer.messages.clone());
-            c.register("rows_written", "Rows committed to the lake", consumer.rows_written.clone());
-            c.register("rejected", "Messages rejected, by reason", consumer.rejected.clone());
-            c.register("tombstones", "Empty values skipped", consumer.tombstones.clone());
-            c.register("duplicates", "Replayed messages dropped", consumer.duplicates.clone());
-            c.register("batches", "Lake batches committed", consumer.batches.clone());
-            c.register("files_written", "Parquet files written", consumer.files_written.clone());
-            c.register(
-                "table_version",
-                "Delta lake: table version of the last commit",
-                consumer.table_version.clone(),
-            );
-            c.register(
-                "last_commit_timestamp_seconds",
-                "Delta lake: when the last commit landed (Unix time)",
-                consumer.last_commit.clone(),
-            );
-            c.register(
-                "commit_conflicts",
-                "Delta lake: commits that lost to another writer and were settled from the table",
-                consumer.commit_conflicts.clone(),
-            );
-            c.register("compactions", "Delta lake: compactions committed", consumer.compactions.clone());
-            c.register(
-                "compacted_files",
-                "Delta lake: small files replaced by compactions",
-                consumer.compacted_files.clone(),
-            );
-            c.register(
-                "compacted_bytes",
-                "Delta lake: bytes of the small files replaced by compactions",
-                consumer.compacted_bytes.clone(),
-            );
-            c.register(
-                "last_compaction_timestamp_seconds",
-                "Delta lake: when the last compaction landed (Unix time)",
-                consumer.last_compaction.clone(),
-            );
-            c.register(
-                "small_files",
-                "Delta lake: small files in the newest version",
-                consumer.small_files.clone(),
-            );
-            c.register(
-                "checkpoint_version",
-                "Delta lake: version of the newest log checkpoint (-1: none)",
-                consumer.checkpoint_version.clone(),
-            );
-            c.register(
-                "batch_duration_seconds",
-                "Write and commit of one batch",
-                consumer.batch_duration.0.clone(),
-            );
-            c.register("lag_messages", "Messages not yet in the lake", consumer.lag_messages.clone());
-            c.register("retries", "Retries after broker or lake failures", consumer.retries.clone());
-            c.register(
-                "quarantined",
-                "Rejects written under the checkpoint because no dead letter could carry them",
-                consumer.quarantined.clone(),
-            );
-            c.register(
-                "rejoins",
-                "Group rejoins because stalled partitions had no holder",
-                consumer.rejoins.clone(),
-            );
-        }
-        {
-            let s = registry.sub_registry_with_prefix("slot");
-            s.register("active", "1 while a replication session uses the slot", slot.active.clone());
-            s.register(
-                "confirmed_lsn",
-                "The slot's confirmed_flush_lsn as a number",
-                slot.confirmed_lsn.clone(),
-            );
-            s.register(
-                "retained_wal_bytes",
-                "WAL the slot keeps: current WAL position minus restart_lsn",
-                slot.retained_wal_bytes.clone(),
-            );
-            s.register(
-                "lag_bytes",
-                "WAL not yet confirmed: current WAL position minus confirmed_flush_lsn",
-                slot.lag_bytes.clone(),
-            );
-            s.register(
-                "lag_seconds",
-                "Age of the oldest WAL the slot has not confirmed (0 when caught up)",
-                slot.lag_seconds.clone(),
-            );
-        }
+        producer.register(registry.sub_registry_with_prefix("producer"));
+        consumer.register(registry.sub_registry_with_prefix("consumer"));
+        slot.register(registry.sub_registry_with_prefix("slot"));
         Metrics { health: Health::default(), producer, consumer, slot, registry }
     }
 

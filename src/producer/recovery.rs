@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::KafkaConfig;
@@ -64,12 +64,71 @@ pub fn read_tail(
     saved_seq: u64,
     offsets: Option<&BTreeMap<i32, i64>>,
 ) -> Result<Tail> {
-    let kafka_err = |what: &str, e: KafkaError| Error::Kafka(format!("{}: {what}: {e}", cfg.brokers));
-    let consumer: BaseConsumer =
-        kafka::Client::Reader.config(cfg).create().map_err(|e| kafka_err("cannot create a reader", e))?;
+    let (consumer, partitions) = open_reader(cfg, offsets)?;
+    let mut tail = Tail::default();
+    let mut ours = Ours {
+        topic: &cfg.topic,
+        source: source.as_bytes(),
+        epoch: epoch.as_bytes(),
+        saved_seq,
+        foreign: None,
+        foreign_count: 0,
+    };
+    let mut settle = Settle { at_end: BTreeSet::new(), last_event: Instant::now(), first_end: None };
+    loop {
+        if settle.at_end.len() == partitions.len() {
+            settle.first_end.get_or_insert_with(Instant::now);
+        }
+        if settle.first_end.is_some_and(|t| t.elapsed() >= SETTLE_MAX) {
+            break;
+        }
+        let Some(result) = consumer.poll(Duration::from_millis(50)) else {
+            if settle.at_end.len() == partitions.len() && settle.last_event.elapsed() >= SETTLE {
+                break;
+            }
+            if settle.last_event.elapsed() > STALL_TIMEOUT {
+                return Err(Error::Kafka(format!(
+                    "{}: no data from {} for {STALL_TIMEOUT:?}",
+                    cfg.brokers, cfg.topic
+                )));
+            }
+            continue;
+        };
+        settle.last_event = Instant::now();
+        let msg = match result {
+            Ok(m) => m,
+            Err(KafkaError::PartitionEOF(p)) => {
+                settle.at_end.insert(p);
+                continue;
+            }
+            Err(KafkaError::MessageConsumption(RDKafkaErrorCode::BrokerTransportFailure)) => continue,
+            Err(e) => return Err(kafka_error(cfg, &format!("cannot read {}", cfg.topic), e)),
+        };
+        settle.at_end.remove(&msg.partition());
+        let end = tail.ends.entry(msg.partition()).or_insert(0);
+        *end = (*end).max(msg.offset() + 1);
+        tail.messages += 1;
+        ours.take(&mut tail, &msg);
+    }
+    ours.warn_of_foreign();
+    tail.partitions = partitions;
+    Ok(tail)
+}
+
+fn kafka_error(cfg: &KafkaConfig, what: &str, e: KafkaError) -> Error {
+    Error::Kafka(format!("{}: {what}: {e}", cfg.brokers))
+}
+
+/// A reader assigned to every partition of the topic from `offsets` (the whole partition where
+/// unknown), and the partitions.
+fn open_reader(cfg: &KafkaConfig, offsets: Option<&BTreeMap<i32, i64>>) -> Result<(BaseConsumer, Vec<i32>)> {
+    let consumer: BaseConsumer = kafka::Client::Reader
+        .config(cfg)
+        .create()
+        .map_err(|e| kafka_error(cfg, "cannot create a reader", e))?;
     let md = consumer
         .fetch_metadata(Some(&cfg.topic), REQUEST_TIMEOUT)
-        .map_err(|e| kafka_err("broker unreachable", e))?;
+        .map_err(|e| kafka_error(cfg, "broker unreachable", e))?;
     let partitions: Vec<i32> = md
         .topics()
         .iter()
@@ -82,86 +141,72 @@ pub fn read_tail(
             cfg.topic
         )));
     }
-
     // Read to the end as the broker serves it, not to the high watermark it reports: tansu
     // 0.6 was seen reporting a high watermark below the last message after a producer retry.
-    let mut tail = Tail::default();
     let mut tpl = TopicPartitionList::new();
     for p in &partitions {
         let start = match offsets {
             None => Offset::Beginning,
             Some(m) => m.get(p).map_or(Offset::Beginning, |o| Offset::Offset(*o)),
         };
-        tpl.add_partition_offset(&cfg.topic, *p, start).map_err(|e| kafka_err("cannot assign", e))?;
+        tpl.add_partition_offset(&cfg.topic, *p, start).map_err(|e| kafka_error(cfg, "cannot assign", e))?;
     }
-    consumer.assign(&tpl).map_err(|e| kafka_err("cannot assign", e))?;
-    let mut at_end: BTreeSet<i32> = BTreeSet::new();
-    let mut last_event = Instant::now();
-    let mut first_end: Option<Instant> = None;
-    // Messages of our source numbered too far beyond the saved seq: the first one, and how many.
-    let mut foreign: Option<(i32, i64, u64)> = None;
-    let mut foreign_count = 0u64;
-    loop {
-        if at_end.len() == partitions.len() {
-            first_end.get_or_insert_with(Instant::now);
-        }
-        if first_end.is_some_and(|t| t.elapsed() >= SETTLE_MAX) {
-            break;
-        }
-        let Some(result) = consumer.poll(Duration::from_millis(50)) else {
-            if at_end.len() == partitions.len() && last_event.elapsed() >= SETTLE {
-                break;
-            }
-            if last_event.elapsed() > STALL_TIMEOUT {
-                return Err(Error::Kafka(format!(
-                    "{}: no data from {} for {STALL_TIMEOUT:?}",
-                    cfg.brokers, cfg.topic
-                )));
-            }
-            continue;
-        };
-        last_event = Instant::now();
-        let msg = match result {
-            Ok(m) => m,
-            Err(KafkaError::PartitionEOF(p)) => {
-                at_end.insert(p);
-                continue;
-            }
-            Err(KafkaError::MessageConsumption(RDKafkaErrorCode::BrokerTransportFailure)) => continue,
-            Err(e) => return Err(kafka_err(&format!("cannot read {}", cfg.topic), e)),
-        };
-        at_end.remove(&msg.partition());
-        let end = tail.ends.entry(msg.partition()).or_insert(0);
-        *end = (*end).max(msg.offset() + 1);
-        tail.messages += 1;
-        let Some(headers) = msg.headers() else { continue };
+    consumer.assign(&tpl).map_err(|e| kafka_error(cfg, "cannot assign", e))?;
+    Ok((consumer, partitions))
+}
+
+/// When the topic counts as read: see [`SETTLE`] and [`SETTLE_MAX`].
+struct Settle {
+    /// Partitions whose end was reported and that have had no message since.
+    at_end: BTreeSet<i32>,
+    /// The last poll that returned anything.
+    last_event: Instant,
+    /// When every partition was first at its end.
+    first_end: Option<Instant>,
+}
+
+/// Picks this producer's messages out of the tail.
+struct Ours<'a> {
+    topic: &'a str,
+    source: &'a [u8],
+    epoch: &'a [u8],
+    saved_seq: u64,
+    /// Messages of our source numbered too far beyond the saved seq: the first one, and how many.
+    foreign: Option<(i32, i64, u64)>,
+    foreign_count: u64,
+}
+
+impl Ours<'_> {
+    /// Adds `msg` to `tail` if this producer wrote it.
+    fn take(&mut self, tail: &mut Tail, msg: &BorrowedMessage<'_>) {
+        let Some(headers) = msg.headers() else { return };
         let header = |name: &str| headers.iter().find(|h| h.key == name).and_then(|h| h.value);
-        if header(SOURCE_HEADER) != Some(source.as_bytes()) {
-            continue;
+        if header(SOURCE_HEADER) != Some(self.source) {
+            return;
         }
         if let Some(seq) =
             header(SEQ_HEADER).and_then(|v| std::str::from_utf8(v).ok()).and_then(|s| s.parse::<u64>().ok())
         {
-            if seq.saturating_sub(saved_seq) < REPLAY_WINDOW {
+            if seq.saturating_sub(self.saved_seq) < REPLAY_WINDOW {
                 tail.max_seq = tail.max_seq.max(seq);
             } else {
-                foreign.get_or_insert((msg.partition(), msg.offset(), seq));
-                foreign_count += 1;
+                self.foreign.get_or_insert((msg.partition(), msg.offset(), seq));
+                self.foreign_count += 1;
             }
         }
         // Messages without an epoch come from producers before epochs existed.
-        let other_epoch = header(EPOCH_HEADER).is_some_and(|e| e != epoch.as_bytes());
+        let other_epoch = header(EPOCH_HEADER).is_some_and(|e| e != self.epoch);
         tail.earlier += u64::from(other_epoch);
         let meta = match ChangeMeta::from_headers(headers.iter().map(|h| (h.key, h.value))) {
             Ok(meta) => meta,
             Err(e) => {
                 tracing::warn!(
                     "{}/{} offset {}: a message of ours with {e}; ignored",
-                    cfg.topic,
+                    self.topic,
                     msg.partition(),
                     msg.offset()
                 );
-                continue;
+                return;
             }
         };
         if other_epoch && meta.op == Op::Read {
@@ -169,7 +214,7 @@ pub fn read_tail(
             // file was removed) holds the order as it was at that snapshot: taking it for this
             // state's read would skip the order as it is now. A change from the log or a polled
             // order is the same message whichever state numbered it (its key is its position).
-            continue;
+            return;
         }
         match msg.payload() {
             None if meta.tombstone => tail.found.push((meta, None)),
@@ -183,22 +228,26 @@ pub fn read_tail(
                 Some(position) => tail.found.push((meta, Some(position))),
                 None => tracing::warn!(
                     "{}/{} offset {}: a message of ours that is not an order; ignored",
-                    cfg.topic,
+                    self.topic,
                     msg.partition(),
                     msg.offset()
                 ),
             },
         }
     }
-    if let Some((p, offset, seq)) = foreign {
-        tracing::warn!(
-            "{}/{p} offset {offset}: a message with our source and seq {seq}, 2^32 or more beyond the \
-             saved {saved_seq}, was not numbered by this producer state (a copied header, or a lost \
-             state's numbering); numbering goes on without it ({foreign_count} such message(s) in the \
-             topic's tail)",
-            cfg.topic
-        );
+
+    /// One warning for the messages numbered by another producer state, if any.
+    fn warn_of_foreign(&self) {
+        if let Some((p, offset, seq)) = self.foreign {
+            tracing::warn!(
+                "{}/{p} offset {offset}: a message with our source and seq {seq}, 2^32 or more beyond the \
+                 saved {}, was not numbered by this producer state (a copied header, or a lost \
+                 state's numbering); numbering goes on without it ({} such message(s) in the \
+                 topic's tail)",
+                self.topic,
+                self.saved_seq,
+                self.foreign_count
+            );
+        }
     }
-    tail.partitions = partitions;
-    Ok(tail)
 }
