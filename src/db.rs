@@ -297,12 +297,8 @@ pub async fn ensure_publication(
 /// Takes the session-level advisory lock named `name` (held until the connection ends), the
 /// guarantee of one writer per capture state across processes and hosts. A lock still held is
 /// retried for `wait` (a process that just died leaves its session for a moment); then
-/// `Ok(Err(pid))` names the holder's backend PID (0 if it cannot be seen).
-pub async fn lock_writer(
-    client: &Client,
-    name: &str,
-    wait: Duration,
-) -> Result<std::result::Result<(), i32>> {
+/// [`WriterLock::HeldBy`] names the holder's backend PID (0 if it cannot be seen).
+pub async fn lock_writer(client: &Client, name: &str, wait: Duration) -> Result<WriterLock> {
     let err = |e: tokio_postgres::Error| Error::Postgres(format!("advisory lock {name}: {}", error_text(&e)));
     let key = advisory_key(name);
     let deadline = Instant::now() + wait;
@@ -310,14 +306,23 @@ pub async fn lock_writer(
         let locked: bool =
             client.query_one("SELECT pg_try_advisory_lock($1)", &[&key]).await.map_err(err)?.get(0);
         if locked {
-            return Ok(Ok(()));
+            return Ok(WriterLock::Taken);
         }
         if Instant::now() >= deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    Ok(Err(lock_holder(client, name).await?.unwrap_or(0)))
+    Ok(WriterLock::HeldBy(lock_holder(client, name).await?.unwrap_or(0)))
+}
+
+/// What [`lock_writer`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriterLock {
+    /// This session holds the lock now.
+    Taken,
+    /// Another session holds it: its backend PID (0 if it cannot be seen).
+    HeldBy(i32),
 }
 
 /// The advisory lock key of `name`: FNV-1a, top bit clear, so stable across releases.

@@ -24,9 +24,40 @@ pub enum Error {
     /// A file of ours (state, checkpoint, lake) could not be read or written.
     #[error("{0}")]
     Storage(String),
+    /// The process itself failed: a thread panicked, a runtime could not start.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// What the loops do about an error. [`Error::policy`] is the one place that decides it;
+/// every retry loop asks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// A service failed or did not answer (PostgreSQL, the broker, the lake's storage): retry
+    /// with backoff, the position not advanced, so nothing accepted is lost or doubled.
+    Transient,
+    /// Only the operator can fix it (the configuration, the table, a topic, a role's rights, a
+    /// state that belongs to another pipeline): stop, with the one line that says how.
+    OperatorFix,
+    /// The process failed (a thread or runtime): stop.
+    Fatal,
 }
 
 impl Error {
+    /// Whether to retry, or stop for the operator or for good.
+    pub fn policy(&self) -> Policy {
+        match self {
+            Error::Postgres(_) | Error::Kafka(_) | Error::Storage(_) => Policy::Transient,
+            Error::Config(_) | Error::Setup(_) => Policy::OperatorFix,
+            Error::Internal(_) => Policy::Fatal,
+        }
+    }
+
+    /// `policy() == Policy::Transient`.
+    pub fn is_transient(&self) -> bool {
+        self.policy() == Policy::Transient
+    }
+
     /// The process exit code: 2 for usage or configuration errors, 1 for everything else.
     pub fn exit_code(&self) -> i32 {
         match self {

@@ -139,7 +139,7 @@ fn run(cli: Cli, shutdown: &Shutdown) -> Result<(), Error> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| Error::Storage(format!("cannot start the async runtime: {e}")))?;
+        .map_err(|e| Error::Internal(format!("cannot start the async runtime: {e}")))?;
     let result = runtime.block_on(async {
         match cli.command {
             Command::Init { seed_orders } => {
@@ -166,7 +166,7 @@ fn run(cli: Cli, shutdown: &Shutdown) -> Result<(), Error> {
                 let cfg = cfg.clone();
                 tokio::task::spawn_blocking(move || orderstream::sink::consume(&cfg, metrics, shutdown))
                     .await
-                    .map_err(|e| Error::Storage(format!("the consumer thread failed: {e}")))?
+                    .map_err(|e| Error::Internal(format!("the consumer thread failed: {e}")))?
             }
             Command::Run { .. } => {
                 let (metrics, shutdown) = serve(&cfg, shutdown).await?;
@@ -184,7 +184,7 @@ fn run(cli: Cli, shutdown: &Shutdown) -> Result<(), Error> {
                     orderstream::sink::compact::vacuum(&cfg.datalake, cfg.datalake.retention, dry_run)
                 })
                 .await
-                .map_err(|e| Error::Storage(format!("the vacuum thread failed: {e}")))??;
+                .map_err(|e| Error::Internal(format!("the vacuum thread failed: {e}")))??;
                 for f in &files {
                     println!("{f}");
                 }
@@ -212,7 +212,7 @@ fn run(cli: Cli, shutdown: &Shutdown) -> Result<(), Error> {
                     orderstream::sink::compact::compact(&cfg.datalake, date.as_deref())
                 })
                 .await
-                .map_err(|e| Error::Storage(format!("the compaction thread failed: {e}")))??;
+                .map_err(|e| Error::Internal(format!("the compaction thread failed: {e}")))??;
                 for c in &done {
                     println!("{c}");
                 }

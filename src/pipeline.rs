@@ -22,6 +22,6 @@ pub async fn run(cfg: &Config, metrics: Arc<Metrics>, shutdown: Shutdown) -> Res
     };
     let produced = crate::producer::produce(cfg, metrics, shutdown.clone()).await;
     shutdown.trigger();
-    let consumed = consumer.await.map_err(|e| Error::Storage(format!("the consumer thread failed: {e}")))?;
+    let consumed = consumer.await.map_err(|e| Error::Internal(format!("the consumer thread failed: {e}")))?;
     produced.and(consumed)
 }

@@ -60,7 +60,7 @@ use crate::source::logical::{self, LogicalSource};
 use crate::source::poll::PollSource;
 use crate::source::{Batch, Change, Source};
 use crate::wire::{Lsn, Op, TRUNCATE_KEY, TRUNCATE_VALUE};
-use publish::Publisher;
+use publish::{Acked, Publisher};
 use state::State;
 
 /// Runs the producer on the configured table until a stop is requested.
@@ -107,7 +107,7 @@ pub async fn run<S: Source>(
     loop {
         match session(&mut source, &mut committed, &path, cfg, metrics, shutdown, &mut backoff).await {
             Ok(()) => return Ok(()),
-            Err(e @ (Error::Setup(_) | Error::Config(_))) => return Err(e),
+            Err(e) if !e.is_transient() => return Err(e),
             // A failure caused by the stop itself (a queue that stayed full) is not retried.
             Err(e) if shutdown.is_triggered() => {
                 tracing::warn!("{e}; stopping");
@@ -191,7 +191,7 @@ async fn session<S: Source>(
         let read_ahead = full || S::STREAMING;
         let (acked, next) =
             finish(&publisher, read_ahead.then_some(&mut *source), &batch.position, limit, shutdown).await;
-        let Some(ends) = acked? else { return Ok(()) };
+        let Acked::Ends(ends) = acked? else { return Ok(()) };
 
         save(source, committed, &mut recovered, batch.position, seq, &ends, path)?;
         prefetched = next;
@@ -309,7 +309,7 @@ async fn finish<S: Source>(
     position: &S::Position,
     limit: usize,
     shutdown: &Shutdown,
-) -> (Result<Option<BTreeMap<i32, i64>>>, Option<Result<Batch<S::Position>>>) {
+) -> (Result<Acked>, Option<Result<Batch<S::Position>>>) {
     match source {
         Some(source) => {
             tokio::join!(publisher.finish(shutdown), shutdown.until(source.poll(position, limit)))
@@ -350,7 +350,7 @@ async fn next_batch<S: Source>(
     match polled {
         Ok(batch) => Ok(Polled::Batch(batch)),
         // PostgreSQL trouble: the producer and what recovery found stay as they are.
-        Err(e @ Error::Postgres(_)) => {
+        Err(e) if e.is_transient() => {
             let stopped = retry_later(&e, metrics, backoff, shutdown).await;
             Ok(if stopped { Polled::Stopped } else { Polled::Retry })
         }

@@ -174,14 +174,15 @@ pub fn consume(cfg: &Config, metrics: Arc<Metrics>, shutdown: Shutdown) -> Resul
                 return Ok(());
             }
         }
-        let made =
-            attempt.join().map_err(|_| Error::Kafka("the dead-letter producer's set-up panicked".into()))?;
+        let made = attempt
+            .join()
+            .map_err(|_| Error::Internal("the dead-letter producer's set-up panicked".into()))?;
         match made {
             Ok(d) => {
                 retry.reset();
                 break d;
             }
-            Err(e @ Error::Kafka(_)) => {
+            Err(e) if e.is_transient() => {
                 if shutdown.sleep_blocking(retry.failed(&e)) {
                     if let Some(scratch) = scratch {
                         scratch.remove(&checkpoint);

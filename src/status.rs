@@ -312,7 +312,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, Error> {
     match tokio::time::timeout(PART_TIMEOUT, tokio::task::spawn_blocking(f)).await {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) => Err(Error::Storage(format!("{what}: status task failed: {e}"))),
+        Ok(Err(e)) => Err(Error::Internal(format!("{what}: status task failed: {e}"))),
         Err(_) => {
             Err(Error::Storage(format!("{what} {at}: no answer within {:.1} s", PART_TIMEOUT.as_secs_f64())))
         }

@@ -131,6 +131,15 @@ pub struct Publisher {
     shutdown: Shutdown,
 }
 
+/// What [`Publisher::finish`] saw of a batch.
+#[derive(Debug)]
+pub enum Acked {
+    /// Every message acknowledged: per partition, the offset after the highest one.
+    Ends(BTreeMap<i32, i64>),
+    /// A stop came and the broker did not acknowledge in time: the batch is not saved.
+    Abandoned,
+}
+
 impl Publisher {
     /// Creates the producer; `source` and `epoch` are written in every message's
     /// [`SOURCE_HEADER`] and [`EPOCH_HEADER`];
@@ -321,8 +330,8 @@ impl Publisher {
 
     /// Waits until every queued message is acknowledged and returns, per partition, the offset
     /// after the highest one. On a stop request it waits a few seconds more, then gives up
-    /// (`Ok(None)`): the batch is abandoned, not saved, and recovered at the next start.
-    pub async fn finish(&self, shutdown: &Shutdown) -> Result<Option<BTreeMap<i32, i64>>> {
+    /// ([`Acked::Abandoned`]): the batch is not saved, and is recovered at the next start.
+    pub async fn finish(&self, shutdown: &Shutdown) -> Result<Acked> {
         let started = Instant::now();
         let mut next_report = Duration::from_secs(2);
         let mut stop_deadline: Option<Instant> = None;
@@ -334,7 +343,7 @@ impl Publisher {
                     return Err(Error::Kafka(format!("delivery to {} failed: {e}", self.topic)));
                 }
                 if acks.outstanding == 0 {
-                    return Ok(Some(acks.ends.clone()));
+                    return Ok(Acked::Ends(acks.ends.clone()));
                 }
             }
             if shutdown.is_triggered() {
@@ -345,7 +354,7 @@ impl Publisher {
                         self.acks().outstanding
                     );
                     shutdown.abandon();
-                    return Ok(None);
+                    return Ok(Acked::Abandoned);
                 }
             }
             tokio::select! {

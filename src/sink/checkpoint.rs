@@ -272,14 +272,10 @@ impl Checkpoint {
         write_atomic(&path, &tmp, &bytes)
     }
 
-    /// Takes the exclusive lock of a partition without waiting: `Err(path)` of the lock file
+    /// Takes the exclusive lock of a partition without waiting: [`Locking::HeldElsewhere`]
     /// while another live process holds it (a member frozen past its session, or one finishing
     /// its batch), which the caller tries again later.
-    pub fn try_lock_partition(
-        &self,
-        topic: &str,
-        partition: i32,
-    ) -> Result<std::result::Result<PartitionLock, PathBuf>> {
+    pub fn try_lock_partition(&self, topic: &str, partition: i32) -> Result<Locking> {
         let path = self.state.join(format!("{topic}-{partition}.lock"));
         let file = OpenOptions::new()
             .create(true)
@@ -288,8 +284,8 @@ impl Checkpoint {
             .open(&path)
             .map_err(|e| io_error("cannot open lock", &path, e))?;
         match file.try_lock() {
-            Ok(()) => Ok(Ok(PartitionLock { _file: file })),
-            Err(TryLockError::WouldBlock) => Ok(Err(path)),
+            Ok(()) => Ok(Locking::Taken(PartitionLock { _file: file })),
+            Err(TryLockError::WouldBlock) => Ok(Locking::HeldElsewhere(path)),
             Err(TryLockError::Error(e)) => Err(io_error("cannot lock", &path, e)),
         }
     }
@@ -411,4 +407,13 @@ fn remove_manifest(path: &Path) -> Result<()> {
         Err(e) => return Err(io_error("cannot delete manifest", path, e)),
     }
     sync_dir(crate::durable::parent(path))
+}
+
+/// What [`Checkpoint::try_lock_partition`] got.
+#[derive(Debug)]
+pub enum Locking {
+    /// The partition's lock, held until dropped.
+    Taken(PartitionLock),
+    /// Another live process holds it: the lock file.
+    HeldElsewhere(PathBuf),
 }

@@ -385,7 +385,7 @@ impl Compactor {
                     }
                 }
             })
-            .map_err(|e| Error::Storage(format!("cannot start the compaction thread: {e}")))?;
+            .map_err(|e| Error::Internal(format!("cannot start the compaction thread: {e}")))?;
         Ok(Compactor { stop, thread: Some(thread) })
     }
 }

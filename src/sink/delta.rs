@@ -550,7 +550,7 @@ pub(super) fn runtime() -> Result<tokio::runtime::Runtime> {
         .thread_name("delta")
         .enable_all()
         .build()
-        .map_err(|e| Error::Storage(format!("cannot start the Delta table's runtime: {e}")))
+        .map_err(|e| Error::Internal(format!("cannot start the Delta table's runtime: {e}")))
 }
 
 /// Opens the existing table at `cfg.location` (one line when there is none).

@@ -101,6 +101,15 @@ pub struct DeadLetters {
     cfg: KafkaConfig,
 }
 
+/// What became of one dead letter handed to [`DeadLetters::send`].
+#[derive(Debug)]
+pub enum DeadLetter {
+    /// Queued; the batch's flush waits for its acknowledgement.
+    Queued,
+    /// It can never be sent (why): the reject is quarantined instead.
+    Undeliverable(String),
+}
+
 impl DeadLetters {
     /// Connects the idempotent producer of `kafka.dlq_topic`, creating the topic if missing
     /// (with `kafka.partitions`), so that a reject always has somewhere to go.
@@ -128,10 +137,10 @@ impl DeadLetters {
     }
 
     /// Queues a copy of `msg` (its lineage headers renamed) with the reject headers; waits
-    /// while the local queue is full. `Ok(Some(why))`: the dead letter can never be sent
+    /// while the local queue is full. [`DeadLetter::Undeliverable`]: the dead letter can never be sent
     /// (larger than the producer's `message.max.bytes`, or refused as invalid), so retrying the
     /// batch would fail again; the caller quarantines the reject instead.
-    pub fn send(&self, msg: &BorrowedMessage<'_>, reject: &Reject) -> Result<Option<String>> {
+    pub fn send(&self, msg: &BorrowedMessage<'_>, reject: &Reject) -> Result<DeadLetter> {
         let mut headers = OwnedHeaders::new_with_capacity(msg.headers().map_or(0, |h| h.count()) + 5);
         if let Some(original) = msg.headers() {
             for h in original.iter() {
@@ -160,7 +169,7 @@ impl DeadLetters {
         let start = Instant::now();
         loop {
             match self.producer.send(record) {
-                Ok(()) => return Ok(None),
+                Ok(()) => return Ok(DeadLetter::Queued),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
                     if start.elapsed() < FLUSH_TIMEOUT =>
                 {
@@ -172,7 +181,7 @@ impl DeadLetters {
                         RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidArgument,
                     ),
                     _,
-                )) => return Ok(Some(e.to_string())),
+                )) => return Ok(DeadLetter::Undeliverable(e.to_string())),
                 Err((e, _)) => {
                     return Err(Error::Kafka(format!(
                         "cannot queue the dead letter of {}/{} offset {} for {}: {e}",
@@ -223,7 +232,7 @@ fn block_on<F: Future>(f: F) -> Result<F::Output> {
             .enable_all()
             .build()
             .map(|rt| rt.block_on(f))
-            .map_err(|e| Error::Storage(format!("cannot start a runtime for the Kafka admin client: {e}"))),
+            .map_err(|e| Error::Internal(format!("cannot start a runtime for the Kafka admin client: {e}"))),
     }
 }
 

@@ -15,9 +15,9 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use uuid::Uuid;
 
 use super::batch::{MAX_DATES, Rows};
-use super::checkpoint::{Checkpoint, Manifest, ManifestFile, PartitionLock, PartitionState};
+use super::checkpoint::{Checkpoint, Locking, Manifest, ManifestFile, PartitionLock, PartitionState};
 use super::delta::DeltaLake;
-use super::dlq::{DeadLetters, Quarantined};
+use super::dlq::{DeadLetter, DeadLetters, Quarantined};
 use super::parquet;
 use super::replay::{self, Notes};
 use super::scratch::{self, Scratch};
@@ -31,6 +31,15 @@ pub use crate::wire::{SEQ_HEADER, SOURCE_HEADER};
 
 mod commit;
 mod ownership;
+
+/// What [`Engine::acquire`] got for a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acquired {
+    /// The partition is ours: read from here.
+    From(Offset),
+    /// Another live process still holds its lock: tried again later.
+    Waiting,
+}
 
 /// The empty marker file at the lake root, refreshed after each committed batch.
 pub const SUCCESS_FILE: &str = "_SUCCESS";
@@ -305,8 +314,10 @@ impl Engine {
                 batch.rejects += 1;
                 if batch.error.is_none() {
                     match self.dlq.send(msg, &reject) {
-                        Ok(None) => {}
-                        Ok(Some(failure)) => batch.quarantine.push(Quarantined::new(msg, &reject, &failure)),
+                        Ok(DeadLetter::Queued) => {}
+                        Ok(DeadLetter::Undeliverable(why)) => {
+                            batch.quarantine.push(Quarantined::new(msg, &reject, &why))
+                        }
                         Err(e) => batch.error = Some(e),
                     }
                 }

@@ -12,7 +12,7 @@ use rdkafka::error::KafkaResult;
 use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::types::RDKafkaRespErr;
 
-use super::engine::Engine;
+use super::engine::{Acquired, Engine};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::kafka;
@@ -103,11 +103,14 @@ impl ConsumerContext for GroupContext {
                 let mut waiting = Vec::new();
                 for (topic, partition) in &listed {
                     let served_end = |from: i64| self.served_end(topic, *partition, from);
-                    let acquired = engine.acquire(topic, *partition).and_then(|a| {
-                        a.map(|o| engine.check_start(consumer, topic, *partition, o, served_end)).transpose()
+                    let acquired = engine.acquire(topic, *partition).and_then(|a| match a {
+                        Acquired::From(o) => {
+                            engine.check_start(consumer, topic, *partition, o, served_end).map(Acquired::From)
+                        }
+                        Acquired::Waiting => Ok(Acquired::Waiting),
                     });
                     match acquired {
-                        Ok(Some(offset)) => {
+                        Ok(Acquired::From(offset)) => {
                             let at = match offset {
                                 Offset::Offset(n) => n.to_string(),
                                 _ => "beginning".to_string(),
@@ -116,7 +119,7 @@ impl ConsumerContext for GroupContext {
                             let _ = assigned.add_partition_offset(topic, *partition, offset);
                         }
                         // Locked by a live process: read later, when it lets go.
-                        Ok(None) => waiting.push(partition.to_string()),
+                        Ok(Acquired::Waiting) => waiting.push(partition.to_string()),
                         Err(e) => engine.set_fatal(e),
                     }
                 }

@@ -330,7 +330,7 @@ impl Source for LogicalSource {
             Err(e) => {
                 self.expected = None;
                 self.stream = None;
-                if !matches!(e, Error::Setup(_)) {
+                if e.is_transient() {
                     self.sql = None;
                     self.in_snapshot = false;
                 }

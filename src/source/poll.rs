@@ -152,7 +152,7 @@ impl PollSource {
         warn_of_unplaceable(&client, &self.pg.table).await?;
         check_visibility(&client).await;
         // One producer per table and topic: a second would publish every order again.
-        if let Err(pid) = db::lock_writer(&client, &self.lock, WRITER_WAIT).await? {
+        if let db::WriterLock::HeldBy(pid) = db::lock_writer(&client, &self.lock, WRITER_WAIT).await? {
             return Err(Error::Setup(format!(
                 "PostgreSQL: table {} is already captured into this topic by PID {pid} (another `orderstream \
                  produce` or `run`?): one producer per table and topic",
@@ -401,7 +401,7 @@ impl Source for PollSource {
     async fn poll(&mut self, position: &PollPosition, limit: usize) -> Result<Batch<PollPosition>> {
         let result = self.poll_once(position, limit).await;
         if let Err(e) = &result
-            && !matches!(e, Error::Setup(_))
+            && e.is_transient()
         {
             // Start from a fresh connection next time.
             self.conn = None;

@@ -7,19 +7,19 @@ use super::*;
 
 impl Engine {
     /// Takes a newly assigned partition: its lock, its checkpoint and every committed manifest
-    /// that is ahead of it. Returns where to start reading, or `None` while another live
-    /// process still holds the partition's lock: the partition then waits (see
+    /// that is ahead of it. Returns where to start reading, or [`Acquired::Waiting`] while
+    /// another live process still holds the partition's lock: the partition then waits (see
     /// [`Engine::retry_waiting`]) and the others are read meanwhile.
-    pub fn acquire(&mut self, topic: &str, partition: i32) -> Result<Option<Offset>> {
+    pub fn acquire(&mut self, topic: &str, partition: i32) -> Result<Acquired> {
         if let Some(o) = self.owned.get(&partition) {
-            return Ok(Some(o.offset()));
+            return Ok(Acquired::From(o.offset()));
         }
         if self.delta.is_some() {
-            return self.acquire_delta(topic, partition).map(Some);
+            return self.acquire_delta(topic, partition).map(Acquired::From);
         }
         let lock = match self.checkpoint.try_lock_partition(topic, partition)? {
-            Ok(lock) => lock,
-            Err(path) => {
+            Locking::Taken(lock) => lock,
+            Locking::HeldElsewhere(path) => {
                 let now = Instant::now();
                 let w = self.waiting.entry(partition).or_insert(Waiting { since: now, next_log: now });
                 if now >= w.next_log {
@@ -31,7 +31,7 @@ impl Engine {
                     );
                     w.next_log += WAIT_LOG_EVERY;
                 }
-                return Ok(None);
+                return Ok(Acquired::Waiting);
             }
         };
         self.waiting.remove(&partition);
@@ -70,7 +70,7 @@ impl Engine {
         );
         // Renames, then this partition's state file, then manifests no one needs any more.
         self.retry_pending();
-        Ok(Some(if stored {
+        Ok(Acquired::From(if stored {
             Offset::Offset(self.owned[&partition].committed.next_offset)
         } else {
             Offset::Beginning
@@ -254,7 +254,7 @@ impl Engine {
         let topic = self.topic.clone();
         let mut added = TopicPartitionList::new();
         for p in self.waiting.keys().copied().collect::<Vec<_>>() {
-            if let Some(offset) = self.acquire(&topic, p)? {
+            if let Acquired::From(offset) = self.acquire(&topic, p)? {
                 tracing::info!("partition {topic}/{p}: its previous owner let go; reading from {offset:?}");
                 added
                     .add_partition_offset(&topic, p, offset)

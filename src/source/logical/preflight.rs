@@ -17,7 +17,8 @@ pub fn writer_lock(pg: &PostgresConfig) -> String {
 /// the snapshot is read (when no replication session holds the slot yet). The error names the
 /// slot's walsender if one runs, else the lock's holder.
 pub(super) async fn lock_writer(client: &Client, pg: &PostgresConfig) -> Result<()> {
-    let Err(holder) = db::lock_writer(client, &writer_lock(pg), SLOT_RELEASE).await? else {
+    let db::WriterLock::HeldBy(holder) = db::lock_writer(client, &writer_lock(pg), SLOT_RELEASE).await?
+    else {
         return Ok(());
     };
     let active = client
