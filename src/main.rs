@@ -119,10 +119,82 @@ fn main() -> ExitCode {
 
 /// The signal handlers and the metrics endpoint every long-running command has.
 async fn serve(cfg: &Config, shutdown: &Shutdown) -> Result<(Arc<Metrics>, Shutdown), Error> {
-    shutdown.on_signals().map_err(|e| Error::Storage(format!("cannot handle signals: {e}")))?;
+    shutdown.on_signals().map_err(|e| Error::Internal(format!("cannot handle signals: {e}")))?;
     let metrics = Arc::new(Metrics::new());
     orderstream::http::start(cfg.metrics.listen, metrics.clone(), shutdown.clone()).await?;
     Ok((metrics, shutdown.clone()))
+}
+
+/// `vacuum`: the files both tables no longer need, listed, and deleted unless `dry_run`.
+async fn vacuum(cfg: &Config, dry_run: bool) -> Result<(), Error> {
+    if cfg.datalake.format != orderstream::config::LakeFormat::Delta {
+        return Err(Error::Setup(
+            "vacuum needs datalake.format: delta (a Parquet lake has no log saying which files are live)"
+                .into(),
+        ));
+    }
+    let cfg = cfg.clone();
+    let files = tokio::task::spawn_blocking(move || {
+        orderstream::sink::compact::vacuum(&cfg.datalake, cfg.datalake.retention, dry_run)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("the vacuum thread failed: {e}")))??;
+    for f in &files {
+        println!("{f}");
+    }
+    let verb = if dry_run { "would delete" } else { "deleted" };
+    eprintln!("{verb} {} files", files.len());
+    Ok(())
+}
+
+/// `compact`: every date partition with small files, or `date` only.
+async fn compact(cfg: &Config, date: Option<String>) -> Result<(), Error> {
+    if cfg.datalake.format != orderstream::config::LakeFormat::Delta {
+        return Err(Error::Setup(
+            "compact needs datalake.format: delta (a Parquet lake cannot be rewritten atomically for its \
+             readers)"
+                .into(),
+        ));
+    }
+    if let Some(d) = &date
+        && chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").is_err()
+    {
+        return Err(Error::Config(orderstream::error::ConfigError(format!(
+            "compact --date: expected a date YYYY-MM-DD, got `{d}`"
+        ))));
+    }
+    let cfg = cfg.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        orderstream::sink::compact::compact(&cfg.datalake, date.as_deref())
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("the compaction thread failed: {e}")))??;
+    for c in &done {
+        println!("{c}");
+    }
+    eprintln!("{} date partitions compacted", done.len());
+    Ok(())
+}
+
+/// `status`: every stage, as text or JSON; exit 1 when a part does not answer or run.
+async fn status(cfg: &Config, json: bool) -> Result<(), Error> {
+    let status = orderstream::status::status(cfg).await;
+    if json {
+        let text = serde_json::to_string_pretty(&status)
+            .map_err(|e| Error::Internal(format!("cannot encode the status: {e}")))?;
+        println!("{text}");
+    } else {
+        print!("{}", status.render());
+    }
+    let failures = status.failures();
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Setup(format!(
+            "status: not answering or not running: {} (see each part's error)",
+            failures.join(", ")
+        )))
+    }
 }
 
 fn run(cli: Cli, shutdown: &Shutdown) -> Result<(), Error> {
@@ -172,72 +244,9 @@ fn run(cli: Cli, shutdown: &Shutdown) -> Result<(), Error> {
                 let (metrics, shutdown) = serve(&cfg, shutdown).await?;
                 orderstream::pipeline::run(&cfg, metrics, shutdown).await
             }
-            Command::Vacuum { dry_run } => {
-                if cfg.datalake.format != orderstream::config::LakeFormat::Delta {
-                    return Err(Error::Setup(
-                        "vacuum needs datalake.format: delta (a Parquet lake has no log saying which files are live)"
-                            .into(),
-                    ));
-                }
-                let cfg = cfg.clone();
-                let files = tokio::task::spawn_blocking(move || {
-                    orderstream::sink::compact::vacuum(&cfg.datalake, cfg.datalake.retention, dry_run)
-                })
-                .await
-                .map_err(|e| Error::Internal(format!("the vacuum thread failed: {e}")))??;
-                for f in &files {
-                    println!("{f}");
-                }
-                let verb = if dry_run { "would delete" } else { "deleted" };
-                eprintln!("{verb} {} files", files.len());
-                Ok(())
-            }
-            Command::Compact { date } => {
-                if cfg.datalake.format != orderstream::config::LakeFormat::Delta {
-                    return Err(Error::Setup(
-                        "compact needs datalake.format: delta (a Parquet lake cannot be rewritten atomically for its \
-                         readers)"
-                            .into(),
-                    ));
-                }
-                if let Some(d) = &date
-                    && chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").is_err()
-                {
-                    return Err(Error::Config(orderstream::error::ConfigError(format!(
-                        "compact --date: expected a date YYYY-MM-DD, got `{d}`"
-                    ))));
-                }
-                let cfg = cfg.clone();
-                let done = tokio::task::spawn_blocking(move || {
-                    orderstream::sink::compact::compact(&cfg.datalake, date.as_deref())
-                })
-                .await
-                .map_err(|e| Error::Internal(format!("the compaction thread failed: {e}")))??;
-                for c in &done {
-                    println!("{c}");
-                }
-                eprintln!("{} date partitions compacted", done.len());
-                Ok(())
-            }
-            Command::Status { json } => {
-                let status = orderstream::status::status(&cfg).await;
-                if json {
-                    let text = serde_json::to_string_pretty(&status)
-                        .map_err(|e| Error::Storage(format!("cannot encode the status: {e}")))?;
-                    println!("{text}");
-                } else {
-                    print!("{}", status.render());
-                }
-                let failures = status.failures();
-                if failures.is_empty() {
-                    Ok(())
-                } else {
-                    Err(Error::Setup(format!(
-                        "status: not answering or not running: {} (see each part's error)",
-                        failures.join(", ")
-                    )))
-                }
-            }
+            Command::Vacuum { dry_run } => vacuum(&cfg, dry_run).await,
+            Command::Compact { date } => compact(&cfg, date).await,
+            Command::Status { json } => status(&cfg, json).await,
         }
     });
     // A blocking call a stop left behind (a broker that does not answer) is not waited for.

@@ -47,6 +47,41 @@ impl Default for Backoff {
     }
 }
 
+/// A warning that repeats (librdkafka reports every failed reconnect) let through once per
+/// growing interval, with a count of those held back meanwhile.
+#[derive(Debug)]
+pub struct Throttle {
+    next: Instant,
+    backoff: Backoff,
+    held_back: u64,
+}
+
+impl Throttle {
+    /// Lets the first line through, then waits `first` doubling up to `cap` between lines.
+    pub fn new(first: Duration, cap: Duration) -> Throttle {
+        Throttle { next: Instant::now(), backoff: Backoff::between(first, cap), held_back: 0 }
+    }
+
+    /// `Some((held back since the last line, wait before the next))` when a line may be
+    /// written now; `None` (counted) when it is held back.
+    pub fn pass(&mut self) -> Option<(u64, Duration)> {
+        let now = Instant::now();
+        if now < self.next {
+            self.held_back += 1;
+            return None;
+        }
+        let wait = self.backoff.next_delay();
+        self.next = now + wait;
+        Some((std::mem::take(&mut self.held_back), wait))
+    }
+
+    /// After a success: the next warning is news, let through at once.
+    pub fn reset(&mut self) {
+        self.backoff.reset();
+        self.next = Instant::now();
+    }
+}
+
 /// How often a continuing outage is logged again.
 pub const REMINDER: Duration = Duration::from_secs(60);
 

@@ -134,7 +134,7 @@ use rdkafka::error::KafkaError;
 use crate::config::{Config, LakeFormat};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::retry::{Backoff, Retry};
+use crate::retry::{Backoff, Retry, Throttle};
 use crate::shutdown::Shutdown;
 use checkpoint::Checkpoint;
 use engine::{Engine, Limits};
@@ -160,38 +160,11 @@ pub fn consume(cfg: &Config, metrics: Arc<Metrics>, shutdown: Shutdown) -> Resul
     };
     let process = scratch.as_ref().map_or("delta".to_string(), |s| s.id().to_string());
     // The dead-letter topic must exist before anything is read: wait for the broker.
-    let mut retry = Retry::new("consumer", Backoff::between(Duration::from_secs(1), Duration::from_secs(30)));
-    let dlq = loop {
-        // On a thread of its own: its metadata request may wait out a broker that does not
-        // answer, and a stop must not wait with it.
-        let kafka = cfg.kafka.clone();
-        let attempt = std::thread::spawn(move || dlq::DeadLetters::new(&kafka));
-        while !attempt.is_finished() {
-            if shutdown.sleep_blocking(Duration::from_millis(50)) {
-                if let Some(scratch) = scratch {
-                    scratch.remove(&checkpoint);
-                }
-                return Ok(());
-            }
+    let Some(dlq) = dead_letters(cfg, &shutdown)? else {
+        if let Some(scratch) = scratch {
+            scratch.remove(&checkpoint);
         }
-        let made = attempt
-            .join()
-            .map_err(|_| Error::Internal("the dead-letter producer's set-up panicked".into()))?;
-        match made {
-            Ok(d) => {
-                retry.reset();
-                break d;
-            }
-            Err(e) if e.is_transient() => {
-                if shutdown.sleep_blocking(retry.failed(&e)) {
-                    if let Some(scratch) = scratch {
-                        scratch.remove(&checkpoint);
-                    }
-                    return Ok(());
-                }
-            }
-            Err(e) => return Err(e),
-        }
+        return Ok(());
     };
     let cluster = dlq.cluster_id();
     tracing::info!(
@@ -249,7 +222,43 @@ pub fn consume(cfg: &Config, metrics: Arc<Metrics>, shutdown: Shutdown) -> Resul
     result
 }
 
+/// The dead-letter producer, once the broker answers and the topic exists; `None` when a stop
+/// came first.
+fn dead_letters(cfg: &Config, shutdown: &Shutdown) -> Result<Option<dlq::DeadLetters>> {
+    let mut retry = Retry::new("consumer", Backoff::between(Duration::from_secs(1), Duration::from_secs(30)));
+    loop {
+        // On a thread of its own: its metadata request may wait out a broker that does not
+        // answer, and a stop must not wait with it.
+        let kafka = cfg.kafka.clone();
+        let attempt = std::thread::spawn(move || dlq::DeadLetters::new(&kafka));
+        while !attempt.is_finished() {
+            if shutdown.sleep_blocking(Duration::from_millis(50)) {
+                return Ok(None);
+            }
+        }
+        let made = attempt
+            .join()
+            .map_err(|_| Error::Internal("the dead-letter producer's set-up panicked".into()))?;
+        match made {
+            Ok(d) => {
+                // Logs the outage's end, if there was one.
+                retry.reset();
+                return Ok(Some(d));
+            }
+            Err(e) if e.is_transient() => {
+                if shutdown.sleep_blocking(retry.failed(&e)) {
+                    return Ok(None);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// The poll loop.
+// Over 80 lines on purpose: one pass of the loop (poll, orphan check, handle, commit or
+// rewind) reads top to bottom as the order of events; the per-message clock and the error
+// report are its only state.
 fn run(
     consumer: &group::GroupConsumer,
     metrics: &Metrics,
@@ -261,9 +270,7 @@ fn run(
     let mut orphans = watch::Orphans::new();
     let mut next_look = Instant::now();
     let mut backoff = Backoff::between(Duration::from_secs(1), Duration::from_secs(30));
-    let mut kafka_errors = Backoff::between(Duration::from_secs(1), Duration::from_secs(60));
-    let mut report_after = Instant::now();
-    let mut suppressed = 0u64;
+    let mut kafka_errors = Throttle::new(Duration::from_secs(1), Duration::from_secs(60));
     // Reading the clock for every message costs more than handling some of them: during a
     // catch-up the clock is read every CLOCK_EVERY messages, and whenever the queue runs dry.
     const CLOCK_EVERY: u32 = 64;
@@ -298,21 +305,15 @@ fn run(
             }
             Some(Err(e)) => {
                 // librdkafka retries by itself; one line per growing interval, not per retry.
-                if Instant::now() >= report_after {
-                    let more = if suppressed > 0 {
-                        format!(" ({suppressed} similar errors since the last line)")
-                    } else {
-                        String::new()
+                if let Some((held_back, next)) = kafka_errors.pass() {
+                    let more = match held_back {
+                        0 => String::new(),
+                        n => format!(" ({n} similar errors since the last line)"),
                     };
-                    let next = kafka_errors.next_delay();
                     tracing::warn!(
                         "Kafka: {e}{more}; librdkafka retries, next report in {} s at most",
                         next.as_secs()
                     );
-                    report_after = Instant::now() + next;
-                    suppressed = 0;
-                } else {
-                    suppressed += 1;
                 }
             }
             None => {}

@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::kafka;
+use crate::retry::Throttle;
 use crate::shutdown::Shutdown;
 use crate::wire::{
     CHANGE_INDEX_HEADER, COMMIT_TS_HEADER, ChangeMeta, DETAIL_HEADER, EPOCH_HEADER, LSN_HEADER, Lsn,
@@ -48,14 +49,7 @@ pub struct Context {
     done: Notify,
     brokers: String,
     /// librdkafka reports every failed reconnect; we report them at growing intervals.
-    errors: Mutex<ErrorReports>,
-}
-
-/// When the next librdkafka error may be logged, and how many were held back meanwhile.
-struct ErrorReports {
-    next: Instant,
-    interval: Duration,
-    held_back: u64,
+    errors: Mutex<Throttle>,
 }
 
 impl ClientContext for Context {
@@ -67,19 +61,12 @@ impl ClientContext for Context {
         // librdkafka retries by itself; one line per growing interval (1 s doubling to 60 s),
         // not one per reconnect attempt.
         let Ok(mut r) = self.errors.lock() else { return };
-        let now = Instant::now();
-        if now < r.next {
-            r.held_back += 1;
-            return;
-        }
-        let more = match r.held_back {
+        let Some((held_back, _)) = r.pass() else { return };
+        let more = match held_back {
             0 => String::new(),
             n => format!(" ({n} similar reports since the last line)"),
         };
         tracing::warn!("Kafka {}: {error}: {reason}{more}; librdkafka keeps retrying", self.brokers);
-        r.held_back = 0;
-        r.next = now + r.interval;
-        r.interval = (r.interval * 2).min(Duration::from_secs(60));
     }
 }
 
@@ -96,11 +83,8 @@ impl ProducerContext for Context {
                     *end = (*end).max(m.offset() + 1);
                 }
                 // The broker answers again: the next error is news.
-                if let Ok(mut r) = self.errors.try_lock()
-                    && r.interval > Duration::from_secs(1)
-                {
-                    r.interval = Duration::from_secs(1);
-                    r.next = Instant::now();
+                if let Ok(mut r) = self.errors.try_lock() {
+                    r.reset();
                 }
             }
             Err((e, m)) => {
@@ -150,11 +134,7 @@ impl Publisher {
             topic: cfg.topic.clone(),
             done: Notify::new(),
             brokers: cfg.brokers.clone(),
-            errors: Mutex::new(ErrorReports {
-                next: Instant::now(),
-                interval: Duration::from_secs(1),
-                held_back: 0,
-            }),
+            errors: Mutex::new(Throttle::new(Duration::from_secs(1), Duration::from_secs(60))),
         };
         let producer: ThreadedProducer<Context> = kafka::Client::Producer
             .config(cfg)

@@ -158,22 +158,9 @@ pub fn due(
     Ok(due.into_iter().map(|p| p.date).collect())
 }
 
-/// Compacts one date partition of the table's loaded version: its small files, in commit
-/// order, packed into files of about `target_file_size` (a group of one file stays as it is).
-/// `tiered` (the consumer's rounds): a file as large as the other small files together is left
-/// out; `orderstream compact` packs them all.
-pub async fn compact_date(
-    table: &mut DeltaTable,
-    location: &str,
-    settings: &Maintenance,
-    date: &str,
-    tiered: bool,
-) -> Result<Outcome> {
-    let start = Instant::now();
-    let target = settings.target_file_size;
-    let Some((_, files)) = files_by_date(table)?.into_iter().find(|(d, _)| d == date) else {
-        return Ok(Outcome::Nothing);
-    };
+/// The small files of a date in groups of up to `target` bytes to rewrite together; a group of
+/// one is left alone.
+fn groups(files: Vec<DataFile>, target: u64, tiered: bool) -> Vec<Vec<DataFile>> {
     let mut small: Vec<DataFile> = files.into_iter().filter(|f| is_small(f.size, target)).collect();
     if tiered {
         // A file as large as all the others together (an earlier compaction's) waits until they
@@ -201,6 +188,28 @@ pub async fn compact_date(
         }
     }
     groups.retain(|g| g.len() > 1);
+    groups
+}
+
+/// Compacts one date partition of the table's loaded version: its small files, in commit
+/// order, packed into files of about `target_file_size` (a group of one file stays as it is).
+/// `tiered` (the consumer's rounds): a file as large as the other small files together is left
+/// out; `orderstream compact` packs them all.
+// Over 80 lines on purpose: read, rewrite and one commit that removes exactly the files read,
+// with the app transaction that makes a retried compaction idempotent, in one place.
+pub async fn compact_date(
+    table: &mut DeltaTable,
+    location: &str,
+    settings: &Maintenance,
+    date: &str,
+    tiered: bool,
+) -> Result<Outcome> {
+    let start = Instant::now();
+    let target = settings.target_file_size;
+    let Some((_, files)) = files_by_date(table)?.into_iter().find(|(d, _)| d == date) else {
+        return Ok(Outcome::Nothing);
+    };
+    let groups = groups(files, target, tiered);
     if groups.is_empty() {
         return Ok(Outcome::Nothing);
     }

@@ -191,6 +191,9 @@ impl PollSource {
         Ok(())
     }
 
+    /// One poll: open start times, then in one snapshot the late rows and the new ones.
+    // Over 80 lines on purpose: the steps share one REPEATABLE READ snapshot, and their order
+    // (list open transactions, then read) is what makes polling lossless.
     async fn poll_once(&mut self, position: &PollPosition, limit: usize) -> Result<Batch<PollPosition>> {
         self.connect().await?;
         let table = self.pg.table.clone();

@@ -7,6 +7,7 @@ fn effective(client: Client, cfg: &Config, name: &str) -> String {
     client.config(&cfg.kafka).create_native_config().unwrap().get(name).unwrap()
 }
 
+// Over 80 lines: a table of every refused setting and its reason, one row each.
 #[test]
 fn refused_kafka_properties_are_named_with_the_reason() {
     let cases: &[(&str, &str, &str)] = &[

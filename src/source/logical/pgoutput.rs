@@ -394,6 +394,7 @@ mod tests {
         Some("2025-01-18 12:24:00"),
     ];
 
+    // Over 80 lines: the three row messages decoded against one relation, case by case.
     #[test]
     fn insert_update_delete_decode_to_orders() {
         let Message::Relation(rel) = decode(&relation(None, oid::NUMERIC)).unwrap() else { panic!() };
