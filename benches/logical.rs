@@ -31,10 +31,14 @@
 //!     commit time) → CreateTime is the time the change took to reach the producer's queue.
 //!   * commit → readable in the lake: a watcher lists the lake every 10 ms and reads each new
 //!     file's ids (as in `benches/e2e.rs`).
+//! * `wal`: the WAL an idle captured table makes the slot hold while another table writes
+//!   about 200 MB (40 transactions of 5 MB, 0.5 s apart): the most the slot's confirmed position
+//!   trailed the server's, the most it retained (current position minus `restart_lsn`), and what
+//!   it retains once PostgreSQL has logged its next running-transactions record (every 15 s).
 //!
 //! `cargo bench --bench logical`. Needs the local stack's PostgreSQL (`make up`) and its
 //! `pg_recvlogical` (`/usr/lib/postgresql/<server major>/bin`). Knobs: `ORDERSTREAM_BENCH_SCENARIOS`
-//! (`bulk,live`), `ORDERSTREAM_BENCH_ROWS` (1000000), `ORDERSTREAM_BENCH_RUNS` (3, for both
+//! (`bulk,live`; `wal` on request), `ORDERSTREAM_BENCH_ROWS` (1000000), `ORDERSTREAM_BENCH_RUNS` (3, for both
 //! scenarios), `ORDERSTREAM_BENCH_RATE`, `ORDERSTREAM_BENCH_SECONDS`, `ORDERSTREAM_BENCH_INTERVALS`,
 //! `ORDERSTREAM_BENCH_BROKER` (another broker, e.g. the stack's durable one at 127.0.0.1:9092,
 //! instead of a private memory-storage tansu per run), `ORDERSTREAM_BENCH_LAKE` (`parquet`;
@@ -773,6 +777,75 @@ fn live(interval: &str, rate: u64, seconds: u64, clients: u64, runs: usize, give
     }
 }
 
+/// One `wal` run: `(trailed, retained while writing, retained after, written)`, in bytes.
+fn wal_run(given: Option<&str>) -> (i64, i64, i64, i64) {
+    let broker = given.is_none().then(Broker::start_memory);
+    let brokers = given
+        .map(str::to_string)
+        .unwrap_or_else(|| broker.as_ref().map(|b| b.addr.clone()).unwrap_or_default());
+    let env = logical_env("bench_wal", &brokers, None);
+    env.init();
+    let mut producer = env.spawn(&["produce"]);
+    wait_proc(&mut producer, Duration::from_secs(60), "the snapshot", || saved(&env).1);
+    let other = format!("other_{}", env.name);
+    let mut pg = env.pg();
+    pg.batch_execute(&format!("CREATE TABLE \"{other}\" (id int8, payload text)")).unwrap();
+    let slot = env.slot();
+    let held = |pg: &mut postgres::Client| -> (i64, i64) {
+        let row = pg
+            .query_one(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8, \
+                 pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8 \
+                 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    let (mut retained, mut trailed) = (0, 0);
+    for _ in 0..40 {
+        pg.batch_execute(&format!(
+            "INSERT INTO \"{other}\" SELECT g, repeat(md5(g::text), 32) FROM generate_series(1, 4500) g"
+        ))
+        .unwrap();
+        let (r, u) = held(&mut pg);
+        retained = retained.max(r);
+        trailed = trailed.max(u);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let written: i64 =
+        pg.query_one(&format!("SELECT pg_total_relation_size('\"{other}\"')::int8"), &[]).unwrap().get(0);
+    pg.batch_execute(&format!("DROP TABLE \"{other}\"")).unwrap();
+    // Two running-transactions records (logged every 15 s) let restart_lsn move.
+    std::thread::sleep(Duration::from_secs(35));
+    let (after, _) = held(&mut pg);
+    let _ = producer.terminate(Duration::from_secs(30));
+    (trailed, retained, after, written)
+}
+
+/// The `wal` scenario: medians of `runs`.
+fn wal(runs: usize, given: Option<&str>) {
+    let mut all = Vec::new();
+    for run in 1..=runs {
+        let (t, r, a, w) = wal_run(given);
+        eprintln!(
+            "wal run {run}: {:.0} MB written to another table; the slot's confirmed position trailed by at most \
+             {:.0} MB, it retained at most {:.0} MB while writing and {:.0} MB 35 s after",
+            w as f64 / MB,
+            t as f64 / MB,
+            r as f64 / MB,
+            a as f64 / MB
+        );
+        all.push((t as f64 / MB, r as f64 / MB, a as f64 / MB));
+    }
+    println!(
+        "wal: median of {runs}: trailed at most {:.0} MB, retained at most {:.0} MB while writing, {:.0} MB after",
+        median(all.iter().map(|x| x.0).collect()),
+        median(all.iter().map(|x| x.1).collect()),
+        median(all.iter().map(|x| x.2).collect())
+    );
+}
+
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` would run this too: do nothing then.
     if !std::env::args().any(|a| a == "--bench") {
@@ -783,6 +856,9 @@ fn main() {
     let runs: usize = knob("ORDERSTREAM_BENCH_RUNS", 3);
     if scenarios.contains("bulk") {
         bulk(knob("ORDERSTREAM_BENCH_ROWS", 1_000_000), runs, given.as_deref());
+    }
+    if scenarios.contains("wal") {
+        wal(runs, given.as_deref());
     }
     if scenarios.contains("live") {
         let intervals = std::env::var("ORDERSTREAM_BENCH_INTERVALS").unwrap_or_else(|_| "1,0.2".into());
