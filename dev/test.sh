@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test against the local stack (started by `make test` before this script), then the
-# log-based capture tests (tests/logical.rs) once more with the stack's PostgreSQL 18 as the
+# log-based capture tests (tests/logical.rs, the `logical::` module) once more with the stack's PostgreSQL 18 as the
 # source: the replication protocol and its slots changed between 15 and 18.
 #
-#   dev/test.sh                 everything on PostgreSQL 15, then tests/logical.rs on 18
+#   dev/test.sh                 everything on PostgreSQL 15, then logical:: on 18
 #   dev/test.sh <filter…>       the given tests (cargo nextest/test arguments) on 15 only
 #   dev/test.sh --pg18 <filter…> the given tests on PostgreSQL 18 only
 set -euo pipefail
@@ -41,5 +41,5 @@ if [ $# -gt 0 ]; then
 fi
 status=0
 run_tests || status=$?
-on_pg18 --test logical || status=$?
+on_pg18 logical:: || status=$?
 exit "$status"

@@ -1,6 +1,6 @@
 //! `orderstream check`: one line per check with the fix, exit 0 or 1, and nothing created.
 
-mod common;
+use crate::common;
 
 use common::cluster::{Cluster, ClusterOptions};
 use common::{TestEnv, pg};

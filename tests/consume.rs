@@ -2,7 +2,7 @@
 //! pyarrow, the dead-letter topic, replays, crashes at random moments, a rebalance after a
 //! killed member, an unwritable lake and a clean stop.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -3,7 +3,7 @@
 //! no Delta library; exactly once under SIGKILLs, frozen members, several consumers that share
 //! nothing but the broker and the table, and an S3 outage; bad settings refused in one line.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

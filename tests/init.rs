@@ -1,6 +1,6 @@
 //! `orderstream init` and the command line against the real local stack.
 
-mod common;
+use crate::common;
 
 use chrono::NaiveDateTime;
 use common::{Broker, TestEnv, pg};

@@ -2,7 +2,7 @@
 //! broker: snapshot reads, inserts, updates and deletes with their headers; every change once
 //! across crashes; the faults that must stop the producer with one clear line.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! back with DuckDB, pyarrow and Spark), `status --json` on a known state (polling, and logical
 //! capture with its replication slot), and `/metrics`.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

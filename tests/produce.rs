@@ -1,7 +1,7 @@
 //! `orderstream produce` against the real PostgreSQL and broker: exact messages, no loss in the
 //! cases the seed's polling loses, no duplicates across restarts, crashes and outages.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

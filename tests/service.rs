@@ -1,6 +1,6 @@
 //! Running orderstream as a service: the metrics endpoint's listen address, the systemd unit.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

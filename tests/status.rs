@@ -3,7 +3,7 @@
 //! even when servers accept connections and never answer. Times are printed, and asserted
 //! only against a bound that catches a hang.
 
-mod common;
+use crate::common;
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};

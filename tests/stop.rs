@@ -5,7 +5,7 @@
 //! codes: 0 for a clean stop, 3 when the in-flight batch was abandoned (redone by the next
 //! start, checked here by reading everything back once).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! TLS (`hostssl`), with a CA and a server certificate made by the test, and the stack's
 //! cluster (no TLS) for `require`.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
