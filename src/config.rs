@@ -24,7 +24,7 @@ pub use kafka::{DEFAULT_PARTITIONS, KafkaConfig};
 pub use postgres::{Capture, PostgresConfig, TableName, default_replication_name, quote_ident};
 use raw::number;
 pub use secrets::is_secret;
-use streaming::ensure_dir;
+use streaming::checked_dir;
 pub use streaming::{
     DEFAULT_BATCH_INTERVAL_SECS, DEFAULT_MAX_BATCH_ROWS, DEFAULT_METRICS_PORT, MetricsConfig, StreamingConfig,
 };

@@ -150,7 +150,7 @@ const DELTA_RETRY_OPTIONS: &[&str] = &["max_retries", "retry_timeout", "init_bac
 
 impl RawDatalake {
     /// Checks the section; `create`: whether a local lake folder may be created.
-    pub(super) fn validate(self, create: bool) -> Result<DatalakeConfig, (&'static str, String)> {
+    pub(super) fn validate(self) -> Result<DatalakeConfig, (&'static str, String)> {
         let format = match self.format.as_str() {
             "parquet" => LakeFormat::Parquet,
             "delta" => LakeFormat::Delta,
@@ -187,7 +187,7 @@ impl RawDatalake {
                         "only a `delta` lake takes storage options".into(),
                     ));
                 }
-                let path = super::ensure_dir(&self.path, create).map_err(|m| ("datalake.path", m))?;
+                let path = super::checked_dir(&self.path).map_err(|m| ("datalake.path", m))?;
                 Ok(DatalakeConfig {
                     location: written,
                     path,
@@ -212,18 +212,16 @@ impl RawDatalake {
             }
             (LakeFormat::Delta, Some("file")) => {
                 let local = PathBuf::from(&written["file://".len()..]);
-                local_delta(&local, create, storage_options, retention, maintenance)
+                local_delta(&local, storage_options, retention, maintenance)
             }
             (LakeFormat::Delta, Some(other)) => Err((
                 "datalake.path",
                 format!("`{other}://` is not supported; use a local path, file:// or s3://bucket/prefix"),
             )),
-            (LakeFormat::Delta, None) => {
-                local_delta(&self.path, create, storage_options, retention, maintenance)
-            }
+            (LakeFormat::Delta, None) => local_delta(&self.path, storage_options, retention, maintenance),
         }?;
         if let Some(at) = current_path {
-            cfg.current_location = Some(current_location(&cfg, &at, create)?);
+            cfg.current_location = Some(current_location(&cfg, &at)?);
         }
         Ok(cfg)
     }
@@ -231,7 +229,7 @@ impl RawDatalake {
 
 /// `datalake.current_path` as a table URL: a Delta table of its own, beside the change table
 /// (never inside it: the change table's vacuum would delete its files, and the reverse).
-fn current_location(cfg: &DatalakeConfig, at: &Path, create: bool) -> Result<String, (&'static str, String)> {
+fn current_location(cfg: &DatalakeConfig, at: &Path) -> Result<String, (&'static str, String)> {
     const KEY: &str = "datalake.current_path";
     if cfg.format != LakeFormat::Delta {
         return Err((KEY, "the current-state table needs datalake.format: delta".into()));
@@ -242,7 +240,6 @@ fn current_location(cfg: &DatalakeConfig, at: &Path, create: bool) -> Result<Str
         Some("file") => {
             local_delta(
                 Path::new(&written["file://".len()..]),
-                create,
                 BTreeMap::new(),
                 cfg.retention,
                 cfg.maintenance,
@@ -260,7 +257,7 @@ fn current_location(cfg: &DatalakeConfig, at: &Path, create: bool) -> Result<Str
             return Err((KEY, "must not be empty (leave the key out to have no current table)".into()));
         }
         None => {
-            local_delta(at, create, BTreeMap::new(), cfg.retention, cfg.maintenance)
+            local_delta(at, BTreeMap::new(), cfg.retention, cfg.maintenance)
                 .map_err(|(_, m)| (KEY, m))?
                 .location
         }
@@ -316,12 +313,11 @@ impl RawDatalake {
 /// A Delta table on local disk: its folder, and its URL (delta-rs needs an absolute one).
 fn local_delta(
     path: &Path,
-    create: bool,
     storage_options: BTreeMap<String, String>,
     retention: std::time::Duration,
     maintenance: Maintenance,
 ) -> Result<DatalakeConfig, (&'static str, String)> {
-    let path = super::ensure_dir(path, create).map_err(|m| ("datalake.path", m))?;
+    let path = super::checked_dir(path).map_err(|m| ("datalake.path", m))?;
     let absolute = std::path::absolute(&path)
         .map_err(|e| ("datalake.path", format!("cannot make {} absolute: {e}", path.display())))?;
     let location = format!("file://{}", absolute.display());

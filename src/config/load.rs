@@ -8,14 +8,16 @@ use serde_norway::{Mapping, Value};
 use super::env::{self, apply_env_override, drop_file_counterpart};
 use super::raw::{Origin, RawConfig};
 use super::secrets::{collect_secrets, is_secret, scrub};
-use super::streaming::ensure_dir;
+use super::streaming::create_dir;
 use super::{Config, ConfigError};
 
 impl Config {
     /// Reads `path`, applies the process environment's overrides and validates everything.
     /// Creates nothing: the commands that write call [`Config::create_folders`].
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        Self::load_with(path, false)
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: cannot read config file: {e}", path.display())))?;
+        Self::from_parts(&path.display().to_string(), &text, &env::from_process())
     }
 
     /// Creates the lake, checkpoint and state folders if missing (`init`, `produce`,
@@ -33,35 +35,17 @@ impl Config {
             if key == "datalake.path" && !self.datalake.is_local() {
                 continue;
             }
-            ensure_dir(path, true).map_err(|m| ConfigError(format!("{key}: {m}")))?;
+            create_dir(path).map_err(|m| ConfigError(format!("{key}: {m}")))?;
         }
         Ok(())
     }
 
-    fn load_with(path: &Path, create: bool) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("{}: cannot read config file: {e}", path.display())))?;
-        let env = env::from_process();
-        Self::from_parts_with(&path.display().to_string(), &text, &env, create)
-    }
-
     /// Builds the configuration from the file's text and `ORDERSTREAM__*` variables.
-    /// `origin` names the file in error messages.
+    /// `origin` names the file in error messages. Creates nothing.
     pub fn from_parts(origin: &str, text: &str, env: &[(String, String)]) -> Result<Config, ConfigError> {
-        Self::from_parts_with(origin, text, env, true)
-    }
-
-    /// As [`Config::from_parts`]; `create`: whether to create the lake, checkpoint and state
-    /// folders.
-    pub fn from_parts_with(
-        origin: &str,
-        text: &str,
-        env: &[(String, String)],
-        create: bool,
-    ) -> Result<Config, ConfigError> {
         // Whatever an error says, no secret of the file, the environment or the URL is in it.
         let mut secrets = Vec::new();
-        Self::build(origin, text, env, create, &mut secrets)
+        Self::build(origin, text, env, &mut secrets)
             .map_err(|ConfigError(message)| ConfigError(scrub(message, &secrets)))
     }
 
@@ -69,7 +53,6 @@ impl Config {
         origin: &str,
         text: &str,
         env: &[(String, String)],
-        create: bool,
         secrets: &mut Vec<String>,
     ) -> Result<Config, ConfigError> {
         let mut root: Value = serde_norway::from_str(text)
@@ -114,8 +97,8 @@ impl Config {
         Ok(Config {
             postgres: raw.postgres.validate(&at)?,
             kafka: raw.kafka.validate(&at)?,
-            datalake: raw.datalake.validate(create).map_err(|(key, m)| at.bad(key, m))?,
-            streaming: raw.streaming.validate(create, &at)?,
+            datalake: raw.datalake.validate().map_err(|(key, m)| at.bad(key, m))?,
+            streaming: raw.streaming.validate(&at)?,
             metrics: raw.metrics.validate(&at)?,
         })
     }

@@ -67,10 +67,10 @@ pub(super) struct RawMetrics {
 
 impl RawStreaming {
     /// The checked section; `create`: whether to create the state folders.
-    pub(super) fn validate(self, create: bool, at: &Origin) -> Result<StreamingConfig, ConfigError> {
-        let checkpoint = ensure_dir(&self.checkpoint_location, create)
-            .map_err(|m| at.bad("streaming.checkpoint_location", m))?;
-        let last_ts = ensure_dir(&self.last_processed_timestamp_location, create)
+    pub(super) fn validate(self, at: &Origin) -> Result<StreamingConfig, ConfigError> {
+        let checkpoint =
+            checked_dir(&self.checkpoint_location).map_err(|m| at.bad("streaming.checkpoint_location", m))?;
+        let last_ts = checked_dir(&self.last_processed_timestamp_location)
             .map_err(|m| at.bad("streaming.last_processed_timestamp_location", m))?;
         let secs = self.batch_interval.unwrap_or(DEFAULT_BATCH_INTERVAL_SECS);
         if !secs.is_finite() || !(0.01..=3600.0).contains(&secs) {
@@ -128,14 +128,17 @@ fn metrics_listen(raw: &RawMetrics, at: &Origin) -> Result<Option<SocketAddr>, C
     Ok((addr.port() != 0).then_some(addr))
 }
 
-/// Creates the directory if needed (and `create`) and returns it.
-pub(super) fn ensure_dir(path: &Path, create: bool) -> Result<PathBuf, String> {
+/// A configured folder: it must not be empty. Loading creates nothing: see [`create_dir`].
+pub(super) fn checked_dir(path: &Path) -> Result<PathBuf, String> {
     if path.as_os_str().is_empty() {
         return Err("must not be empty".into());
     }
-    if !create {
-        return Ok(path.to_path_buf());
-    }
-    std::fs::create_dir_all(path).map_err(|e| format!("cannot create directory {}: {e}", path.display()))?;
     Ok(path.to_path_buf())
+}
+
+/// Creates a configured folder if missing (the commands that write, through
+/// [`crate::Config::create_folders`]).
+pub(super) fn create_dir(path: &Path) -> Result<(), String> {
+    checked_dir(path)?;
+    std::fs::create_dir_all(path).map_err(|e| format!("cannot create directory {}: {e}", path.display()))
 }

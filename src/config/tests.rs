@@ -84,9 +84,15 @@ fn seed_keys_load_with_defaults() {
     assert_eq!(cfg.streaming.batch_interval, Duration::from_secs(5));
     assert_eq!(cfg.metrics.listen, Some(format!("127.0.0.1:{DEFAULT_METRICS_PORT}").parse().unwrap()));
     assert_eq!(cfg.streaming.max_batch_rows, DEFAULT_MAX_BATCH_ROWS);
-    assert!(cfg.datalake.path.is_dir());
-    assert!(cfg.streaming.checkpoint_location.is_dir());
-    assert!(cfg.streaming.last_processed_timestamp_location.is_dir());
+    // Loading creates nothing; create_folders makes the three.
+    let folders = [
+        &cfg.datalake.path,
+        &cfg.streaming.checkpoint_location,
+        &cfg.streaming.last_processed_timestamp_location,
+    ];
+    assert!(folders.iter().all(|f| !f.exists()), "{folders:?}");
+    cfg.create_folders().unwrap();
+    assert!(folders.iter().all(|f| f.is_dir()), "{folders:?}");
 }
 
 #[test]
@@ -274,8 +280,10 @@ fn path_that_cannot_be_created_is_named() {
     let file = dir.join("a-file");
     std::fs::write(&file, b"x").unwrap();
     let yaml = GOOD.replace("DIR/lake", &format!("{}/lake", file.display()));
-    let e = err(&yaml, &[]);
-    assert!(e.starts_with("test.yml: datalake.path: cannot create directory"), "{e}");
+    // Loading creates nothing; the commands that write create the folders, naming the key.
+    let cfg = load(&yaml, &[]).unwrap();
+    let e = cfg.create_folders().unwrap_err().to_string();
+    assert!(e.starts_with("datalake.path: cannot create directory"), "{e}");
 }
 
 #[test]
