@@ -41,5 +41,5 @@ if [ $# -gt 0 ]; then
 fi
 status=0
 run_tests || status=$?
-on_pg18 logical:: || status=$?
+on_pg18 --test main logical:: || status=$?
 exit "$status"
