@@ -80,6 +80,13 @@ impl Throttle {
         self.backoff.reset();
         self.next = Instant::now();
     }
+
+    /// After a success that does not make the next warning news (the consumer commits while
+    /// librdkafka still reports a broker down): the intervals start over from the first, but
+    /// the current wait stands.
+    pub fn shorten(&mut self) {
+        self.backoff.reset();
+    }
 }
 
 /// How often a continuing outage is logged again.

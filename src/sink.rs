@@ -329,7 +329,7 @@ fn run(
         match engine.commit(consumer) {
             Ok(()) => {
                 backoff.reset();
-                kafka_errors.reset();
+                kafka_errors.shorten();
                 metrics.health.ok("consumer");
             }
             Err(e) => {

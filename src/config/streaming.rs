@@ -66,7 +66,7 @@ pub(super) struct RawMetrics {
 }
 
 impl RawStreaming {
-    /// The checked section; `create`: whether to create the state folders.
+    /// The checked section; creates nothing (see [`create_dir`]).
     pub(super) fn validate(self, at: &Origin) -> Result<StreamingConfig, ConfigError> {
         let checkpoint =
             checked_dir(&self.checkpoint_location).map_err(|m| at.bad("streaming.checkpoint_location", m))?;
