@@ -38,8 +38,8 @@
 //!
 //! `cargo bench --bench logical`. Needs the local stack's PostgreSQL (`make up`) and its
 //! `pg_recvlogical` (`/usr/lib/postgresql/<server major>/bin`). Knobs: `ORDERSTREAM_BENCH_SCENARIOS`
-//! (`bulk,live`; `wal` on request), `ORDERSTREAM_BENCH_ROWS` (1000000), `ORDERSTREAM_BENCH_RUNS` (3, for both
-//! scenarios), `ORDERSTREAM_BENCH_RATE`, `ORDERSTREAM_BENCH_SECONDS`, `ORDERSTREAM_BENCH_INTERVALS`,
+//! (`bulk,live`; `wal` on request), `ORDERSTREAM_BENCH_ROWS` (1000000), `ORDERSTREAM_BENCH_RUNS`
+//! (3, for every scenario), `ORDERSTREAM_BENCH_RATE`, `ORDERSTREAM_BENCH_SECONDS`, `ORDERSTREAM_BENCH_INTERVALS`,
 //! `ORDERSTREAM_BENCH_BROKER` (another broker, e.g. the stack's durable one at 127.0.0.1:9092,
 //! instead of a private memory-storage tansu per run), `ORDERSTREAM_BENCH_LAKE` (`parquet`;
 //! `delta` for a local Delta table: readable once its commit exists; `delta-s3` for a table on

@@ -206,4 +206,16 @@ mod tests {
         b.reset();
         assert_eq!(b.next_delay(), FIRST);
     }
+
+    #[test]
+    fn a_throttle_counts_what_it_holds_back_and_shorten_keeps_the_wait_that_reset_ends() {
+        let hour = Duration::from_secs(3600);
+        let mut t = Throttle::new(hour, 2 * hour);
+        assert_eq!(t.pass(), Some((0, hour)));
+        assert_eq!((t.pass(), t.pass()), (None, None));
+        t.shorten();
+        assert_eq!(t.pass(), None, "shorten lets nothing through before the current wait ends");
+        t.reset();
+        assert_eq!(t.pass(), Some((3, hour)), "three held back, and the first interval again");
+    }
 }
